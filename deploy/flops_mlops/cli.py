@@ -1,0 +1,152 @@
+"""The `flops-mlops` command line.
+
+Exit codes: 0 success, 1 a runtime failure (a service that did not come up, a failed round),
+2 a usage or configuration error (nothing was started or changed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from . import config as config_module
+from . import secrets as secrets_module
+from .config import ConfigError
+from .processes import StackError
+from .stack import Stack
+
+DEFAULT_CONFIG = "configs/local.yaml"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="flops-mlops",
+        description="Run the MLOps side of FLOps: MLflow tracking servers (one per tenant) that proxy artifacts "
+                    "to an FTP artifact store and keep metadata in a SQLite or MySQL backend store.",
+        epilog="Exit codes: 0 ok, 1 runtime failure, 2 usage or configuration error.")
+    parser.add_argument("--config", default=os.environ.get("FLOPS_CONFIG", DEFAULT_CONFIG), metavar="FILE",
+                        help=f"stack configuration (YAML); default $FLOPS_CONFIG or {DEFAULT_CONFIG}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    secrets = commands.add_parser("secrets", help="manage the per-deployment secrets file (.env)")
+    secrets_commands = secrets.add_subparsers(dest="secrets_command", metavar="ACTION", required=True)
+    init = secrets_commands.add_parser(
+        "init", help="write random passwords for every key the configuration needs (mode 0600)",
+        description="Write the secrets file named by secrets_file in the configuration. Existing values are "
+                    "kept and only missing keys are added; --force regenerates every value after copying the "
+                    "old file to a timestamped backup.")
+    init.add_argument("--force", action="store_true", help="regenerate every password (old file is backed up)")
+    init.set_defaults(handler=cmd_secrets_init)
+
+    up = commands.add_parser("up", help="start the stores and one tracking server per tenant",
+                             description="Start the stack and wait until every tracking server answers /health. "
+                                         "Without --detach it runs in the foreground; Ctrl-C stops everything.")
+    up.add_argument("--detach", action="store_true", help="return once healthy and leave the stack running")
+    up.set_defaults(handler=cmd_up)
+
+    status = commands.add_parser("status", help="show which services are up, and each tenant's URIs")
+    status.add_argument("--json", action="store_true", help="print machine-readable JSON (passwords masked)")
+    status.set_defaults(handler=cmd_status)
+
+    down = commands.add_parser("down", help="stop what `up` started (data stays)")
+    down.add_argument("--purge", action="store_true", help="also delete the state dir: databases, artifacts, logs")
+    down.set_defaults(handler=cmd_down)
+
+    keys = commands.add_parser("config", help="check a configuration, or list every key with its default")
+    keys.add_argument("action", choices=["check", "keys"], help="check: validate the file; keys: document keys")
+    keys.set_defaults(handler=cmd_config)
+    return parser
+
+
+def load_config(args: argparse.Namespace) -> config_module.StackConfig:
+    return config_module.load(Path(args.config))
+
+
+def cmd_secrets_init(args: argparse.Namespace) -> int:
+    config = load_config(args)
+    result = secrets_module.init(config, force=args.force)
+    if result.backup:
+        print(f"backed up the old secrets to {result.backup}")
+    if result.added:
+        print(f"wrote {result.path} (mode 0600): {len(result.added)} new, {len(result.kept)} kept")
+    else:
+        print(f"{result.path} already holds all {len(result.kept)} secrets; nothing changed "
+              "(use --force to regenerate them)")
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    config = load_config(args)
+    stack = Stack(config)
+    stack.up()
+    print_endpoints(config)
+    if args.detach:
+        print(f"stack {config.name} is up; stop it with: flops-mlops --config {args.config} down")
+        return 0
+    print("running in the foreground; press Ctrl-C to stop", flush=True)
+    return stack.supervise()
+
+
+def print_endpoints(config: config_module.StackConfig) -> None:
+    for tenant in config.tenants:
+        print(f"tenant {tenant.id}: MLflow UI and tracking URI {config.tracking_uri(tenant)}")
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    config = load_config(args)
+    report = Stack(config).status()
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"stack {report['stack']} (state in {report['state_dir']})")
+    for service in report["services"]:
+        state = f"up (pid {service['pid']})" if service["running"] else "down"
+        print(f"  {service['name']:<22} {service['kind']:<9} {service['address']:<22} {state}")
+    for tenant in report["tenants"]:
+        health = "healthy" if tenant["healthy"] else "not answering"
+        print(f"  tenant {tenant['id']}: {tenant['tracking_uri']} ({health})")
+        print(f"    backend store:  {tenant['backend_store']}")
+        print(f"    artifacts:      {tenant['artifact_destination']}")
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    config = load_config(args)
+    stopped = Stack(config).down(purge=args.purge)
+    if not stopped:
+        print(f"stack {config.name}: nothing was running")
+    elif not args.purge:
+        print(f"stack {config.name} is down; data kept in {config.state_dir}")
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    if args.action == "keys":
+        for key, default, text in config_module.describe():
+            print(f"{key}\n    {text}" + (f"\n    default: {default}" if default else ""))
+        return 0
+    config = load_config(args)
+    print(f"{config.source}: ok (stack {config.name}, {len(config.tenants)} tenant(s))")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except StackError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""Background processes of a stack, tracked by pid files in the state dir.
+
+Each process is started in its own session (so its children share its process group), its output
+goes to ``logs/<name>.log`` and its pid and start time to ``pids/<name>.pid``. Stopping uses only
+that recorded pid, and only if the process with that pid is still the one we started (same start time):
+never a search by name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+
+class StackError(Exception):
+    """Something in the running stack failed; the message says what and where its log is."""
+
+
+@dataclass(frozen=True)
+class ManagedProcess:
+    name: str
+    state_dir: Path
+
+    @property
+    def pid_file(self) -> Path:
+        return self.state_dir / "pids" / f"{self.name}.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return self.state_dir / "logs" / f"{self.name}.log"
+
+    def start(self, argv: list[str], env: dict[str, str], cwd: Path | None = None) -> int:
+        self.pid_file.parent.mkdir(parents=True, exist_ok=True)
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_file, "ab") as log:
+            log.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting {argv[0]}\n".encode())
+            log.flush()
+            proc = subprocess.Popen(
+                argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        record = {"pid": proc.pid, "started": psutil.Process(proc.pid).create_time(), "argv0": argv[0]}
+        self.pid_file.write_text(json.dumps(record) + "\n", encoding="utf-8")
+        return proc.pid
+
+    def recorded(self) -> psutil.Process | None:
+        """The process we started, if it is still alive (a reused pid does not count)."""
+        try:
+            record = json.loads(self.pid_file.read_text(encoding="utf-8"))
+            proc = psutil.Process(record["pid"])
+            if abs(proc.create_time() - record["started"]) > 0.05 or proc.status() == psutil.STATUS_ZOMBIE:
+                return None
+            return proc
+        except (FileNotFoundError, ValueError, KeyError, psutil.Error):
+            return None
+
+    def is_running(self) -> bool:
+        return self.recorded() is not None
+
+    def stop(self, timeout: float = 20.0) -> bool:
+        """Stop the process group we started: SIGTERM, then SIGKILL after ``timeout``. True if it was running."""
+        proc = self.recorded()
+        if proc is None:
+            self.pid_file.unlink(missing_ok=True)
+            return False
+        group = [proc, *proc.children(recursive=True)]
+        _signal_group(proc.pid, signal.SIGTERM)
+        _, alive = psutil.wait_procs(group, timeout=timeout)
+        if alive:
+            _signal_group(proc.pid, signal.SIGKILL)
+            for survivor in alive:
+                try:
+                    survivor.kill()
+                except psutil.Error:
+                    pass
+            psutil.wait_procs(alive, timeout=5)
+        self.pid_file.unlink(missing_ok=True)
+        return True
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            text = self.log_file.read_text(encoding="utf-8", errors="replace")
+        except FileNotFoundError:
+            return "(no log)"
+        return "\n".join(text.rstrip().splitlines()[-lines:])
+
+    def failure(self, what: str) -> StackError:
+        indented = "\n".join("    " + line for line in self.log_tail().splitlines())
+        return StackError(f"{what}\n  log: {self.log_file}\n  last lines:\n{indented}")
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)  # the group is the session we created at start; its leader is our recorded pid
+    except ProcessLookupError:
+        pass
+
+
+def port_is_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def port_answers(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def wait_until(ready: Callable[[], bool], process: ManagedProcess, what: str, timeout: float,
+               interval: float = 0.3) -> None:
+    """Poll ``ready`` until it is true; fail early if ``process`` dies, or after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if ready():
+            return
+        if not process.is_running():
+            raise process.failure(f"{what}: the process exited")
+        time.sleep(interval)
+    raise process.failure(f"{what}: not ready after {timeout:.0f} s")

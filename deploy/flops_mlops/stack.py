@@ -1,0 +1,218 @@
+"""The stack runner: brings a configuration's stores and tracking servers up, reports on them, takes them down.
+
+Order on `up`: check everything that can be checked before starting anything (binaries, secrets, free
+ports), then backend store, tenant provisioning, artifact store, schema upgrades, tracking servers.
+If any step fails, whatever this call started is stopped again, so nothing is left half-started.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .config import ConfigError, StackConfig
+from .processes import ManagedProcess, StackError, port_answers, port_is_free, wait_until
+from .secrets import Secrets, required_keys
+from .stores import mysql
+from .stores.vsftpd import ManagedVsftpd
+from .tracking_server import TrackingServer, artifacts_destination, backend_store_uri, is_healthy, mask
+
+Progress = Callable[[str], None]
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+@dataclass(frozen=True)
+class Service:
+    """A process the stack runs, for status and for stopping in order."""
+
+    name: str
+    kind: str
+    address: str
+    process: ManagedProcess
+
+
+class Stack:
+    def __init__(self, config: StackConfig, progress: Progress = _stderr):
+        self.config = config
+        self.progress = progress
+        self.trackers = [TrackingServer(config, tenant) for tenant in config.tenants]
+
+    # --- what the configuration runs ---
+
+    def services(self) -> list[Service]:
+        """Managed services in start order."""
+        c, state = self.config, self.config.state_dir
+        found = []
+        b = c.backend_store
+        if b.kind == "mysql" and b.managed:
+            found.append(Service("backend-store", "mysql", f"{b.host}:{b.port}",
+                                 ManagedProcess("backend-store", state)))
+        a = c.artifact_store
+        if a.managed:
+            found.append(Service("artifact-store", a.kind, f"{a.host}:{a.port}",
+                                 ManagedProcess("artifact-store", state)))
+        for tracker in self.trackers:
+            found.append(Service(tracker.process.name, "mlflow", tracker.local_uri.removeprefix("http://"),
+                                 tracker.process))
+        return found
+
+    # --- up ---
+
+    def up(self) -> None:
+        running = [s.name for s in self.services() if s.process.is_running()]
+        if running and len(running) == len(self.services()):
+            self.progress(f"stack {self.config.name} is already running")
+            return
+        if running:
+            raise StackError(f"stack {self.config.name} is partly running ({', '.join(running)}); "
+                             f"run `flops-mlops --config {self.config.source} down` first")
+        secrets = self.preflight()
+        self.config.state_dir.mkdir(parents=True, exist_ok=True)
+        started: list[Callable[[], bool]] = []
+        try:
+            self._start_stores(secrets, started)
+            for tracker in self.trackers:
+                self.progress(f"tracking server {tracker.tenant.id}: upgrading schema, starting on "
+                              f"{tracker.local_uri}")
+                tracker.start(secrets)
+                started.append(tracker.stop)
+            for tracker in self.trackers:
+                began = time.monotonic()
+                tracker.wait_healthy()
+                self.progress(f"tracking server {tracker.tenant.id}: healthy ({time.monotonic() - began:.0f} s)")
+        except BaseException:
+            self.progress("start failed; stopping what was started")
+            for stop in reversed(started):
+                stop()
+            raise
+
+    def preflight(self) -> Secrets:
+        """Everything that can fail before a process starts: secrets, binaries, ports."""
+        c = self.config
+        secrets = Secrets.load(c)
+        if c.backend_store.kind == "mysql" and c.backend_store.managed:
+            mysql.ManagedMySQL(c, secrets).check_binaries()
+        if c.artifact_store.managed and c.artifact_store.kind == "vsftpd":
+            ManagedVsftpd(c, secrets).check_binaries()
+        wanted = [(c.tracking.host, c.tracking_port(t), f"tracking server of tenant {t.id}") for t in c.tenants]
+        if c.artifact_store.managed:
+            a = c.artifact_store
+            wanted.append((a.host, a.port, "artifact_store.port"))
+            wanted += [(a.host, p, "artifact_store.passive_ports")
+                       for p in range(a.passive_ports[0], a.passive_ports[1] + 1)]
+        if c.backend_store.kind == "mysql" and c.backend_store.managed:
+            wanted.append((c.backend_store.host, c.backend_store.port, "backend_store.port"))
+        for host, port, what in wanted:
+            if not port_is_free(host, port):
+                raise ConfigError(f"{c.source}: port {port} on {host} ({what}) is already in use; "
+                                  "stop what uses it or choose another port")
+        return secrets
+
+    def _start_stores(self, secrets: Secrets, started: list[Callable[[], bool]]) -> None:
+        c = self.config
+        if c.backend_store.kind == "mysql":
+            if c.backend_store.managed:
+                server = mysql.ManagedMySQL(c, secrets)
+                self.progress(f"backend store: starting MySQL/MariaDB on {c.backend_store.host}:{c.backend_store.port}")
+                server.start()
+                started.append(server.stop)
+                admin = server.admin
+            else:
+                admin = mysql.AdminConnection(c.backend_store.host, c.backend_store.port,
+                                              c.backend_store.admin_user, secrets.mysql_admin_password)
+            self.progress(f"backend store: provisioning {len(c.tenants)} tenant database(s)")
+            mysql.provision_tenants(admin, c, secrets)
+        if c.artifact_store.managed:
+            a = c.artifact_store
+            self.progress(f"artifact store: starting {a.kind} FTP on {a.host}:{a.port}")
+            if a.kind == "vsftpd":
+                ftp = ManagedVsftpd(c, secrets)
+                ftp.start()
+                started.append(ftp.stop)
+            else:
+                self._start_embedded_ftp(started)
+
+    def _start_embedded_ftp(self, started: list[Callable[[], bool]]) -> None:
+        a = self.config.artifact_store
+        process = ManagedProcess("artifact-store", self.config.state_dir)
+        process.start([sys.executable, "-m", "flops_mlops.stores.embedded_ftp", str(self.config.source)],
+                      env=_child_env())
+        started.append(process.stop)
+        wait_until(lambda: port_answers(a.host, a.port), process, "artifact store (embedded FTP) did not come up", 30)
+
+    # --- foreground supervision ---
+
+    def supervise(self) -> int:
+        """Block until Ctrl-C/SIGTERM (then stop everything, 0) or until a service exits (stop, 1)."""
+        stop_requested = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop_requested.set())
+        while not stop_requested.wait(1.0):
+            dead = [s for s in self.services() if not s.process.is_running()]
+            if dead:
+                service = dead[0]
+                error = service.process.failure(f"{service.name} exited")
+                self.progress(str(error))
+                self.down()
+                return 1
+        self.progress("stopping")
+        self.down()
+        return 0
+
+    # --- down ---
+
+    def down(self, purge: bool = False) -> list[str]:
+        stopped = []
+        for service in reversed(self.services()):
+            if service.process.stop():
+                stopped.append(service.name)
+                self.progress(f"stopped {service.name}")
+        if purge:
+            if self.config.artifact_store.kind == "vsftpd":
+                ManagedVsftpd(self.config, Secrets(self.config.secrets_file, {})).purge()
+            if self.config.state_dir.exists():
+                shutil.rmtree(self.config.state_dir)
+                self.progress(f"removed {self.config.state_dir}")
+        return stopped
+
+    # --- status ---
+
+    def status(self) -> dict[str, Any]:
+        c = self.config
+        try:
+            secrets = Secrets.load(c)
+        except ConfigError:
+            secrets = Secrets(c.secrets_file, {key: "unknown" for key in required_keys(c)})
+        services = [{
+            "name": s.name, "kind": s.kind, "address": s.address, "running": s.process.is_running(),
+            "pid": (proc.pid if (proc := s.process.recorded()) else None), "log": str(s.process.log_file),
+        } for s in self.services()]
+        tenants = []
+        for tracker in self.trackers:
+            t = tracker.tenant
+            tenants.append({
+                "id": t.id,
+                "tracking_uri": c.tracking_uri(t),
+                "running": tracker.process.is_running(),
+                "healthy": tracker.process.is_running() and is_healthy(tracker.local_uri),
+                "backend_store": mask(backend_store_uri(c, t, secrets)),
+                "artifact_destination": mask(artifacts_destination(c, t, secrets)),
+                "database": t.database if c.backend_store.kind == "mysql" else None,
+                "ftp_user": t.ftp_user,
+            })
+        return {"stack": c.name, "config": str(c.source), "state_dir": str(c.state_dir),
+                "secrets_file": str(c.secrets_file), "services": services, "tenants": tenants}
+
+
+def _child_env() -> dict[str, str]:
+    return {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}

@@ -1,0 +1,60 @@
+"""The embedded artifact store: a pyftpdlib FTP server with one chrooted user per tenant.
+
+Run by the stack as ``python -m flops_mlops.stores.embedded_ftp CONFIG``; the passwords come from the
+secrets file named in the configuration, never from the command line.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+from pyftpdlib.authorizers import DummyAuthorizer
+from pyftpdlib.handlers import FTPHandler
+from pyftpdlib.servers import FTPServer
+
+from .. import config as config_module
+from ..secrets import Secrets
+
+# list, read, create dirs, store, rename, delete, append, mkdir, chmod, mtime: the tenant owns its folder.
+TENANT_PERMISSIONS = "elradfmwMT"
+
+
+def ftp_root(config: config_module.StackConfig) -> Path:
+    return config.state_dir / "ftp"
+
+
+def tenant_folder(config: config_module.StackConfig, tenant: config_module.Tenant) -> Path:
+    return ftp_root(config) / tenant.ftp_user
+
+
+def build_server(config: config_module.StackConfig, secrets: Secrets) -> FTPServer:
+    store = config.artifact_store
+    authorizer = DummyAuthorizer()
+    for tenant in config.tenants:
+        folder = tenant_folder(config, tenant)
+        (folder / tenant.artifact_path.lstrip("/")).mkdir(parents=True, exist_ok=True)
+        authorizer.add_user(tenant.ftp_user, secrets.ftp_password(tenant.id), str(folder), perm=TENANT_PERMISSIONS)
+    handler = type("TenantFTPHandler", (FTPHandler,), {})
+    handler.authorizer = authorizer
+    handler.passive_ports = range(store.passive_ports[0], store.passive_ports[1] + 1)
+    handler.masquerade_address = store.pasv_address
+    handler.banner = "FLOps MLOps artifact store ready."
+    return FTPServer((store.host, store.port), handler)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m flops_mlops.stores.embedded_ftp CONFIG", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    config = config_module.load(args[0])
+    server = build_server(config, Secrets.load(config))
+    server.serve_forever(handle_exit=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,176 @@
+"""The MySQL/MariaDB backend store: a private server from this machine's binaries, and tenant provisioning.
+
+Each tenant gets its own database (utf8mb4 with a binary NO PAD collation, so keys that differ only in
+case do not collide) and its own user with privileges on that database only.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+import pymysql
+
+from ..config import ConfigError, StackConfig, Tenant
+from ..processes import ManagedProcess, wait_until
+from ..secrets import Secrets
+
+SERVER_NAMES = ("mariadbd", "mysqld")
+SEARCH_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/local/sbin"])
+
+
+def collation_for(version: str) -> str:
+    """Binary NO PAD utf8mb4 collation: MariaDB utf8mb4_nopad_bin, MySQL 8 utf8mb4_0900_bin."""
+    return "utf8mb4_nopad_bin" if "mariadb" in version.lower() else "utf8mb4_0900_bin"
+
+
+def tenant_uri(config: StackConfig, tenant: Tenant, password: str) -> str:
+    b = config.backend_store
+    return (f"mysql+pymysql://{tenant.db_user}:{quote(password, safe='')}@{b.host}:{b.port}/"
+            f"{tenant.database}?charset=utf8mb4")
+
+
+@dataclass(frozen=True)
+class AdminConnection:
+    """How to reach the server as the account that provisions tenants."""
+
+    host: str
+    port: int
+    user: str
+    password: str
+    unix_socket: str | None = None
+
+    def connect(self, password: str | None = None, database: str | None = None) -> pymysql.Connection:
+        kwargs = {"unix_socket": self.unix_socket} if self.unix_socket else {"host": self.host, "port": self.port}
+        return pymysql.connect(user=self.user, password=self.password if password is None else password,
+                               database=database, connect_timeout=5, autocommit=True, **kwargs)
+
+
+def provision_tenants(admin: AdminConnection, config: StackConfig, secrets: Secrets) -> None:
+    """Create (or bring in line) each tenant's database and user; safe to run again."""
+    with admin.connect() as conn, conn.cursor() as cur:
+        cur.execute("SELECT VERSION()")
+        collation = collation_for(cur.fetchone()[0])
+        for tenant in config.tenants:
+            # Identifiers come from validated tenant ids ([a-z][a-z0-9]*); values are query parameters.
+            cur.execute(f"CREATE DATABASE IF NOT EXISTS `{tenant.database}` "
+                        f"CHARACTER SET utf8mb4 COLLATE {collation}")
+            password = secrets.db_password(tenant.id)
+            cur.execute("CREATE USER IF NOT EXISTS %s@'%%' IDENTIFIED BY %s", (tenant.db_user, password))
+            cur.execute("ALTER USER %s@'%%' IDENTIFIED BY %s", (tenant.db_user, password))
+            cur.execute(f"GRANT ALL PRIVILEGES ON `{tenant.database}`.* TO %s@'%%'", (tenant.db_user,))
+
+
+def find_server_binary() -> str | None:
+    for name in SERVER_NAMES:
+        found = shutil.which(name, path=SEARCH_PATH)
+        if found:
+            return found
+    return None
+
+
+class ManagedMySQL:
+    """A private MariaDB (or MySQL) server with its data under ``<state_dir>/mysql``."""
+
+    def __init__(self, config: StackConfig, secrets: Secrets):
+        self.config = config
+        self.secrets = secrets
+        self.home = config.state_dir / "mysql"
+        self.datadir = self.home / "data"
+        self.socket = self.home / "mysqld.sock"
+        self.process = ManagedProcess("backend-store", config.state_dir)
+
+    def check_binaries(self) -> str:
+        binary = find_server_binary()
+        if binary is None:
+            raise ConfigError(
+                f"{self.config.source}: backend_store: kind mysql with managed: true needs a MariaDB or MySQL "
+                f"server binary ({' or '.join(SERVER_NAMES)}), and none is installed; on Debian: "
+                "apt-get install mariadb-server (or set managed: false and point host/port at a running server)")
+        return binary
+
+    @property
+    def admin(self) -> AdminConnection:
+        return AdminConnection(self.config.backend_store.host, self.config.backend_store.port, "root",
+                               self.secrets.mysql_admin_password, unix_socket=str(self.socket))
+
+    def start(self) -> None:
+        binary = self.check_binaries()
+        first_start = not (self.datadir / "mysql").is_dir()
+        if first_start:
+            self._initialize(binary)
+        b = self.config.backend_store
+        argv = [binary, "--no-defaults", f"--datadir={self.datadir}", f"--socket={self.socket}",
+                f"--port={b.port}", f"--bind-address={b.host}", f"--pid-file={self.home / 'mysqld.pid'}",
+                "--skip-name-resolve", "--character-set-server=utf8mb4",
+                # Small-machine tuning: the metadata of a few tenants fits easily.
+                "--innodb-buffer-pool-size=64M", "--max-connections=100", "--performance-schema=OFF"]
+        if os.geteuid() == 0:
+            argv.append(f"--user={self._run_user()}")
+        self.process.start(argv, env=_plain_env())
+        wait_until(self._accepts_connections, self.process, "backend store (MySQL) did not come up", 120)
+        if first_start:
+            with self.admin.connect(password="") as conn, conn.cursor() as cur:
+                cur.execute("ALTER USER 'root'@'localhost' IDENTIFIED BY %s", (self.secrets.mysql_admin_password,))
+                # No anonymous accounts: they would shadow tenant users connecting from localhost.
+                cur.execute("SELECT User, Host FROM mysql.user WHERE User = ''")
+                for user, host in cur.fetchall():
+                    cur.execute("DROP USER %s@%s", (user, host))
+
+    def _accepts_connections(self) -> bool:
+        if not self.socket.exists():
+            return False
+        for password in (self.secrets.mysql_admin_password, ""):
+            try:
+                self.admin.connect(password=password).close()
+                return True
+            except pymysql.err.OperationalError as exc:
+                if exc.args and exc.args[0] == 1045:  # access denied: up, but the other password
+                    continue
+                return False
+        return True
+
+    def _run_user(self) -> str:
+        for name in ("mysql", "nobody"):
+            try:
+                pwd.getpwnam(name)
+                return name
+            except KeyError:
+                continue
+        return "root"
+
+    def _initialize(self, binary: str) -> None:
+        self.datadir.mkdir(parents=True, exist_ok=True)
+        log = self.process.log_file
+        log.parent.mkdir(parents=True, exist_ok=True)
+        user = self._run_user() if os.geteuid() == 0 else None
+        if user:
+            info = pwd.getpwnam(user)
+            for path in (self.home, self.datadir):
+                os.chown(path, info.pw_uid, info.pw_gid)
+        install_db = shutil.which("mariadb-install-db", path=SEARCH_PATH) or shutil.which(
+            "mysql_install_db", path=SEARCH_PATH)
+        if "mariadb" in Path(binary).name or install_db:
+            argv = [install_db or "mariadb-install-db", "--no-defaults", f"--datadir={self.datadir}",
+                    "--auth-root-authentication-method=normal", "--skip-test-db", "--skip-name-resolve"]
+        else:  # MySQL 8
+            argv = [binary, "--no-defaults", "--initialize-insecure", f"--datadir={self.datadir}"]
+        if user:
+            argv.append(f"--user={user}")
+        with open(log, "ab") as out:
+            result = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, env=_plain_env())
+        if result.returncode != 0:
+            raise self.process.failure(f"backend store: initializing {self.datadir} failed "
+                                       f"(exit {result.returncode})")
+
+    def stop(self) -> bool:
+        return self.process.stop(timeout=60)
+
+
+def _plain_env() -> dict[str, str]:
+    return {"PATH": SEARCH_PATH, "LANG": "C.UTF-8", "HOME": os.environ.get("HOME", "/root")}

@@ -1,0 +1,112 @@
+"""The vsftpd artifact store: config and PAM service rendered from templates, virtual users per tenant.
+
+FTP users are virtual (pam_pwdfile), so tenants need no system account and no login shell; files are
+owned by ``artifact_store.os_user``. Each user is chrooted to ``<state_dir>/ftp/<ftp user>``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pwd
+import shutil
+import subprocess
+from pathlib import Path
+
+import jinja2
+
+from ..config import ConfigError, StackConfig
+from ..processes import ManagedProcess, port_answers, wait_until
+from ..secrets import Secrets
+
+PAM_DIR = Path("/etc/pam.d")
+PAM_MODULE_DIRS = [Path("/lib/x86_64-linux-gnu/security"), Path("/lib/aarch64-linux-gnu/security"),
+                   Path("/usr/lib/x86_64-linux-gnu/security"), Path("/usr/lib/aarch64-linux-gnu/security"),
+                   Path("/lib/security"), Path("/usr/lib/security")]
+SEARCH_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/local/sbin"])
+TEMPLATES = jinja2.Environment(
+    loader=jinja2.PackageLoader("flops_mlops", "templates"), undefined=jinja2.StrictUndefined,
+    keep_trailing_newline=True, autoescape=False)
+
+
+def crypt_hash(password: str) -> str:
+    """SHA-512 crypt(3) hash, computed by openssl with the password on stdin (never in argv)."""
+    result = subprocess.run(["openssl", "passwd", "-6", "-stdin"], input=password + "\n", capture_output=True,
+                            text=True, check=True)
+    return result.stdout.strip()
+
+
+class ManagedVsftpd:
+    def __init__(self, config: StackConfig, secrets: Secrets):
+        self.config = config
+        self.secrets = secrets
+        self.home = config.state_dir / "vsftpd"
+        self.ftp_root = config.state_dir / "ftp"
+        self.process = ManagedProcess("artifact-store", config.state_dir)
+        digest = hashlib.sha256(str(config.state_dir).encode()).hexdigest()[:8]
+        self.pam_service = f"flops-mlops-{config.name}-{digest}"
+
+    def check_binaries(self) -> str:
+        binary = shutil.which("vsftpd", path=SEARCH_PATH)
+        where = f"{self.config.source}: artifact_store"
+        if binary is None:
+            raise ConfigError(f"{where}: kind vsftpd needs the vsftpd binary, and it is not installed; "
+                              "on Debian: apt-get install vsftpd")
+        if not any((d / "pam_pwdfile.so").exists() for d in PAM_MODULE_DIRS):
+            raise ConfigError(f"{where}: kind vsftpd needs the PAM module pam_pwdfile for FTP-only users; "
+                              "on Debian: apt-get install libpam-pwdfile")
+        if os.geteuid() != 0:
+            raise ConfigError(f"{where}: kind vsftpd must be started as root (it chroots each tenant)")
+        try:
+            pwd.getpwnam(self.config.artifact_store.os_user)
+        except KeyError:
+            raise ConfigError(f"{where}.os_user: no local account {self.config.artifact_store.os_user!r} "
+                              "on this machine") from None
+        return binary
+
+    def start(self) -> None:
+        binary = self.check_binaries()
+        self._write_files()
+        self.process.start([binary, str(self.home / "vsftpd.conf")], env={"PATH": SEARCH_PATH})
+        store = self.config.artifact_store
+        wait_until(lambda: port_answers(store.host, store.port), self.process,
+                   "artifact store (vsftpd) did not come up", 30)
+
+    def _write_files(self) -> None:
+        store = self.config.artifact_store
+        owner = pwd.getpwnam(store.os_user)
+        empty = self.home / "empty"
+        for path in (self.home, empty, self.ftp_root):
+            path.mkdir(parents=True, exist_ok=True)
+            os.chmod(path, 0o755)
+        for tenant in self.config.tenants:
+            folder = self.ftp_root / tenant.ftp_user
+            artifacts = folder / tenant.artifact_path.lstrip("/")
+            artifacts.mkdir(parents=True, exist_ok=True)
+            for path in (folder, artifacts):
+                os.chown(path, owner.pw_uid, owner.pw_gid)
+        passwd_file = self.home / "passwd"
+        lines = [f"{t.ftp_user}:{crypt_hash(self.secrets.ftp_password(t.id))}\n" for t in self.config.tenants]
+        _write(passwd_file, "".join(lines), 0o600)
+        _write(self.home / "vsftpd.conf", TEMPLATES.get_template("vsftpd.conf.j2").render(
+            listen_address=store.host, listen_port=store.port, os_user=store.os_user, ftp_root=self.ftp_root,
+            pam_service=self.pam_service, pasv_min_port=store.passive_ports[0],
+            pasv_max_port=store.passive_ports[1], pasv_address=store.pasv_address, empty_dir=empty,
+            log_file=self.config.state_dir / "logs" / "vsftpd-transfers.log"), 0o600)
+        _write(PAM_DIR / self.pam_service,
+               TEMPLATES.get_template("vsftpd.pam.j2").render(passwd_file=passwd_file), 0o644)
+
+    def stop(self) -> bool:
+        return self.process.stop()
+
+    def purge(self) -> None:
+        (PAM_DIR / self.pam_service).unlink(missing_ok=True)
+
+
+def _write(path: Path, text: str, mode: int) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
