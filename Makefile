@@ -1,0 +1,32 @@
+# Thin targets; the work is done by the flops-mlops CLI and pytest. Each creates or reuses .venv.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+CONFIG ?= configs/local.yaml
+FLOPS  := $(BIN)/flops-mlops --config $(CONFIG)
+
+.PHONY: venv test demo down status clean
+
+venv: $(VENV)/.installed
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[fl,provision,test]'
+	touch $@
+
+## make test: the whole test suite (tests needing a missing service skip, or fail with FLOPS_REQUIRE_SERVICES=1)
+test: venv
+	$(BIN)/pytest
+
+## make demo: bring the embedded stack up (detached) and print where the UI is
+demo: venv
+	$(FLOPS) secrets init
+	$(FLOPS) up --detach
+	@echo "Stop it with: make down"
+
+## make down: stop the stack started by make demo (data stays; add ARGS=--purge to delete it)
+down: venv
+	$(FLOPS) down $(ARGS)
+
+status: venv
+	$(FLOPS) status

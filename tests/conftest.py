@@ -1,0 +1,148 @@
+"""Shared test fixtures: free ports, required services, and throw-away stacks driven through the real CLI.
+
+Set FLOPS_REQUIRE_SERVICES=1 (CI does) to turn "service not installed here" skips into failures.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+REQUIRE_SERVICES = os.environ.get("FLOPS_REQUIRE_SERVICES") == "1"
+CLI = [sys.executable, "-m", "flops_mlops.cli"]
+
+
+def missing_service(reason: str) -> None:
+    """Fail when services are required (CI), otherwise skip."""
+    if REQUIRE_SERVICES:
+        pytest.fail(f"required service missing: {reason}")
+    pytest.skip(reason)
+
+
+def need_binary(*names: str) -> str:
+    path = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/local/sbin"])
+    for name in names:
+        found = shutil.which(name, path=path)
+        if found:
+            return found
+    missing_service(f"none of {', '.join(names)} is installed")
+    raise AssertionError("unreachable")
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def free_port_range(size: int) -> tuple[int, int]:
+    """A run of ``size`` consecutive free ports (for FTP passive ranges)."""
+    for _ in range(200):
+        start = random.randrange(20000, 60000 - size)
+        if all(_bindable(p) for p in range(start, start + size)):
+            return start, start + size - 1
+    raise RuntimeError("no free port range found")
+
+
+def run_cli(*args: str, config: Path | None = None, timeout: float = 600, check: bool = False,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    argv = [*CLI, *(["--config", str(config)] if config else []), *args]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+                            env={**os.environ, **(env or {})})
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} exited {result.returncode}\nstdout:\n{result.stdout}\n"
+                             f"stderr:\n{result.stderr}")
+    return result
+
+
+@dataclass
+class TestStack:
+    """A stack with its own ports, state dir and secrets, for one test."""
+
+    config_path: Path
+    data: dict
+
+    def cli(self, *args: str, **kwargs) -> subprocess.CompletedProcess:
+        return run_cli(*args, config=self.config_path, **kwargs)
+
+    def up(self) -> None:
+        self.cli("up", "--detach", check=True)
+
+    def down(self, *extra: str) -> None:
+        self.cli("down", *extra, check=True)
+
+    def load(self):
+        from flops_mlops import config
+
+        return config.load(self.config_path)
+
+    def secrets(self):
+        from flops_mlops.secrets import Secrets
+
+        return Secrets.load(self.load())
+
+
+def stack_data(kind: str, tmp_path: Path, tenants: list[str]) -> dict:
+    """A configuration like configs/<kind>.yaml, with free ports and paths under ``tmp_path``."""
+    low, high = free_port_range(4)
+    data = {
+        "name": f"test-{kind}",
+        "state_dir": str(tmp_path / "state"),
+        "secrets_file": str(tmp_path / "secrets.env"),
+        "artifact_store": {"kind": "embedded", "host": "127.0.0.1", "port": free_port(),
+                           "passive_ports": [low, high], "pasv_address": "127.0.0.1"},
+        "tracking": {"host": "127.0.0.1", "public_host": "127.0.0.1", "workers": 1,
+                     "startup_timeout": 240},
+        "tenants": [{"id": tenant, "port": free_port()} for tenant in tenants],
+    }
+    if kind == "native":
+        need_binary("mariadbd", "mysqld")
+        need_binary("vsftpd")
+        if not any(Path(d, "pam_pwdfile.so").exists() for d in (
+                "/lib/x86_64-linux-gnu/security", "/lib/aarch64-linux-gnu/security", "/lib/security")):
+            missing_service("PAM module pam_pwdfile (libpam-pwdfile) is not installed")
+        data["backend_store"] = {"kind": "mysql", "managed": True, "host": "127.0.0.1", "port": free_port()}
+        data["artifact_store"]["kind"] = "vsftpd"
+    return data
+
+
+@pytest.fixture
+def make_stack(tmp_path):
+    """make_stack(kind="local"|"native", tenants=[...]) -> TestStack; purged at teardown."""
+    created: list[TestStack] = []
+
+    def factory(kind: str = "local", tenants: list[str] | None = None, **overrides) -> TestStack:
+        folder = tmp_path / f"stack{len(created)}"
+        folder.mkdir()
+        data = stack_data(kind, folder, tenants or ["acme"])
+        for key, value in overrides.items():
+            data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
+        path = folder / "stack.yaml"
+        path.write_text(yaml.safe_dump(data), encoding="utf-8")
+        stack = TestStack(path, data)
+        stack.cli("secrets", "init", check=True)
+        created.append(stack)
+        return stack
+
+    yield factory
+    for stack in created:
+        stack.cli("down", "--purge")
