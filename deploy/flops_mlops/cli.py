@@ -58,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     keys = commands.add_parser("config", help="check a configuration, or list every key with its default")
     keys.add_argument("action", choices=["check", "keys"], help="check: validate the file; keys: document keys")
     keys.set_defaults(handler=cmd_config)
+
+    from .fl.runner import add_round_parser  # the FL project runner (flops_mlops/fl)
+
+    add_round_parser(commands).set_defaults(handler=cmd_round)
     return parser
 
 
@@ -121,6 +125,12 @@ def cmd_down(args: argparse.Namespace) -> int:
     elif not args.purge:
         print(f"stack {config.name} is down; data kept in {config.state_dir}")
     return 0
+
+
+def cmd_round(args: argparse.Namespace) -> int:
+    from .fl.runner import round_command
+
+    return round_command(load_config(args), args)
 
 
 def cmd_config(args: argparse.Namespace) -> int:

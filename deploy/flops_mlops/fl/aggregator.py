@@ -1,0 +1,162 @@
+"""FL aggregator: runs the rounds, averages the learners' models, and is the only process that logs to MLflow.
+
+Run as ``python -m flops_mlops.fl.aggregator``; settings come from FLOPS_TRACKING_URI, FLOPS_PROJECT,
+FLOPS_ROUNDS, FLOPS_LEARNERS, FLOPS_SEED, FLOPS_AGGREGATOR_ADDRESS, FLOPS_BETTER, FLOPS_ALIAS,
+FLOPS_MODEL_DIR and FLOPS_TIMEOUT (or the matching flags; see ``--help`` and ``flops_mlops.fl.settings``).
+``FLOPS_TRACKING_URI=off`` keeps only the best model on disk (used by the benchmark).
+
+It listens on FLOPS_AGGREGATOR_ADDRESS, waits for FLOPS_LEARNERS learners, runs FLOPS_ROUNDS rounds of
+federated averaging, logs each round (``flops_mlops.fl.tracking``), then logs and registers the best model.
+Progress goes to stdout as ``FLOPS_EVENT {json}`` lines (round results, then a summary). Exit codes: 0 done,
+1 a failed round, learner or tracking server, or the timeout, 2 bad settings. On a failure inside the Flower
+server the process exits at once (the legacy server would otherwise hang).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import time
+from typing import Any
+
+import numpy as np
+
+from . import data, faults, model
+from .settings import EVENT_PREFIX, FLSettings, SettingsError, from_environment
+from .tracking import BestModel, LocalOnly, RoundResult, RoundTracker, TrackingError
+
+
+def emit(event: str, **fields: Any) -> None:
+    print(EVENT_PREFIX + json.dumps({"event": event, **fields}, default=str), flush=True)
+
+
+def fatal(message: str, tracker: LocalOnly | None = None) -> None:
+    """Report and leave now, whatever threads are still running (Flower's gRPC threads keep a process alive)."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    emit("error", message=message)
+    if tracker is not None:
+        tracker.fail()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1)
+
+
+def weighted_mean(values: list[tuple[int, float]]) -> float:
+    total = sum(n for n, _ in values)
+    return float(sum(n * v for n, v in values) / total) if total else float("nan")
+
+
+class Rounds:
+    """Flower-independent round bookkeeping shared by both Flower adapters."""
+
+    def __init__(self, settings: FLSettings, tracker: LocalOnly):
+        self.settings = settings
+        self.tracker = tracker
+        self.started: dict[int, float] = {}
+        self.train_examples: dict[int, int] = {}
+        self.params: dict[int, list[np.ndarray]] = {}
+
+    def strategy_params(self) -> dict[str, Any]:
+        return strategy_params(self.settings)
+
+    def fit_config(self, server_round: int) -> dict[str, Any]:
+        return {"server_round": server_round, "local_epochs": self.settings.local_epochs,
+                "learning_rate": self.settings.learning_rate}
+
+    def begin(self, server_round: int) -> None:
+        self.started[server_round] = time.monotonic()
+        self.tracker.round_started(server_round)
+
+    def trained(self, server_round: int, results: list[tuple[int, list[np.ndarray]]]) -> list[np.ndarray]:
+        """Federated averaging of (num_examples, arrays); returns the new global model."""
+        if len(results) < self.settings.learners:
+            raise RuntimeError(f"round {server_round}: only {len(results)} of {self.settings.learners} "
+                               "learners returned a model")
+        total = sum(n for n, _ in results)
+        averaged = [sum(n * arrays[i] for n, arrays in results) / total for i in range(len(results[0][1]))]
+        averaged = faults.corrupt(averaged, server_round)
+        self.train_examples[server_round] = total
+        self.params[server_round] = averaged
+        return averaged
+
+    def evaluated(self, server_round: int, results: list[tuple[int, float, float]]) -> dict[str, Any]:
+        """(num_examples, loss, accuracy) per learner -> one logged round; returns the round's entry."""
+        if len(results) < self.settings.learners:
+            raise RuntimeError(f"round {server_round}: only {len(results)} of {self.settings.learners} "
+                               "learners returned an evaluation")
+        result = RoundResult(
+            round=server_round,
+            loss=weighted_mean([(n, loss) for n, loss, _ in results]),
+            accuracy=weighted_mean([(n, acc) for n, _, acc in results]),
+            train_examples=self.train_examples.get(server_round, 0),
+            eval_examples=sum(n for n, _, _ in results),
+            wall_time=time.monotonic() - self.started.get(server_round, time.monotonic()),
+        )
+        entry = self.tracker.round_finished(result, self.params.pop(server_round))
+        emit("round", rounds=self.settings.rounds, **entry)
+        return entry
+
+
+def strategy_params(settings: FLSettings) -> dict[str, Any]:
+    return {"strategy": "FedAvg", "rounds": settings.rounds, "min_learners": settings.learners,
+            "fraction_fit": 1.0, "fraction_evaluate": 1.0, "local_epochs": settings.local_epochs,
+            "learning_rate": settings.learning_rate, "seed": settings.seed, "better": settings.better,
+            "model": "multinomial logistic regression"}
+
+
+def make_tracker(settings: FLSettings) -> LocalOnly:
+    best = BestModel(settings.model_dir, settings.better)
+    if settings.tracking_uri == "off":
+        return LocalOnly(best)
+    return RoundTracker(settings.tracking_uri, settings.project, best, strategy_params(settings), settings.alias)
+
+
+def quiet_network_defaults() -> None:
+    """No telemetry or update checks, and MLflow gives up within seconds instead of minutes."""
+    for key, value in (("FLWR_TELEMETRY_ENABLED", "0"), ("FLWR_DISABLE_UPDATE_CHECK", "1"),
+                       ("MLFLOW_DISABLE_TELEMETRY", "true"), ("DO_NOT_TRACK", "true"),
+                       ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2"), ("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")):
+        os.environ.setdefault(key, value)
+
+
+def finish(settings: FLSettings, tracker: LocalOnly) -> dict[str, Any]:
+    x_example, _ = data.held_out(settings.seed)
+    summary = tracker.finish(x_example)
+    summary.update(project=settings.project, rounds_planned=settings.rounds, learners=settings.learners,
+                   model_dir=str(settings.model_dir))
+    emit("summary", **summary)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        settings = from_environment(argv, "aggregator", "FL aggregator (the only process that logs to MLflow)")
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    quiet_network_defaults()
+    tracker = make_tracker(settings)
+    watchdog = threading.Timer(settings.timeout, lambda: fatal(
+        f"the training did not finish within {settings.timeout:.0f} s (FLOPS_TIMEOUT)", tracker))
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        tracker.open()
+    except TrackingError as exc:
+        fatal(str(exc))
+    from . import legacy
+
+    rounds = Rounds(settings, tracker)
+    legacy.serve(settings, rounds, model.initial_parameters())
+    try:
+        finish(settings, tracker)
+    except TrackingError as exc:
+        fatal(str(exc), tracker)
+    watchdog.cancel()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

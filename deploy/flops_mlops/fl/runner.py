@@ -1,0 +1,272 @@
+"""Run an FL project on this machine: one aggregator and K learner processes on 127.0.0.1, supervised.
+
+The runner starts ``python -m flops_mlops.fl.aggregator`` and K ``python -m flops_mlops.fl.learner``
+processes with FLOPS_* settings (a free port for the aggregator), follows the aggregator's progress events,
+and ends the whole run as soon as any process fails, or at the overall timeout, with an error saying which
+process failed and the last lines of its log. Learners get an environment without any MLflow or tracking
+setting. ``engine="deployment"`` runs the same project on Flower's deployment engine instead
+(``flops_mlops.fl.engine``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..processes import StackError
+from .settings import EVENT_PREFIX, BETTER_CHOICES, PROJECT_RULE, FLSettings, SettingsError, validate_project
+from .tracking import BETTER
+
+QUIET_ENV = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1", "MLFLOW_DISABLE_TELEMETRY": "true",
+             "DO_NOT_TRACK": "true", "PYTHONUNBUFFERED": "1"}
+
+
+class FLRunError(StackError):
+    """The FL run failed: a process exited non-zero, or the timeout passed."""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def learner_environment(base: dict[str, str]) -> dict[str, str]:
+    """The environment learners run in: nothing that points at MLflow or the tracking server."""
+    return {key: value for key, value in base.items()
+            if not key.startswith("MLFLOW_") and key not in ("FLOPS_TRACKING_URI", "FLOPS_ALIAS", "FLOPS_BETTER")}
+
+
+def settings_environment(settings: FLSettings) -> dict[str, str]:
+    return {"FLOPS_PROJECT": settings.project, "FLOPS_ROUNDS": str(settings.rounds),
+            "FLOPS_LEARNERS": str(settings.learners), "FLOPS_SEED": str(settings.seed),
+            "FLOPS_AGGREGATOR_ADDRESS": settings.aggregator_address, "FLOPS_TIMEOUT": str(settings.timeout),
+            "FLOPS_LOCAL_EPOCHS": str(settings.local_epochs), "FLOPS_LEARNING_RATE": str(settings.learning_rate)}
+
+
+@dataclass
+class Child:
+    name: str
+    process: subprocess.Popen
+    log_file: Path
+
+    def tail(self, lines: int = 12) -> str:
+        try:
+            text = self.log_file.read_text(encoding="utf-8", errors="replace")
+        except FileNotFoundError:
+            return "(no log)"
+        errors = [line for line in text.splitlines() if line.startswith("error:")]
+        last = text.rstrip().splitlines()[-lines:]
+        return "\n".join("    " + line for line in dict.fromkeys([*errors[-2:], *last]))
+
+
+@dataclass
+class Supervisor:
+    """Children of one FL run; stops all of them (by their own pids) on the first failure."""
+
+    log_dir: Path
+    children: list[Child] = field(default_factory=list)
+
+    def start(self, name: str, argv: list[str], env: dict[str, str], stdout=None) -> Child:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log_file = self.log_dir / f"{name}.log"
+        log_file.write_bytes(b"")
+        with open(log_file, "ab") as log:  # append mode: the event reader appends stdout to the same file
+            process = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL,
+                                       stdout=stdout if stdout is not None else log,
+                                       stderr=log, start_new_session=True)
+        child = Child(name, process, log_file)
+        self.children.append(child)
+        return child
+
+    def failed(self) -> Child | None:
+        for child in self.children:
+            code = child.process.poll()
+            if code not in (None, 0):
+                return child
+        return None
+
+    def stop_all(self, grace: float = 5.0) -> None:
+        for child in self.children:
+            if child.process.poll() is None:
+                _signal_group(child.process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for child in self.children:
+            try:
+                child.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                _signal_group(child.process.pid, signal.SIGKILL)
+                child.process.wait(timeout=5)
+
+    def failure(self, child: Child, what: str) -> FLRunError:
+        return FLRunError(f"{what}\n  log: {child.log_file}\n  last lines:\n{child.tail()}")
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)  # the session we created for this child; its leader is the child we started
+    except ProcessLookupError:
+        pass
+
+
+def run_project(settings: FLSettings, work_dir: Path, on_round: Callable[[dict[str, Any]], None] | None = None,
+                engine: str = "legacy", env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run the project; return the aggregator's summary or raise FLRunError."""
+    if engine == "deployment":
+        from .engine import run_deployment
+
+        return run_deployment(settings, work_dir, on_round, env)
+    base = {**os.environ, **(env or {}), **QUIET_ENV}
+    address = f"127.0.0.1:{free_port()}"
+    common = {**settings_environment(settings), "FLOPS_AGGREGATOR_ADDRESS": address}
+    supervisor = Supervisor(work_dir / "logs")
+    events: list[dict[str, Any]] = []
+    aggregator_env = {**base, **common, "FLOPS_TRACKING_URI": settings.tracking_uri,
+                      "FLOPS_BETTER": settings.better, "FLOPS_ALIAS": settings.alias,
+                      "FLOPS_MODEL_DIR": str(settings.model_dir)}
+    aggregator = supervisor.start("aggregator", [sys.executable, "-m", "flops_mlops.fl.aggregator"],
+                                  aggregator_env, stdout=subprocess.PIPE)
+    reader = threading.Thread(target=_read_events, args=(aggregator, events, on_round), daemon=True)
+    reader.start()
+    learner_base = learner_environment({**base, **common})
+    for index in range(settings.learners):
+        supervisor.start(f"learner-{index}", [sys.executable, "-m", "flops_mlops.fl.learner"],
+                         {**learner_base, "FLOPS_LEARNER_INDEX": str(index)})
+    deadline = time.monotonic() + settings.timeout
+    try:
+        while True:
+            broken = supervisor.failed()
+            if broken is not None:
+                time.sleep(0.5)  # let the aggregator report its side of it
+                error = supervisor.failure(broken, f"{broken.name} exited with code {broken.process.returncode}")
+                if broken is not aggregator and aggregator.process.poll() not in (None, 0):
+                    error = FLRunError(f"{error}\n  aggregator log: {aggregator.log_file}\n{aggregator.tail(3)}")
+                raise error
+            if aggregator.process.poll() == 0:
+                reader.join(timeout=10)
+                summary = next((e for e in events if e["event"] == "summary"), None)
+                if summary is None:
+                    raise supervisor.failure(aggregator, "aggregator exited without a summary")
+                _wait_learners(supervisor, aggregator)
+                return summary
+            if time.monotonic() > deadline:
+                raise FLRunError(f"the FL run did not finish within {settings.timeout:.0f} s; logs in "
+                                 f"{supervisor.log_dir}")
+            time.sleep(0.2)
+    finally:
+        supervisor.stop_all()
+
+
+def _wait_learners(supervisor: Supervisor, aggregator: Child) -> None:
+    deadline = time.monotonic() + 15
+    for child in supervisor.children:
+        if child is aggregator:
+            continue
+        try:
+            child.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pass  # stop_all ends it; the training itself is complete
+        if child.process.returncode not in (None, 0):
+            raise supervisor.failure(child, f"{child.name} exited with code {child.process.returncode}")
+
+
+def _read_events(child: Child, events: list[dict[str, Any]], on_round) -> None:
+    with open(child.log_file, "ab") as log:
+        for raw in child.process.stdout:
+            line = raw.decode("utf-8", errors="replace")
+            log.write(raw)
+            log.flush()
+            if not line.startswith(EVENT_PREFIX):
+                continue
+            try:
+                event = json.loads(line[len(EVENT_PREFIX):])
+            except ValueError:
+                continue
+            events.append(event)
+            if event["event"] == "round" and on_round is not None:
+                on_round(event)
+
+
+# --- `flops-mlops round` ------------------------------------------------------------------------------
+
+
+def add_round_parser(commands) -> argparse.ArgumentParser:
+    parser = commands.add_parser(
+        "round", help="run an FL project (aggregator + learners on this machine) against a tenant's tracking server",
+        description="Run an FL project on this machine: one aggregator and K learner processes on 127.0.0.1. "
+                    "The aggregator logs one MLflow run per round to the tenant's tracking server, keeps the "
+                    "best global model on disk (state_dir/fl/<tenant>/<project>/model) and, after the last "
+                    "round, logs and registers it under the project's name with an alias.")
+    parser.add_argument("--tenant", required=True, help="tenant id (its tracking server must be up)")
+    parser.add_argument("--project", required=True,
+                        help=f"FL project = MLflow experiment = registered model name ({PROJECT_RULE})")
+    parser.add_argument("--rounds", type=int, default=3, help="training rounds (default 3)")
+    parser.add_argument("--learners", type=int, default=2, help="learner processes (default 2)")
+    parser.add_argument("--seed", type=int, default=42, help="seed of the synthetic data and its split (default 42)")
+    parser.add_argument("--better", choices=BETTER_CHOICES, default="loss",
+                        help="which round's model is best: lowest aggregated loss (default) or highest accuracy")
+    parser.add_argument("--alias", default="champion", help="registry alias for the new version (default champion)")
+    parser.add_argument("--timeout", type=float, default=600, help="give up after this many seconds (default 600)")
+    parser.add_argument("--engine", choices=["legacy", "deployment"], default="legacy",
+                        help="Flower API: legacy start_server/start_client (default, fast) or the deployment "
+                             "engine (SuperLink, SuperNodes, flwr run)")
+    parser.add_argument("--json", action="store_true",
+                        help="print the summary as JSON on stdout (progress goes to stderr)")
+    return parser
+
+
+def round_command(config, args) -> int:
+    from ..config import ConfigError
+    from ..tracking_server import is_healthy
+
+    tenant = config.tenant(args.tenant)
+    try:
+        validate_project(args.project, "--project")
+        settings = FLSettings(project=args.project, tracking_uri=config.tracking_uri(tenant), rounds=args.rounds,
+                              learners=args.learners, seed=args.seed, better=args.better, alias=args.alias,
+                              timeout=args.timeout,
+                              model_dir=config.state_dir / "fl" / tenant.id / args.project / "model")
+        settings.check("aggregator")
+    except SettingsError as exc:
+        raise ConfigError(str(exc)) from None
+    if not is_healthy(settings.tracking_uri):
+        raise FLRunError(f"tracking server of tenant {tenant.id} at {settings.tracking_uri} is not answering; "
+                         f"start the stack first: flops-mlops --config {args.config} up --detach")
+    progress = sys.stderr if args.json else sys.stdout
+
+    def on_round(event: dict[str, Any]) -> None:
+        best = "  (new best)" if event.get("best") else ""
+        print(f"round {event['round']}/{event['rounds']}: loss {event['loss']:.4f}  accuracy "
+              f"{event['accuracy']:.4f}  {event['wall_time']:.2f} s  run {event.get('run_id')}{best}",
+              file=progress, flush=True)
+
+    print(f"FL project {settings.project} for tenant {tenant.id}: {settings.rounds} rounds, {settings.learners} "
+          f"learners ({args.engine} engine), tracking at {settings.tracking_uri}", file=progress, flush=True)
+    work_dir = config.state_dir / "fl" / tenant.id / settings.project
+    summary = run_project(settings, work_dir, on_round, engine=args.engine)
+    if args.json:
+        keys = ("project", "experiment_id", "run_ids", "best_round", "better", "model_uri", "model_version",
+                "logged_model_uri", "ui_url", "model_dir", "rounds")
+        print(json.dumps({key: summary.get(key) for key in keys}, indent=2))
+        return 0
+    print(f"\nsummary of {settings.project} (best = {BETTER[settings.better]}):")
+    for entry in summary["rounds"]:
+        mark = "  <- best" if entry["round"] == summary["best_round"] else ""
+        print(f"  round {entry['round']}: loss {entry['loss']:.4f}  accuracy {entry['accuracy']:.4f}{mark}")
+    print(f"best round:       {summary['best_round']}")
+    print(f"model:            {summary['model_uri']} (version {summary['model_version']}, "
+          f"{summary['logged_model_uri']})")
+    print(f"best model file:  {settings.model_dir / 'best.npz'}")
+    print(f"MLflow UI:        {summary['ui_url']}")
+    return 0

@@ -1,0 +1,121 @@
+"""Settings of one FL project run, read from FLOPS_* environment variables and matching flags.
+
+The aggregator and learner entry points (and the containers and Oakestra services that run them) are
+configured only through these; command-line flags override the environment.
+
+    FLOPS_TRACKING_URI        aggregator only: the tenant's MLflow tracking server (http://host:port);
+                              "off" keeps only the best model on disk (benchmark baseline)
+    FLOPS_PROJECT             FL project name = MLflow experiment = registered model (letters and digits)
+    FLOPS_ROUNDS              number of training rounds (default 3)
+    FLOPS_LEARNERS            number of learners the aggregator waits for (default 2)
+    FLOPS_SEED                seed of the synthetic data and its non-IID split (default 42)
+    FLOPS_AGGREGATOR_ADDRESS  host:port the aggregator listens on and learners connect to (default 127.0.0.1:8080)
+    FLOPS_LEARNER_INDEX       learner only: which share of the data this learner holds, 0..LEARNERS-1
+    FLOPS_BETTER              aggregator only: what makes a round's model better: loss (lowest aggregated
+                              evaluation loss, default) or accuracy (highest aggregated accuracy)
+    FLOPS_ALIAS               aggregator only: registry alias set on the new model version (default champion)
+    FLOPS_MODEL_DIR           aggregator only: folder that holds the one best global model (default ./flops-model)
+    FLOPS_TIMEOUT             seconds after which the process gives up and exits non-zero (default 600)
+    FLOPS_LOCAL_EPOCHS        learner gradient-descent steps per round (sent by the aggregator; default 10)
+    FLOPS_LEARNING_RATE       learner step size (sent by the aggregator; default 0.3)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+PROJECT_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9]{0,31}$")
+PROJECT_RULE = "1-32 characters: a letter, then letters or digits"
+ADDRESS_PATTERN = re.compile(r"^(?P<host>[A-Za-z0-9.-]+):(?P<port>[0-9]{1,5})$")
+BETTER_CHOICES = ("loss", "accuracy")
+EVENT_PREFIX = "FLOPS_EVENT "  # the aggregator's progress lines on stdout: FLOPS_EVENT {json}
+
+
+class SettingsError(ValueError):
+    """A bad setting; the message names the variable/flag and the value."""
+
+
+def validate_project(value: str, where: str = "project") -> str:
+    """Project names reach MLflow experiment and model names, folders and Oakestra service names."""
+    if not isinstance(value, str) or not PROJECT_PATTERN.match(value):
+        raise SettingsError(f"{where}: {value!r} is not a valid project name ({PROJECT_RULE})")
+    return value
+
+
+def parse_address(value: str, where: str = "FLOPS_AGGREGATOR_ADDRESS") -> tuple[str, int]:
+    match = ADDRESS_PATTERN.match(value or "")
+    if not match or not 1 <= int(match["port"]) <= 65535:
+        raise SettingsError(f"{where}: {value!r} is not host:port (for example 127.0.0.1:8080)")
+    return match["host"], int(match["port"])
+
+
+@dataclass(frozen=True)
+class FLSettings:
+    project: str = ""
+    tracking_uri: str = ""
+    rounds: int = 3
+    learners: int = 2
+    seed: int = 42
+    aggregator_address: str = "127.0.0.1:8080"
+    learner_index: int = -1
+    better: str = "loss"
+    alias: str = "champion"
+    model_dir: Path = Path("flops-model")
+    timeout: float = 600.0
+    local_epochs: int = 10
+    learning_rate: float = 0.3
+
+    def check(self, role: str) -> "FLSettings":
+        if role == "aggregator":
+            validate_project(self.project, "FLOPS_PROJECT/--project")
+            if self.tracking_uri != "off" and not re.match(r"^https?://[A-Za-z0-9.:\[\]-]+/?$",
+                                                           self.tracking_uri or ""):
+                raise SettingsError(f"FLOPS_TRACKING_URI/--tracking-uri: {self.tracking_uri!r} is not "
+                                    "http(s)://host:port (or off)")
+            if self.better not in BETTER_CHOICES:
+                raise SettingsError(f"FLOPS_BETTER/--better: {self.better!r} is not one of {', '.join(BETTER_CHOICES)}")
+            if not re.match(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$", self.alias):
+                raise SettingsError(f"FLOPS_ALIAS/--alias: {self.alias!r} is not a valid alias")
+        if role == "learner" and not 0 <= self.learner_index < self.learners:
+            raise SettingsError(f"FLOPS_LEARNER_INDEX/--learner-index: {self.learner_index} is outside "
+                                f"0..{self.learners - 1}")
+        for name, low in (("rounds", 1), ("learners", 1), ("local_epochs", 1)):
+            if getattr(self, name) < low:
+                raise SettingsError(f"FLOPS_{name.upper()}/--{name.replace('_', '-')}: expected at least {low}, "
+                                    f"got {getattr(self, name)}")
+        if self.timeout <= 0 or self.learning_rate <= 0:
+            raise SettingsError("FLOPS_TIMEOUT and FLOPS_LEARNING_RATE must be positive")
+        parse_address(self.aggregator_address)
+        return self
+
+
+def from_environment(argv: list[str] | None, role: str, description: str) -> FLSettings:
+    """Settings from FLOPS_* variables, overridden by flags; raises SettingsError on bad values."""
+    parser = argparse.ArgumentParser(prog=f"python -m flops_mlops.fl.{role}", description=description)
+    values: dict[str, object] = {}
+    for f in fields(FLSettings):
+        env = os.environ.get(f"FLOPS_{f.name.upper()}")
+        parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=None,
+                            help=f"default: $FLOPS_{f.name.upper()} or {f.default}")
+        if env is not None and env != "":
+            values[f.name] = env
+    args = parser.parse_args(argv)
+    for f in fields(FLSettings):
+        if getattr(args, f.name) is not None:
+            values[f.name] = getattr(args, f.name)
+    converted: dict[str, object] = {}
+    for f in fields(FLSettings):
+        if f.name not in values:
+            continue
+        raw = values[f.name]
+        kind = type(f.default)
+        try:
+            converted[f.name] = Path(str(raw)) if isinstance(f.default, Path) else kind(raw)
+        except ValueError:
+            raise SettingsError(f"FLOPS_{f.name.upper()}/--{f.name.replace('_', '-')}: expected "
+                                f"{kind.__name__}, got {raw!r}") from None
+    return FLSettings(**converted).check(role)

@@ -1,0 +1,290 @@
+"""The tracking policy: what the aggregator records in MLflow for an FL project, independent of Flower.
+
+- Experiment = FL project (named after it); one MLflow run per training round, named ``round-<n>``.
+- Per round, in one ``log_batch`` call: the strategy parameters (params), the aggregated evaluation
+  ``loss`` and ``accuracy``, ``train_examples`` and ``eval_examples`` (sums over learners), and
+  ``round_time_s`` (wall time of the round), and one end-of-round sample of the aggregator process
+  (``system/aggregator_cpu_percent``, ``system/aggregator_rss_megabytes``, ``system/aggregator_threads``);
+  tags ``flops.project``, ``flops.round``, ``flops.code_version``. MLflow's system metrics of the
+  aggregator's host (``system/...``) are sampled while the round's run is open; the sampling interval adapts to the previous round's length (a quarter of it, between
+  0.2 s and 10 s; 0.5 s for the first) so that rounds of a few seconds still get several samples.
+- Only the aggregator logs. Nothing that identifies a learner (address, node id, index, per-learner
+  numbers) is logged: only aggregates.
+- Exactly one best global model is kept on the aggregator's disk (``best.npz`` + ``best.json`` in the
+  model folder). "Better" is configurable: ``loss`` (default) means a strictly lower aggregated
+  evaluation loss, ``accuracy`` a strictly higher aggregated accuracy. The file is replaced (atomically)
+  only by a better round, and written before the round is logged, so a tracking failure leaves it there.
+- After the last round the best model is logged once, into the best round's run, with a signature, an
+  input example and explicit pip requirements, through the tracking server (which proxies it to the
+  FTP artifact store); it is registered under the project's name and the alias (default ``champion``)
+  is pointed at the new version.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .settings import validate_project
+
+BETTER = {"loss": "lowest aggregated evaluation loss", "accuracy": "highest aggregated accuracy"}
+
+
+class TrackingError(RuntimeError):
+    """Logging to the tracking server failed; the message names the server and the step."""
+
+
+@dataclass(frozen=True)
+class RoundResult:
+    round: int
+    loss: float
+    accuracy: float
+    train_examples: int
+    eval_examples: int
+    wall_time: float
+
+
+def is_better(candidate: RoundResult, best: RoundResult | None, criterion: str) -> bool:
+    """Strictly better than ``best`` under ``criterion`` (ties keep the earlier round)."""
+    if criterion not in BETTER:
+        raise ValueError(f"better: {criterion!r} is not one of {', '.join(BETTER)}")
+    if not np.isfinite(candidate.loss):
+        return False
+    if best is None:
+        return True
+    if criterion == "loss":
+        return candidate.loss < best.loss
+    return candidate.accuracy > best.accuracy
+
+
+class BestModel:
+    """The one best global model on disk: ``best.npz`` (parameter arrays) and ``best.json`` (its round)."""
+
+    def __init__(self, folder: Path, criterion: str = "loss"):
+        if criterion not in BETTER:
+            raise ValueError(f"better: {criterion!r} is not one of {', '.join(BETTER)}")
+        self.folder = Path(folder)
+        self.criterion = criterion
+        self.result: RoundResult | None = None
+
+    @property
+    def arrays_file(self) -> Path:
+        return self.folder / "best.npz"
+
+    @property
+    def info_file(self) -> Path:
+        return self.folder / "best.json"
+
+    def reset(self) -> None:
+        """Forget a previous training's best model (a new training starts from round 1)."""
+        self.arrays_file.unlink(missing_ok=True)
+        self.info_file.unlink(missing_ok=True)
+        self.result = None
+
+    def offer(self, result: RoundResult, params: list[np.ndarray]) -> bool:
+        """Keep ``params`` if this round is better than the kept one; True if it replaced it."""
+        if not is_better(result, self.result, self.criterion):
+            return False
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp = self.folder / ".best.npz.tmp"
+        with open(tmp, "wb") as out:
+            np.savez(out, *params)
+        os.replace(tmp, self.arrays_file)
+        info_tmp = self.folder / ".best.json.tmp"
+        info_tmp.write_text(json.dumps({**asdict(result), "criterion": self.criterion}) + "\n", encoding="utf-8")
+        os.replace(info_tmp, self.info_file)
+        self.result = result
+        return True
+
+    def load(self) -> list[np.ndarray]:
+        with np.load(self.arrays_file) as data:
+            return [data[f"arr_{i}"] for i in range(len(data.files))]
+
+
+def code_version() -> str:
+    """Package version, plus the git commit when running from a checkout; FLOPS_CODE_VERSION overrides."""
+    if os.environ.get("FLOPS_CODE_VERSION"):
+        return os.environ["FLOPS_CODE_VERSION"]
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        text = version("flops-mlops")
+    except PackageNotFoundError:
+        text = "unknown"
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=Path(__file__).parent,
+                                capture_output=True, text=True, timeout=5)
+        if commit.returncode == 0 and commit.stdout.strip():
+            text += f"+g{commit.stdout.strip()}"
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return text
+
+
+def sampling_interval(previous_round_seconds: float | None) -> float:
+    """System-metrics sampling interval for the next round: a quarter of the last round, 0.2-10 s."""
+    if previous_round_seconds is None:
+        return 0.5
+    return float(min(10.0, max(0.2, previous_round_seconds / 4)))
+
+
+class LocalOnly:
+    """The policy without a tracking server: keeps the best model on disk and nothing else (benchmarks)."""
+
+    def __init__(self, best: BestModel):
+        self.best = best
+        self.rounds: list[dict[str, Any]] = []
+
+    def open(self) -> None:
+        self.best.reset()
+
+    def round_started(self, server_round: int) -> None:
+        pass
+
+    def round_finished(self, result: RoundResult, params: list[np.ndarray]) -> dict[str, Any]:
+        replaced = self.best.offer(result, params)
+        entry = {**asdict(result), "best": replaced, "run_id": None}
+        self.rounds.append(entry)
+        return entry
+
+    def finish(self, x_example: np.ndarray) -> dict[str, Any]:
+        return {"best_round": self.best.result.round if self.best.result else None, "rounds": self.rounds}
+
+    def fail(self) -> None:
+        pass
+
+
+class RoundTracker(LocalOnly):
+    """The policy against a tracking server. Call open, then round_started/round_finished per round, finish."""
+
+    def __init__(self, tracking_uri: str, project: str, best: BestModel, strategy_params: dict[str, Any],
+                 alias: str = "champion"):
+        super().__init__(best)
+        self.tracking_uri = tracking_uri.rstrip("/")
+        self.project = validate_project(project)
+        self.strategy_params = {key: str(value) for key, value in strategy_params.items()}
+        self.alias = alias
+        self.version = code_version()
+        self.experiment_id: str | None = None
+        self.run_id: str | None = None
+        self.run_ids: dict[int, str] = {}
+        self._previous_round_seconds: float | None = None
+        self._round_started_at = 0.0
+
+    def _step(self, what: str, call, *args, **kwargs):
+        try:
+            return call(*args, **kwargs)
+        except Exception as exc:
+            raise TrackingError(f"tracking server {self.tracking_uri}: {what} failed: "
+                                f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+
+    def open(self) -> None:
+        import mlflow
+
+        super().open()
+        mlflow.set_tracking_uri(self.tracking_uri)
+        experiment = self._step(f"opening experiment {self.project!r}", mlflow.set_experiment, self.project)
+        self.experiment_id = experiment.experiment_id
+        self._step("tagging the experiment", mlflow.MlflowClient().set_experiment_tag,
+                   self.experiment_id, "flops.project", self.project)
+
+    def round_started(self, server_round: int) -> None:
+        import mlflow
+
+        mlflow.set_system_metrics_sampling_interval(sampling_interval(self._previous_round_seconds))
+        mlflow.set_system_metrics_samples_before_logging(1)
+        tags = {"flops.project": self.project, "flops.round": str(server_round), "flops.code_version": self.version}
+        run = self._step(f"starting the run of round {server_round}", mlflow.start_run,
+                         experiment_id=self.experiment_id, run_name=f"round-{server_round}", tags=tags,
+                         log_system_metrics=True)
+        self.run_id = run.info.run_id
+        self._round_started_at = time.monotonic()
+
+    def round_finished(self, result: RoundResult, params: list[np.ndarray]) -> dict[str, Any]:
+        import mlflow
+        from mlflow.entities import Metric, Param
+
+        entry = super().round_finished(result, params)  # the best model reaches the disk first
+        self._previous_round_seconds = time.monotonic() - self._round_started_at
+        now = int(time.time() * 1000)
+        step = result.round
+        metrics = [Metric(key, float(value), now, step) for key, value in (
+            ("loss", result.loss), ("accuracy", result.accuracy), ("train_examples", result.train_examples),
+            ("eval_examples", result.eval_examples), ("round_time_s", result.wall_time),
+            *self._process_sample())]
+        params_ = [Param(key, value) for key, value in sorted(self.strategy_params.items())]
+        self._step(f"logging round {result.round}", mlflow.MlflowClient().log_batch, self.run_id,
+                   metrics=metrics, params=params_)
+        self._step(f"ending the run of round {result.round}", mlflow.end_run)
+        self.run_ids[result.round] = self.run_id
+        entry["run_id"] = self.run_id
+        self.run_id = None
+        return entry
+
+    def _process_sample(self) -> list[tuple[str, float]]:
+        """One end-of-round sample of the aggregator process itself, so even rounds shorter than the
+        sampling interval carry system metrics (CPU is averaged since the previous sample)."""
+        import psutil
+
+        process = psutil.Process()
+        return [("system/aggregator_cpu_percent", process.cpu_percent(interval=None)),
+                ("system/aggregator_rss_megabytes", process.memory_info().rss / 2**20),
+                ("system/aggregator_threads", process.num_threads())]
+
+    def finish(self, x_example: np.ndarray) -> dict[str, Any]:
+        """Log the best model once (into the best round's run), register it, point the alias at it."""
+        import mlflow
+        import mlflow.sklearn
+        import sklearn
+        import skops
+        from mlflow.models import infer_signature
+
+        from .model import to_sklearn
+
+        summary = super().finish(x_example)
+        if self.best.result is None:
+            raise TrackingError("no round produced a usable model; nothing to register")
+        best_round = self.best.result.round
+        model = to_sklearn(self.best.load())
+        example = np.asarray(x_example[:5])
+        signature = infer_signature(example, model.predict(example))
+        requirements = [f"scikit-learn=={sklearn.__version__}", f"numpy=={np.__version__}",
+                        f"skops=={skops.__version__}"]
+        started = time.monotonic()
+        with self._step("reopening the best round's run", mlflow.start_run, run_id=self.run_ids[best_round]):
+            info = self._step("logging the best model", mlflow.sklearn.log_model, model, name="model",
+                              signature=signature, input_example=example, pip_requirements=requirements,
+                              registered_model_name=self.project)
+        version = str(info.registered_model_version)
+        self._step(f"setting alias {self.alias!r}", mlflow.MlflowClient().set_registered_model_alias,
+                   self.project, self.alias, version)
+        summary.update({
+            "experiment_id": self.experiment_id,
+            "run_ids": [self.run_ids[r] for r in sorted(self.run_ids)],
+            "best_round": best_round,
+            "better": self.best.criterion,
+            "model_uri": f"models:/{self.project}@{self.alias}",
+            "model_version": version,
+            "logged_model_uri": info.model_uri,
+            "register_seconds": time.monotonic() - started,
+            "ui_url": f"{self.tracking_uri}/#/experiments/{self.experiment_id}",
+        })
+        return summary
+
+    def fail(self) -> None:
+        """Mark an open round's run as FAILED (best effort: the server may be the thing that failed)."""
+        import mlflow
+
+        if self.run_id is not None:
+            try:
+                mlflow.end_run(status="FAILED")
+            except Exception:
+                pass
+            self.run_id = None

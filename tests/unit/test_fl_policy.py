@@ -1,0 +1,138 @@
+"""The FL tracking policy and settings, without Flower or a tracking server: better-model rule, the one best
+model on disk, sampling interval, project names, FLOPS_* settings, the non-IID split, learner isolation."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from flops_mlops.fl import data
+from flops_mlops.fl.runner import learner_environment
+from flops_mlops.fl.settings import SettingsError, from_environment, validate_project
+from flops_mlops.fl.tracking import BestModel, RoundResult, is_better, sampling_interval
+
+from conftest import ROOT, run_cli
+
+
+def result(n: int, loss: float, accuracy: float) -> RoundResult:
+    return RoundResult(round=n, loss=loss, accuracy=accuracy, train_examples=10, eval_examples=5, wall_time=1.0)
+
+
+@pytest.mark.parametrize("criterion, candidate, best, expected", [
+    ("loss", (0.5, 0.8), None, True),
+    ("loss", (0.4, 0.7), (0.5, 0.8), True),        # lower loss wins even with lower accuracy
+    ("loss", (0.5, 0.9), (0.5, 0.8), False),       # a tie keeps the earlier round
+    ("loss", (0.6, 0.99), (0.5, 0.8), False),
+    ("loss", (float("nan"), 0.9), None, False),   # a broken round never becomes the best
+    ("accuracy", (0.9, 0.85), (0.5, 0.8), True),  # higher accuracy wins even with higher loss
+    ("accuracy", (0.1, 0.8), (0.5, 0.8), False),
+])
+def test_better_rule(criterion, candidate, best, expected):
+    assert is_better(result(2, *candidate), result(1, *best) if best else None, criterion) is expected
+
+
+def test_unknown_criterion_is_rejected():
+    with pytest.raises(ValueError, match="better: 'f1'"):
+        BestModel(".", "f1")
+
+
+def test_exactly_one_best_model_is_kept_and_replaced_only_by_a_better_round(tmp_path):
+    best = BestModel(tmp_path / "model", "loss")
+    offers = [(1, 0.5), (2, 0.4), (3, 0.6), (4, 0.4)]
+    replaced = [best.offer(result(n, loss, 0.5), [np.full((2, 2), n), np.full(2, n)]) for n, loss in offers]
+    assert replaced == [True, True, False, False]
+    assert sorted(p.name for p in (tmp_path / "model").iterdir()) == ["best.json", "best.npz"]
+    assert json.loads(best.info_file.read_text())["round"] == 2
+    assert [a.tolist() for a in best.load()] == [[[2, 2], [2, 2]], [2, 2]]
+    best.reset()
+    assert list((tmp_path / "model").iterdir()) == []
+
+
+@pytest.mark.parametrize("previous, expected", [(None, 0.5), (1.0, 0.25), (0.05, 0.2), (8.0, 2.0), (300, 10.0)])
+def test_sampling_interval_follows_round_length(previous, expected):
+    assert sampling_interval(previous) == expected
+
+
+@pytest.mark.parametrize("name", ["demo", "Project7", "a" * 32])
+def test_valid_project_names(name):
+    assert validate_project(name) == name
+
+
+@pytest.mark.parametrize("name", ["", "7up", "my-project", "my_project", "a/b", "../x", "a b", "a" * 33, "dé"])
+def test_invalid_project_names(name):
+    with pytest.raises(SettingsError, match="not a valid project name"):
+        validate_project(name)
+
+
+def test_settings_from_environment_and_flags(monkeypatch):
+    monkeypatch.setenv("FLOPS_PROJECT", "demo")
+    monkeypatch.setenv("FLOPS_TRACKING_URI", "http://127.0.0.1:5000")
+    monkeypatch.setenv("FLOPS_ROUNDS", "5")
+    monkeypatch.setenv("FLOPS_AGGREGATOR_ADDRESS", "127.0.0.1:9999")
+    settings = from_environment(["--rounds", "7", "--better", "accuracy"], "aggregator", "test")
+    assert (settings.rounds, settings.better, settings.aggregator_address) == (7, "accuracy", "127.0.0.1:9999")
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"FLOPS_PROJECT": "bad-name"}, "FLOPS_PROJECT/--project: 'bad-name'"),
+    ({"FLOPS_ROUNDS": "three"}, "FLOPS_ROUNDS/--rounds: expected int, got 'three'"),
+    ({"FLOPS_ROUNDS": "0"}, "FLOPS_ROUNDS/--rounds: expected at least 1"),
+    ({"FLOPS_AGGREGATOR_ADDRESS": "nowhere"}, "FLOPS_AGGREGATOR_ADDRESS: 'nowhere' is not host:port"),
+    ({"FLOPS_TRACKING_URI": "file:///tmp/x"}, "FLOPS_TRACKING_URI/--tracking-uri: 'file:///tmp/x'"),
+    ({"FLOPS_BETTER": "f1"}, "FLOPS_BETTER/--better: 'f1'"),
+])
+def test_bad_settings_name_the_variable(monkeypatch, env, message):
+    monkeypatch.setenv("FLOPS_PROJECT", "demo")
+    monkeypatch.setenv("FLOPS_TRACKING_URI", "http://127.0.0.1:5000")
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(SettingsError) as error:
+        from_environment([], "aggregator", "test")
+    assert message in str(error.value)
+
+
+def test_learner_index_must_fit_the_learner_count(monkeypatch):
+    monkeypatch.setenv("FLOPS_LEARNERS", "2")
+    monkeypatch.setenv("FLOPS_LEARNER_INDEX", "2")
+    with pytest.raises(SettingsError, match="FLOPS_LEARNER_INDEX/--learner-index: 2 is outside 0..1"):
+        from_environment([], "learner", "test")
+
+
+def test_split_is_deterministic_disjoint_complete_and_non_iid():
+    _, y, _, _ = data._dataset(42)
+    shares = data.partition_indices(y, 3, 42)
+    again = data.partition_indices(y, 3, 42)
+    assert all((a == b).all() for a, b in zip(shares, again))
+    joined = np.concatenate(shares)
+    assert len(joined) == len(set(joined.tolist())) == len(y)
+    assert min(len(s) for s in shares) >= data.MIN_PER_LEARNER
+    mixes = np.array([np.bincount(y[s], minlength=data.CLASSES) / len(s) for s in shares])
+    assert np.abs(mixes - mixes.mean(axis=0)).max() > 0.1  # label mixes differ between learners
+
+
+def test_learners_get_no_tracking_settings():
+    env = learner_environment({"PATH": "/bin", "MLFLOW_TRACKING_URI": "http://x", "FLOPS_TRACKING_URI": "http://x",
+                               "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "FLOPS_SEED": "1"})
+    assert env == {"PATH": "/bin", "FLOPS_SEED": "1"}
+
+
+def test_learner_code_does_not_import_mlflow():
+    code = ("import sys, flops_mlops.fl.learner, flops_mlops.fl.legacy; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'mlflow' or m.endswith('fl.tracking')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--tenant", "acme", "--project", "../etc"], "--project: '../etc' is not a valid project name"),
+    (["--tenant", "nobody", "--project", "demo"], "no tenant 'nobody'"),
+    (["--tenant", "acme", "--project", "demo", "--rounds", "0"], "FLOPS_ROUNDS/--rounds: expected at least 1"),
+])
+def test_round_rejects_bad_input_before_starting_anything(args, message):
+    done = run_cli("round", *args, config=ROOT / "configs" / "local.yaml")
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr
