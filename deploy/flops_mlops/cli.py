@@ -59,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     keys.add_argument("action", choices=["check", "keys"], help="check: validate the file; keys: document keys")
     keys.set_defaults(handler=cmd_config)
 
+    from .oakestra.commands import add_parsers as add_oakestra_parsers  # render, push, undeploy
+
+    add_oakestra_parsers(commands)
+
     from .fl.runner import add_round_parser  # the FL project runner (flops_mlops/fl)
 
     add_round_parser(commands).set_defaults(handler=cmd_round)

@@ -119,6 +119,92 @@ class Tenant:
 
 
 @dataclass(frozen=True)
+class OakestraResources:
+    """What one Oakestra service asks of its worker (SLA integers; all three keys are required when written)."""
+
+    memory: int = doc("memory in MB")
+    vcpus: int = doc("virtual CPUs")
+    storage: int = doc("disk in MB (0: no requirement)")
+
+
+@dataclass(frozen=True)
+class OakestraImages:
+    """Container images, pinned by tag (never latest) or digest; ours are prefixed with oakestra.registry."""
+
+    tracking_server: str = doc("our tracking server image (mlflow server)", "flops-mlops/tracking-server:0.1.0")
+    artifact_store: str = doc("our vsftpd artifact store image", "flops-mlops/artifact-store:0.1.0")
+    fl_actor: str = doc("our FL aggregator/learner image", "flops-mlops/fl-actor:0.1.0")
+    mysql: str = doc("backend store image, a full reference (not prefixed)", "docker.io/library/mysql:8.4.6")
+
+
+@dataclass(frozen=True)
+class OakestraTarget:
+    """Where the scheduler must place services (an SLA `direct` constraint); both empty: anywhere."""
+
+    cluster: str | None = doc("name of the cluster", None)
+    node: str | None = doc("host name of the worker node", None)
+
+
+@dataclass(frozen=True)
+class OakestraIpPlan:
+    """Service IPs (addresses.rr_ip) in 10.30.0.0/16: 10.30.<block>.<host>, derived from stable slots."""
+
+    stores_block: int = doc("third octet of the stores: MySQL 10.30.<b>.1, FTP 10.30.<b>.2", 100)
+    tracking_block: int = doc("third octet of the tracking servers: tenant slot s gets 10.30.<b>.<s>", 101)
+    projects_block: int = doc("third octet of project slot 1; project slot p uses 10.30.<b+p-1>.0/24: "
+                              "aggregator .1, learner i .<i+2>", 110)
+
+
+@dataclass(frozen=True)
+class OakestraTenant:
+    """A tenant's place in the Oakestra plan; never change or reuse a slot, its service IP derives from it."""
+
+    id: str = doc("a tenant id from tenants[]")
+    slot: int = doc("stable number 1-254: the tenant's tracking server gets 10.30.<tracking_block>.<slot>")
+
+
+@dataclass(frozen=True)
+class OakestraProject:
+    """An FL project: one Oakestra application with an aggregator and `learners` learner services."""
+
+    name: str = doc("project name = application name = MLflow experiment (letters and digits)")
+    tenant: str = doc("the tenant whose tracking server the aggregator logs to")
+    slot: int = doc("stable number from 1: the project's service IPs are 10.30.<projects_block+slot-1>.x")
+    learners: int = doc("number of learner services (FLOPS_LEARNERS)", 2)
+    rounds: int = doc("training rounds (FLOPS_ROUNDS)", 3)
+
+
+@dataclass(frozen=True)
+class Oakestra:
+    """Oakestra SLA rendering (`flops-mlops render`) and deployment (`flops-mlops push` / `undeploy`)."""
+
+    namespace: str = doc("application_namespace and microservice_namespace of every service (letters, digits)",
+                         "flops")
+    name_limit: int = doc("longest allowed application/service name: 30, or 10 for releases up to v0.4.204 "
+                          "or an unknown release", 30)
+    registry: str = doc("registry host[/path] the workers pull our images from", "docker.io")
+    images: OakestraImages = doc("container images", OakestraImages())
+    run_stores: bool = doc("true: render the stores application (MySQL + vsftpd) and point the tracking servers "
+                           "at it; false: use backend_store.host/port and artifact_store.host/port", True)
+    ip_plan: OakestraIpPlan = doc("service IP plan", OakestraIpPlan())
+    tenants: list[OakestraTenant] = doc("a slot for every tenant in tenants[]", [])
+    projects: list[OakestraProject] = doc("FL projects, one application each", [])
+    target: OakestraTarget = doc("placement of every service", OakestraTarget())
+    stores_target: OakestraTarget | None = doc("placement of the stores (default: target)", None)
+    tracking_port: int = doc("port the tracking server listens on inside its container", 5000)
+    tracking_host_port_base: int | None = doc(
+        "expose tenant slot s's UI on its worker at host port base+s (none: reachable only inside the overlay)",
+        5000)
+    aggregator_port: int = doc("port the aggregator listens on (FLOPS_AGGREGATOR_ADDRESS)", 8080)
+    ftp_passive_ports: list[int] = doc("passive data ports [min, max] of the FTP store", [30000, 30009])
+    tracking_server: OakestraResources = doc("resources of a tracking server", OakestraResources(1024, 1, 0))
+    mysql: OakestraResources = doc("resources of the MySQL backend store", OakestraResources(1024, 1, 0))
+    artifact_store: OakestraResources = doc("resources of the FTP artifact store", OakestraResources(256, 1, 0))
+    aggregator: OakestraResources = doc("resources of an FL aggregator", OakestraResources(1024, 1, 0))
+    learner: OakestraResources = doc("resources of an FL learner", OakestraResources(1024, 1, 0))
+
+
+@dataclass(frozen=True)
 class StackConfig:
     """A whole stack."""
 
@@ -129,6 +215,7 @@ class StackConfig:
     backend_store: BackendStore = doc("the backend store", BackendStore())
     artifact_store: ArtifactStore = doc("the artifact store", ArtifactStore())
     tracking: Tracking = doc("the tracking servers", Tracking())
+    oakestra: Oakestra = doc("Oakestra SLA rendering and push", Oakestra())
     source: Path = field(default=Path("<memory>"), metadata={"internal": True})
 
     def tenant(self, tenant_id: str) -> Tenant:

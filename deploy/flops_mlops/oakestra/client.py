@@ -1,0 +1,209 @@
+"""A client of the Oakestra root orchestrator's system manager REST API (the calls push and undeploy need).
+
+Quirks of the API handled here, so callers see plain Python values:
+- bodies that are a JSON *string* encoding the real JSON are decoded twice;
+- access tokens expire (10 minutes): a 401 is answered by one refresh with the refresh token, then by a new
+  login, and the call is repeated once;
+- every error becomes an OakestraError naming the call, the HTTP status and the body, with any secret
+  value of this deployment replaced by ***.
+Ids that come from responses are checked before they are put into a URL path.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+
+from ..config import ConfigError
+from ..processes import StackError
+
+ID_PATTERN = re.compile(r"^[A-Za-z0-9]{1,64}$")
+USER_ID_PATTERN = re.compile(r"^[A-Za-z0-9._@-]{1,128}$")
+BODY_LIMIT = 2000
+
+
+class OakestraError(StackError):
+    """A failed API call (exit 1): ``call`` is "METHOD path", ``status`` the HTTP status (None: no answer)."""
+
+    def __init__(self, call: str, status: int | None, body: str):
+        self.call, self.status, self.body = call, status, body
+        where = f"HTTP {status}" if status is not None else "no answer"
+        super().__init__(f"{call}: {where}: {body}")
+
+
+def check_url(url: str) -> str:
+    """The orchestrator's base URL, http(s)://host[:port], without a trailing slash; ConfigError otherwise."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise ConfigError(f"--orchestrator: {url!r} is not a valid URL") from None
+    if (parts.scheme not in ("http", "https") or not parts.hostname or parts.username or parts.password
+            or parts.query or parts.fragment or parts.path not in ("", "/")
+            or not re.match(r"^[A-Za-z0-9.:\[\]-]+$", parts.netloc)):
+        raise ConfigError(f"--orchestrator: {url!r} must be http(s)://host[:port] of the root orchestrator's "
+                          "system manager (no credentials, path or query), for example http://10.0.0.1:10000")
+    del port  # parsed only to reject a bad port
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def check_id(value: Any, what: str) -> str:
+    """An id from a response, checked before it goes into a URL path."""
+    if not isinstance(value, str) or not ID_PATTERN.match(value):
+        raise OakestraError(what, None, f"the orchestrator returned {value!r}, which is not a plain id "
+                                        "(letters and digits)")
+    return value
+
+
+def check_user_id(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not USER_ID_PATTERN.match(value):
+        raise OakestraError(what, None, f"{value!r} is not a usable user id")
+    return value
+
+
+def decode(text: str) -> Any:
+    """A response body: JSON, decoded a second time when it is a JSON string of JSON; raw text otherwise."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return text
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
+
+
+class Client:
+    """One logged-in session with the system manager."""
+
+    def __init__(self, url: str, username: str, password: str, timeout: float = 30.0,
+                 redact: list[str] | None = None):
+        self.url = check_url(url)
+        self.username = username
+        self._password = password
+        self.timeout = timeout
+        self._redact = sorted({value for value in (redact or []) if value} | {password}, key=len, reverse=True)
+        self._session = requests.Session()
+        self._token: str | None = None
+        self._refresh_token: str | None = None
+
+    # --- transport ---
+
+    def _clean(self, text: str) -> str:
+        for value in self._redact:
+            text = text.replace(value, "***")
+        return text if len(text) <= BODY_LIMIT else text[:BODY_LIMIT] + f"... ({len(text)} characters)"
+
+    def _send(self, method: str, path: str, body: Any = None, token: str | None = None) -> requests.Response:
+        headers = {"Accept": "application/json"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        try:
+            return self._session.request(method, self.url + path, json=body, headers=headers, timeout=self.timeout)
+        except requests.RequestException as exc:
+            raise OakestraError(f"{method} {path}", None, self._clean(f"{type(exc).__name__}: {exc}")) from None
+
+    def _fail(self, method: str, path: str, response: requests.Response) -> OakestraError:
+        return OakestraError(f"{method} {path}", response.status_code, self._clean(response.text.strip()))
+
+    def call(self, method: str, path: str, body: Any = None) -> Any:
+        """An authenticated call; returns the decoded body, raises OakestraError on any status >= 300."""
+        if self._token is None:
+            self.login()
+        response = self._send(method, path, body, self._token)
+        if response.status_code == 401:
+            self._renew()
+            response = self._send(method, path, body, self._token)
+        if response.status_code >= 300:
+            raise self._fail(method, path, response)
+        return decode(response.text)
+
+    # --- authentication ---
+
+    def login(self) -> None:
+        path = "/api/auth/login"
+        response = self._send("POST", path, {"username": self.username, "password": self._password})
+        if response.status_code != 200:
+            raise self._fail("POST", path, response)
+        data = decode(response.text)
+        if not isinstance(data, dict) or not isinstance(data.get("token"), str):
+            raise OakestraError(f"POST {path}", response.status_code, "the answer holds no token")
+        self._token, self._refresh_token = data["token"], data.get("refresh_token")
+
+    def _renew(self) -> None:
+        """After a 401: a new access token from the refresh token, or else a new login."""
+        if self._refresh_token:
+            response = self._send("POST", "/api/auth/refresh", None, self._refresh_token)
+            data = decode(response.text) if response.status_code == 200 else None
+            if isinstance(data, dict) and isinstance(data.get("token"), str):
+                self._token = data["token"]
+                return
+        self.login()
+
+    def token_subject(self) -> str | None:
+        """The user identity in the access token when it is a JWT (best effort, not verified)."""
+        parts = (self._token or "").split(".")
+        if len(parts) != 3:
+            return None
+        try:
+            claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+        except ValueError:
+            return None
+        subject = claims.get("sub") if isinstance(claims, dict) else None
+        return subject if isinstance(subject, str) and USER_ID_PATTERN.match(subject) else None
+
+    # --- applications ---
+
+    def create_application(self, sla: dict) -> list[dict]:
+        """Create an application; the answer lists all of the user's applications."""
+        return _records(self.call("POST", "/api/application/", sla), "POST /api/application/")
+
+    def applications(self, user_id: str) -> list[dict]:
+        path = f"/api/applications/{check_user_id(user_id, 'user id')}"
+        return _records(self.call("GET", path), f"GET {path}")
+
+    def delete_application(self, app_id: str) -> None:
+        self.call("DELETE", f"/api/application/{check_id(app_id, 'applicationID')}")
+
+    # --- services and instances ---
+
+    def append_services(self, sla: dict) -> dict:
+        result = self.call("POST", "/api/service/", sla)
+        return result if isinstance(result, dict) else {}
+
+    def services(self, app_id: str) -> list[dict]:
+        path = f"/api/services/{check_id(app_id, 'applicationID')}"
+        return _records(self.call("GET", path), f"GET {path}")
+
+    def service(self, service_id: str) -> dict:
+        path = f"/api/service/{check_id(service_id, 'microserviceID')}"
+        record = self.call("GET", path)
+        if not isinstance(record, dict):
+            raise OakestraError(f"GET {path}", 200, "expected a service record")
+        return record
+
+    def deploy_instance(self, service_id: str) -> None:
+        self.call("POST", f"/api/service/{check_id(service_id, 'microserviceID')}/instance")
+
+    def undeploy_instance(self, service_id: str, number: int) -> None:
+        if isinstance(number, bool) or not isinstance(number, int) or number < 0:
+            raise OakestraError("instance number", None, f"the orchestrator returned {number!r}")
+        self.call("DELETE", f"/api/service/{check_id(service_id, 'microserviceID')}/instance/{number}")
+
+    def delete_service(self, service_id: str) -> None:
+        self.call("DELETE", f"/api/service/{check_id(service_id, 'microserviceID')}")
+
+
+def _records(value: Any, call: str) -> list[dict]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
+        raise OakestraError(call, 200, f"expected a list of records, got {type(value).__name__}")
+    return value

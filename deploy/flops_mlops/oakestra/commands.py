@@ -1,0 +1,164 @@
+"""The `render`, `push` and `undeploy` commands: arguments, credentials and what they print.
+
+Credentials never come from the command line: the user name from --username or $FLOPS_OAKESTRA_USERNAME,
+the password from the first line of --password-file (or $FLOPS_OAKESTRA_PASSWORD_FILE), or else from
+$FLOPS_OAKESTRA_PASSWORD. Progress goes to stderr; exit 2 for bad input, 1 for a failed API call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from .. import config as config_module
+from ..config import ConfigError
+from ..secrets import Secrets, read_env
+from . import sla
+from .client import Client
+from .push import ENVIRONMENT_WARNING, DeployState, Deployer
+
+
+def add_parsers(commands) -> None:
+    render = commands.add_parser(
+        "render", help="render the Oakestra SLA files (one JSON file per application) for review",
+        description="Render one SLA v2.0 JSON file per application (stores, tracking, one per FL project) from "
+                    "sla_templates/ and the oakestra section of the configuration. Every document is checked "
+                    "against the project's SLA schema and the service IP plan first; on any violation nothing "
+                    "is written. The files hold ${FLOPS_...} placeholders, never secrets.")
+    render.add_argument("--out", required=True, type=Path, metavar="DIR", help="folder to write the files to")
+    render.add_argument("--check", action="store_true",
+                        help="write nothing; exit 1 if the files in DIR differ from what would be rendered")
+    _templates_option(render)
+    render.set_defaults(handler=cmd_render)
+
+    push = commands.add_parser(
+        "push", help="deploy the rendered applications to an Oakestra root orchestrator and wait until running",
+        description="Render in memory (the same bytes as `render`), fill the secret placeholders from the secrets "
+                    "file, then per application (stores, tracking, projects): create it if missing, add missing "
+                    "services, deploy an instance of each service without one, and follow the statuses to "
+                    "RUNNING. Re-running it creates nothing twice.")
+    _orchestrator_options(push)
+    push.add_argument("--reviewed", type=Path, metavar="DIR",
+                      help="refuse to push unless the files in DIR (the reviewed `render --out DIR`) are "
+                           "exactly what the configuration renders now")
+    push.add_argument("--timeout", type=float, default=900, metavar="SECONDS",
+                      help="give up when an application is not running after this long (default 900)")
+    push.add_argument("--poll-interval", type=float, default=5, metavar="SECONDS",
+                      help="seconds between status checks (default 5)")
+    push.set_defaults(handler=cmd_push)
+
+    undeploy = commands.add_parser(
+        "undeploy", help="remove the applications from the orchestrator (instances, services, applications)",
+        description="In reverse deploy order: undeploy every instance one by one, delete the services, then the "
+                    "application. Applications that are not deployed are skipped.")
+    _orchestrator_options(undeploy)
+    undeploy.set_defaults(handler=cmd_undeploy)
+
+
+def _templates_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--templates", type=Path, default=None, metavar="DIR",
+                        help=f"SLA templates folder (default {sla.TEMPLATES_DIR})")
+
+
+def _orchestrator_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--orchestrator", default=os.environ.get("FLOPS_OAKESTRA_URL"), metavar="URL",
+                        help="system manager of the root orchestrator, http(s)://host:port "
+                             "(default $FLOPS_OAKESTRA_URL), e.g. http://10.0.0.1:10000")
+    parser.add_argument("--username", default=os.environ.get("FLOPS_OAKESTRA_USERNAME"),
+                        help="Oakestra user (default $FLOPS_OAKESTRA_USERNAME)")
+    parser.add_argument("--password-file", type=Path, default=os.environ.get("FLOPS_OAKESTRA_PASSWORD_FILE"),
+                        metavar="FILE", help="file whose first line is the password (default "
+                                             "$FLOPS_OAKESTRA_PASSWORD_FILE, else $FLOPS_OAKESTRA_PASSWORD)")
+    parser.add_argument("--user-id", default=None,
+                        help="the Oakestra user id, when no earlier push from this machine recorded it")
+    parser.add_argument("--app", action="append", default=None, metavar="NAME",
+                        help="only this application (stores, tracking or a project name); repeatable")
+    parser.add_argument("--http-timeout", type=float, default=30, metavar="SECONDS",
+                        help="timeout of one API call (default 30)")
+    _templates_option(parser)
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    config = config_module.load(Path(args.config))
+    rendered = sla.render_all(config, args.templates)
+    if args.check:
+        stale = sla.differences(rendered, args.out)
+        for path in stale:
+            print(f"differs from the configuration: {path}", file=sys.stderr)
+        if stale:
+            print(f"re-run: flops-mlops --config {args.config} render --out {args.out}", file=sys.stderr)
+            return 1
+        print(f"{args.out}: all {len(rendered)} file(s) are up to date")
+        return 0
+    for path in sla.write(rendered, args.out):
+        print(path)
+    return 0
+
+
+def _password(args: argparse.Namespace) -> str:
+    if args.password_file:
+        try:
+            lines = Path(args.password_file).read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            raise ConfigError(f"--password-file: {args.password_file}: cannot read: {exc.strerror}") from None
+        if not lines or not lines[0].strip():
+            raise ConfigError(f"--password-file: {args.password_file}: the first line is empty")
+        return lines[0].strip()
+    password = os.environ.get("FLOPS_OAKESTRA_PASSWORD")
+    if not password:
+        raise ConfigError("no Oakestra password: give --password-file FILE or set FLOPS_OAKESTRA_PASSWORD")
+    return password
+
+
+def _session(args: argparse.Namespace, config: config_module.StackConfig, redact: list[str]):
+    if not args.orchestrator:
+        raise ConfigError("--orchestrator: give the root orchestrator's URL (or set FLOPS_OAKESTRA_URL)")
+    if not args.username:
+        raise ConfigError("--username: give the Oakestra user (or set FLOPS_OAKESTRA_USERNAME)")
+    if args.http_timeout <= 0:
+        raise ConfigError(f"--http-timeout: expected a positive number, got {args.http_timeout}")
+    rendered = sla.render_all(config, args.templates)
+    if args.app:
+        known = [item.application_name for item in rendered]
+        unknown = [name for name in args.app if name not in known]
+        if unknown:
+            raise ConfigError(f"--app: {', '.join(unknown)} is not rendered by {config.source} "
+                              f"(applications: {', '.join(known)})")
+        rendered = [item for item in rendered if item.application_name in args.app]
+    client = Client(args.orchestrator, args.username, _password(args), args.http_timeout, redact)
+    state = DeployState.load(config, client.url)
+    if args.user_id:
+        state.user_id = args.user_id
+    return rendered, Deployer(client, state)
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    if args.timeout <= 0 or args.poll_interval <= 0:
+        raise ConfigError("--timeout and --poll-interval must be positive")
+    config = config_module.load(Path(args.config))
+    secrets = Secrets.load(config)
+    rendered, deployer = _session(args, config, list(secrets.values.values()))
+    if args.reviewed:
+        stale = sla.differences(rendered, args.reviewed)
+        if stale:
+            raise ConfigError(f"--reviewed: {', '.join(stale)} differ(s) from what {config.source} renders now; "
+                              f"render again and review the change before pushing")
+    deployer.say(ENVIRONMENT_WARNING)
+    for item in rendered:
+        deployer.push(item, secrets.values, str(secrets.path), args.timeout, args.poll_interval)
+    print(f"pushed {len(rendered)} application(s) to {deployer.client.url}: "
+          + ", ".join(item.application_name for item in rendered))
+    return 0
+
+
+def cmd_undeploy(args: argparse.Namespace) -> int:
+    config = config_module.load(Path(args.config))
+    # Only to mask them in error bodies: undeploy works without the secrets file.
+    known = read_env(config.secrets_file) if config.secrets_file.is_file() else {}
+    rendered, deployer = _session(args, config, list(known.values()))
+    removed = [item.application_name for item in reversed(rendered) if deployer.undeploy(item)]
+    print(f"removed {len(removed)} application(s) from {deployer.client.url}"
+          + (": " + ", ".join(removed) if removed else ""))
+    return 0
