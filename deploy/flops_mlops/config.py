@@ -149,7 +149,9 @@ class OakestraTarget:
 class OakestraIpPlan:
     """Service IPs (addresses.rr_ip) in 10.30.0.0/16: 10.30.<block>.<host>, derived from stable slots."""
 
-    stores_block: int = doc("third octet of the stores: MySQL 10.30.<b>.1, FTP 10.30.<b>.2", 100)
+    stores_block: int = doc("third octet of the shared backend store: MySQL is 10.30.<b>.1", 100)
+    ftp_block: int = doc("third octet of the artifact stores (one vsftpd per tenant): tenant slot s gets "
+                         "10.30.<b>.<s>", 102)
     tracking_block: int = doc("third octet of the tracking servers: tenant slot s gets 10.30.<b>.<s>", 101)
     projects_block: int = doc("third octet of project slot 1; project slot p uses 10.30.<b+p-1>.0/24: "
                               "aggregator .1, learner i .<i+2>", 110)
@@ -184,8 +186,9 @@ class Oakestra:
                           "or an unknown release", 30)
     registry: str = doc("registry host[/path] the workers pull our images from", "docker.io")
     images: OakestraImages = doc("container images", OakestraImages())
-    run_stores: bool = doc("true: render the stores application (MySQL + vsftpd) and point the tracking servers "
-                           "at it; false: use backend_store.host/port and artifact_store.host/port", True)
+    run_stores: bool = doc("true: render the stores application (MySQL, and one vsftpd per tenant) and point the "
+                           "tracking servers at it; false: use backend_store.host/port and artifact_store.host/port",
+                           True)
     ip_plan: OakestraIpPlan = doc("service IP plan", OakestraIpPlan())
     tenants: list[OakestraTenant] = doc("a slot for every tenant in tenants[]", [])
     projects: list[OakestraProject] = doc("FL projects, one application each", [])

@@ -29,6 +29,7 @@ from .sla import Rendered, resolve_secrets
 
 PROGRESS = ("REQUESTED", "CLUSTER_SCHEDULED", "NODE_SCHEDULED")
 DONE = ("RUNNING", "COMPLETED")
+FAILURE_HINT = re.compile(r"fail|dead|undeployed|^no", re.IGNORECASE)
 COMPARED = ("code", "cmd", "environment", "port", "memory", "vcpus", "storage")
 ENVIRONMENT_WARNING = (
     "warning: Oakestra stores each service's environment and returns it to anyone who can read the service "
@@ -238,9 +239,11 @@ def _instance_numbers(record: dict) -> list[int]:
 def _status(record: dict) -> str:
     """The service's status: its instances' (the least advanced one), else the record's."""
     statuses = [i.get("status") for i in _instances(record) if isinstance(i, dict) and isinstance(i.get("status"), str)]
-    if not statuses:
+    if not statuses:  # no instance listed yet: scheduling has not started, unless the record says it failed
         status = record.get("status")
-        return status if isinstance(status, str) and status else "REQUESTED"
+        if isinstance(status, str) and (status in PROGRESS + DONE or FAILURE_HINT.search(status)):
+            return status
+        return "REQUESTED"
     for status in statuses:
         if status not in PROGRESS + DONE:
             return status

@@ -1,6 +1,7 @@
 """Render Oakestra SLA v2.0 documents from sla_templates/ and check them before anything is written.
 
-One JSON file per application, in deploy order: ``stores.json`` (MySQL + vsftpd, when oakestra.run_stores),
+One JSON file per application, in deploy order: ``stores.json`` (MySQL, and one vsftpd per tenant; when
+oakestra.run_stores),
 ``tracking.json`` (one MLflow tracking server per tenant) and ``<project>.json`` per FL project (an
 aggregator and N learners). The output is a pure function of the configuration and the templates, so it
 is byte-for-byte the same on every run and can be reviewed as a diff.
@@ -107,7 +108,7 @@ def check(config: StackConfig) -> None:
             if host in ("localhost", "0.0.0.0") or host.startswith("127."):
                 raise ConfigError(f"{config.source}: {key}: {host!r} is not reachable from Oakestra workers "
                                   "(oakestra.run_stores is false, so the tracking servers connect to it)")
-    for key in ("stores_block", "tracking_block", "projects_block"):
+    for key in ("stores_block", "ftp_block", "tracking_block", "projects_block"):
         if not 0 <= getattr(o.ip_plan, key) <= 255:
             raise _fail(config, f"ip_plan.{key}", f"expected 0-255, got {getattr(o.ip_plan, key)}")
     for key in ("tracking_port", "aggregator_port"):
@@ -151,9 +152,11 @@ def check(config: StackConfig) -> None:
     project_slots: dict[int, str] = {}
     blocks = {o.ip_plan.tracking_block: "ip_plan.tracking_block"}
     if o.run_stores:
-        if o.ip_plan.stores_block in blocks:
-            raise _fail(config, "ip_plan.stores_block", f"block {o.ip_plan.stores_block} is also the tracking_block")
-        blocks[o.ip_plan.stores_block] = "ip_plan.stores_block"
+        for key in ("stores_block", "ftp_block"):
+            block = getattr(o.ip_plan, key)
+            if block in blocks:
+                raise _fail(config, f"ip_plan.{key}", f"block {block} is also {blocks[block]}")
+            blocks[block] = f"ip_plan.{key}"
     for i, project in enumerate(o.projects):
         where = f"projects[{i}]"
         if not PROJECT_PATTERN.match(project.name) or project.name in RESERVED_APPS:
@@ -186,17 +189,18 @@ def context(config: StackConfig) -> dict[str, Any]:
     o = config.oakestra
     slot_of = {entry.id: entry.slot for entry in o.tenants}
     if o.run_stores:
-        stores = {"mysql_host": _address(o.ip_plan.stores_block, 1), "mysql_port": MYSQL_PORT,
-                  "ftp_host": _address(o.ip_plan.stores_block, 2), "ftp_port": FTP_PORT}
+        stores = {"mysql_host": _address(o.ip_plan.stores_block, 1), "mysql_port": MYSQL_PORT, "ftp_port": FTP_PORT}
     else:
         stores = {"mysql_host": config.backend_store.host, "mysql_port": config.backend_store.port,
-                  "ftp_host": config.artifact_store.host, "ftp_port": config.artifact_store.port}
+                  "ftp_port": config.artifact_store.port}
     tenants = []
     for tenant in config.tenants:
         slot = slot_of[tenant.id]
         host_port = "" if o.tracking_host_port_base is None else f"{o.tracking_host_port_base + slot}:{o.tracking_port}/tcp"
         tenants.append({
             "id": tenant.id, "slot": slot, "rr_ip": _address(o.ip_plan.tracking_block, slot), "port": host_port,
+            "host_port": "" if o.tracking_host_port_base is None else o.tracking_host_port_base + slot,
+            "ftp_host": _address(o.ip_plan.ftp_block, slot) if o.run_stores else config.artifact_store.host,
             "database": tenant.database, "db_user": tenant.db_user, "ftp_user": tenant.ftp_user,
             "artifact_path": tenant.artifact_path,
             "db_password_key": secrets_module.db_password_key(tenant.id),
@@ -226,7 +230,8 @@ def context(config: StackConfig) -> dict[str, Any]:
         "ftp_passive_ports": o.ftp_passive_ports,
         "tracking_port": o.tracking_port,
         "tracking_workers": config.tracking.workers,
-        "job_execution": config.tracking.job_execution,
+        "tracking_public_host": config.tracking.public_host,
+        "tracking_allowed_hosts": config.tracking.allowed_hosts,
         "aggregator_port": o.aggregator_port,
         "tenants": tenants,
         "projects": projects,
@@ -306,7 +311,15 @@ def _environment(templates_dir: Path) -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(templates_dir)), undefined=jinja2.StrictUndefined,
                              autoescape=False, keep_trailing_newline=True)
     env.globals["secret"] = secret
+    env.filters["tojson"] = _tojson
     return env
+
+
+def _tojson(value: Any) -> str:
+    """JSON text of a value; an undefined variable fails with its name (StrictUndefined)."""
+    if isinstance(value, jinja2.Undefined):
+        value._fail_with_undefined_error()
+    return json.dumps(value)
 
 
 def _templates(ctx: dict[str, Any], run_stores: bool) -> list[tuple[str, str, dict]]:

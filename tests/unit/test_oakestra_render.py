@@ -1,0 +1,284 @@
+"""Oakestra SLA rendering: golden files, byte-stable output, schema violations, the rr_ip plan, no secrets.
+
+The golden files in tests/unit/golden/oakestra/ are what configs/oakestra.yaml renders; they were reviewed by
+hand. After an intended change, regenerate them with FLOPS_UPDATE_GOLDEN=1 and review the diff.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from flops_mlops import config as config_module
+from flops_mlops.config import ConfigError
+from flops_mlops.oakestra import sla
+
+from conftest import ROOT, run_cli
+
+GOLDEN = Path(__file__).parent / "golden" / "oakestra"
+SHIPPED = ROOT / "configs" / "oakestra.yaml"
+
+
+def write_config(tmp_path: Path, edit=None, name: str = "stack.yaml") -> Path:
+    """configs/oakestra.yaml with absolute paths under tmp_path, changed by ``edit(data)``."""
+    data = yaml.safe_load(SHIPPED.read_text())
+    data["state_dir"] = str(tmp_path / "state")
+    data["secrets_file"] = str(tmp_path / "secrets.env")
+    if edit:
+        edit(data)
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def rr_ips(rendered: list[sla.Rendered]) -> dict[str, str]:
+    return {f"{r.application_name}/{s['microservice_name']}": s["addresses"]["rr_ip"]
+            for r in rendered for s in r.document["applications"][0]["microservices"]}
+
+
+# --- golden files and stability -------------------------------------------------------------------
+
+
+def test_shipped_config_renders_the_golden_files(tmp_path):
+    out = tmp_path / "out"
+    result = run_cli("render", "--out", str(out), config=SHIPPED)
+    assert result.returncode == 0, result.stderr
+    written = sorted(p.name for p in out.iterdir())
+    assert written == ["mnist.json", "stores.json", "tracking.json"]
+    if os.environ.get("FLOPS_UPDATE_GOLDEN") == "1":
+        GOLDEN.mkdir(parents=True, exist_ok=True)
+        for name in written:
+            shutil.copy(out / name, GOLDEN / name)
+    assert sorted(p.name for p in GOLDEN.iterdir()) == written
+    for name in written:
+        assert (out / name).read_bytes() == (GOLDEN / name).read_bytes(), f"{name} differs from the golden file"
+
+
+def test_render_is_byte_identical_across_runs_and_check_reports_drift(tmp_path):
+    first, second = tmp_path / "a", tmp_path / "b"
+    assert run_cli("render", "--out", str(first), config=SHIPPED).returncode == 0
+    assert run_cli("render", "--out", str(second), config=SHIPPED).returncode == 0
+    for path in first.iterdir():
+        assert path.read_bytes() == (second / path.name).read_bytes()
+    assert run_cli("render", "--out", str(first), "--check", config=SHIPPED).returncode == 0
+    (first / "tracking.json").write_text("{}\n")
+    check = run_cli("render", "--out", str(first), "--check", config=SHIPPED)
+    assert check.returncode == 1 and "tracking.json" in check.stderr
+    assert (first / "tracking.json").read_text() == "{}\n"  # --check writes nothing
+
+
+def test_every_rendered_document_passes_the_schema_and_names_fit_old_releases(tmp_path):
+    config = config_module.load(write_config(tmp_path, lambda d: d["oakestra"].update(name_limit=10)))
+    rendered = sla.render_all(config)
+    for item in rendered:
+        sla.validate(item.document, item.template, name_limit=10)
+    ips = list(rr_ips(rendered).values())
+    assert len(ips) == len(set(ips))
+
+
+def test_no_secret_reaches_a_rendered_file(tmp_path):
+    path = write_config(tmp_path)
+    assert run_cli("secrets", "init", config=path).returncode == 0
+    values = [line.split("=", 1)[1] for line in (tmp_path / "secrets.env").read_text().splitlines()
+              if "=" in line and not line.startswith("#")]
+    assert len(values) == 5  # admin + 2 tenants x (db, ftp)
+    out = tmp_path / "out"
+    assert run_cli("render", "--out", str(out), config=path).returncode == 0
+    text = "".join(p.read_text() for p in out.iterdir())
+    for value in values:
+        assert value not in text
+    assert "${FLOPS_TENANT_ACME_DB_PASSWORD}" in text and "${FLOPS_MYSQL_ADMIN_PASSWORD}" in text
+    for item in sla.render_all(config_module.load(path)):
+        for service in item.document["applications"][0]["microservices"]:
+            assert "${" not in json.dumps(service.get("cmd", []))
+
+
+def test_placeholders_resolve_from_the_secrets_file_only_in_environment(tmp_path):
+    config = config_module.load(write_config(tmp_path))
+    item = next(r for r in sla.render_all(config) if r.application_name == "tracking")
+    values = {"FLOPS_TENANT_ACME_DB_PASSWORD": "db-Pass_1", "FLOPS_TENANT_ACME_FTP_PASSWORD": "ftpPass2",
+              "FLOPS_TENANT_GLOBEX_DB_PASSWORD": "x", "FLOPS_TENANT_GLOBEX_FTP_PASSWORD": "y"}
+    resolved = sla.resolve_secrets(item.document, values)
+    acme = resolved["applications"][0]["microservices"][0]
+    assert "FLOPS_DB_PASSWORD=db-Pass_1" in acme["environment"]
+    assert "FLOPS_FTP_PASSWORD=ftpPass2" in acme["environment"]
+    assert "FLOPS_DB_HOST=10.30.100.1" in acme["environment"] and "FLOPS_FTP_HOST=10.30.102.1" in acme["environment"]
+    assert "${" in json.dumps(item.document)  # the rendered document itself is untouched
+    with pytest.raises(ConfigError, match="FLOPS_TENANT_ACME_DB_PASSWORD holds characters"):
+        sla.resolve_secrets(item.document, {**values, "FLOPS_TENANT_ACME_DB_PASSWORD": "a'b"})
+    with pytest.raises(ConfigError, match="FLOPS_TENANT_GLOBEX_FTP_PASSWORD is missing"):
+        sla.resolve_secrets(item.document, {k: v for k, v in values.items() if "GLOBEX_FTP" not in k})
+
+
+# --- the service IP plan --------------------------------------------------------------------------
+
+
+def test_adding_a_tenant_or_project_moves_no_existing_address(tmp_path):
+    before = rr_ips(sla.render_all(config_module.load(write_config(tmp_path, name="before.yaml"))))
+
+    def grow(data):
+        data["tenants"].insert(0, {"id": "initech"})          # first in the list, new slot
+        data["oakestra"]["tenants"].insert(0, {"id": "initech", "slot": 3})
+        data["oakestra"]["projects"].insert(0, {"name": "cifar", "tenant": "initech", "slot": 2, "learners": 3})
+    after = rr_ips(sla.render_all(config_module.load(write_config(tmp_path, grow, name="after.yaml"))))
+    for service, ip in before.items():
+        assert after[service] == ip, service
+    assert after["tracking/initech"] == "10.30.101.3" and after["stores/ftpinitech"] == "10.30.102.3"
+    assert after["cifar/aggregator"] == "10.30.111.1" and after["cifar/learner2"] == "10.30.111.4"
+    assert len(set(after.values())) == len(after)
+
+
+def test_the_plan_follows_the_slots(tmp_path):
+    rendered = sla.render_all(config_module.load(write_config(tmp_path)))
+    assert rr_ips(rendered) == {
+        "stores/mysql": "10.30.100.1", "stores/ftpacme": "10.30.102.1", "stores/ftpglobex": "10.30.102.2",
+        "tracking/acme": "10.30.101.1", "tracking/globex": "10.30.101.2",
+        "mnist/aggregator": "10.30.110.1", "mnist/learner0": "10.30.110.2", "mnist/learner1": "10.30.110.3",
+    }
+    mnist = rendered[2].document["applications"][0]["microservices"]
+    assert "FLOPS_TRACKING_URI=http://10.30.101.1:5000" in mnist[0]["environment"]
+    assert "FLOPS_AGGREGATOR_ADDRESS=10.30.110.1:8080" in mnist[1]["environment"]
+
+
+# --- configuration errors (table) -----------------------------------------------------------------
+
+
+def _set(path: str, value):
+    def edit(data):
+        target = data
+        keys = path.split(".")
+        for key in keys[:-1]:
+            target = target[int(key)] if key.isdigit() else target[key]
+        last = keys[-1]
+        target[int(last) if last.isdigit() else last] = value
+    return edit
+
+
+CONFIG_ERRORS = [
+    ("missing slot", _set("oakestra.tenants", [{"id": "acme", "slot": 1}]), "oakestra.tenants: no slot for tenant(s) globex"),
+    ("slot reused", _set("oakestra.tenants.1.slot", 1), "oakestra.tenants[1].slot: slot 1 is already used by tenant acme"),
+    ("slot range", _set("oakestra.tenants.0.slot", 255), "oakestra.tenants[0].slot: expected 1-254, got 255"),
+    ("unknown tenant", _set("oakestra.tenants.1.id", "nobody"), "oakestra.tenants[1].id: 'nobody' is not in tenants[]"),
+    ("unpinned image", _set("oakestra.images.fl_actor", "flops-mlops/fl-actor:latest"),
+     "oakestra.images.fl_actor: 'docker.io/flops-mlops/fl-actor:latest' is not a pinned image reference"),
+    ("untagged image", _set("oakestra.images.mysql", "mysql"), "oakestra.images.mysql: 'mysql' is not a pinned"),
+    ("sqlite backend", _set("backend_store.kind", "sqlite"), "backend_store.kind: Oakestra tracking servers need mysql"),
+    ("reserved project", _set("oakestra.projects.0.name", "tracking"), "oakestra.projects[0].name: 'tracking' must"),
+    ("project of unknown tenant", _set("oakestra.projects.0.tenant", "nobody"), "oakestra.projects[0].tenant: 'nobody'"),
+    ("project block overlaps", _set("oakestra.ip_plan.projects_block", 101),
+     "oakestra.projects[0].slot: its addresses 10.30.101.x overlap ip_plan.tracking_block"),
+    ("namespace with dash", _set("oakestra.namespace", "flo-ps"), "oakestra.namespace: 'flo-ps' must be 1-30 letters"),
+    ("resources as string", _set("oakestra.mysql.memory", "1024"), "oakestra.mysql.memory: expected an integer"),
+    ("loopback external store", lambda d: d["oakestra"].update(run_stores=False) or d["backend_store"].update(host="127.0.0.1"),
+     "backend_store.host: '127.0.0.1' is not reachable from Oakestra workers"),
+]
+
+
+@pytest.mark.parametrize("edit, expected", [c[1:] for c in CONFIG_ERRORS], ids=[c[0] for c in CONFIG_ERRORS])
+def test_configuration_errors_name_the_key_and_value(tmp_path, edit, expected):
+    path = write_config(tmp_path, edit)
+    with pytest.raises(ConfigError) as info:
+        sla.render_all(config_module.load(path))
+    assert str(info.value).startswith(str(path)), info.value
+    assert expected in str(info.value)
+
+
+# --- schema violations in templates (table) -------------------------------------------------------
+
+VIOLATIONS = [
+    # (case, template, text to replace, replacement, expected message)
+    ("memory as a string", "tracking.json.j2", '"memory": {{ resources.tracking_server.memory | tojson }}',
+     '"memory": "1024"', 'tracking.json.j2: applications[0].microservices[0].memory (service acme): "1024": '
+                         "'1024' is not of type 'integer'"),
+    ("port as a number", "stores.json.j2", '"port": "",\n          "cmd"', '"port": 3306,\n          "cmd"',
+     "stores.json.j2: applications[0].microservices[0].port (service mysql): 3306: 3306 is not of type 'string'"),
+    ("bad port syntax", "project.json.j2", '"cmd": ["python", "-m", "flops_mlops.fl.aggregator"]',
+     '"port": "8080:tcp", "cmd": ["python", "-m", "flops_mlops.fl.aggregator"]',
+     'project.json.j2: applications[0].microservices[0].port (service aggregator): "8080:tcp"'),
+    ("rr_ip outside 10.30/16", "tracking.json.j2", '"addresses": {"rr_ip": {{ t.rr_ip | tojson }}}',
+     '"addresses": {"rr_ip": "10.31.0.5"}',
+     'tracking.json.j2: applications[0].microservices[0].addresses.rr_ip (service acme): "10.31.0.5"'),
+    ("rr_ip used twice", "tracking.json.j2", '"addresses": {"rr_ip": {{ t.rr_ip | tojson }}}',
+     '"addresses": {"rr_ip": "10.30.101.9"}',
+     'tracking.json.j2: applications[0].microservices[1].addresses.rr_ip (service globex): "10.30.101.9": '
+     "already used by tracking/acme"),
+    ("rr_ip of another application", "tracking.json.j2", '"addresses": {"rr_ip": {{ t.rr_ip | tojson }}}',
+     '"addresses": {"rr_ip": "10.30.100.1"}', '"10.30.100.1": already used by stores/mysql'),
+    ("name with a dash", "tracking.json.j2", '"application_name": "tracking"', '"application_name": "mlops-tracking"',
+     'tracking.json.j2: applications[0].application_name: "mlops-tracking": '),
+    ("unknown key (typo)", "tracking.json.j2", '"vcpus":', '"vcpu":', "tracking.json.j2: applications[0]."
+                                                                        "microservices[0] (service acme): "),
+    ("old sla_version", "stores.json.j2", '"sla_version": "v2.0"', '"sla_version": "v1.0"',
+     'stores.json.j2: sla_version: "v1.0": \'v2.0\' was expected'),
+    ("secret in cmd", "project.json.j2", '"flops_mlops.fl.aggregator"]', '"flops_mlops.fl.aggregator", "${FLOPS_X}"]',
+     "project.json.j2: applications[0].microservices[0].cmd: "),
+    ("unknown secret", "tracking.json.j2", 'secret(t.ftp_password_key)', '"${FLOPS_NOPE}"',
+     "${FLOPS_NOPE} is not a secret of this configuration"),
+    ("undefined variable", "tracking.json.j2", "{{ t.rr_ip | tojson }}", "{{ t.service_ip | tojson }}",
+     "tracking.json.j2: 'dict object' has no attribute 'service_ip'"),
+    ("not JSON", "tracking.json.j2", '"tracking-server"],', '"tracking-server"],,',
+     "tracking.json.j2: rendered text is not JSON"),
+]
+
+
+@pytest.mark.parametrize("template, old, new, expected", [v[1:] for v in VIOLATIONS], ids=[v[0] for v in VIOLATIONS])
+def test_schema_violations_name_template_field_and_value(tmp_path, template, old, new, expected):
+    templates = tmp_path / "templates"
+    shutil.copytree(sla.TEMPLATES_DIR, templates)
+    text = (templates / template).read_text()
+    assert old in text, "the case no longer matches the template"
+    (templates / template).write_text(text.replace(old, new))
+    config = config_module.load(write_config(tmp_path))
+    with pytest.raises(ConfigError) as info:
+        sla.render_all(config, templates)
+    assert expected in str(info.value)
+
+
+def test_name_limit_of_old_releases_is_enforced(tmp_path):
+    def edit(data):
+        data["tenants"].append({"id": "initechcorp"})
+        data["oakestra"]["tenants"].append({"id": "initechcorp", "slot": 7})
+        data["oakestra"]["name_limit"] = 10
+    path = write_config(tmp_path, edit)
+    out = tmp_path / "out"
+    result = run_cli("render", "--out", str(out), config=path)
+    assert result.returncode == 2
+    assert ('stores.json.j2: applications[0].microservices[3].microservice_name (service ftpinitechcorp): '
+            '"ftpinitechcorp": longer than 10 characters (oakestra.name_limit)') in result.stderr
+    assert not out.exists()  # nothing is written
+
+
+def test_a_violation_writes_nothing_even_when_earlier_documents_were_fine(tmp_path):
+    templates = tmp_path / "templates"
+    shutil.copytree(sla.TEMPLATES_DIR, templates)
+    project = templates / "project.json.j2"
+    project.write_text(project.read_text().replace('"storage": {{ resources.learner.storage | tojson }}',
+                                                   '"storage": 1.5'))
+    out = tmp_path / "out"
+    result = run_cli("render", "--out", str(out), "--templates", str(templates), config=write_config(tmp_path))
+    assert result.returncode == 2
+    assert 'project.json.j2: applications[0].microservices[1].storage (service learner0): 1.5:' in result.stderr
+    assert not out.exists()
+
+
+def test_placement_constraints_and_external_stores(tmp_path):
+    def edit(data):
+        data["oakestra"]["target"] = {"cluster": "edge1", "node": None}
+        data["oakestra"]["stores_target"] = {"cluster": None, "node": "disknode"}
+        data["oakestra"]["run_stores"] = False
+        data["oakestra"]["tracking_host_port_base"] = None
+        data["backend_store"]["host"] = "db.example.org"
+        data["artifact_store"]["host"] = "ftp.example.org"
+    rendered = sla.render_all(config_module.load(write_config(tmp_path, edit)))
+    assert [r.file_name for r in rendered] == ["tracking.json", "mnist.json"]
+    acme = rendered[0].document["applications"][0]["microservices"][0]
+    assert acme["constraints"] == [{"type": "direct", "cluster": "edge1"}]
+    assert acme["port"] == ""
+    assert "FLOPS_DB_HOST=db.example.org" in acme["environment"]
+    assert "FLOPS_FTP_HOST=ftp.example.org" in acme["environment"]
+    assert "FLOPS_FTP_PASSWORD=${FLOPS_TENANT_ACME_FTP_PASSWORD}" in acme["environment"]
