@@ -59,13 +59,17 @@ def build_parser() -> argparse.ArgumentParser:
     keys.add_argument("action", choices=["check", "keys"], help="check: validate the file; keys: document keys")
     keys.set_defaults(handler=cmd_config)
 
+    from .fl.runner import add_round_parser  # the FL project runner (flops_mlops/fl)
+
+    add_round_parser(commands).set_defaults(handler=cmd_round)
+
     from .oakestra.commands import add_parsers as add_oakestra_parsers  # render, push, undeploy
 
     add_oakestra_parsers(commands)
 
-    from .fl.runner import add_round_parser  # the FL project runner (flops_mlops/fl)
+    from .provision import add_provision_parser  # pyinfra deploys for hosts (deploy/pyinfra)
 
-    add_round_parser(commands).set_defaults(handler=cmd_round)
+    add_provision_parser(commands).set_defaults(handler=cmd_provision)
     return parser
 
 
@@ -135,6 +139,12 @@ def cmd_round(args: argparse.Namespace) -> int:
     from .fl.runner import round_command
 
     return round_command(load_config(args), args)
+
+
+def cmd_provision(args: argparse.Namespace) -> int:
+    from .provision import provision_command
+
+    return provision_command(load_config(args), args)
 
 
 def cmd_config(args: argparse.Namespace) -> int:

@@ -1,0 +1,57 @@
+"""`flops-mlops provision`: run the pyinfra deploys in deploy/pyinfra against an inventory, never interactively.
+
+The stack configuration given by --config is handed to the deploys as host data ``flops_config``; its secrets
+file is checked here first, so a missing password stops before any host is touched (exit 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+from .config import ConfigError, StackConfig
+from .processes import StackError
+from .secrets import Secrets
+
+PYINFRA_DIR = Path(__file__).resolve().parent.parent / "pyinfra"
+
+
+def add_provision_parser(commands) -> argparse.ArgumentParser:
+    parser = commands.add_parser(
+        "provision", help="install the stack on hosts with pyinfra (deploy/pyinfra)",
+        description="Run deploy/pyinfra/deploy.py (or stop.py with --stop) with pyinfra against an inventory. "
+                    "Applies without asking (-y); --dry only plans. Host roles, paths and modes come from the "
+                    "inventory's host data; tenants and ports from --config; passwords from its secrets file.")
+    parser.add_argument("--inventory", required=True, metavar="FILE",
+                        help="pyinfra inventory, e.g. deploy/pyinfra/inventories/single_host.py")
+    parser.add_argument("--dry", action="store_true", help="plan only: show what would change, change nothing")
+    parser.add_argument("--stop", action="store_true",
+                        help="stop the services the deploy started (by systemd or their pid files); data stays")
+    parser.add_argument("--json", action="store_true", help="print pyinfra's JSON results (counts of changes)")
+    return parser
+
+
+def pyinfra_argv(config: StackConfig, inventory: Path, dry: bool, stop: bool, json_output: bool) -> list[str]:
+    argv = [sys.executable, "-m", "pyinfra", str(inventory), "stop.py" if stop else "deploy.py",
+            "--data", f"flops_config={config.source.resolve()}", "--dry" if dry else "-y"]
+    if json_output:
+        argv.append("--json")
+    return argv
+
+
+def provision_command(config: StackConfig, args: argparse.Namespace) -> int:
+    Secrets.load(config)  # every password the deploys need is there, and the file is private
+    inventory = Path(args.inventory).resolve()
+    if not inventory.is_file():
+        raise ConfigError(f"{args.inventory}: inventory file not found")
+    if not (PYINFRA_DIR / "deploy.py").is_file():
+        raise ConfigError(f"{PYINFRA_DIR}: the pyinfra deploys are missing (provision runs from a repository "
+                          "checkout or an editable install)")
+    argv = pyinfra_argv(config, inventory, args.dry, args.stop, args.json)
+    result = subprocess.run(argv, cwd=PYINFRA_DIR, stdin=subprocess.DEVNULL)
+    if result.returncode != 0:
+        raise StackError(f"pyinfra exited {result.returncode} ({'stop' if args.stop else 'deploy'} on "
+                         f"{args.inventory}); its output above says which host and operation failed")
+    return 0

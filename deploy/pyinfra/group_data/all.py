@@ -1,0 +1,43 @@
+"""Defaults for every host; inventories override them per host. Names are host data keys (flops_*)."""
+
+# Stack configuration (tenants, ports, store kinds), path absolute or relative to deploy/pyinfra. The
+# passwords come from the secrets file that configuration names, on the machine running pyinfra.
+# `flops-mlops --config FILE provision` passes its --config here.
+flops_config = "../../configs/native.yaml"
+
+# What a host runs: any of backend_store, artifact_store, tracking_server (mode native), or docker_host alone
+# (mode docker). Hosts with no roles are left alone.
+flops_roles = []
+flops_mode = "native"
+
+# systemd units on real hosts; start-stop-daemon with pid files where systemd is not PID 1 (containers, tests).
+flops_init = "systemd"
+
+# Prefix of every path a deploy writes (etc/flops-mlops, var/lib/flops-mlops, var/log/flops-mlops, run/...).
+flops_root = "/"
+
+# How other hosts reach this one (default: its SSH host name, or its inventory name).
+# flops_address = "10.0.0.5"
+
+# Install Debian packages (mariadb-server, vsftpd, libpam-pwdfile, python3-venv, Docker) with apt.
+flops_install_packages = True
+
+# Account the tracking servers run as (created if missing; files stay owned by root otherwise).
+flops_service_user = "flops-mlops"
+
+# Python venv of the tracking servers (versions as in pyproject.toml, tested together). With flops_manage_venv the deploy creates it and installs
+# flops_tracking_packages; set it to False to use an existing venv that already has MLflow.
+flops_venv = "/opt/flops-mlops/venv"
+flops_manage_venv = True
+flops_tracking_packages = [
+    "mlflow==3.17.2",
+    "pymysql==1.2.4",
+    "cryptography==50.0.2",
+    "psutil==7.2.2",
+]
+
+# docker mode: Docker's apt repository suite and packages, and what is copied next to compose.yaml
+# (paths relative to the repository: compose.yaml plus what it builds from and mounts).
+flops_debian_suite = "bookworm"
+flops_docker_packages = ["docker-ce", "docker-ce-cli", "containerd.io", "docker-compose-plugin"]
+flops_compose_paths = ["compose.yaml", "deploy/compose", "deploy/images"]

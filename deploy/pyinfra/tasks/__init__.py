@@ -1,0 +1,1 @@
+"""Reusable pyinfra deploys, one module per role: backend_store, artifact_store, tracking_server, docker_host."""

@@ -1,0 +1,179 @@
+"""What one host gets: the stack configuration and secrets, its own paths, and where the other roles live.
+
+Tenants, ports and store kinds come from the stack configuration (the same YAML `flops-mlops` reads, named by
+host data ``flops_config``); passwords come from that configuration's secrets file on the machine running
+pyinfra, never from the inventory. Everything a deploy writes on a host lives under ``flops_root`` (``/`` on
+real hosts), so several roles can share one machine in tests.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from pyinfra import host, inventory
+
+from flops_mlops import config as config_module
+from flops_mlops.config import ConfigError, StackConfig
+from flops_mlops.secrets import Secrets
+
+PYINFRA_DIR = Path(__file__).resolve().parent.parent
+TEMPLATES = PYINFRA_DIR / "templates"
+FILES = PYINFRA_DIR / "files"
+# vsftpd's config and PAM service are the ones `flops-mlops up` renders: one definition of those settings.
+STACK_TEMPLATES = PYINFRA_DIR.parent / "flops_mlops" / "templates"
+TRIM = {"trim_blocks": True, "lstrip_blocks": True}  # Jinja2 options for our templates' {% %} lines
+
+ROLES = ("backend_store", "artifact_store", "tracking_server", "docker_host")
+MODES = ("native", "docker")
+INITS = ("systemd", "start-stop-daemon")
+ACCOUNT = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+SAFE_PATH = re.compile(r"^/[A-Za-z0-9._/+-]*$")
+
+
+class HostDataError(ConfigError):
+    """Host data in an inventory or group_data file that cannot be used; names host, key and value."""
+
+
+@functools.lru_cache(maxsize=None)
+def _load(path: str) -> tuple[StackConfig, Secrets]:
+    config = config_module.load(path)
+    return config, Secrets.load(config)
+
+
+def _path(key: str, value: object) -> str:
+    if not isinstance(value, str) or not SAFE_PATH.match(value) or "/../" in f"{value}/":
+        raise HostDataError(f"host {host.name}: {key}: expected an absolute path of letters, digits and ._/+-, "
+                            f"got {value!r}")
+    return value.rstrip("/")
+
+
+def _choice(key: str, allowed: tuple[str, ...]) -> str:
+    value = host.data.get(key)
+    if value not in allowed:
+        raise HostDataError(f"host {host.name}: {key}: expected one of {', '.join(allowed)}, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class HostSettings:
+    config: StackConfig
+    secrets: Secrets
+    mode: str
+    init: str
+    root: str
+    install_packages: bool
+    service_user: str
+    venv: str
+    manage_venv: bool
+    tracking_packages: tuple[str, ...]
+
+    # Folders under flops_root; on a real host (root "/") these are the usual FHS places.
+    @property
+    def etc(self) -> str:
+        return f"{self.root}/etc/flops-mlops/{self.config.name}"
+
+    @property
+    def data(self) -> str:
+        return f"{self.root}/var/lib/flops-mlops/{self.config.name}"
+
+    @property
+    def logs(self) -> str:
+        return f"{self.root}/var/log/flops-mlops/{self.config.name}"
+
+    @property
+    def run(self) -> str:
+        return f"{self.root}/run/flops-mlops/{self.config.name}"
+
+    @property
+    def systemd(self) -> bool:
+        return self.init == "systemd"
+
+    @property
+    def service_prefix(self) -> str:
+        """Name prefix of services, unit files and the PAM service; unique per stack and root dir."""
+        if not self.root:
+            return f"flops-mlops-{self.config.name}"
+        digest = hashlib.sha256(self.root.encode()).hexdigest()[:8]
+        return f"flops-mlops-{self.config.name}-{digest}"
+
+
+def current() -> HostSettings:
+    """The settings of the host pyinfra is working on."""
+    config_path = host.data.get("flops_config")
+    if not config_path:
+        raise HostDataError(f"host {host.name}: flops_config: no stack configuration named (set it in "
+                            "group_data or pass --data flops_config=FILE; `flops-mlops provision` does)")
+    path = Path(config_path)
+    if not path.is_absolute():
+        path = PYINFRA_DIR / path
+    config, secrets = _load(str(path.resolve()))
+    root = _path("flops_root", host.data.get("flops_root", "/"))
+    service_user = host.data.get("flops_service_user")
+    if not isinstance(service_user, str) or not ACCOUNT.match(service_user):
+        raise HostDataError(f"host {host.name}: flops_service_user: expected an account name, got {service_user!r}")
+    return HostSettings(
+        config=config,
+        secrets=secrets,
+        mode=_choice("flops_mode", MODES),
+        init=_choice("flops_init", INITS),
+        root=root,
+        install_packages=bool(host.data.get("flops_install_packages")),
+        service_user=service_user,
+        venv=_path("flops_venv", host.data.get("flops_venv")),
+        manage_venv=bool(host.data.get("flops_manage_venv")),
+        tracking_packages=tuple(host.data.get("flops_tracking_packages") or ()),
+    )
+
+
+def require_kind(config: StackConfig, key: str, actual: str, expected: str) -> None:
+    """Native roles provision MariaDB and vsftpd; SQLite and the embedded FTP server need no provisioning."""
+    if actual != expected:
+        raise ConfigError(f"{config.source}: {key}: the pyinfra native deploys provision {expected}, got {actual} "
+                          "(sqlite and the embedded FTP server need no hosts; use `flops-mlops up` for those)")
+
+
+def roles(of_host=None) -> list[str]:
+    """The roles a host has (host data ``flops_roles``): docker_host alone in docker mode, the others in native."""
+    target = of_host or host
+    value = target.data.get("flops_roles") or []
+    if isinstance(value, str) or not all(role in ROLES for role in value):
+        raise HostDataError(f"host {target.name}: flops_roles: expected a list of {', '.join(ROLES)}, got {value!r}")
+    docker = target.data.get("flops_mode") == "docker"
+    if value and docker != (list(value) == ["docker_host"]):
+        raise HostDataError(f"host {target.name}: flops_roles: {value!r} does not fit flops_mode "
+                            f"{target.data.get('flops_mode')!r} (docker mode: [\"docker_host\"] only; native mode: "
+                            "backend_store, artifact_store, tracking_server)")
+    return list(value)
+
+
+def address(of_host) -> str:
+    """How other hosts reach ``of_host``: host data ``flops_address``, else its SSH host name or inventory name."""
+    value = of_host.data.get("flops_address") or of_host.data.get("ssh_hostname") or of_host.name
+    if value.startswith("@"):  # @local and other connectors without a network name
+        return "127.0.0.1"
+    return value
+
+
+def peer_address(role: str, fallback: str) -> str:
+    """Address of the inventory host that has ``role``; ``fallback`` (from the configuration) if none has it."""
+    holders = [other for other in inventory if role in roles(other)]
+    if len(holders) > 1:
+        names = ", ".join(h.name for h in holders)
+        raise HostDataError(f"inventory: role {role} is given to several hosts ({names}); give it to one")
+    return address(holders[0]) if holders else fallback
+
+
+def as_seen_from_tracking(config: StackConfig) -> StackConfig:
+    """The configuration with the store hosts replaced by the inventory's backend and artifact hosts."""
+    return dataclasses.replace(
+        config,
+        backend_store=dataclasses.replace(
+            config.backend_store, host=peer_address("backend_store", config.backend_store.host)),
+        artifact_store=dataclasses.replace(
+            config.artifact_store, host=peer_address("artifact_store", config.artifact_store.host)),
+    )
