@@ -16,7 +16,7 @@ from .. import config as config_module
 from ..config import ConfigError
 from ..secrets import Secrets, read_env
 from . import sla
-from .client import Client
+from .client import Client, check_url
 from .push import ENVIRONMENT_WARNING, DeployState, Deployer
 
 
@@ -63,12 +63,12 @@ def _templates_option(parser: argparse.ArgumentParser) -> None:
 
 
 def _orchestrator_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--orchestrator", default=os.environ.get("FLOPS_OAKESTRA_URL"), metavar="URL",
+    parser.add_argument("--orchestrator", default=os.environ.get("FLOPS_OAKESTRA_URL") or None, metavar="URL",
                         help="system manager of the root orchestrator, http(s)://host:port "
                              "(default $FLOPS_OAKESTRA_URL), e.g. http://10.0.0.1:10000")
-    parser.add_argument("--username", default=os.environ.get("FLOPS_OAKESTRA_USERNAME"),
+    parser.add_argument("--username", default=os.environ.get("FLOPS_OAKESTRA_USERNAME") or None,
                         help="Oakestra user (default $FLOPS_OAKESTRA_USERNAME)")
-    parser.add_argument("--password-file", type=Path, default=os.environ.get("FLOPS_OAKESTRA_PASSWORD_FILE"),
+    parser.add_argument("--password-file", type=Path, default=os.environ.get("FLOPS_OAKESTRA_PASSWORD_FILE") or None,
                         metavar="FILE", help="file whose first line is the password (default "
                                              "$FLOPS_OAKESTRA_PASSWORD_FILE, else $FLOPS_OAKESTRA_PASSWORD)")
     parser.add_argument("--user-id", default=None,
@@ -112,13 +112,20 @@ def _password(args: argparse.Namespace) -> str:
     return password
 
 
-def _session(args: argparse.Namespace, config: config_module.StackConfig, redact: list[str]):
+def _credentials(args: argparse.Namespace) -> tuple[str, str, str]:
+    """(orchestrator URL, user, password), checked before anything else happens."""
     if not args.orchestrator:
         raise ConfigError("--orchestrator: give the root orchestrator's URL (or set FLOPS_OAKESTRA_URL)")
+    url = check_url(args.orchestrator)
     if not args.username:
         raise ConfigError("--username: give the Oakestra user (or set FLOPS_OAKESTRA_USERNAME)")
     if args.http_timeout <= 0:
         raise ConfigError(f"--http-timeout: expected a positive number, got {args.http_timeout}")
+    return url, args.username, _password(args)
+
+
+def _session(args: argparse.Namespace, config: config_module.StackConfig, credentials: tuple[str, str, str],
+             redact: list[str]) -> tuple[list[sla.Rendered], Deployer]:
     rendered = sla.render_all(config, args.templates)
     if args.app:
         known = [item.application_name for item in rendered]
@@ -127,7 +134,7 @@ def _session(args: argparse.Namespace, config: config_module.StackConfig, redact
             raise ConfigError(f"--app: {', '.join(unknown)} is not rendered by {config.source} "
                               f"(applications: {', '.join(known)})")
         rendered = [item for item in rendered if item.application_name in args.app]
-    client = Client(args.orchestrator, args.username, _password(args), args.http_timeout, redact)
+    client = Client(*credentials, timeout=args.http_timeout, redact=redact)
     state = DeployState.load(config, client.url)
     if args.user_id:
         state.user_id = args.user_id
@@ -135,11 +142,12 @@ def _session(args: argparse.Namespace, config: config_module.StackConfig, redact
 
 
 def cmd_push(args: argparse.Namespace) -> int:
+    credentials = _credentials(args)
     if args.timeout <= 0 or args.poll_interval <= 0:
         raise ConfigError("--timeout and --poll-interval must be positive")
     config = config_module.load(Path(args.config))
     secrets = Secrets.load(config)
-    rendered, deployer = _session(args, config, list(secrets.values.values()))
+    rendered, deployer = _session(args, config, credentials, list(secrets.values.values()))
     if args.reviewed:
         stale = sla.differences(rendered, args.reviewed)
         if stale:
@@ -154,10 +162,11 @@ def cmd_push(args: argparse.Namespace) -> int:
 
 
 def cmd_undeploy(args: argparse.Namespace) -> int:
+    credentials = _credentials(args)
     config = config_module.load(Path(args.config))
     # Only to mask them in error bodies: undeploy works without the secrets file.
     known = read_env(config.secrets_file) if config.secrets_file.is_file() else {}
-    rendered, deployer = _session(args, config, list(known.values()))
+    rendered, deployer = _session(args, config, credentials, list(known.values()))
     removed = [item.application_name for item in reversed(rendered) if deployer.undeploy(item)]
     print(f"removed {len(removed)} application(s) from {deployer.client.url}"
           + (": " + ", ".join(removed) if removed else ""))
