@@ -125,7 +125,7 @@ def finish(settings: FLSettings, tracker: LocalOnly) -> dict[str, Any]:
     x_example, _ = data.held_out(settings.seed)
     summary = tracker.finish(x_example)
     summary.update(project=settings.project, rounds_planned=settings.rounds, learners=settings.learners,
-                   model_dir=str(settings.model_dir))
+                   model_dir=str(settings.model_dir), aggregator_address=settings.aggregator_address)
     emit("summary", **summary)
     return summary
 

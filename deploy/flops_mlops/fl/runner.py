@@ -257,7 +257,7 @@ def round_command(config, args) -> int:
     summary = run_project(settings, work_dir, on_round, engine=args.engine)
     if args.json:
         keys = ("project", "experiment_id", "run_ids", "best_round", "better", "model_uri", "model_version",
-                "logged_model_uri", "ui_url", "model_dir", "rounds")
+                "logged_model_uri", "ui_url", "model_dir", "aggregator_address", "rounds")
         print(json.dumps({key: summary.get(key) for key in keys}, indent=2))
         return 0
     print(f"\nsummary of {settings.project} (best = {BETTER[settings.better]}):")

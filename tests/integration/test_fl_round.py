@@ -1,0 +1,309 @@
+"""A real FL round tracked end to end: `flops-mlops round` with real Flower processes against a real stack.
+
+One local stack (SQLite + embedded FTP) is shared by the module; the native stack (MariaDB + vsftpd) gets one
+run of its own. Faults are injected with the test-only FLOPS_FAULT_* variables (flops_mlops.fl.faults) or
+with a TCP proxy that cuts the aggregator off from the tracking server.
+"""
+
+from __future__ import annotations
+
+import ftplib
+import json
+import os
+import posixpath
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+import conftest
+from conftest import free_port, run_cli, stack_data
+
+pytestmark = pytest.mark.timeout(900)
+
+QUIET = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+         "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
+ROUND_METRICS = {"loss", "accuracy", "train_examples", "eval_examples", "round_time_s"}
+
+# Loaded into learner processes only (PYTHONPATH): records every Python-level socket connection and every
+# mlflow import. MLflow's client talks HTTP through Python sockets, so a learner request would show here.
+AUDIT_HOOK = '''
+import json, os, sys
+if os.environ.get("FLOPS_LEARNER_INDEX") and os.environ.get("FLOPS_TEST_AUDIT_DIR"):
+    _log = open(os.path.join(os.environ["FLOPS_TEST_AUDIT_DIR"], f"learner-{os.getpid()}.jsonl"), "a")
+    def _audit(event, args):
+        if event == "socket.connect":
+            address = args[1]
+            _log.write(json.dumps({"connect": list(address) if isinstance(address, tuple) else str(address)}) + "\\n")
+            _log.flush()
+        elif event == "import" and str(args[0]).split(".")[0] == "mlflow":
+            _log.write(json.dumps({"import": args[0]}) + "\\n")
+            _log.flush()
+    sys.addaudithook(_audit)
+'''
+
+
+def round_cli(stack: conftest.TestStack, *args: str, env: dict[str, str] | None = None, timeout: float = 300):
+    return run_cli("round", "--tenant", "acme", *args, config=stack.config_path, timeout=timeout,
+                   env={**QUIET, **(env or {})})
+
+
+def tracking_uri(stack: conftest.TestStack) -> str:
+    config = stack.load()
+    return config.tracking_uri(config.tenant("acme"))
+
+
+def model_dir(stack: conftest.TestStack, project: str) -> Path:
+    return stack.load().state_dir / "fl" / "acme" / project / "model"
+
+
+def ftp_files(stack: conftest.TestStack, folder: str) -> set[str]:
+    """Names of the files in ``folder`` as the tenant's FTP user sees them (NLST: vsftpd has no MLSD)."""
+    config = stack.load()
+    tenant = config.tenant("acme")
+    with ftplib.FTP() as ftp:
+        ftp.connect(config.artifact_store.host, config.artifact_store.port, timeout=10)
+        ftp.login(tenant.ftp_user, stack.secrets().ftp_password("acme"))
+        return {posixpath.basename(name) for name in ftp.nlst(folder)}
+
+
+def champion_accuracy(uri: str, project: str) -> float:
+    import mlflow
+
+    from flops_mlops.fl import data
+
+    mlflow.set_tracking_uri(uri)
+    x, y = data.held_out(42)
+    return float((mlflow.pyfunc.load_model(f"models:/{project}@champion").predict(x) == y).mean())
+
+
+@pytest.fixture(scope="module")
+def local(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("fl-local")
+    data = stack_data("local", folder, ["acme"])
+    path = folder / "stack.yaml"
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    stack = conftest.TestStack(path, data)
+    stack.cli("secrets", "init", check=True)
+    stack.up()
+    yield stack
+    stack.cli("down", "--purge")
+
+
+@pytest.fixture(scope="module")
+def corrupted_run(local, tmp_path_factory):
+    """3 rounds, 2 learners; round 3's aggregate is corrupted (so round 2 is the best); learners audited."""
+    hooks = tmp_path_factory.mktemp("audit-hook")
+    (hooks / "sitecustomize.py").write_text(AUDIT_HOOK, encoding="utf-8")
+    audit = tmp_path_factory.mktemp("audit")
+    done = round_cli(local, "--project", "Fraud", "--rounds", "3", "--learners", "2", "--json", env={
+        "FLOPS_FAULT_CORRUPT_ROUND": "3", "PYTHONPATH": str(hooks), "FLOPS_TEST_AUDIT_DIR": str(audit),
+        # Would lead a learner straight to the tracking server, if the runner passed it on:
+        "MLFLOW_TRACKING_URI": tracking_uri(local)})
+    assert done.returncode == 0, done.stderr
+    assert "round 3/3" in done.stderr  # progress goes to stderr with --json
+    return json.loads(done.stdout), audit
+
+
+def test_one_run_per_round_with_aggregated_metrics(local, corrupted_run):
+    import mlflow
+
+    summary, _ = corrupted_run
+    mlflow.set_tracking_uri(tracking_uri(local))
+    runs = mlflow.search_runs(experiment_names=["Fraud"], output_format="list")
+    assert len(runs) == 3 and sorted(r.info.run_id for r in runs) == sorted(summary["run_ids"])
+    for run in runs:
+        metrics = set(run.data.metrics)
+        assert ROUND_METRICS <= metrics
+        assert {m for m in metrics if m.startswith("system/")}, "no system metrics"
+        assert run.data.tags["flops.project"] == "Fraud"
+        assert run.data.tags["flops.code_version"]
+        assert run.info.run_name == f"round-{run.data.tags['flops.round']}"
+        assert run.data.params["strategy"] == "FedAvg" and run.data.params["min_learners"] == "2"
+        # only aggregates: no key or value names a learner, node or client
+        names = " ".join([*metrics, *run.data.params, *run.data.tags, *map(str, run.data.params.values())]).lower()
+        assert not any(word in names for word in ("learner_", "node", "client", "cid", "partition"))
+    by_round = {int(r.data.tags["flops.round"]): r for r in runs}
+    assert [e["round"] for e in summary["rounds"]] == [1, 2, 3]
+    assert by_round[2].data.metrics["loss"] == pytest.approx(summary["rounds"][1]["loss"])
+
+
+def test_registered_model_is_the_best_round_not_the_last(local, corrupted_run):
+    import mlflow
+
+    from flops_mlops.fl import data
+    from flops_mlops.fl.model import to_sklearn
+    from flops_mlops.fl.tracking import BestModel
+
+    summary, _ = corrupted_run
+    losses = [e["loss"] for e in summary["rounds"]]
+    assert losses[2] > losses[1]  # the corrupted last round is worse
+    assert summary["best_round"] == 2 and summary["model_uri"] == "models:/Fraud@champion"
+    mlflow.set_tracking_uri(tracking_uri(local))
+    version = mlflow.MlflowClient().get_model_version_by_alias("Fraud", "champion")
+    assert version.version == summary["model_version"]
+    assert version.run_id == summary["run_ids"][1]  # logged into round 2's run
+    best = BestModel(model_dir(local, "Fraud"))
+    assert json.loads(best.info_file.read_text())["round"] == 2
+    x, _ = data.held_out(42)
+    served = mlflow.pyfunc.load_model("models:/Fraud@champion").predict(x)
+    assert (served == to_sklearn(best.load()).predict(x)).all()
+
+
+def test_champion_predicts_held_out_data_better_than_chance(local, corrupted_run):
+    from flops_mlops.fl.data import CLASSES
+
+    assert champion_accuracy(tracking_uri(local), "Fraud") > 1 / CLASSES + 0.3
+
+
+def test_model_files_are_in_the_tenants_ftp_folder(local, corrupted_run):
+    summary, _ = corrupted_run
+    model_id = summary["logged_model_uri"].removeprefix("models:/")
+    names = ftp_files(local, f"/artifacts/{summary['experiment_id']}/models/{model_id}/artifacts")
+    assert {"MLmodel", "model.skops", "requirements.txt", "input_example.json"} <= names
+    requirements = (local.load().state_dir / "ftp" / "flops_acme" / "artifacts" / summary["experiment_id"]
+                    / "models" / model_id / "artifacts" / "requirements.txt").read_text()
+    assert "scikit-learn==" in requirements and "skops==" in requirements
+
+
+def test_learners_make_no_request_to_the_tracking_server(local, corrupted_run):
+    summary, audit = corrupted_run
+    records = {path.name: [json.loads(line) for line in path.read_text().splitlines()]
+               for path in Path(audit).glob("learner-*.jsonl")}
+    assert len(records) == 2, "the audit hook did not run in both learners"
+    host, port = summary["aggregator_address"].rsplit(":", 1)
+    for name, events in records.items():
+        assert not [e for e in events if "import" in e], f"{name} imported mlflow"
+        targets = {tuple(e["connect"][:2]) for e in events if "connect" in e}
+        assert targets == {(host, int(port))}, f"{name} connected to {targets}"
+
+
+def test_a_crashing_learner_fails_the_run_and_keeps_the_best_model(local):
+    done = round_cli(local, "--project", "Crash", "--rounds", "3", "--timeout", "120",
+                     env={"FLOPS_FAULT_CRASH_LEARNER": "1:2"})
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "learner-1 exited with code 3" in done.stderr
+    assert "learner 1 crashes in round 2" in done.stderr
+    best = model_dir(local, "Crash")
+    assert json.loads((best / "best.json").read_text())["round"] == 1
+    assert (best / "best.npz").exists()
+
+
+class CuttingProxy:
+    """Forwards TCP to the tracking server until the aggregator starts a second run (round 2), then acts as a
+    server that went down: that connection is dropped and new ones are refused. The Host header is rewritten
+    to the server's own address (its security middleware accepts only known hosts)."""
+
+    def __init__(self, target_port: int):
+        self.target = ("127.0.0.1", target_port)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.runs_created = 0
+        self.down = threading.Event()
+        self.sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.down.is_set():
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            self.sockets += [client, upstream]
+            threading.Thread(target=self._pipe, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, False), daemon=True).start()
+
+    def _pipe(self, source: socket.socket, sink: socket.socket, inspect: bool) -> None:
+        try:
+            while chunk := source.recv(65536):
+                if inspect:
+                    chunk = chunk.replace(f"Host: 127.0.0.1:{self.port}".encode(),
+                                          f"Host: 127.0.0.1:{self.target[1]}".encode())
+                if inspect and b"/api/2.0/mlflow/runs/create" in chunk:
+                    self.runs_created += 1
+                    if self.runs_created >= 2:
+                        self.cut()
+                        return
+                sink.sendall(chunk)
+        except OSError:
+            pass
+
+    def cut(self) -> None:
+        self.down.set()
+        for sock in [self.listener, *self.sockets]:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
+
+
+def test_tracking_server_going_down_fails_the_run_and_keeps_the_best_model(local, tmp_path):
+    config = local.load()
+    proxy = CuttingProxy(config.tracking_port(config.tenant("acme")))
+    data = {**local.data, "tenants": [{"id": "acme", "port": proxy.port}]}
+    path = tmp_path / "via-proxy.yaml"
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    done = run_cli("round", "--tenant", "acme", "--project", "Outage", "--rounds", "4", "--timeout", "120",
+                   config=path, env=QUIET, timeout=300)
+    proxy.cut()
+    assert proxy.runs_created >= 2, done.stdout + done.stderr
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert f"tracking server http://127.0.0.1:{proxy.port}: starting the run of round 2 failed" in done.stderr
+    assert "round 1/4" in done.stdout
+    best = model_dir(local, "Outage")
+    assert json.loads((best / "best.json").read_text())["round"] == 1
+    assert (best / "best.npz").exists()
+
+
+def test_aggregator_exits_at_once_when_the_tracking_server_is_unreachable(tmp_path):
+    env = {**os.environ, **QUIET, "FLOPS_TRACKING_URI": f"http://127.0.0.1:{free_port()}",
+           "FLOPS_PROJECT": "Nowhere", "FLOPS_AGGREGATOR_ADDRESS": f"127.0.0.1:{free_port()}",
+           "FLOPS_MODEL_DIR": str(tmp_path / "model"), "FLOPS_TIMEOUT": "60"}
+    done = subprocess.run([sys.executable, "-m", "flops_mlops.fl.aggregator"], env=env, capture_output=True,
+                          text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 1
+    assert "opening experiment 'Nowhere' failed" in done.stderr
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_round_refuses_a_tracking_server_that_is_not_up(tmp_path):
+    data = stack_data("local", tmp_path, ["acme"])
+    path = tmp_path / "stack.yaml"
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    done = run_cli("round", "--tenant", "acme", "--project", "Idle", config=path, env=QUIET, timeout=60)
+    assert done.returncode == 1
+    assert "is not answering; start the stack first" in done.stderr
+
+
+@pytest.mark.services
+def test_round_on_the_native_stack_lands_in_the_tenants_database_and_ftp(make_stack):
+    import pymysql
+
+    stack = make_stack("native")
+    stack.up()
+    done = round_cli(stack, "--project", "Native", "--rounds", "2", "--json")
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    config = stack.load()
+    tenant = config.tenant("acme")
+    with pymysql.connect(host=config.backend_store.host, port=config.backend_store.port, user=tenant.db_user,
+                         password=stack.secrets().db_password("acme"), database=tenant.database) as conn:
+        with conn.cursor() as cur:
+            cur.execute("SELECT COUNT(*) FROM runs WHERE experiment_id = %s", (summary["experiment_id"],))
+            assert cur.fetchone()[0] == 2
+            cur.execute("SELECT COUNT(DISTINCT run_uuid) FROM metrics WHERE `key` IN ('loss', 'accuracy') "
+                        "AND run_uuid IN %s", (summary["run_ids"],))
+            assert cur.fetchone()[0] == 2
+            cur.execute("SELECT version FROM registered_model_aliases WHERE name = 'Native' AND alias = 'champion'")
+            assert str(cur.fetchone()[0]) == summary["model_version"]
+    model_id = summary["logged_model_uri"].removeprefix("models:/")
+    names = ftp_files(stack, f"/artifacts/{summary['experiment_id']}/models/{model_id}/artifacts")
+    assert {"MLmodel", "model.skops", "requirements.txt"} <= names
+    assert champion_accuracy(config.tracking_uri(tenant), "Native") > 0.6
