@@ -1,0 +1,87 @@
+#!/bin/bash
+# The official MySQL image's environment contract, on Debian's MariaDB (CI stand-in, see Dockerfile).
+# First start (empty datadir): initialise, set the root password, create MYSQL_DATABASE and MYSQL_USER
+# (ALL on that database only), run /docker-entrypoint-initdb.d/*.sh (sourced) and *.sql, all on a temporary
+# server without networking; then start the real server.
+set -euo pipefail
+SOCKET=/run/mysqld/mysqld.sock
+DATADIR=/var/lib/mysql
+log() { echo "backend-store-entrypoint: $*"; }
+fail() { echo "backend-store-entrypoint: $*" >&2; exit 2; }
+
+sql_string() { printf "'%s'" "$(printf '%s' "$1" | sed -e "s/\\\\/\\\\\\\\/g" -e "s/'/''/g")"; }
+
+# The official image's helper: run SQL on the temporary server as root (password from a defaults file,
+# never in argv); initdb.d shell scripts may call it.
+docker_process_sql() {
+    local defaults=/run/mysqld/root.cnf
+    if [ -n "${MYSQL_DATABASE:-}" ]; then
+        set -- --database="$MYSQL_DATABASE" "$@"
+    fi
+    mariadb --defaults-extra-file="$defaults" --protocol=socket -uroot --socket="$SOCKET" --comments "$@"
+}
+
+initialise() {
+    [ -n "${MYSQL_ROOT_PASSWORD:-}" ] || fail "MYSQL_ROOT_PASSWORD is required"
+    if [ -n "${MYSQL_DATABASE:-}" ]; then
+        [[ "$MYSQL_DATABASE" =~ ^[A-Za-z0-9_]{1,64}$ ]] || fail "MYSQL_DATABASE: not a plain database name"
+    fi
+    if [ -n "${MYSQL_USER:-}" ]; then
+        [[ "$MYSQL_USER" =~ ^[A-Za-z0-9_]{1,32}$ ]] || fail "MYSQL_USER: not a plain user name"
+        [ -n "${MYSQL_PASSWORD:-}" ] || fail "MYSQL_PASSWORD is required with MYSQL_USER"
+    fi
+    log "initialising $DATADIR"
+    mariadb-install-db --user=mysql --datadir="$DATADIR" --skip-test-db --auth-root-authentication-method=normal \
+        >/tmp/install-db.log 2>&1 || { cat /tmp/install-db.log >&2; exit 1; }
+    mariadbd --user=mysql --datadir="$DATADIR" --skip-networking --socket="$SOCKET" &
+    local pid=$!
+    for _ in $(seq 1 60); do
+        mariadb-admin --socket="$SOCKET" -uroot ping >/dev/null 2>&1 && break
+        sleep 1
+    done
+    local root_password
+    root_password="$(sql_string "$MYSQL_ROOT_PASSWORD")"
+    mariadb --protocol=socket --socket="$SOCKET" -uroot <<SQL
+ALTER USER 'root'@'localhost' IDENTIFIED BY ${root_password};
+CREATE USER 'root'@'%' IDENTIFIED BY ${root_password};
+GRANT ALL PRIVILEGES ON *.* TO 'root'@'%' WITH GRANT OPTION;
+FLUSH PRIVILEGES;
+SQL
+    umask 077
+    printf '[client]\npassword="%s"\n' "$(printf '%s' "$MYSQL_ROOT_PASSWORD" | sed 's/["\\]/\\&/g')" \
+        >/run/mysqld/root.cnf
+    umask 022
+    if [ -n "${MYSQL_DATABASE:-}" ]; then
+        docker_process_sql --database=mysql <<<"CREATE DATABASE IF NOT EXISTS \`$MYSQL_DATABASE\`;"
+    fi
+    if [ -n "${MYSQL_USER:-}" ]; then
+        docker_process_sql --database=mysql <<SQL
+CREATE USER '$MYSQL_USER'@'%' IDENTIFIED BY $(sql_string "$MYSQL_PASSWORD");
+${MYSQL_DATABASE:+GRANT ALL PRIVILEGES ON \`$MYSQL_DATABASE\`.* TO '$MYSQL_USER'@'%';}
+SQL
+    fi
+    local f
+    for f in /docker-entrypoint-initdb.d/*; do
+        case "$f" in
+            *.sh)  log "sourcing $f"; . "$f" ;;
+            *.sql) log "running $f"; docker_process_sql <"$f" ;;
+            *)     [ -e "$f" ] && log "ignoring $f" ;;
+        esac
+    done
+    mariadb-admin --defaults-extra-file=/run/mysqld/root.cnf --socket="$SOCKET" -uroot shutdown >/dev/null 2>&1 \
+        || kill "$pid"
+    wait "$pid" || true
+    rm -f /run/mysqld/root.cnf
+    log "initialised"
+}
+
+if [ "${1:-}" = mariadbd ] || [ "${1:-}" = mysqld ]; then
+    shift
+    chown -R mysql:mysql "$DATADIR" /run/mysqld
+    if [ ! -d "$DATADIR/mysql" ]; then
+        initialise
+    fi
+    exec mariadbd --user=mysql --datadir="$DATADIR" --socket="$SOCKET" --bind-address=0.0.0.0 --port=3306 \
+        --skip-name-resolve "$@"
+fi
+exec "$@"

