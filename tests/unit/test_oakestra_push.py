@@ -128,6 +128,17 @@ def test_push_adds_only_what_is_missing(deployment):
     assert "added service(s) globex" in again.stderr
 
 
+def test_a_service_that_differs_from_the_sla_is_reported_not_changed(deployment):
+    d = deployment()
+    assert d.push("--app", "tracking").returncode == 0
+    d.fake.services_of("tracking")["acme"]["code"] = "docker.io/flops-mlops/tracking-server:0.0.9"
+    again = d.push("--app", "tracking")
+    assert again.returncode == 0, again.stderr
+    assert "flops/tracking/acme: service exists; differs from the SLA in code" in again.stderr
+    assert "undeploy --app tracking, then push" in again.stderr
+    assert d.fake.services_of("tracking")["acme"]["code"].endswith(":0.0.9")
+
+
 def test_an_existing_application_is_found_after_a_409_with_the_user_id(deployment):
     d = deployment()
     assert d.push("--app", "stores").returncode == 0

@@ -153,9 +153,10 @@ def cmd_push(args: argparse.Namespace) -> int:
         if stale:
             raise ConfigError(f"--reviewed: {', '.join(stale)} differ(s) from what {config.source} renders now; "
                               f"render again and review the change before pushing")
+    documents = [sla.resolve_secrets(item.document, secrets.values, str(secrets.path)) for item in rendered]
     deployer.say(ENVIRONMENT_WARNING)
-    for item in rendered:
-        deployer.push(item, secrets.values, str(secrets.path), args.timeout, args.poll_interval)
+    for item, document in zip(rendered, documents):
+        deployer.push(item, document, args.timeout, args.poll_interval)
     print(f"pushed {len(rendered)} application(s) to {deployer.client.url}: "
           + ", ".join(item.application_name for item in rendered))
     return 0

@@ -25,7 +25,7 @@ from typing import Callable, TextIO
 
 from ..config import ConfigError, StackConfig
 from .client import Client, OakestraError, check_id, check_user_id
-from .sla import Rendered, resolve_secrets
+from .sla import Rendered
 
 PROGRESS = ("REQUESTED", "CLUSTER_SCHEDULED", "NODE_SCHEDULED")
 DONE = ("RUNNING", "COMPLETED")
@@ -112,9 +112,10 @@ class Deployer:
                     raise
                 app_id = self.find(item)
                 if app_id is None:
+                    known = (f"the applications of user {self.state.user_id} do not include it" if self.state.user_id
+                             else f"no user id is recorded in {self.state.path}")
                     raise OakestraError(exc.call, exc.status, f"{exc.body} -- application {key} exists, but its id "
-                                        "is unknown here (no user id recorded in "
-                                        f"{self.state.path}); pass --user-id") from None
+                                        f"is unknown here ({known}); pass --user-id") from None
             if app_id is None:
                 raise OakestraError("POST /api/application/", 200, f"the answer does not list {key}")
             self.say(f"{key}: application created ({app_id})")
@@ -124,10 +125,9 @@ class Deployer:
 
     # --- push ---
 
-    def push(self, item: Rendered, secret_values: dict[str, str], source: str, timeout: float,
-             poll_interval: float) -> None:
+    def push(self, item: Rendered, document: dict, timeout: float, poll_interval: float) -> None:
+        """Deploy one application; ``document`` is ``item.document`` with its secrets filled in."""
         key = f"{item.namespace}/{item.application_name}"
-        document = resolve_secrets(item.document, secret_values, source)
         wanted = document["applications"][0]["microservices"]
         app_id = self.ensure_application(item)
         existing = {record.get("microservice_name"): record for record in self.client.services(app_id)}

@@ -93,10 +93,10 @@ def _address(block: int, host: int) -> str:
 def check(config: StackConfig) -> None:
     """Checks of the oakestra section that need more than a type; ConfigError names the key and value."""
     o = config.oakestra
-    if not NAME_PATTERN.match(o.namespace) or len(o.namespace) > o.name_limit:
-        raise _fail(config, "namespace", f"{o.namespace!r} must be 1-{o.name_limit} letters or digits")
     if not 1 <= o.name_limit <= 30:
         raise _fail(config, "name_limit", f"expected 10 (releases up to v0.4.204) or 30, got {o.name_limit}")
+    if not NAME_PATTERN.match(o.namespace) or len(o.namespace) > o.name_limit:
+        raise _fail(config, "namespace", f"{o.namespace!r} must be 1-{o.name_limit} letters or digits")
     if not REGISTRY_PATTERN.match(o.registry):
         raise _fail(config, "registry", f"{o.registry!r} is not a registry host[:port][/path]")
     if config.backend_store.kind != "mysql":
