@@ -12,7 +12,8 @@ A real HTTP server on a free loopback port that follows /work/shared/reference/o
 - access tokens expire after ``token_lifetime`` seconds, refresh tokens after ``refresh_lifetime``;
 - collection routes end in '/': without it the answer is a 308 redirect.
 Each GET of a service advances its instances one status step (REQUESTED -> CLUSTER_SCHEDULED ->
-NODE_SCHEDULED -> RUNNING), unless ``frozen``; ``force_status[name]`` pins a service's status.
+NODE_SCHEDULED -> RUNNING), unless ``frozen``; ``force_status[name]`` pins a service's status;
+``restart_at`` (a path regex) forgets every token when such a path is first called, as a restart did.
 Only the tests use this; nothing here is a mock of a real component we ship against.
 """
 
@@ -63,6 +64,7 @@ class FakeOakestra:
         self.frozen = False
         self.force_status: dict[str, str] = {}
         self.bad_app_ids = False
+        self.restart_at: str | None = None  # regex of a path: "restart" (forget every token) when first called
         self.lock = threading.RLock()
         self.server: ThreadingHTTPServer | None = None
 
@@ -132,6 +134,9 @@ class FakeOakestra:
 
     def dispatch(self, method: str, path: str, raw: bytes, authorization: str | None) -> None:
         with self.lock:
+            if self.restart_at and re.fullmatch(self.restart_at, path):
+                self.restart_at = None
+                self.tokens.clear()  # up to v0.4.402 the signing secret is random per start
             for route in ("/api/application", "/api/service"):
                 if path == route and method == "POST":
                     raise Reply(308, {"message": "redirect"}, headers={"Location": route + "/"})

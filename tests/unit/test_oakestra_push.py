@@ -160,6 +160,18 @@ def test_expired_tokens_are_refreshed_and_renewed_by_login(deployment):
     assert any(status == 401 for _, _, status in d.fake.calls)
 
 
+def test_tokens_lost_in_an_orchestrator_restart_are_renewed(deployment):
+    d = deployment()
+    assert d.push("--app", "stores").returncode == 0
+    logins = d.fake.count("POST", "/api/auth/login")
+    d.fake.restart_at = r"/api/service/[0-9a-f]+"  # restarts during the status checks
+    result = d.push("--app", "stores")
+    assert result.returncode == 0, result.stderr
+    assert ("GET", "422") in {(m, str(status)) for m, _, status in d.fake.calls}
+    assert d.fake.count("POST", "/api/auth/refresh") >= 1  # tried first, refused: the refresh token is gone too
+    assert d.fake.count("POST", "/api/auth/login") == logins + 2
+
+
 def test_api_errors_show_call_status_and_body(deployment):
     d = deployment()
     # Another user's service already holds the MySQL service IP: the orchestrator refuses ours with a 400.

@@ -2,8 +2,8 @@
 
 Quirks of the API handled here, so callers see plain Python values:
 - bodies that are a JSON *string* encoding the real JSON are decoded twice;
-- access tokens expire (10 minutes): a 401 is answered by one refresh with the refresh token, then by a new
-  login, and the call is repeated once;
+- access tokens expire (10 minutes), and a restart of older releases invalidates them: a rejected token is
+  answered by one refresh with the refresh token, then by a new login, and the call is repeated once;
 - every error becomes an OakestraError naming the call, the HTTP status and the body, with any secret
   value of this deployment replaced by ***.
 Ids that come from responses are checked before they are put into a URL path.
@@ -23,7 +23,7 @@ from ..config import ConfigError
 from ..processes import StackError
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9]{1,64}$")
-USER_ID_PATTERN = re.compile(r"^[A-Za-z0-9._@-]{1,128}$")
+USER_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$")
 BODY_LIMIT = 2000
 
 
@@ -118,7 +118,7 @@ class Client:
         if self._token is None:
             self.login()
         response = self._send(method, path, body, self._token)
-        if response.status_code == 401:
+        if _token_rejected(response):
             self._renew()
             response = self._send(method, path, body, self._token)
         if response.status_code >= 300:
@@ -199,6 +199,17 @@ class Client:
 
     def delete_service(self, service_id: str) -> None:
         self.call("DELETE", f"/api/service/{check_id(service_id, 'microserviceID')}")
+
+
+def _token_rejected(response: requests.Response) -> bool:
+    """401 (missing or expired token), or the JWT layer's 422 {"msg": ...} for a token signed before a restart
+    (the signing secret was random per start up to v0.4.402); a schema 422 has a different body."""
+    if response.status_code == 401:
+        return True
+    if response.status_code != 422:
+        return False
+    body = decode(response.text)
+    return isinstance(body, dict) and set(body) == {"msg"}
 
 
 def _records(value: Any, call: str) -> list[dict]:

@@ -16,7 +16,7 @@ from .. import config as config_module
 from ..config import ConfigError
 from ..secrets import Secrets, read_env
 from . import sla
-from .client import Client, check_url
+from .client import USER_ID_PATTERN, Client, check_url
 from .push import ENVIRONMENT_WARNING, DeployState, Deployer
 
 
@@ -137,6 +137,8 @@ def _session(args: argparse.Namespace, config: config_module.StackConfig, creden
     client = Client(*credentials, timeout=args.http_timeout, redact=redact)
     state = DeployState.load(config, client.url)
     if args.user_id:
+        if not USER_ID_PATTERN.match(args.user_id):
+            raise ConfigError(f"--user-id: {args.user_id!r} is not a user id (letters, digits, '.', '_', '@', '-')")
         state.user_id = args.user_id
     return rendered, Deployer(client, state)
 
