@@ -237,9 +237,13 @@ def test_reviewed_files_must_match_what_is_pushed(deployment, tmp_path):
      "--username: give the Oakestra user"),
     (["--orchestrator", "http://10.0.0.1:10000", "--username", "a", "--password-file", "/nonexistent"], {},
      "--password-file: /nonexistent: cannot read"),
+    (["--orchestrator", "http://10.0.0.1:10000", "--username", "a", "--app", "nope"], {"FLOPS_OAKESTRA_PASSWORD": "x"},
+     "--app: nope is not rendered by"),
+    (["--orchestrator", "http://10.0.0.1:10000", "--username", "a", "--user-id", "../x"],
+     {"FLOPS_OAKESTRA_PASSWORD": "x"}, "--user-id: '../x' is not a user id"),
 ])
 def test_bad_invocations_exit_2(args, env, message):
-    result = run_cli("push", *args, config=SHIPPED, env={"FLOPS_OAKESTRA_USERNAME": "", "FLOPS_OAKESTRA_URL": "",
+    result = run_cli("undeploy", *args, config=SHIPPED, env={"FLOPS_OAKESTRA_USERNAME": "", "FLOPS_OAKESTRA_URL": "",
                                                           "FLOPS_OAKESTRA_PASSWORD_FILE": "", **env})
     assert result.returncode == 2, result.stderr
     assert message in result.stderr

@@ -116,9 +116,11 @@ class Deployer:
                              else f"no user id is recorded in {self.state.path}")
                     raise OakestraError(exc.call, exc.status, f"{exc.body} -- application {key} exists, but its id "
                                         f"is unknown here ({known}); pass --user-id") from None
-            if app_id is None:
-                raise OakestraError("POST /api/application/", 200, f"the answer does not list {key}")
-            self.say(f"{key}: application created ({app_id})")
+                self.say(f"{key}: application exists ({app_id})")
+            else:
+                if app_id is None:
+                    raise OakestraError("POST /api/application/", 200, f"the answer does not list {key}")
+                self.say(f"{key}: application created ({app_id})")
         self.state.apps[key] = app_id
         self.state.save()
         return app_id
