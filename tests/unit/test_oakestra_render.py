@@ -70,6 +70,9 @@ def test_render_is_byte_identical_across_runs_and_check_reports_drift(tmp_path):
     check = run_cli("render", "--out", str(first), "--check", config=SHIPPED)
     assert check.returncode == 1 and "tracking.json" in check.stderr
     assert (first / "tracking.json").read_text() == "{}\n"  # --check writes nothing
+    (first / "oldproject.json").write_text("{}\n")
+    stray = run_cli("render", "--out", str(first), config=SHIPPED)
+    assert stray.returncode == 0 and "oldproject.json is not rendered by this configuration" in stray.stderr
 
 
 def test_every_rendered_document_passes_the_schema_and_names_fit_old_releases(tmp_path):

@@ -83,6 +83,9 @@ def _orchestrator_options(parser: argparse.ArgumentParser) -> None:
 def cmd_render(args: argparse.Namespace) -> int:
     config = config_module.load(Path(args.config))
     rendered = sla.render_all(config, args.templates)
+    for path in sla.strays(rendered, args.out):
+        print(f"note: {path} is not rendered by this configuration (a removed application?); "
+              "push ignores it, delete it if it is gone", file=sys.stderr)
     if args.check:
         stale = sla.differences(rendered, args.out)
         for path in stale:

@@ -282,7 +282,8 @@ def _service_label(document: dict, path) -> str:
 def validate(document: Any, template: str, name_limit: int = 30, allowed_secrets: set[str] | None = None) -> None:
     """Check one document against the schema and the secret rules; SlaError names template, field, value."""
     validator = jsonschema.Draft202012Validator(schema(name_limit))
-    errors = sorted(validator.iter_errors(document), key=lambda e: (list(e.absolute_path), e.message))
+    errors = sorted(validator.iter_errors(document),
+                    key=lambda e: ([(isinstance(p, str), p) for p in e.absolute_path], e.message))
     if errors:
         error = errors[0]
         path = list(error.absolute_path)
@@ -387,6 +388,12 @@ def write(rendered: list[Rendered], out_dir: Path) -> list[Path]:
         os.replace(tmp, path)
         paths.append(path)
     return paths
+
+
+def strays(rendered: list[Rendered], out_dir: Path) -> list[str]:
+    """JSON files in ``out_dir`` that the configuration no longer renders (a removed project, say)."""
+    names = {item.file_name for item in rendered}
+    return sorted(str(p) for p in out_dir.glob("*.json") if p.name not in names) if out_dir.is_dir() else []
 
 
 def differences(rendered: list[Rendered], out_dir: Path) -> list[str]:
