@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 import pytest
+import requests
 import yaml
 
 from flops_mlops.oakestra.client import Client, OakestraError, check_url, decode
@@ -302,6 +303,8 @@ def test_client_decodes_json_strings_and_follows_documented_quirks():
             client.delete_application(app_id)
         assert info.value.status == 501
         assert fake.count("POST", "/api/application") == 0  # always the trailing-slash route
+        bare = requests.post(f"{url}/api/application", json={}, allow_redirects=False, timeout=5)
+        assert bare.status_code == 308 and bare.headers["Location"] == "/api/application/"
     finally:
         fake.stop()
 

@@ -285,3 +285,15 @@ def test_placement_constraints_and_external_stores(tmp_path):
     assert "FLOPS_DB_HOST=db.example.org" in acme["environment"]
     assert "FLOPS_FTP_HOST=ftp.example.org" in acme["environment"]
     assert "FLOPS_FTP_PASSWORD=${FLOPS_TENANT_ACME_FTP_PASSWORD}" in acme["environment"]
+
+
+def test_stores_can_be_placed_apart_from_the_other_services(tmp_path):
+    def edit(data):
+        data["oakestra"]["target"] = {"cluster": "edge1"}
+        data["oakestra"]["stores_target"] = {"node": "disknode"}
+    rendered = {r.application_name: r.document for r in sla.render_all(config_module.load(write_config(tmp_path, edit)))}
+    for service in rendered["stores"]["applications"][0]["microservices"]:
+        assert service["constraints"] == [{"type": "direct", "node": "disknode"}]
+    for name in ("tracking", "mnist"):
+        for service in rendered[name]["applications"][0]["microservices"]:
+            assert service["constraints"] == [{"type": "direct", "cluster": "edge1"}]
