@@ -10,6 +10,7 @@ import random
 import shutil
 import socket
 import subprocess
+import tempfile
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,10 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 REQUIRE_SERVICES = os.environ.get("FLOPS_REQUIRE_SERVICES") == "1"
+# Fail fast instead of retrying for minutes when a server answers 500 or is down.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 CLI = [sys.executable, "-m", "flops_mlops.cli"]
 
 
@@ -104,9 +109,13 @@ class TestStack:
 def stack_data(kind: str, tmp_path: Path, tenants: list[str]) -> dict:
     """A configuration like configs/<kind>.yaml, with free ports and paths under ``tmp_path``."""
     low, high = free_port_range(4)
+    # vsftpd serves folders as an unprivileged account and pytest's tmp dirs are closed to it: keep the
+    # state in a folder of its own that others may enter (not list); `down --purge` removes it.
+    state_dir = Path(tempfile.mkdtemp(prefix="flops-test-state-"))
+    state_dir.chmod(0o711)
     data = {
         "name": f"test-{kind}",
-        "state_dir": str(tmp_path / "state"),
+        "state_dir": str(state_dir),
         "secrets_file": str(tmp_path / "secrets.env"),
         "artifact_store": {"kind": "embedded", "host": "127.0.0.1", "port": free_port(),
                            "passive_ports": [low, high], "pasv_address": "127.0.0.1"},
@@ -146,3 +155,4 @@ def make_stack(tmp_path):
     yield factory
     for stack in created:
         stack.cli("down", "--purge")
+        shutil.rmtree(stack.data["state_dir"], ignore_errors=True)

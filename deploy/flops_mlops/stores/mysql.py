@@ -136,12 +136,14 @@ class ManagedMySQL:
         return True
 
     def _run_user(self) -> str:
-        for name in ("mysql", "nobody"):
+        """The unprivileged account to run the server as (mysql), or root if it cannot reach the datadir."""
+        for name in ("mysql",):
             try:
-                pwd.getpwnam(name)
-                return name
+                account = pwd.getpwnam(name)
             except KeyError:
                 continue
+            if can_traverse(self.home, account):
+                return name
         return "root"
 
     def _initialize(self, binary: str) -> None:
@@ -170,6 +172,18 @@ class ManagedMySQL:
 
     def stop(self) -> bool:
         return self.process.stop(timeout=60)
+
+
+def can_traverse(path: Path, account: pwd.struct_passwd) -> bool:
+    """Whether ``account`` may enter every folder above ``path`` (pytest's tmp dirs are root-only)."""
+    for folder in path.resolve().parents:
+        st = folder.stat()
+        if st.st_uid == account.pw_uid:
+            continue
+        if st.st_mode & 0o001 or (st.st_gid == account.pw_gid and st.st_mode & 0o010):
+            continue
+        return False
+    return True
 
 
 def _plain_env() -> dict[str, str]:

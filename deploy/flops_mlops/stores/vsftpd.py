@@ -18,6 +18,7 @@ import jinja2
 from ..config import ConfigError, StackConfig
 from ..processes import ManagedProcess, port_answers, wait_until
 from ..secrets import Secrets
+from .mysql import can_traverse
 
 PAM_DIR = Path("/etc/pam.d")
 PAM_MODULE_DIRS = [Path("/lib/x86_64-linux-gnu/security"), Path("/lib/aarch64-linux-gnu/security"),
@@ -58,10 +59,14 @@ class ManagedVsftpd:
         if os.geteuid() != 0:
             raise ConfigError(f"{where}: kind vsftpd must be started as root (it chroots each tenant)")
         try:
-            pwd.getpwnam(self.config.artifact_store.os_user)
+            account = pwd.getpwnam(self.config.artifact_store.os_user)
         except KeyError:
             raise ConfigError(f"{where}.os_user: no local account {self.config.artifact_store.os_user!r} "
                               "on this machine") from None
+        if not can_traverse(self.ftp_root, account):
+            raise ConfigError(f"{self.config.source}: state_dir: {self.config.state_dir} is inside a folder that "
+                              f"artifact_store.os_user {account.pw_name!r} cannot enter; vsftpd serves the tenants' "
+                              "folders as that account: choose a state_dir it can reach, or allow it in (chmod o+x)")
         return binary
 
     def start(self) -> None:

@@ -1,0 +1,132 @@
+"""The stack run natively (embedded default and real MariaDB + vsftpd), driven through the real CLI."""
+
+from __future__ import annotations
+
+import ftplib
+import json
+import sqlite3
+
+import mlflow
+import psutil
+import pymysql
+import pytest
+
+from tracking_checks import load_and_predict, log_example, model_files_on_ftp, mysql_counts
+
+pytestmark = pytest.mark.services
+
+
+def status(stack) -> dict:
+    result = stack.cli("status", "--json", check=True)
+    return json.loads(result.stdout)
+
+
+def stack_pids(stack) -> list[int]:
+    return [s["pid"] for s in status(stack)["services"] if s["pid"]]
+
+
+@pytest.mark.parametrize("kind", ["local", "native"])
+def test_two_tenants_log_to_their_own_stores_and_see_only_their_own(make_stack, kind):
+    stack = make_stack(kind, tenants=["acme", "globex"])
+    stack.up()
+    config, secrets = stack.load(), stack.secrets()
+    acme, globex = config.tenant("acme"), config.tenant("globex")
+    store = config.artifact_store
+
+    logged = log_example(config.tracking_uri(acme), experiment="acme-project")
+    assert list(load_and_predict(config.tracking_uri(acme), logged.model_uri)) == [1, 0]
+
+    # The model travelled through the tracking server to acme's FTP folder ...
+    files = model_files_on_ftp(store.host, store.port, acme.ftp_user, secrets.ftp_password("acme"), logged)
+    assert {"MLmodel", "requirements.txt", "input_example.json"} <= set(files)
+    # ... and not to the tracking server's local disk.
+    workdir = config.state_dir / "tracking" / "acme"
+    assert not [p for p in workdir.rglob("*") if p.is_file()]
+
+    # The metadata rows are in acme's own database.
+    if kind == "native":
+        b = config.backend_store
+        counts = mysql_counts(b.host, b.port, acme.db_user, secrets.db_password("acme"), acme.database, logged)
+        assert counts == {"runs": 1, "params": 2, "metrics": 2, "logged_models": 1}
+    else:
+        with sqlite3.connect(config.state_dir / "sqlite" / "acme.db") as db:
+            assert db.execute("SELECT COUNT(*) FROM runs WHERE run_uuid = ?", (logged.run_id,)).fetchone() == (1,)
+
+    # Isolation: globex's tracking server knows nothing of acme's experiment ...
+    client = mlflow.MlflowClient(config.tracking_uri(globex))
+    assert "acme-project" not in [e.name for e in client.search_experiments()]
+    # ... globex's FTP user cannot reach acme's folder (chrooted to its own) ...
+    with ftplib.FTP() as ftp:
+        ftp.connect(store.host, store.port, timeout=10)
+        ftp.login(globex.ftp_user, secrets.ftp_password("globex"))
+        assert ftp.pwd() == "/"
+        assert acme.ftp_user not in ftp.nlst("/")
+        for path in (f"/../{acme.ftp_user}/artifacts", f"../{acme.ftp_user}"):
+            try:
+                listing = ftp.nlst(path)
+            except ftplib.error_perm:
+                listing = []
+            assert not any(str(logged.experiment_id) in entry for entry in listing)
+    # ... and acme's FTP password does not open globex's account.
+    with ftplib.FTP() as ftp, pytest.raises(ftplib.error_perm):
+        ftp.connect(store.host, store.port, timeout=10)
+        ftp.login(globex.ftp_user, secrets.ftp_password("acme"))
+    if kind == "native":
+        b = config.backend_store
+        with pymysql.connect(host=b.host, port=b.port, user=acme.db_user,
+                             password=secrets.db_password("acme")) as conn, conn.cursor() as cur:
+            cur.execute("SHOW DATABASES")
+            assert globex.database not in {row[0] for row in cur.fetchall()}
+            with pytest.raises(pymysql.err.OperationalError) as denied:
+                cur.execute(f"SELECT COUNT(*) FROM `{globex.database}`.runs")
+            assert denied.value.args[0] in (1044, 1142)  # access denied
+
+
+@pytest.mark.parametrize("kind", ["local", "native"])
+def test_down_stops_everything_and_up_again_finds_the_data(make_stack, kind):
+    stack = make_stack(kind)
+    stack.up()
+    pids = stack_pids(stack)
+    assert len(pids) == (3 if kind == "native" else 2)  # stores + one tracking server
+    children = [c.pid for pid in pids for c in psutil.Process(pid).children(recursive=True)]
+    config = stack.load()
+    uri = config.tracking_uri(config.tenant("acme"))
+    logged = log_example(uri, experiment="kept")
+
+    stack.down()
+    assert not [pid for pid in pids + children if psutil.pid_exists(pid)
+                and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
+    assert all(not s["running"] for s in status(stack)["services"])
+
+    stack.up()
+    run = mlflow.MlflowClient(uri).get_run(logged.run_id)
+    assert run.data.metrics["accuracy"] > 0.9
+    assert list(load_and_predict(uri, logged.model_uri)) == [1, 0]
+
+
+def test_status_json_names_state_dir_and_masks_passwords(make_stack):
+    stack = make_stack("local", tenants=["acme"])
+    stack.up()
+    report = status(stack)
+    config, secrets = stack.load(), stack.secrets()
+    assert report["state_dir"] == str(config.state_dir)
+    (tenant,) = report["tenants"]
+    assert tenant["id"] == "acme" and tenant["healthy"]
+    assert tenant["tracking_uri"] == config.tracking_uri(config.tenant("acme"))
+    assert tenant["backend_store"].startswith("sqlite:///")
+    assert tenant["artifact_destination"].startswith("ftp://flops_acme:***@")
+    assert secrets.ftp_password("acme") not in json.dumps(report)
+
+
+def test_no_password_in_process_arguments_or_logs(make_stack):
+    stack = make_stack("native", tenants=["acme"])
+    stack.up()
+    config, secrets = stack.load(), stack.secrets()
+    log_example(config.tracking_uri(config.tenant("acme")))
+    passwords = list(secrets.values.values())
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        assert not any(p in cmdline for p in passwords), cmdline
+    for log in (config.state_dir / "logs").iterdir():
+        text = log.read_text(errors="replace")
+        assert not any(p in text for p in passwords), log

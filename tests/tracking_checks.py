@@ -1,0 +1,96 @@
+"""The end-to-end assertions every way of deploying must pass, written once.
+
+Log through a tenant's tracking server, then look for the results where they must be: the model files on
+the FTP artifact store as that tenant, the metadata rows in that tenant's database.
+"""
+
+from __future__ import annotations
+
+import ftplib
+import posixpath
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Logged:
+    experiment_id: str
+    run_id: str
+    model_id: str
+    model_uri: str
+
+
+def log_example(tracking_uri: str, experiment: str = "smoke") -> Logged:
+    """Create an experiment, log params, metrics and a small scikit-learn model with a signature."""
+    import mlflow
+    from mlflow.models import infer_signature
+    from sklearn.linear_model import LogisticRegression
+
+    client_uri_before = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(tracking_uri)
+    try:
+        rng = np.random.default_rng(7)
+        features = rng.normal(size=(80, 3))
+        labels = (features[:, 0] + features[:, 1] > 0).astype(int)
+        model = LogisticRegression().fit(features, labels)
+        experiment_id = mlflow.set_experiment(experiment).experiment_id
+        with mlflow.start_run() as run:
+            mlflow.log_params({"C": 1.0, "solver": "lbfgs"})
+            mlflow.log_metrics({"accuracy": float(model.score(features, labels)), "Accuracy": 0.5})
+            info = mlflow.sklearn.log_model(
+                model, name="model", signature=infer_signature(features, model.predict(features)),
+                input_example=features[:2], pip_requirements=["scikit-learn", "numpy"])
+        return Logged(experiment_id, run.info.run_id, info.model_id, info.model_uri)
+    finally:
+        mlflow.set_tracking_uri(client_uri_before)
+
+
+def load_and_predict(tracking_uri: str, model_uri: str) -> np.ndarray:
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    return mlflow.pyfunc.load_model(model_uri).predict(np.array([[2.0, 2.0, 0.0], [-2.0, -2.0, 0.0]]))
+
+
+def ftp_listing(host: str, port: int, user: str, password: str, path: str = "/") -> list[str]:
+    """Every file path under ``path`` as seen by ``user`` (recursive)."""
+    found: list[str] = []
+    with ftplib.FTP() as ftp:
+        ftp.connect(host, port, timeout=10)
+        ftp.login(user, password)
+
+        def walk(folder: str) -> None:
+            # NLST and CWD only: vsftpd does not speak MLSD.
+            for entry in ftp.nlst(folder):
+                full = entry if entry.startswith("/") else posixpath.join(folder, entry)
+                try:
+                    ftp.cwd(full)
+                except ftplib.error_perm:
+                    found.append(full)
+                    continue
+                walk(full)
+
+        walk(path)
+    return found
+
+
+def model_files_on_ftp(host: str, port: int, user: str, password: str, logged: Logged,
+                       artifact_path: str = "/artifacts") -> list[str]:
+    folder = f"{artifact_path}/{logged.experiment_id}/models/{logged.model_id}/artifacts"
+    return [posixpath.basename(p) for p in ftp_listing(host, port, user, password, folder)]
+
+
+def mysql_counts(host: str, port: int, user: str, password: str, database: str, logged: Logged) -> dict[str, int]:
+    """How many rows of the logged run, its params and metrics, and its model are in the tenant's database."""
+    import pymysql
+
+    with pymysql.connect(host=host, port=port, user=user, password=password, database=database) as conn:
+        with conn.cursor() as cur:
+            counts = {}
+            for table, column, value in (("runs", "run_uuid", logged.run_id), ("params", "run_uuid", logged.run_id),
+                                         ("metrics", "run_uuid", logged.run_id),
+                                         ("logged_models", "model_id", logged.model_id)):
+                cur.execute(f"SELECT COUNT(*) FROM {table} WHERE {column} = %s", (value,))
+                counts[table] = cur.fetchone()[0]
+            return counts
