@@ -183,6 +183,21 @@ def test_learners_make_no_request_to_the_tracking_server(local, corrupted_run):
         assert targets == {(host, int(port))}, f"{name} connected to {targets}"
 
 
+def test_deployment_engine_runs_the_same_project(local):
+    """ServerApp/ClientApp on flower-superlink + flower-supernode + flwr run (about 25 s per round)."""
+    import mlflow
+
+    done = round_cli(local, "--project", "Engine", "--rounds", "2", "--engine", "deployment", "--json",
+                     "--timeout", "400", timeout=500)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    mlflow.set_tracking_uri(tracking_uri(local))
+    runs = mlflow.search_runs(experiment_names=["Engine"], output_format="list")
+    assert sorted(r.info.run_id for r in runs) == sorted(summary["run_ids"]) and len(runs) == 2
+    assert all(ROUND_METRICS <= set(r.data.metrics) for r in runs)
+    assert champion_accuracy(tracking_uri(local), "Engine") > 0.6
+
+
 def test_a_crashing_learner_fails_the_run_and_keeps_the_best_model(local):
     done = round_cli(local, "--project", "Crash", "--rounds", "3", "--timeout", "120",
                      env={"FLOPS_FAULT_CRASH_LEARNER": "1:2"})

@@ -28,8 +28,15 @@ from .settings import EVENT_PREFIX, FLSettings, SettingsError, from_environment
 from .tracking import BestModel, LocalOnly, RoundResult, RoundTracker, TrackingError
 
 
+EVENT_FILE: list[str] = []  # set by the deployment-engine adapter: events also go to this file
+
+
 def emit(event: str, **fields: Any) -> None:
-    print(EVENT_PREFIX + json.dumps({"event": event, **fields}, default=str), flush=True)
+    line = EVENT_PREFIX + json.dumps({"event": event, **fields}, default=str)
+    print(line, flush=True)
+    for path in EVENT_FILE:
+        with open(path, "a", encoding="utf-8") as out:
+            out.write(line + "\n")
 
 
 def fatal(message: str, tracker: LocalOnly | None = None) -> None:
