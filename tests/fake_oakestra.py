@@ -211,7 +211,8 @@ class FakeOakestra:
         user = self.users.get(body.get("username")) if isinstance(body, dict) else None
         if not user or body.get("password") != user["password"]:
             raise Reply(401, {"message": "Invalid username or password"})
-        raise Reply(200, {"token": self.issue(user["id"], "access"), "refresh_token": self.issue(user["id"], "refresh")})
+        raise Reply(200, {"token": self.issue(user["id"], "access"),
+                          "refresh_token": self.issue(user["id"], "refresh")})
 
     def check_token(self, authorization: str | None, kind: str) -> str:
         if not authorization:

@@ -210,7 +210,8 @@ def test_undeploy_removes_instances_one_by_one_then_services_then_applications(d
     assert result.returncode == 0, result.stderr
     assert d.fake.apps == {} and d.fake.services == {} and d.fake.leaked == []
     deletes = [(m, p) for m, p, _ in d.fake.calls if m == "DELETE"]
-    assert deletes.index(("DELETE", f"/api/service/{acme}/instance/1")) < deletes.index(("DELETE", f"/api/service/{acme}"))
+    position = deletes.index
+    assert position(("DELETE", f"/api/service/{acme}/instance/1")) < position(("DELETE", f"/api/service/{acme}"))
     app_deletes = [p for m, p in deletes if p.startswith("/api/application/")]
     assert len(app_deletes) == 3
     assert "removed 3 application(s)" in result.stdout and "mnist, tracking, stores" in result.stdout

@@ -163,21 +163,27 @@ def _set(path: str, value):
 
 
 CONFIG_ERRORS = [
-    ("missing slot", _set("oakestra.tenants", [{"id": "acme", "slot": 1}]), "oakestra.tenants: no slot for tenant(s) globex"),
-    ("slot reused", _set("oakestra.tenants.1.slot", 1), "oakestra.tenants[1].slot: slot 1 is already used by tenant acme"),
+    ("missing slot", _set("oakestra.tenants", [{"id": "acme", "slot": 1}]),
+     "oakestra.tenants: no slot for tenant(s) globex"),
+    ("slot reused", _set("oakestra.tenants.1.slot", 1),
+     "oakestra.tenants[1].slot: slot 1 is already used by tenant acme"),
     ("slot range", _set("oakestra.tenants.0.slot", 255), "oakestra.tenants[0].slot: expected 1-254, got 255"),
-    ("unknown tenant", _set("oakestra.tenants.1.id", "nobody"), "oakestra.tenants[1].id: 'nobody' is not in tenants[]"),
+    ("unknown tenant", _set("oakestra.tenants.1.id", "nobody"),
+     "oakestra.tenants[1].id: 'nobody' is not in tenants[]"),
     ("unpinned image", _set("oakestra.images.fl_actor", "flops-mlops/fl-actor:latest"),
      "oakestra.images.fl_actor: 'docker.io/flops-mlops/fl-actor:latest' is not a pinned image reference"),
     ("untagged image", _set("oakestra.images.mysql", "mysql"), "oakestra.images.mysql: 'mysql' is not a pinned"),
-    ("sqlite backend", _set("backend_store.kind", "sqlite"), "backend_store.kind: Oakestra tracking servers need mysql"),
+    ("sqlite backend", _set("backend_store.kind", "sqlite"),
+     "backend_store.kind: Oakestra tracking servers need mysql"),
     ("reserved project", _set("oakestra.projects.0.name", "tracking"), "oakestra.projects[0].name: 'tracking' must"),
-    ("project of unknown tenant", _set("oakestra.projects.0.tenant", "nobody"), "oakestra.projects[0].tenant: 'nobody'"),
+    ("project of unknown tenant", _set("oakestra.projects.0.tenant", "nobody"),
+     "oakestra.projects[0].tenant: 'nobody'"),
     ("project block overlaps", _set("oakestra.ip_plan.projects_block", 101),
      "oakestra.projects[0].slot: its addresses 10.30.101.x overlap ip_plan.tracking_block"),
     ("namespace with dash", _set("oakestra.namespace", "flo-ps"), "oakestra.namespace: 'flo-ps' must be 1-30 letters"),
     ("resources as string", _set("oakestra.mysql.memory", "1024"), "oakestra.mysql.memory: expected an integer"),
-    ("loopback external store", lambda d: d["oakestra"].update(run_stores=False) or d["backend_store"].update(host="127.0.0.1"),
+    ("loopback external store",
+     lambda d: d["oakestra"].update(run_stores=False) or d["backend_store"].update(host="127.0.0.1"),
      "backend_store.host: '127.0.0.1' is not reachable from Oakestra workers"),
 ]
 
@@ -291,7 +297,8 @@ def test_stores_can_be_placed_apart_from_the_other_services(tmp_path):
     def edit(data):
         data["oakestra"]["target"] = {"cluster": "edge1"}
         data["oakestra"]["stores_target"] = {"node": "disknode"}
-    rendered = {r.application_name: r.document for r in sla.render_all(config_module.load(write_config(tmp_path, edit)))}
+    config = config_module.load(write_config(tmp_path, edit))
+    rendered = {r.application_name: r.document for r in sla.render_all(config)}
     for service in rendered["stores"]["applications"][0]["microservices"]:
         assert service["constraints"] == [{"type": "direct", "node": "disknode"}]
     for name in ("tracking", "mnist"):

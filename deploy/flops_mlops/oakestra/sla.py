@@ -136,7 +136,8 @@ def check(config: StackConfig) -> None:
         if not 1 <= entry.slot <= 254:
             raise _fail(config, f"tenants[{i}].slot", f"expected 1-254, got {entry.slot}")
         if entry.slot in slots:
-            raise _fail(config, f"tenants[{i}].slot", f"slot {entry.slot} is already used by tenant {slots[entry.slot]}")
+            raise _fail(config, f"tenants[{i}].slot",
+                        f"slot {entry.slot} is already used by tenant {slots[entry.slot]}")
         slots[entry.slot] = entry.id
         listed.add(entry.id)
     missing = [t.id for t in config.tenants if t.id not in listed]
@@ -196,13 +197,13 @@ def context(config: StackConfig) -> dict[str, Any]:
     tenants = []
     for tenant in config.tenants:
         slot = slot_of[tenant.id]
-        host_port = "" if o.tracking_host_port_base is None else f"{o.tracking_host_port_base + slot}:{o.tracking_port}/tcp"
+        host_port = None if o.tracking_host_port_base is None else o.tracking_host_port_base + slot
         tenants.append({
-            "id": tenant.id, "slot": slot, "rr_ip": _address(o.ip_plan.tracking_block, slot), "port": host_port,
-            "host_port": "" if o.tracking_host_port_base is None else o.tracking_host_port_base + slot,
+            "id": tenant.id, "slot": slot, "rr_ip": _address(o.ip_plan.tracking_block, slot),
+            "port": "" if host_port is None else f"{host_port}:{o.tracking_port}/tcp",  # the SLA's port field
+            "public_port": o.tracking_port if host_port is None else host_port,
             "ftp_host": _address(o.ip_plan.ftp_block, slot) if o.run_stores else config.artifact_store.host,
             "database": tenant.database, "db_user": tenant.db_user, "ftp_user": tenant.ftp_user,
-            "artifact_path": tenant.artifact_path,
             "db_password_key": secrets_module.db_password_key(tenant.id),
             "ftp_password_key": secrets_module.ftp_password_key(tenant.id),
         })
