@@ -1,0 +1,105 @@
+"""The configuration model: shipped configs load; bad input is named precisely and rejected."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from flops_mlops import config
+from flops_mlops.config import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+MINIMAL = {"name": "t", "state_dir": "state", "secrets_file": ".env", "tenants": [{"id": "acme"}]}
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")))
+def test_shipped_configs_load(name):
+    loaded = config.load(ROOT / "configs" / name)
+    assert loaded.tenants
+    assert loaded.state_dir.is_absolute() and loaded.secrets_file.is_absolute()
+
+
+def test_relative_paths_resolve_against_the_config_folder(tmp_path):
+    path = tmp_path / "sub" / "stack.yaml"
+    path.parent.mkdir()
+    path.write_text(yaml.safe_dump(MINIMAL))
+    loaded = config.load(path)
+    assert loaded.state_dir == path.parent / "state"
+    assert loaded.secrets_file == path.parent / ".env"
+    assert loaded.tracking_port(loaded.tenant("acme")) == 5000
+
+
+def with_change(key: str, value) -> dict:
+    data = yaml.safe_load(yaml.safe_dump(MINIMAL))
+    target = data
+    *parents, last = key.split(".")
+    for part in parents:
+        target = target.setdefault(part, {})
+    if value is DELETE:
+        del target[last]
+    else:
+        target[last] = value
+    return data
+
+
+DELETE = object()
+
+# (key changed, new value, text the error must contain)
+BAD = [
+    ("colour", "blue", "stack.yaml: colour: unknown key"),
+    ("tracking.prot", 5000, "stack.yaml: tracking.prot: unknown key"),
+    ("tracking.base_port", "5000", "tracking.base_port: expected an integer, got str '5000'"),
+    ("tracking.base_port", 70000, "tracking.base_port: expected a TCP port 1-65535, got 70000"),
+    ("tracking.workers", True, "tracking.workers: expected an integer, got bool True"),
+    ("tracking.job_execution", "no", "tracking.job_execution: expected true or false"),
+    ("backend_store.kind", "postgres", "backend_store.kind: expected one of sqlite, mysql, got str 'postgres'"),
+    ("artifact_store.passive_ports", [30010, 30000], "artifact_store.passive_ports: expected [min, max]"),
+    ("artifact_store.pasv_address", "ftp.example", "artifact_store.pasv_address: expected an IPv4 address"),
+    ("artifact_store.host", "bad host", "artifact_store.host: expected a host name or IP address"),
+    ("tenants", [], "tenants: expected at least one tenant"),
+    ("tenants", [{"id": "Acme"}], "tenants[0].id: 'Acme' is not a valid tenant id"),
+    ("tenants", [{"id": "acme; DROP"}], "tenants[0].id: 'acme; DROP' is not a valid tenant id"),
+    ("tenants", [{"id": "../etc"}], "tenants[0].id: '../etc' is not a valid tenant id"),
+    ("tenants", [{"id": "a" * 17}], "is not a valid tenant id"),
+    ("tenants", [{"id": "acme"}, {"id": "acme"}], "tenants[1].id: tenant 'acme' is listed twice"),
+    ("tenants", [{"id": "acme", "port": 5001}, {"id": "beta"}], "port 5001 is used twice"),
+    ("tenants", [{"name": "acme"}], "tenants[0].name: unknown key"),
+    ("name", "Big Stack", "name: 'Big Stack' is not valid"),
+    ("state_dir", DELETE, "state_dir: required key is missing"),
+    ("backend_store", "mysql", "backend_store: expected a mapping, got str 'mysql'"),
+]
+
+
+@pytest.mark.parametrize("key,value,expected", BAD, ids=[f"{k}={v!r}"[:40] for k, v, _ in BAD])
+def test_bad_configs_are_rejected_with_file_key_and_expectation(tmp_path, key, value, expected):
+    path = tmp_path / "stack.yaml"
+    path.write_text(yaml.safe_dump(with_change(key, value)))
+    with pytest.raises(ConfigError) as error:
+        config.load(path)
+    assert str(path) in str(error.value)
+    assert expected in str(error.value)
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("name: [unclosed", "not valid YAML (line 1"),
+    ("- just\n- a list\n", "expected a mapping of settings at the top level"),
+])
+def test_unreadable_files(tmp_path, text, expected):
+    path = tmp_path / "stack.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=expected.replace("(", r"\(").replace("[", r"\[")):
+        config.load(path)
+
+
+def test_missing_file_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="nope.yaml: configuration file not found"):
+        config.load(tmp_path / "nope.yaml")
+
+
+def test_every_key_is_documented():
+    rows = config.describe()
+    keys = {key for key, _, _ in rows}
+    assert {"tenants[].id", "backend_store.kind", "artifact_store.passive_ports", "tracking.workers"} <= keys
+    assert all(text.strip() for _, _, text in rows)

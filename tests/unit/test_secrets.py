@@ -1,0 +1,73 @@
+"""Secrets: random per deployment, private file, never silently replaced."""
+
+from __future__ import annotations
+
+import stat
+
+import pytest
+import yaml
+
+from flops_mlops import config, secrets
+from flops_mlops.config import ConfigError
+
+
+def make_config(tmp_path, kind="mysql", tenants=("acme", "globex")):
+    data = {"name": "t", "state_dir": "state", "secrets_file": ".env",
+            "backend_store": {"kind": kind, "port": 3399}, "tenants": [{"id": t} for t in tenants]}
+    path = tmp_path / "stack.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return config.load(path)
+
+
+def test_init_writes_every_needed_password_privately(tmp_path):
+    cfg = make_config(tmp_path)
+    result = secrets.init(cfg)
+    assert stat.S_IMODE(cfg.secrets_file.stat().st_mode) == 0o600
+    values = secrets.read_env(cfg.secrets_file)
+    assert set(result.added) == set(values) == {
+        "FLOPS_MYSQL_ADMIN_PASSWORD", "FLOPS_TENANT_ACME_DB_PASSWORD", "FLOPS_TENANT_ACME_FTP_PASSWORD",
+        "FLOPS_TENANT_GLOBEX_DB_PASSWORD", "FLOPS_TENANT_GLOBEX_FTP_PASSWORD"}
+    assert len(set(values.values())) == 5 and all(len(v) >= 32 for v in values.values())
+    assert secrets.Secrets.load(cfg).db_password("acme") == values["FLOPS_TENANT_ACME_DB_PASSWORD"]
+
+
+def test_init_keeps_existing_values_and_adds_only_missing_ones(tmp_path):
+    cfg = make_config(tmp_path, tenants=("acme",))
+    secrets.init(cfg)
+    before = secrets.read_env(cfg.secrets_file)
+    bigger = make_config(tmp_path, tenants=("acme", "globex"))
+    result = secrets.init(bigger)
+    after = secrets.read_env(cfg.secrets_file)
+    assert {k: after[k] for k in before} == before
+    assert sorted(result.added) == ["FLOPS_TENANT_GLOBEX_DB_PASSWORD", "FLOPS_TENANT_GLOBEX_FTP_PASSWORD"]
+    assert secrets.init(bigger).added == []
+
+
+def test_force_regenerates_after_a_private_backup(tmp_path):
+    cfg = make_config(tmp_path)
+    secrets.init(cfg)
+    before = secrets.read_env(cfg.secrets_file)
+    result = secrets.init(cfg, force=True)
+    after = secrets.read_env(cfg.secrets_file)
+    assert all(after[k] != before[k] for k in before)
+    assert result.backup and secrets.read_env(result.backup) == before
+    assert stat.S_IMODE(result.backup.stat().st_mode) == 0o600
+
+
+def test_load_names_missing_file_missing_keys_and_open_mode(tmp_path):
+    cfg = make_config(tmp_path)
+    with pytest.raises(ConfigError, match=r"\.env: secrets file not found; create it with"):
+        secrets.Secrets.load(cfg)
+    cfg.secrets_file.write_text("FLOPS_MYSQL_ADMIN_PASSWORD=x\n")
+    cfg.secrets_file.chmod(0o600)
+    with pytest.raises(ConfigError, match="missing FLOPS_TENANT_ACME_DB_PASSWORD"):
+        secrets.Secrets.load(cfg)
+    secrets.init(cfg)
+    cfg.secrets_file.chmod(0o644)
+    with pytest.raises(ConfigError, match="readable by others"):
+        secrets.Secrets.load(cfg)
+
+
+def test_sqlite_stacks_need_no_database_passwords(tmp_path):
+    cfg = make_config(tmp_path, kind="sqlite", tenants=("acme",))
+    assert secrets.required_keys(cfg) == ["FLOPS_TENANT_ACME_FTP_PASSWORD"]
