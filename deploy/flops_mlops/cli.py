@@ -157,6 +157,18 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def redacted(text: str, args: argparse.Namespace) -> str:
+    """``text`` with every password of the stack replaced by ***: log tails may quote store URIs."""
+    try:
+        values = secrets_module.read_env(load_config(args).secrets_file).values()
+    except (ConfigError, OSError):
+        return text
+    for value in sorted(values, key=len, reverse=True):
+        if len(value) >= 8:
+            text = text.replace(value, "***")
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -166,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except StackError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {redacted(str(exc), args)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
