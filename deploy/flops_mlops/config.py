@@ -162,7 +162,8 @@ class OakestraTenant:
     """A tenant's place in the Oakestra plan; never change or reuse a slot, its service IP derives from it."""
 
     id: str = doc("a tenant id from tenants[]")
-    slot: int = doc("stable number 1-254: the tenant's tracking server gets 10.30.<tracking_block>.<slot>")
+    slot: int = doc("stable number 1-254: the tenant's tracking server gets 10.30.<tracking_block>.<slot>, "
+                    "its FTP server 10.30.<ftp_block>.<slot>")
 
 
 @dataclass(frozen=True)
