@@ -177,6 +177,7 @@ class RoundTracker(LocalOnly):
         self.run_ids: dict[int, str] = {}
         self._previous_round_seconds: float | None = None
         self._round_started_at = 0.0
+        self._last_round_logged = time.monotonic()
 
     def _step(self, what: str, call, *args, **kwargs):
         try:
@@ -226,6 +227,7 @@ class RoundTracker(LocalOnly):
         self.run_ids[result.round] = self.run_id
         entry["run_id"] = self.run_id
         self.run_id = None
+        self._last_round_logged = time.monotonic()
         return entry
 
     def _process_sample(self) -> list[tuple[str, float]]:
@@ -274,6 +276,7 @@ class RoundTracker(LocalOnly):
             "model_version": version,
             "logged_model_uri": info.model_uri,
             "register_seconds": time.monotonic() - started,
+            "last_round_to_registered_s": time.monotonic() - self._last_round_logged,
             "ui_url": f"{self.tracking_uri}/#/experiments/{self.experiment_id}",
         })
         return summary

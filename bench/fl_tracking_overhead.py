@@ -1,0 +1,120 @@
+"""Benchmark: what the MLflow tracking policy costs an FL run, and how long the model takes to be registered.
+
+Brings up a private embedded stack (SQLite + embedded FTP, free ports, a temporary folder), then runs the same
+FL project (legacy Flower API, same seed) alternately with tracking off (only the best model kept on disk) and
+on (one MLflow run per round, best model logged and registered), REPEATS times each, in one run. Prints the
+median wall times, the overhead ratio (tracked / untracked), and the time from the last round being logged to
+the model version being registered and aliased. Writes bench/results/fl_tracking_overhead.json.
+
+    .venv/bin/python bench/fl_tracking_overhead.py [--rounds 5] [--learners 2] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from importlib.metadata import version
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+CLI = [sys.executable, "-m", "flops_mlops.cli"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def machine() -> dict:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    mem_kb = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
+                  if line.startswith("MemTotal"))
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gb": round(mem_kb / 2**20, 1),
+            "os": platform.platform(), "python": platform.python_version(),
+            "flwr": version("flwr"), "mlflow": version("mlflow"), "scikit-learn": version("scikit-learn"),
+            "load_average_at_start": os.getloadavg()}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--learners", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "fl_tracking_overhead.json"))
+    args = parser.parse_args()
+    os.environ.update({"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
+                       "MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2"})
+
+    from flops_mlops.fl.runner import run_project
+    from flops_mlops.fl.settings import FLSettings
+
+    with tempfile.TemporaryDirectory(prefix="flops-bench-") as tmp:
+        folder = Path(tmp)
+        low = free_port()
+        config = {"name": "bench", "state_dir": str(folder / "state"), "secrets_file": str(folder / "secrets.env"),
+                  "artifact_store": {"kind": "embedded", "port": free_port(), "passive_ports": [low, low]},
+                  "tracking": {"workers": 1}, "tenants": [{"id": "bench", "port": free_port()}]}
+        config_path = folder / "stack.yaml"
+        config_path.write_text(yaml.safe_dump(config), encoding="utf-8")
+        run = lambda *a: subprocess.run([*CLI, "--config", str(config_path), *a], check=True, cwd=ROOT,  # noqa: E731
+                                        capture_output=True, text=True)
+        run("secrets", "init")
+        run("up", "--detach")
+        uri = f"http://127.0.0.1:{config['tenants'][0]['port']}"
+        results: dict[str, list[dict]] = {"off": [], "on": []}
+        try:
+            for repeat in range(args.repeats):
+                for mode in ("off", "on"):
+                    project = f"Bench{mode.capitalize()}{repeat}"
+                    settings = FLSettings(project=project, tracking_uri=uri if mode == "on" else "off",
+                                          rounds=args.rounds, learners=args.learners, seed=42, timeout=600,
+                                          model_dir=folder / project / "model").check("aggregator")
+                    started = time.monotonic()
+                    summary = run_project(settings, folder / project)
+                    wall = time.monotonic() - started
+                    rounds_s = sum(e["wall_time"] for e in summary["rounds"])
+                    results[mode].append({"wall_s": wall, "rounds_s": rounds_s,
+                                          "last_round_to_registered_s": summary.get("last_round_to_registered_s")})
+                    print(f"repeat {repeat + 1}/{args.repeats} tracking {mode:>3}: {wall:6.2f} s wall, "
+                          f"rounds {rounds_s:5.2f} s", flush=True)
+        finally:
+            subprocess.run([*CLI, "--config", str(config_path), "down", "--purge"], cwd=ROOT, capture_output=True)
+
+    def median(mode: str, key: str) -> float:
+        return statistics.median(r[key] for r in results[mode])
+
+    report = {
+        "benchmark": "fl_tracking_overhead", "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": machine(), "rounds": args.rounds, "learners": args.learners, "repeats": args.repeats,
+        "median_wall_s": {"off": median("off", "wall_s"), "on": median("on", "wall_s")},
+        "median_rounds_s": {"off": median("off", "rounds_s"), "on": median("on", "rounds_s")},
+        "overhead_ratio_wall": median("on", "wall_s") / median("off", "wall_s"),
+        "median_last_round_to_registered_s": median("on", "last_round_to_registered_s"),
+        "runs": results,
+    }
+    print(f"\nmedian wall time: {report['median_wall_s']['off']:.2f} s without tracking, "
+          f"{report['median_wall_s']['on']:.2f} s with tracking -> overhead ratio "
+          f"{report['overhead_ratio_wall']:.2f}")
+    print(f"median time in rounds: {report['median_rounds_s']['off']:.2f} s without, "
+          f"{report['median_rounds_s']['on']:.2f} s with tracking")
+    print(f"last round logged -> model registered with alias: {report['median_last_round_to_registered_s']:.2f} s")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
