@@ -4,6 +4,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 CONFIG ?= configs/local.yaml
 FLOPS  := $(BIN)/flops-mlops --config $(CONFIG)
+DEMO_TENANT  ?= acme
+DEMO_PROJECT ?= demo
 
 .PHONY: venv test demo down status clean
 
@@ -18,11 +20,12 @@ $(VENV)/.installed: pyproject.toml
 test: venv
 	$(BIN)/pytest
 
-## make demo: bring the embedded stack up (detached) and print where the UI is
+## make demo: bring the embedded stack up (detached), run a 3-round FL project with 2 learners, print the summary
 demo: venv
 	$(FLOPS) secrets init
 	$(FLOPS) up --detach
-	@echo "Stop it with: make down"
+	$(FLOPS) round --tenant $(DEMO_TENANT) --project $(DEMO_PROJECT) --rounds 3 --learners 2
+	@echo "The stack keeps running (MLflow UI above). Stop it with: make down"
 
 ## make down: stop the stack started by make demo (data stays; add ARGS=--purge to delete it)
 down: venv
