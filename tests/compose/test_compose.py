@@ -1,0 +1,318 @@
+"""compose.yaml for real: the stack comes up healthy under Docker Compose, logs through the published tracking
+port land on the artifact-store volume and in MySQL, the `fl` profile runs an FL project in containers, and
+the named volumes keep (down/up) or drop (down -v) the data.
+
+The images must exist: scripts/compose-ci.sh builds them on a machine without a registry and the tests then
+use its override (FLOPS_COMPOSE_OVERRIDE=compose.ci.yaml); elsewhere `docker compose build` / `pull` first.
+Without a Docker engine, Compose v2 or the images these tests skip, or fail with FLOPS_REQUIRE_SERVICES=1.
+Every session uses its own compose project name and free ports, and removes its containers and volumes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+
+import tracking_checks
+from conftest import ROOT, free_port, free_port_range, missing_service, run_cli
+
+pytestmark = [pytest.mark.docker, pytest.mark.services, pytest.mark.timeout(1800)]
+
+TENANT = "default"
+SERVICES = ("backend-store", "artifact-store", "tracking-server")
+FL_SERVICES = ("fl-aggregator", "fl-learner-0", "fl-learner-1")
+QUIET = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+
+
+def compose_files() -> list[str]:
+    files = ["-f", str(ROOT / "compose.yaml")]
+    override = os.environ.get("FLOPS_COMPOSE_OVERRIDE", "").strip()
+    if override:
+        files += ["-f", str(ROOT / override)]
+    return files
+
+
+def need_compose() -> None:
+    if shutil.which("docker") is None:
+        missing_service("docker CLI is not installed (scripts/compose-ci.sh installs it)")
+    version = subprocess.run(["docker", "compose", "version"], capture_output=True, text=True)
+    if version.returncode != 0 or "v2." not in version.stdout:
+        missing_service("Docker Compose v2 plugin is not installed (scripts/compose-ci.sh installs it)")
+
+
+def need_engine() -> None:
+    need_compose()
+    if subprocess.run(["docker", "info"], capture_output=True).returncode != 0:
+        missing_service("no Docker engine answers (scripts/compose-ci.sh starts dockerd)")
+
+
+def compose_config(env_file: Path, *extra: str, env: dict[str, str] | None = None) -> dict:
+    result = subprocess.run(["docker", "compose", *compose_files(), "--env-file", str(env_file), *extra,
+                             "config", "--format", "json"],
+                            capture_output=True, text=True, cwd=ROOT, env={**os.environ, **(env or {})})
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+# --- the file itself (needs only the compose CLI) ---------------------------------------------------------------
+
+
+def test_compose_config_accepts_env_example():
+    need_compose()
+    config = compose_config(ROOT / ".env.example", "--profile", "fl")
+    assert set(config["services"]) == {*SERVICES, *FL_SERVICES}
+    for name, service in config["services"].items():
+        assert service["image"] and not service["image"].endswith(":latest"), name
+        assert ":" in service["image"], f"{name}: image tag is not pinned"
+        assert service.get("restart") in ("unless-stopped", "no", "always", "on-failure"), name
+        assert int(service["mem_limit"]) > 0, f"{name}: no memory limit"
+        for port in service.get("ports", []):
+            assert port["host_ip"] == "127.0.0.1", f"{name}: published beyond loopback by default"
+    assert config["services"]["backend-store"]["image"] == "mysql:8.4.6" or os.environ.get("FLOPS_COMPOSE_OVERRIDE")
+    ftp_ports = config["services"]["artifact-store"]["ports"]
+    assert {(p["target"], p["published"]) for p in ftp_ports} >= {(21, "2121"), (30000, "30000"), (30009, "30009")}
+
+
+def test_compose_yaml_holds_no_password_and_names_match_the_config_model():
+    from flops_mlops.config import Tenant
+
+    text = (ROOT / "compose.yaml").read_text(encoding="utf-8")
+    assert "latest" not in text
+    for match in re.finditer(r"(?m)^\s+(\w*PASSWORD\w*):\s*(.+)$", text):
+        assert match.group(2).startswith("${") and ":?" in match.group(2), match.group(0)
+    tenant = Tenant(id=TENANT)
+    services = yaml.safe_load(text)["services"]
+    assert services["backend-store"]["environment"]["MYSQL_DATABASE"] == tenant.database
+    assert services["backend-store"]["environment"]["MYSQL_USER"] == tenant.db_user
+    assert services["artifact-store"]["environment"]["FLOPS_FTP_USER"] == tenant.ftp_user
+    assert services["tracking-server"]["environment"]["FLOPS_TENANT"] == tenant.id
+
+
+def test_secrets_init_writes_everything_compose_needs(tmp_path):
+    need_compose()
+    data = yaml.safe_load((ROOT / "configs" / "compose.yaml").read_text(encoding="utf-8"))
+    data.update(state_dir=str(tmp_path / "state"), secrets_file=str(tmp_path / ".env"))
+    config_path = tmp_path / "compose-stack.yaml"
+    config_path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    run_cli("secrets", "init", config=config_path, check=True)
+    assert oct((tmp_path / ".env").stat().st_mode & 0o777) == "0o600"
+    clean_env = {k: v for k, v in os.environ.items() if not k.startswith("FLOPS_TENANT_") and
+                 k != "FLOPS_MYSQL_ADMIN_PASSWORD"}
+    result = subprocess.run(["docker", "compose", "-f", str(ROOT / "compose.yaml"), "--env-file",
+                             str(tmp_path / ".env"), "config", "--quiet"],
+                            capture_output=True, text=True, cwd=ROOT, env=clean_env)
+    assert result.returncode == 0, result.stderr
+
+
+# --- the real stack ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ComposeStack:
+    project: str
+    env_file: Path
+    env: dict[str, str]
+    ports: dict[str, int]
+    secrets: dict[str, str]
+
+    def compose(self, *args: str, timeout: float = 900, check: bool = True,
+                extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        argv = ["docker", "compose", *compose_files(), "--env-file", str(self.env_file), "-p", self.project, *args]
+        result = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, timeout=timeout,
+                                env={**self.env, **(extra_env or {})})
+        if check and result.returncode != 0:
+            raise AssertionError(f"docker compose {' '.join(args)} exited {result.returncode}\n"
+                                 f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}\n{self.logs()}")
+        return result
+
+    def logs(self) -> str:
+        argv = ["docker", "compose", *compose_files(), "--env-file", str(self.env_file), "-p", self.project,
+                "--profile", "fl", "logs", "--no-color", "--tail", "40"]
+        result = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, env=self.env, timeout=120)
+        return result.stdout[-8000:]
+
+    def up(self) -> None:
+        # --pull never / --no-build: run exactly the images built beforehand (scripts/compose-ci.sh).
+        self.compose("up", "--detach", "--wait", "--wait-timeout", "420", "--pull", "never", "--no-build")
+
+    def exec(self, service: str, *command: str) -> subprocess.CompletedProcess:
+        return self.compose("exec", "-T", service, *command, timeout=120)
+
+    @property
+    def tracking_uri(self) -> str:
+        return f"http://127.0.0.1:{self.ports['FLOPS_TRACKING_PORT']}"
+
+    def volumes(self) -> list[str]:
+        result = subprocess.run(["docker", "volume", "ls", "--quiet", "--filter",
+                                 f"label=com.docker.compose.project={self.project}"],
+                                capture_output=True, text=True, check=True)
+        return result.stdout.split()
+
+
+def images_missing(env_file: Path) -> list[str]:
+    config = compose_config(env_file, "--profile", "fl")
+    images = {service["image"] for service in config["services"].values()}
+    return sorted(image for image in images
+                  if subprocess.run(["docker", "image", "inspect", image], capture_output=True).returncode != 0)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    need_engine()
+    folder = tmp_path_factory.mktemp("compose")
+    data = yaml.safe_load((ROOT / "configs" / "compose.yaml").read_text(encoding="utf-8"))
+    data.update(state_dir=str(folder / "state"), secrets_file=str(folder / ".env"))
+    config_path = folder / "compose-stack.yaml"
+    config_path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    run_cli("secrets", "init", config=config_path, check=True)
+    missing = images_missing(folder / ".env")
+    if missing:
+        missing_service(f"images not built: {', '.join(missing)} (run scripts/compose-ci.sh and set "
+                        "FLOPS_COMPOSE_OVERRIDE=compose.ci.yaml, or docker compose build/pull)")
+    pasv_min, pasv_max = free_port_range(5)
+    ports = {"FLOPS_TRACKING_PORT": free_port(), "FLOPS_MYSQL_PORT": free_port(), "FLOPS_FTP_PORT": free_port(),
+             "FLOPS_FTP_PASV_MIN_PORT": pasv_min, "FLOPS_FTP_PASV_MAX_PORT": pasv_max}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOPS_") or k == "FLOPS_COMPOSE_OVERRIDE"}
+    env.update({k: str(v) for k, v in ports.items()})
+    from flops_mlops.secrets import read_env
+
+    project = f"flopstest-{uuid.uuid4().hex[:8]}"
+    stack = ComposeStack(project, folder / ".env", env, ports, read_env(folder / ".env"))
+    try:
+        stack.up()
+        yield stack
+    finally:
+        stack.compose("--profile", "fl", "down", "--volumes", "--remove-orphans", "--timeout", "20",
+                      check=False, timeout=300)
+
+
+def db_password(stack: ComposeStack) -> str:
+    return stack.secrets["FLOPS_TENANT_DEFAULT_DB_PASSWORD"]
+
+
+def ftp_password(stack: ComposeStack) -> str:
+    return stack.secrets["FLOPS_TENANT_DEFAULT_FTP_PASSWORD"]
+
+
+def test_stack_comes_up_healthy(stack):
+    states = [json.loads(line) for line in stack.compose("ps", "--format", "json").stdout.splitlines() if line]
+    assert {s["Service"]: s["Health"] for s in states} == {name: "healthy" for name in SERVICES}
+    assert requests.get(f"{stack.tracking_uri}/health", timeout=10).status_code == 200
+
+
+def test_logged_model_lands_on_the_artifact_volume_and_in_mysql(stack, monkeypatch):
+    for key, value in QUIET.items():
+        monkeypatch.setenv(key, value)
+    logged = tracking_checks.log_example(stack.tracking_uri, experiment="compose-smoke")
+
+    # The model's files are on the artifact-store volume, in the tenant's chrooted folder ...
+    folder = (f"/srv/ftp/flops_{TENANT}/artifacts/{logged.experiment_id}/models/{logged.model_id}/artifacts")
+    on_volume = stack.exec("artifact-store", "find", folder, "-type", "f").stdout.split()
+    assert {"MLmodel", "requirements.txt", "input_example.json"} <= {Path(p).name for p in on_volume}
+    # ... reachable as the tenant's FTP user through the published control port and passive range ...
+    assert "MLmodel" in tracking_checks.model_files_on_ftp(
+        "127.0.0.1", stack.ports["FLOPS_FTP_PORT"], f"flops_{TENANT}", ftp_password(stack), logged)
+    # ... and nowhere in the tracking server's container (it only proxies).
+    leftovers = stack.exec("tracking-server", "python", "-c",
+                           "import os, sys; print('\\n'.join(os.path.join(d, n) for d, ds, fs in os.walk('/')"
+                           " if not d.startswith(('/proc', '/sys')) for n in ds + fs if sys.argv[1] in n))",
+                           logged.model_id).stdout.split()
+    assert leftovers == []
+
+    # The metadata rows are in the tenant's MySQL database (published port), which has a binary collation:
+    # metric keys that differ only in case ("accuracy", "Accuracy") are both kept.
+    counts = tracking_checks.mysql_counts("127.0.0.1", stack.ports["FLOPS_MYSQL_PORT"], f"mlflow_{TENANT}",
+                                          db_password(stack), f"mlflow_{TENANT}", logged)
+    assert counts == {"runs": 1, "params": 2, "metrics": 2, "logged_models": 1}
+    import pymysql
+
+    with pymysql.connect(host="127.0.0.1", port=stack.ports["FLOPS_MYSQL_PORT"], user=f"mlflow_{TENANT}",
+                         password=db_password(stack), database=f"mlflow_{TENANT}") as conn, conn.cursor() as cur:
+        cur.execute("SELECT DEFAULT_CHARACTER_SET_NAME, DEFAULT_COLLATION_NAME FROM information_schema.SCHEMATA "
+                    "WHERE SCHEMA_NAME = DATABASE()")
+        assert cur.fetchone() in {("utf8mb4", "utf8mb4_0900_bin"), ("utf8mb4", "utf8mb4_nopad_bin")}
+
+    # The model loads back through the tracking server and predicts.
+    assert list(tracking_checks.load_and_predict(stack.tracking_uri, logged.model_uri)) == [1, 0]
+
+
+def test_passwords_are_in_no_command_line(stack):
+    script = ("import os, sys\n"
+              "for pid in filter(str.isdigit, os.listdir('/proc')):\n"
+              "    try: print(open(f'/proc/{pid}/cmdline', 'rb').read().replace(b'\\0', b' ').decode())\n"
+              "    except OSError: pass\n")
+    command_lines = stack.exec("tracking-server", "python", "-c", script).stdout
+    assert "mlflow server" in command_lines or "mlflow.server" in command_lines or "uvicorn" in command_lines
+    for key in ("FLOPS_TENANT_DEFAULT_DB_PASSWORD", "FLOPS_TENANT_DEFAULT_FTP_PASSWORD",
+                "FLOPS_MYSQL_ADMIN_PASSWORD"):
+        assert stack.secrets[key] not in command_lines, key
+
+
+def test_fl_profile_runs_a_project_in_containers(stack, monkeypatch):
+    import mlflow
+
+    for key, value in QUIET.items():
+        monkeypatch.setenv(key, value)
+    project, rounds = "ComposeFL", 3
+    fl_env = {"FLOPS_FL_PROJECT": project, "FLOPS_FL_ROUNDS": str(rounds)}
+    stack.compose("--profile", "fl", "up", "--detach", "--pull", "never", "--no-build", *FL_SERVICES,
+                  extra_env=fl_env)
+    exit_codes = {}
+    for service in FL_SERVICES:
+        container = stack.compose("--profile", "fl", "ps", "--all", "--quiet", service, extra_env=fl_env).stdout.strip()
+        waited = subprocess.run(["docker", "wait", container], capture_output=True, text=True, timeout=900)
+        exit_codes[service] = waited.stdout.strip()
+    logs = stack.compose("--profile", "fl", "logs", "--no-color", *FL_SERVICES, extra_env=fl_env).stdout
+    assert exit_codes == {service: "0" for service in FL_SERVICES}, logs[-6000:]
+    summary = [json.loads(line.split("FLOPS_EVENT ", 1)[1]) for line in logs.splitlines()
+               if "FLOPS_EVENT " in line and '"summary"' in line]
+    assert summary, logs[-6000:]
+
+    mlflow.set_tracking_uri(stack.tracking_uri)
+    experiment = mlflow.get_experiment_by_name(project)
+    assert experiment is not None
+    runs = mlflow.search_runs(experiment_ids=[experiment.experiment_id], output_format="list")
+    assert sorted(int(r.data.tags["flops.round"]) for r in runs) == list(range(1, rounds + 1))
+    assert all(r.info.status == "FINISHED" for r in runs)
+    version = mlflow.MlflowClient().get_model_version_by_alias(project, "champion")
+    best_round = summary[-1]["best_round"]
+    assert version.run_id == next(r.info.run_id for r in runs if r.data.tags["flops.round"] == str(best_round))
+    model = mlflow.pyfunc.load_model(f"models:/{project}@champion")
+    assert len(model.predict(model.metadata.load_input_example())) == 5
+    model_files = stack.exec("artifact-store", "find", f"/srv/ftp/flops_{TENANT}/artifacts/{experiment.experiment_id}",
+                             "-name", "MLmodel").stdout.split()
+    assert len(model_files) == 1
+
+
+def test_down_then_up_keeps_the_data(stack, monkeypatch):
+    for key, value in QUIET.items():
+        monkeypatch.setenv(key, value)
+    logged = tracking_checks.log_example(stack.tracking_uri, experiment="compose-persist")
+    stack.compose("--profile", "fl", "down", "--timeout", "20")
+    assert len(stack.volumes()) == 2
+    stack.up()
+    import mlflow
+
+    mlflow.set_tracking_uri(stack.tracking_uri)
+    assert mlflow.get_run(logged.run_id).data.params == {"C": "1.0", "solver": "lbfgs"}
+    assert list(tracking_checks.load_and_predict(stack.tracking_uri, logged.model_uri)) == [1, 0]
+
+
+def test_down_with_volumes_removes_the_data(stack):
+    assert len(stack.volumes()) == 2
+    stack.compose("--profile", "fl", "down", "--volumes", "--timeout", "20")
+    deadline = time.monotonic() + 30
+    while stack.volumes() and time.monotonic() < deadline:
+        time.sleep(1)
+    assert stack.volumes() == []
