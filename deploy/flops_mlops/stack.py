@@ -21,7 +21,7 @@ from .config import ConfigError, StackConfig
 from .processes import ManagedProcess, StackError, port_answers, port_is_free, wait_until
 from .secrets import Secrets, required_keys
 from .stores import mysql
-from .stores.vsftpd import ManagedVsftpd
+from .stores.vsftpd import ManagedVsftpd, remove_pam_service
 from .tracking_server import TrackingServer, artifacts_destination, backend_store_uri, is_healthy, mask
 
 Progress = Callable[[str], None]
@@ -179,7 +179,7 @@ class Stack:
                 self.progress(f"stopped {service.name}")
         if purge:
             if self.config.artifact_store.kind == "vsftpd":
-                ManagedVsftpd(self.config, Secrets(self.config.secrets_file, {})).purge()
+                remove_pam_service(self.config)
             if self.config.state_dir.exists():
                 shutil.rmtree(self.config.state_dir)
                 self.progress(f"removed {self.config.state_dir}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ftplib
 import json
+from pathlib import Path
 import sqlite3
 
 import mlflow
@@ -11,6 +12,7 @@ import psutil
 import pymysql
 import pytest
 
+from flops_mlops.stores.vsftpd import pam_service_name
 from tracking_checks import load_and_predict, log_example, model_files_on_ftp, mysql_counts
 
 pytestmark = pytest.mark.services
@@ -102,6 +104,10 @@ def test_down_stops_everything_and_up_again_finds_the_data(make_stack, kind):
     run = mlflow.MlflowClient(uri).get_run(logged.run_id)
     assert run.data.metrics["accuracy"] > 0.9
     assert list(load_and_predict(uri, logged.model_uri)) == [1, 0]
+
+    stack.down("--purge")
+    assert not config.state_dir.exists()
+    assert not (Path("/etc/pam.d") / pam_service_name(config)).exists()
 
 
 def test_status_json_names_state_dir_and_masks_passwords(make_stack):

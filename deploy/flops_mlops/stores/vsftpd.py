@@ -44,8 +44,7 @@ class ManagedVsftpd:
         self.home = config.state_dir / "vsftpd"
         self.ftp_root = config.state_dir / "ftp"
         self.process = ManagedProcess("artifact-store", config.state_dir)
-        digest = hashlib.sha256(str(config.state_dir).encode()).hexdigest()[:8]
-        self.pam_service = f"flops-mlops-{config.name}-{digest}"
+        self.pam_service = pam_service_name(config)
 
     def check_binaries(self) -> str:
         binary = shutil.which("vsftpd", path=SEARCH_PATH)
@@ -104,8 +103,15 @@ class ManagedVsftpd:
     def stop(self) -> bool:
         return self.process.stop()
 
-    def purge(self) -> None:
-        (PAM_DIR / self.pam_service).unlink(missing_ok=True)
+
+def pam_service_name(config: StackConfig) -> str:
+    """One PAM service per stack (the same name on every `up`, distinct for stacks in other state dirs)."""
+    digest = hashlib.sha256(str(config.state_dir).encode()).hexdigest()[:8]
+    return f"flops-mlops-{config.name}-{digest}"
+
+
+def remove_pam_service(config: StackConfig) -> None:
+    (PAM_DIR / pam_service_name(config)).unlink(missing_ok=True)
 
 
 def _write(path: Path, text: str, mode: int) -> None:
