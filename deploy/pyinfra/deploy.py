@@ -5,13 +5,24 @@
 or `flops-mlops --config FILE provision --inventory FILE [--dry]`. Each role lives in tasks/<role>.py.
 """
 
+from pyinfra.operations import server
+
 from tasks import settings
 from tasks.artifact_store import artifact_store
 from tasks.backend_store import backend_store
 from tasks.docker_host import docker_host
 from tasks.tracking_server import tracking_server
 
-# Stores first: a tracking server on the same host starts against them.
-for role_deploy in (backend_store, artifact_store, tracking_server, docker_host):
-    if role_deploy.__name__ in settings.roles():
-        role_deploy()
+roles = settings.roles()
+if "backend_store" in roles:
+    backend_store()
+if "artifact_store" in roles:
+    artifact_store()
+# pyinfra keeps each host's operations in order, not one host's against another's. Every host runs this
+# no-op from this one line, so it is one shared step: each store (on whichever host) is ready before
+# any tracking server starts against it.
+server.shell(name="Stores ready on every host", commands=[])
+if "tracking_server" in roles:
+    tracking_server()
+if "docker_host" in roles:
+    docker_host()
