@@ -36,8 +36,10 @@ flops_tracking_packages = [
     "psutil==7.2.2",
 ]
 
-# docker mode: Docker's apt repository suite and packages, and what is copied next to compose.yaml
-# (paths relative to the repository: compose.yaml plus what it builds from and mounts).
+# docker mode: Docker's apt repository suite and packages, and what is copied to the host (paths relative to
+# the repository: compose.yaml, what its images build from and what it mounts; wheels are left out, so the
+# images install from the package index there).
 flops_debian_suite = "bookworm"
 flops_docker_packages = ["docker-ce", "docker-ce-cli", "containerd.io", "docker-compose-plugin"]
-flops_compose_paths = ["compose.yaml", "deploy/compose", "deploy/images"]
+flops_compose_paths = ["compose.yaml", ".dockerignore", "pyproject.toml", "README.md", "deploy/flops_mlops",
+                       "deploy/compose", "deploy/images"]

@@ -55,7 +55,8 @@ def docker_host() -> None:
                                 f"inside {REPOSITORY}")
         if source.is_dir():
             copied.append(files.sync(name=f"Copy {relative}", src=str(source), dest=f"{target}/{relative}",
-                                     delete=True, exclude=["__pycache__", "*.pyc"]))
+                                     delete=True, exclude=["*.pyc", "*.whl"],
+                                     exclude_dir=["__pycache__", "*.egg-info"]))
         else:
             copied.append(files.put(name=f"Copy {relative}", src=str(source), dest=f"{target}/{relative}",
                                     mode="644"))
