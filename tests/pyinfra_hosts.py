@@ -75,7 +75,9 @@ def provision(config: Path, inventory: Path, *flags: str, env: dict[str, str] | 
     if check and result.returncode != 0:
         raise AssertionError(f"provision {' '.join(flags)} exited {result.returncode}\n"
                              f"stdout:\n{result.stdout[-4000:]}\nstderr:\n{result.stderr[-6000:]}")
-    return json.loads(result.stdout) if result.stdout.strip() else {}
+    report = json.loads(result.stdout) if result.stdout.strip() else {}
+    report["output"] = result.stdout + result.stderr  # for checks that no secret is printed
+    return report
 
 
 def changed_operations(report: dict) -> list[str]:

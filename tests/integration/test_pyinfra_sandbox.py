@@ -72,7 +72,7 @@ def test_apply_then_second_apply_reports_no_changes(sandbox):
     assert second["totals"]["success"] == 0, changed_operations(sandbox["second"])
 
 
-def test_secrets_stay_out_of_files_for_others_and_process_arguments(sandbox):
+def test_secrets_stay_out_of_output_process_arguments_and_files_for_others(sandbox):
     from flops_mlops import config as config_module
     from flops_mlops.secrets import Secrets
 
@@ -81,6 +81,8 @@ def test_secrets_stay_out_of_files_for_others_and_process_arguments(sandbox):
     for private in [*root.glob("etc/flops-mlops/*/tracking/*.env"), *root.glob("etc/flops-mlops/*/tenants.sql"),
                     *root.glob("etc/flops-mlops/*/vsftpd/passwd")]:
         assert stat.S_IMODE(private.stat().st_mode) == 0o600, private
+    for run in ("dry", "first", "second"):
+        assert not any(value in sandbox[run]["output"] for value in secrets.values.values() if value), run
     processes = recorded_processes(root)
     assert len(processes) == 3  # MariaDB, vsftpd, one tracking server
     for proc in processes:

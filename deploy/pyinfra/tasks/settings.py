@@ -104,6 +104,9 @@ class HostSettings:
 
 def current() -> HostSettings:
     """The settings of the host pyinfra is working on."""
+    if host.state.config.DIFF:
+        raise HostDataError("pyinfra --diff would print the contents of files that hold passwords (environment "
+                            "files, tenants.sql, FTP password hashes); run without --diff")
     config_path = host.data.get("flops_config")
     if not config_path:
         raise HostDataError(f"host {host.name}: flops_config: no stack configuration named (set it in "
