@@ -297,6 +297,65 @@ def test_round_refuses_a_tracking_server_that_is_not_up(tmp_path):
     assert "is not answering; start the stack first" in done.stderr
 
 
+def test_mlflow_system_metrics_appear_for_a_round_of_a_few_seconds(local, tmp_path):
+    """The tracking policy alone (no Flower): a 2-s round gets MLflow's sampled host metrics."""
+    import time
+
+    import mlflow
+
+    from flops_mlops.fl.tracking import BestModel, RoundResult, RoundTracker
+
+    tracker = RoundTracker(tracking_uri(local), "Sampling", BestModel(tmp_path / "model"), {"strategy": "none"})
+    tracker.open()
+    tracker.round_started(1)
+    time.sleep(2)
+    tracker.round_finished(RoundResult(1, 0.5, 0.8, 10, 5, 2.0), [np.zeros((3, 8)), np.zeros(3)])
+    run = mlflow.MlflowClient(tracking_uri(local)).get_run(tracker.run_ids[1])
+    assert "system/cpu_utilization_percentage" in run.data.metrics
+    assert "system/system_memory_usage_megabytes" in run.data.metrics
+
+
+def process_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    return {**os.environ, **QUIET, "FLOPS_PROJECT": "Local", "FLOPS_TRACKING_URI": "off",
+            "FLOPS_MODEL_DIR": str(tmp_path / "model"), "FLOPS_TIMEOUT": "60", **extra}
+
+
+def test_learners_started_before_the_aggregator_wait_for_it(tmp_path):
+    import time
+
+    env = process_env(tmp_path, FLOPS_AGGREGATOR_ADDRESS=f"127.0.0.1:{free_port()}")
+    learners = [subprocess.Popen([sys.executable, "-m", "flops_mlops.fl.learner"], cwd=tmp_path,
+                                 env={**env, "FLOPS_LEARNER_INDEX": str(i)}, stderr=subprocess.PIPE, text=True)
+                for i in range(2)]
+    time.sleep(4)  # the learners find no aggregator for a while
+    aggregator = subprocess.run([sys.executable, "-m", "flops_mlops.fl.aggregator"], env=env, cwd=tmp_path,
+                                capture_output=True, text=True, timeout=120)
+    assert aggregator.returncode == 0, aggregator.stderr
+    for learner in learners:
+        assert learner.wait(timeout=60) == 0, learner.stderr.read()
+    assert json.loads((tmp_path / "model" / "best.json").read_text())["round"] == 3
+
+
+def test_a_strategy_error_ends_the_run_instead_of_hanging(tmp_path):
+    from flops_mlops.fl.runner import FLRunError, run_project
+    from flops_mlops.fl.settings import FLSettings
+
+    settings = FLSettings(project="Broken", tracking_uri="off", model_dir=tmp_path / "model", timeout=120)
+    with pytest.raises(FLRunError) as failure:
+        run_project(settings.check("aggregator"), tmp_path, env={"FLOPS_FAULT_STRATEGY_ERROR_ROUND": "2"})
+    assert "aggregator exited with code 1" in str(failure.value)
+    assert "strategy error in round 2" in str(failure.value)
+    assert json.loads((tmp_path / "model" / "best.json").read_text())["round"] == 1
+
+
+def test_the_aggregator_gives_up_at_its_timeout(tmp_path):
+    env = process_env(tmp_path, FLOPS_AGGREGATOR_ADDRESS=f"127.0.0.1:{free_port()}", FLOPS_TIMEOUT="5")
+    done = subprocess.run([sys.executable, "-m", "flops_mlops.fl.aggregator"], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)  # no learner ever comes
+    assert done.returncode == 1
+    assert "did not finish within 5 s (FLOPS_TIMEOUT)" in done.stderr
+
+
 @pytest.mark.services
 def test_round_on_the_native_stack_lands_in_the_tenants_database_and_ftp(make_stack):
     import pymysql

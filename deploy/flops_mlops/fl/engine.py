@@ -221,9 +221,8 @@ def run_deployment(settings: FLSettings, work_dir: Path, on_round: Callable[[dic
                     return {**event, "aggregator_address": f"127.0.0.1:{port}"}  # the SuperLink
                 if event["event"] == "error":
                     raise supervisor.failure(superlink, f"the ServerApp of run {run_id} failed: {event['message']}")
-            broken = supervisor.failed()
-            if broken is not None:
-                raise supervisor.failure(broken, f"{broken.name} exited with code {broken.process.returncode}")
+            if supervisor.failed() is not None:
+                raise supervisor.failures_report()
             status = _run_status(bin_dir, base, work_dir, run_id)
             if status and status.startswith("finished") and status != "finished:completed":
                 raise supervisor.failure(superlink, f"run {run_id} ended as {status}")

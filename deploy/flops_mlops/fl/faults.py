@@ -4,6 +4,7 @@
                                         round is worse than the ones before (proves the best, not the last,
                                         model is registered)
     FLOPS_FAULT_CRASH_LEARNER=I:N       learner I exits with code 3 while training in round N
+    FLOPS_FAULT_STRATEGY_ERROR_ROUND=N  the aggregation of round N raises (the aggregator must exit, not hang)
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ def corrupt_round() -> int | None:
 
 
 def corrupt(params: list[np.ndarray], server_round: int) -> list[np.ndarray]:
+    if os.environ.get("FLOPS_FAULT_STRATEGY_ERROR_ROUND") == str(server_round):
+        raise RuntimeError(f"FAULT INJECTION: strategy error in round {server_round}")
     if corrupt_round() != server_round:
         return params
     print(f"FAULT INJECTION: corrupting the aggregated model of round {server_round}", file=sys.stderr, flush=True)

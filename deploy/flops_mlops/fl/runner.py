@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -66,6 +67,7 @@ class Child:
             text = self.log_file.read_text(encoding="utf-8", errors="replace")
         except FileNotFoundError:
             return "(no log)"
+        text = re.sub(r"\x1b\[[0-9;]*m", "", text)  # Flower colours its log lines
         errors = [line for line in text.splitlines() if line.startswith("error:")]
         last = text.rstrip().splitlines()[-lines:]
         return "\n".join("    " + line for line in dict.fromkeys([*errors[-2:], *last]))
@@ -77,6 +79,7 @@ class Supervisor:
 
     log_dir: Path
     children: list[Child] = field(default_factory=list)
+    failures: list[Child] = field(default_factory=list)  # in the order they were seen
 
     def start(self, name: str, argv: list[str], env: dict[str, str], stdout=None) -> Child:
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -91,11 +94,11 @@ class Supervisor:
         return child
 
     def failed(self) -> Child | None:
-        for child in self.children:
-            code = child.process.poll()
-            if code not in (None, 0):
-                return child
-        return None
+        """The first child seen to exit non-zero (children that fail in the same poll: learners first)."""
+        for child in sorted(self.children, key=lambda c: c.name == "aggregator"):
+            if child not in self.failures and child.process.poll() not in (None, 0):
+                self.failures.append(child)
+        return self.failures[0] if self.failures else None
 
     def stop_all(self, grace: float = 5.0) -> None:
         for child in self.children:
@@ -111,6 +114,17 @@ class Supervisor:
 
     def failure(self, child: Child, what: str) -> FLRunError:
         return FLRunError(f"{what}\n  log: {child.log_file}\n  last lines:\n{child.tail()}")
+
+    def failures_report(self, grace: float = 1.0) -> FLRunError:
+        """Every failed child, in the order seen, after ``grace`` seconds for the others to report theirs."""
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            self.failed()
+            time.sleep(0.05)
+        self.failed()
+        headline = ", then ".join(f"{c.name} exited with code {c.process.returncode}" for c in self.failures)
+        details = "\n".join(f"  {c.name} log: {c.log_file}\n  last lines:\n{c.tail(8)}" for c in self.failures)
+        return FLRunError(f"{headline}\n{details}")
 
 
 def _signal_group(pid: int, sig: int) -> None:
@@ -146,13 +160,8 @@ def run_project(settings: FLSettings, work_dir: Path, on_round: Callable[[dict[s
     deadline = time.monotonic() + settings.timeout
     try:
         while True:
-            broken = supervisor.failed()
-            if broken is not None:
-                time.sleep(0.5)  # let the aggregator report its side of it
-                error = supervisor.failure(broken, f"{broken.name} exited with code {broken.process.returncode}")
-                if broken is not aggregator and aggregator.process.poll() not in (None, 0):
-                    error = FLRunError(f"{error}\n  aggregator log: {aggregator.log_file}\n{aggregator.tail(3)}")
-                raise error
+            if supervisor.failed() is not None:
+                raise supervisor.failures_report()
             if aggregator.process.poll() == 0:
                 reader.join(timeout=10)
                 summary = next((e for e in events if e["event"] == "summary"), None)
@@ -163,7 +172,7 @@ def run_project(settings: FLSettings, work_dir: Path, on_round: Callable[[dict[s
             if time.monotonic() > deadline:
                 raise FLRunError(f"the FL run did not finish within {settings.timeout:.0f} s; logs in "
                                  f"{supervisor.log_dir}")
-            time.sleep(0.2)
+            time.sleep(0.1)
     finally:
         supervisor.stop_all()
 

@@ -6,8 +6,9 @@
   ``round_time_s`` (wall time of the round), and one end-of-round sample of the aggregator process
   (``system/aggregator_cpu_percent``, ``system/aggregator_rss_megabytes``, ``system/aggregator_threads``);
   tags ``flops.project``, ``flops.round``, ``flops.code_version``. MLflow's system metrics of the
-  aggregator's host (``system/...``) are sampled while the round's run is open; the sampling interval adapts to the previous round's length (a quarter of it, between
-  0.2 s and 10 s; 0.5 s for the first) so that rounds of a few seconds still get several samples.
+  aggregator's host (``system/...``) are sampled while the round's run is open; the sampling interval
+  adapts to the previous round's length (a quarter of it, between 0.2 s and 10 s; 0.5 s for the first),
+  so that rounds of a few seconds still get several samples.
 - Only the aggregator logs. Nothing that identifies a learner (address, node id, index, per-learner
   numbers) is logged: only aggregates.
 - Exactly one best global model is kept on the aggregator's disk (``best.npz`` + ``best.json`` in the
