@@ -42,6 +42,22 @@ class Layout:
         self.client = f"mysql --defaults-file={self.cnf}"
 
 
+def cnf_data(s: HostSettings, layout: Layout) -> dict:
+    """What my.cnf.j2 is rendered with."""
+    b = s.config.backend_store
+    return {"stack": s.config.name, "port": b.port, "bind_address": b.host, "datadir": layout.datadir,
+            "socket": layout.socket, "server_pid_file": f"{layout.rundir}/mariadbd.pid"}
+
+
+def tenants_data(s: HostSettings) -> dict:
+    """What tenants.sql.j2 is rendered with: names from validated tenant ids, passwords as SQL literals."""
+    config, secrets = s.config, s.secrets
+    return {"stack": config.name, "admin_user": config.backend_store.admin_user,
+            "admin_password": _sql_literal(secrets.mysql_admin_password),
+            "tenants": [{"database": t.database, "user": t.db_user,
+                         "password": _sql_literal(secrets.db_password(t.id))} for t in config.tenants]}
+
+
 def service(s: HostSettings) -> services.Service:
     layout = Layout(s)
     return services.Service(
@@ -64,12 +80,8 @@ def backend_store() -> None:
                      update=True, cache_time=3600, no_recommends=True)
     files.directory(name="Settings folder", path=s.etc, mode="755")
 
-    cnf = files.template(
-        name="MariaDB settings", src=str(TEMPLATES / "my.cnf.j2"), dest=layout.cnf, mode="644",
-        jinja_env_kwargs=dict(TRIM),
-        stack=config.name, port=config.backend_store.port, bind_address=config.backend_store.host,
-        datadir=layout.datadir, socket=layout.socket, server_pid_file=f"{layout.rundir}/mariadbd.pid",
-    )
+    cnf = files.template(name="MariaDB settings", src=str(TEMPLATES / "my.cnf.j2"), dest=layout.cnf, mode="644",
+                         jinja_env_kwargs=dict(TRIM), **cnf_data(s, layout))
 
     if layout.private:
         for path, owner, mode in ((s.data, "root", "755"), (layout.datadir, "mysql", "750"),
@@ -86,15 +98,8 @@ def backend_store() -> None:
         services.ensure_running_packaged("mariadb", triggers=[cnf],
                                          ready=f"mysqladmin --defaults-file={layout.cnf} ping >/dev/null 2>&1")
 
-    secrets = s.secrets
-    tenants = [{"database": t.database, "user": t.db_user,
-                "password": _sql_literal(secrets.db_password(t.id))} for t in config.tenants]
-    sql = files.template(
-        name="Tenants' databases and users (SQL, mode 0600)", src=str(TEMPLATES / "tenants.sql.j2"),
-        dest=f"{s.etc}/tenants.sql", mode="600", jinja_env_kwargs=dict(TRIM),
-        stack=config.name, tenants=tenants, admin_user=config.backend_store.admin_user,
-        admin_password=_sql_literal(secrets.mysql_admin_password),
-    )
+    sql = files.template(name="Tenants' databases and users (SQL, mode 0600)", src=str(TEMPLATES / "tenants.sql.j2"),
+                         dest=f"{s.etc}/tenants.sql", mode="600", jinja_env_kwargs=dict(TRIM), **tenants_data(s))
     names = ", ".join(f"'{t.database}'" for t in config.tenants)  # validated ids: [a-z][a-z0-9]*
     count_query = f"SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME IN ({names})"
 

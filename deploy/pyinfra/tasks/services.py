@@ -109,15 +109,20 @@ def stop_command(s: HostSettings, svc: Service) -> str:
             f"fi; rm -f {pidfile}")
 
 
+UNIT_TEMPLATE = TEMPLATES / "unit.service.j2"
+
+
+def unit_data(svc: Service) -> dict:
+    """What unit.service.j2 is rendered with."""
+    return {"description": svc.description, "exec_start": shlex.join(svc.argv),
+            "exec_start_pre": [shlex.join(argv) for argv in svc.before_start],
+            "env_file": svc.env_file, "workdir": svc.workdir, "run_as": svc.user}
+
+
 def ensure_running(s: HostSettings, svc: Service, triggers: list[OperationMeta]) -> None:
     """Render the unit, start the service if it is not running, restart it if a trigger changed."""
-    unit = files.template(
-        name=f"Render unit {svc.name}",
-        src=str(TEMPLATES / "unit.service.j2"), dest=unit_path(s, svc), mode="644", jinja_env_kwargs=dict(TRIM),
-        description=svc.description, exec_start=shlex.join(svc.argv),
-        exec_start_pre=[shlex.join(argv) for argv in svc.before_start],
-        env_file=svc.env_file, workdir=svc.workdir, run_as=svc.user,
-    )
+    unit = files.template(name=f"Render unit {svc.name}", src=str(UNIT_TEMPLATE), dest=unit_path(s, svc),
+                          mode="644", jinja_env_kwargs=dict(TRIM), **unit_data(svc))
 
     def changed() -> bool:
         return unit.did_change() or any(t.did_change() for t in triggers)

@@ -19,7 +19,8 @@ from . import services, settings
 from .settings import FILES, TEMPLATES, TRIM, HostSettings
 
 
-def _environment(s: HostSettings, seen: StackConfig, tenant: Tenant) -> dict[str, str]:
+def environment(s: HostSettings, seen: StackConfig, tenant: Tenant) -> dict[str, str]:
+    """The server's environment file: store URIs (with passwords) and MLflow switches, nothing from here."""
     env = {key: value for key, value in mlflow_server.server_env(seen, tenant, s.secrets).items()
            if key.startswith("MLFLOW_") or key == "DO_NOT_TRACK"}
     for key, value in env.items():
@@ -75,7 +76,7 @@ def tracking_server() -> None:
         env = files.template(
             name=f"Environment of {tenant.id}'s server (mode 0600)", src=str(TEMPLATES / "tracking-server.env.j2"),
             dest=svc.env_file, user="root", group="root", mode="600", jinja_env_kwargs=dict(TRIM),
-            stack=seen.name, tenant=tenant.id, env=_environment(s, seen, tenant),
+            stack=seen.name, tenant=tenant.id, env=environment(s, seen, tenant),
         )
         services.ensure_running(s, svc, triggers=[env, upgrade])
 

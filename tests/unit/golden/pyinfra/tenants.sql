@@ -1,0 +1,19 @@
+-- Tenants of stack golden: one database and one user each, with privileges on its own database only.
+-- Rendered by the FLOps MLOps pyinfra deploy; holds passwords: mode 0600. Safe to run again.
+-- utf8mb4 with a binary NO PAD collation: keys that differ only in case must not collide.
+CREATE USER IF NOT EXISTS 'root'@'localhost'
+    IDENTIFIED VIA unix_socket OR mysql_native_password USING PASSWORD('admin-pass');
+ALTER USER 'root'@'localhost'
+    IDENTIFIED VIA unix_socket OR mysql_native_password USING PASSWORD('admin-pass');
+GRANT ALL PRIVILEGES ON *.* TO 'root'@'localhost' WITH GRANT OPTION;
+DROP USER IF EXISTS ''@'localhost';
+
+CREATE DATABASE IF NOT EXISTS `mlflow_acme` CHARACTER SET utf8mb4 COLLATE utf8mb4_nopad_bin;
+CREATE USER IF NOT EXISTS 'mlflow_acme'@'%' IDENTIFIED BY 'acme-db';
+ALTER USER 'mlflow_acme'@'%' IDENTIFIED BY 'acme-db';
+GRANT ALL PRIVILEGES ON `mlflow_acme`.* TO 'mlflow_acme'@'%';
+
+CREATE DATABASE IF NOT EXISTS `mlflow_globex` CHARACTER SET utf8mb4 COLLATE utf8mb4_nopad_bin;
+CREATE USER IF NOT EXISTS 'mlflow_globex'@'%' IDENTIFIED BY 'it''s\\odd';
+ALTER USER 'mlflow_globex'@'%' IDENTIFIED BY 'it''s\\odd';
+GRANT ALL PRIVILEGES ON `mlflow_globex`.* TO 'mlflow_globex'@'%';

@@ -1,0 +1,114 @@
+"""What the pyinfra deploys write on a host, pinned by golden files (tests/unit/golden/pyinfra/).
+
+Rendered with pyinfra's own template loader and the data the deploys pass, for a sandbox host (no systemd,
+everything under a root folder) and a real host (systemd, FHS paths). After an intended change regenerate
+them with FLOPS_UPDATE_GOLDEN=1 and review the diff.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+PYINFRA_DIR = ROOT / "deploy" / "pyinfra"
+GOLDEN = Path(__file__).parent / "golden" / "pyinfra"
+sys.path.insert(0, str(PYINFRA_DIR))
+
+from pyinfra.api.util import get_template  # noqa: E402
+from tasks import backend_store, services, tracking_server  # noqa: E402
+from tasks.settings import TEMPLATES, TRIM, HostSettings  # noqa: E402
+
+from flops_mlops import config as config_module  # noqa: E402
+from flops_mlops.secrets import Secrets  # noqa: E402
+
+FAKE_SECRETS = {
+    "FLOPS_MYSQL_ADMIN_PASSWORD": "admin-pass",
+    "FLOPS_TENANT_ACME_DB_PASSWORD": "acme-db",
+    "FLOPS_TENANT_ACME_FTP_PASSWORD": "acme-ftp",
+    "FLOPS_TENANT_GLOBEX_DB_PASSWORD": "it's\\odd",  # a quote and a backslash reach SQL as literals
+    "FLOPS_TENANT_GLOBEX_FTP_PASSWORD": "globex-ftp",
+}
+
+
+def host_settings(tmp_path: Path, init: str, root: str) -> HostSettings:
+    data = {
+        "name": "golden", "state_dir": "/unused", "secrets_file": str(tmp_path / "secrets.env"),
+        "backend_store": {"kind": "mysql", "managed": False, "host": "10.0.0.11", "port": 3306},
+        "artifact_store": {"kind": "vsftpd", "managed": False, "host": "10.0.0.12", "port": 2121,
+                           "passive_ports": [30000, 30009], "pasv_address": "10.0.0.12"},
+        "tracking": {"host": "0.0.0.0", "base_port": 5000, "public_host": "mlflow.example.org"},
+        "tenants": [{"id": "acme"}, {"id": "globex"}],
+    }
+    path = tmp_path / "stack.yaml"
+    path.write_text(yaml.safe_dump(data))
+    config = config_module.load(path)
+    return HostSettings(config=config, secrets=Secrets(config.secrets_file, dict(FAKE_SECRETS)), mode="native",
+                        init=init, root=root, install_packages=False, service_user="flops-mlops",
+                        venv="/opt/flops-mlops/venv", manage_venv=True, tracking_packages=())
+
+
+def render(template: Path, data: dict) -> str:
+    return get_template(str(template), jinja_env_kwargs=dict(TRIM)).render(**data)
+
+
+def rendered_files(tmp_path: Path) -> dict[str, str]:
+    out = {}
+    for label, init, root in (("sandbox", "start-stop-daemon", "/srv/sandbox"), ("host", "systemd", "")):
+        s = host_settings(tmp_path, init, root)
+        acme = s.config.tenants[0]
+        svc = tracking_server.service(s, acme)
+        out[f"{label}-tracking-acme.service"] = render(services.UNIT_TEMPLATE, services.unit_data(svc))
+        out[f"{label}-my.cnf"] = render(TEMPLATES / "my.cnf.j2",
+                                        backend_store.cnf_data(s, backend_store.Layout(s)))
+        if init == "start-stop-daemon":
+            out[f"{label}-tracking-acme.start.sh"] = services.start_command(s, svc) + "\n"
+            out[f"{label}-tracking-acme.stop.sh"] = services.stop_command(s, svc) + "\n"
+            out[f"{label}-mariadb.service"] = render(services.UNIT_TEMPLATE,
+                                                     services.unit_data(backend_store.service(s)))
+    s = host_settings(tmp_path, "systemd", "")
+    out["tracking-acme.env"] = render(TEMPLATES / "tracking-server.env.j2", {
+        "stack": s.config.name, "tenant": "acme", "env": tracking_server.environment(s, s.config, s.config.tenants[0])})
+    out["tenants.sql"] = render(TEMPLATES / "tenants.sql.j2", backend_store.tenants_data(s))
+    return out
+
+
+def test_rendered_files_match_golden_files(tmp_path):
+    files = rendered_files(tmp_path)
+    if os.environ.get("FLOPS_UPDATE_GOLDEN") == "1":
+        GOLDEN.mkdir(parents=True, exist_ok=True)
+        for name, text in files.items():
+            (GOLDEN / name).write_text(text, encoding="utf-8")
+    assert sorted(p.name for p in GOLDEN.iterdir()) == sorted(files)
+    for name, text in files.items():
+        assert text == (GOLDEN / name).read_text(encoding="utf-8"), f"{name} differs from the golden file"
+
+
+@pytest.mark.parametrize("init", ["start-stop-daemon", "systemd"])
+def test_store_passwords_stay_out_of_command_lines_and_units(tmp_path, init):
+    s = host_settings(tmp_path, init, "/srv/sandbox" if init != "systemd" else "")
+    visible = []
+    for tenant in s.config.tenants:
+        svc = tracking_server.service(s, tenant)
+        visible += [services.start_command(s, svc), services.stop_command(s, svc),
+                    render(services.UNIT_TEMPLATE, services.unit_data(svc))]
+    visible.append(render(services.UNIT_TEMPLATE, services.unit_data(backend_store.service(s))))
+    for value in FAKE_SECRETS.values():
+        assert not any(value in text for text in visible), value
+
+
+def test_sql_literals_escape_quotes_and_backslashes(tmp_path):
+    sql = render(TEMPLATES / "tenants.sql.j2", backend_store.tenants_data(host_settings(tmp_path, "systemd", "")))
+    assert "IDENTIFIED BY 'it''s\\\\odd'" in sql
+    assert "`mlflow_globex`.* TO 'mlflow_globex'@'%'" in sql
+
+
+def test_tracking_environment_holds_store_uris_with_url_safe_passwords(tmp_path):
+    s = host_settings(tmp_path, "systemd", "")
+    env = tracking_server.environment(s, s.config, s.config.tenants[0])
+    assert env["MLFLOW_BACKEND_STORE_URI"] == "mysql+pymysql://mlflow_acme:acme-db@10.0.0.11:3306/mlflow_acme?charset=utf8mb4"
+    assert env["MLFLOW_ARTIFACTS_DESTINATION"] == "ftp://flops_acme:acme-ftp@10.0.0.12:2121/artifacts"
