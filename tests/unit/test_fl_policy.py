@@ -121,7 +121,7 @@ def test_learners_get_no_tracking_settings():
 
 
 def test_learner_code_does_not_import_mlflow():
-    code = ("import sys, flops_mlops.fl.learner, flops_mlops.fl.legacy; "
+    code = ("import sys, flops_mlops.fl.learner, flops_mlops.fl.legacy, flops_mlops.fl.engine; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'mlflow' or m.endswith('fl.tracking')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "[]"

@@ -25,7 +25,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 PROJECT_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9]{0,31}$")
@@ -53,21 +53,28 @@ def parse_address(value: str, where: str = "FLOPS_AGGREGATOR_ADDRESS") -> tuple[
     return match["host"], int(match["port"])
 
 
+A, L, B = ("aggregator",), ("learner",), ("aggregator", "learner")
+
+
+def _setting(default, roles: tuple[str, ...], text: str):
+    return field(default=default, metadata={"roles": roles, "help": text})
+
+
 @dataclass(frozen=True)
 class FLSettings:
-    project: str = ""
-    tracking_uri: str = ""
-    rounds: int = 3
-    learners: int = 2
-    seed: int = 42
-    aggregator_address: str = "127.0.0.1:8080"
-    learner_index: int = -1
-    better: str = "loss"
-    alias: str = "champion"
-    model_dir: Path = Path("flops-model")
-    timeout: float = 600.0
-    local_epochs: int = 10
-    learning_rate: float = 0.3
+    project: str = _setting("", A, "FL project = MLflow experiment = registered model name")
+    tracking_uri: str = _setting("", A, "the tenant's tracking server, http://host:port; off: no tracking")
+    rounds: int = _setting(3, A, "training rounds")
+    learners: int = _setting(2, B, "number of learners (the aggregator waits for all; the data split)")
+    seed: int = _setting(42, B, "seed of the synthetic data and its split")
+    aggregator_address: str = _setting("127.0.0.1:8080", B, "host:port the aggregator listens on / learners join")
+    learner_index: int = _setting(-1, L, "this learner's share of the data, 0..learners-1")
+    better: str = _setting("loss", A, "best model: lowest aggregated loss, or highest accuracy")
+    alias: str = _setting("champion", A, "registry alias pointed at the new model version")
+    model_dir: Path = _setting(Path("flops-model"), A, "folder that holds the one best global model")
+    timeout: float = _setting(600.0, B, "seconds before giving up (exit 1)")
+    local_epochs: int = _setting(10, A, "learner gradient-descent steps per round (sent to learners)")
+    learning_rate: float = _setting(0.3, A, "learner step size (sent to learners)")
 
     def check(self, role: str) -> "FLSettings":
         if role == "aggregator":
@@ -97,18 +104,19 @@ def from_environment(argv: list[str] | None, role: str, description: str) -> FLS
     """Settings from FLOPS_* variables, overridden by flags; raises SettingsError on bad values."""
     parser = argparse.ArgumentParser(prog=f"python -m flops_mlops.fl.{role}", description=description)
     values: dict[str, object] = {}
-    for f in fields(FLSettings):
+    mine = [f for f in fields(FLSettings) if role in f.metadata["roles"]]
+    for f in mine:
         env = os.environ.get(f"FLOPS_{f.name.upper()}")
         parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=None,
-                            help=f"default: $FLOPS_{f.name.upper()} or {f.default}")
+                            help=f"{f.metadata['help']} (default: $FLOPS_{f.name.upper()} or {f.default!s})")
         if env is not None and env != "":
             values[f.name] = env
     args = parser.parse_args(argv)
-    for f in fields(FLSettings):
+    for f in mine:
         if getattr(args, f.name) is not None:
             values[f.name] = getattr(args, f.name)
     converted: dict[str, object] = {}
-    for f in fields(FLSettings):
+    for f in mine:
         if f.name not in values:
             continue
         raw = values[f.name]
