@@ -59,6 +59,16 @@ def _choice(key: str, allowed: tuple[str, ...]) -> str:
     return value
 
 
+def _flag(key: str) -> bool:
+    """A yes/no host data value; `pyinfra --data key=value` passes strings, so those are accepted too."""
+    value = host.data.get(key)
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
+        return value.lower() in ("true", "yes", "1")
+    raise HostDataError(f"host {host.name}: {key}: expected true or false, got {value!r}")
+
+
 @dataclass(frozen=True)
 class HostSettings:
     config: StackConfig
@@ -125,10 +135,10 @@ def current() -> HostSettings:
         mode=_choice("flops_mode", MODES),
         init=_choice("flops_init", INITS),
         root=root,
-        install_packages=bool(host.data.get("flops_install_packages")),
+        install_packages=_flag("flops_install_packages"),
         service_user=service_user,
         venv=_path("flops_venv", host.data.get("flops_venv")),
-        manage_venv=bool(host.data.get("flops_manage_venv")),
+        manage_venv=_flag("flops_manage_venv"),
         tracking_packages=tuple(host.data.get("flops_tracking_packages") or ()),
     )
 
