@@ -106,7 +106,7 @@ def test_stop_ends_every_service_by_its_pid_file(sandbox):
 def test_docker_mode_plans_engine_bundle_and_compose_up(tmp_path):
     """docker mode at plan level (--dry): the compose bundle and .env are copied, then `docker compose up -d`.
 
-    A full apply builds the stack's images, which the compose tests cover; here only the deploy's plan is shown.
+    Needs no Docker engine; test_pyinfra_docker.py applies it where the engine and the images are available.
     """
     config = write_stack(tmp_path, ["default"])
     with sandbox_root() as root_parent:
@@ -115,6 +115,6 @@ def test_docker_mode_plans_engine_bundle_and_compose_up(tmp_path):
         names = [op["name"] for op in provision(config, INVENTORY, "--dry", env=env)["plan"]]
         assert not root.exists()
     assert "FLOps docker host (Docker Engine + Compose) | Copy compose.yaml" in names
-    assert "FLOps docker host (Docker Engine + Compose) | Secrets as the compose .env (mode 0600)" in names
+    assert "FLOps docker host (Docker Engine + Compose) | Compose .env: passwords and ports (mode 0600)" in names
     assert names[-1] == "FLOps docker host (Docker Engine + Compose) | docker compose up -d"
     assert not any("MariaDB" in n or "vsftpd" in n for n in names)

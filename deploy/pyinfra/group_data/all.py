@@ -41,5 +41,6 @@ flops_tracking_packages = [
 # images install from the package index there).
 flops_debian_suite = "bookworm"
 flops_docker_packages = ["docker-ce", "docker-ce-cli", "containerd.io", "docker-compose-plugin"]
-flops_compose_paths = ["compose.yaml", ".dockerignore", "pyproject.toml", "README.md", "deploy/flops_mlops",
-                       "deploy/compose", "deploy/images"]
+flops_compose_files = ["compose.yaml"]
+flops_compose_paths = [".dockerignore", "pyproject.toml", "README.md", "deploy/flops_mlops", "deploy/compose",
+                       "deploy/images"]

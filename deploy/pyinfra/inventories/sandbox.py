@@ -1,8 +1,8 @@
 """This machine as a test host (@local): no systemd, no packages installed, everything under one root folder.
 
 Read from the environment (set by the tests): FLOPS_SANDBOX_ROOT (required, an absolute folder),
-FLOPS_SANDBOX_VENV (a venv that already has MLflow; default: the venv running pyinfra) and
-FLOPS_SANDBOX_MODE (native or docker). Ports and tenants come from the stack configuration as always.
+FLOPS_SANDBOX_VENV (a venv that already has MLflow; default: the venv running pyinfra),
+FLOPS_SANDBOX_MODE (native or docker) and FLOPS_COMPOSE_OVERRIDE (docker mode: an extra compose file). Ports and tenants come from the stack configuration as always.
 """
 
 import os
@@ -24,5 +24,7 @@ sandbox = [
         "flops_service_user": "root",
         "flops_venv": os.environ.get("FLOPS_SANDBOX_VENV", sys.prefix),
         "flops_manage_venv": False,
+        # docker mode: compose.yaml plus an override such as compose.ci.yaml (images built here, no registry).
+        "flops_compose_files": ["compose.yaml", *filter(None, [os.environ.get("FLOPS_COMPOSE_OVERRIDE")])],
     }),
 ]

@@ -1,8 +1,9 @@
 """The docker_host role (mode docker): Docker Engine with the Compose plugin, and the compose stack running.
 
-The compose bundle (compose.yaml and the folders it builds from or mounts, host data ``flops_compose_paths``,
-relative to the repository) is copied to ``<data>/compose``, the stack's secrets file becomes its ``.env``
-(mode 0600), and ``docker compose up -d`` runs when a copied file changed or a service is not running.
+The compose files (host data ``flops_compose_files``) and what they build from or mount (``flops_compose_paths``),
+relative to the repository, are copied to ``<data>/compose``; its ``.env`` (mode 0600) holds the passwords from
+the secrets file and compose.yaml's knobs (ports, addresses) from the stack configuration; and
+``docker compose up -d --wait`` runs when something changed or a service is not running.
 """
 
 from __future__ import annotations
@@ -14,19 +15,59 @@ from pyinfra.api import deploy
 from pyinfra.facts.server import Command
 from pyinfra.operations import apt, files, server, systemd
 
+from flops_mlops.config import ConfigError
+from flops_mlops.secrets import required_keys
+
 from . import settings
-from .settings import PYINFRA_DIR, HostDataError
+from .settings import PYINFRA_DIR, TEMPLATES, TRIM, HostDataError
 
 REPOSITORY = PYINFRA_DIR.parent.parent
 DOCKER_APT = "https://download.docker.com/linux/debian"
+COMPOSE_TENANT = "default"  # compose.yaml's one tenant
 
 
 def compose_dir(s: settings.HostSettings) -> str:
     return f"{s.data}/compose"
 
 
-def _compose(s: settings.HostSettings, *args: str) -> str:
-    return shlex.join(["docker", "compose", "--project-directory", compose_dir(s), *args])
+def project(s: settings.HostSettings) -> str:
+    """Compose project name: one per stack (and root folder), so stacks on one host keep apart."""
+    return s.service_prefix
+
+
+def compose_files() -> list[str]:
+    value = host.data.get("flops_compose_files") or []
+    if isinstance(value, str) or not value:
+        raise HostDataError(f"host {host.name}: flops_compose_files: expected a list of compose files, got {value!r}")
+    return list(value)
+
+
+def compose(s: settings.HostSettings, *args: str) -> str:
+    files = [arg for name in compose_files() for arg in ("-f", f"{compose_dir(s)}/{name}")]
+    return shlex.join(["docker", "compose", "--project-directory", compose_dir(s), "-p", project(s), *files, *args])
+
+
+def env_data(s: settings.HostSettings) -> dict:
+    """compose.yaml's .env: the passwords, and its knobs (ports, addresses) from the stack configuration."""
+    config = s.config
+    if [t.id for t in config.tenants] != [COMPOSE_TENANT]:
+        raise ConfigError(f"{config.source}: tenants: compose.yaml runs one tenant, {COMPOSE_TENANT!r}; "
+                          f"docker mode needs exactly that tenant (as in configs/compose.yaml)")
+    store, tracking = config.artifact_store, config.tracking
+    knobs = {
+        "FLOPS_BIND_ADDRESS": tracking.host,
+        "FLOPS_TRACKING_PORT": config.tracking_port(config.tenants[0]),
+        "FLOPS_PUBLIC_HOST": tracking.public_host,
+        "FLOPS_ALLOWED_HOSTS": ",".join(tracking.allowed_hosts),
+        "FLOPS_TRACKING_WORKERS": tracking.workers,
+        "FLOPS_MYSQL_PORT": config.backend_store.port,
+        "FLOPS_FTP_PORT": store.port,
+        "FLOPS_FTP_PASV_MIN_PORT": store.passive_ports[0],
+        "FLOPS_FTP_PASV_MAX_PORT": store.passive_ports[1],
+        "FLOPS_FTP_PASV_ADDRESS": store.pasv_address,
+    }
+    secrets = {key: s.secrets.values[key] for key in required_keys(config)}
+    return {"stack": config.name, "secrets": secrets, "knobs": {k: str(v) for k, v in knobs.items()}}
 
 
 @deploy("FLOps docker host (Docker Engine + Compose)")
@@ -48,7 +89,7 @@ def docker_host() -> None:
     target = compose_dir(s)
     files.directory(name="Compose folder", path=target, mode="755")
     copied = []
-    for relative in host.data.get("flops_compose_paths") or []:
+    for relative in dict.fromkeys([*compose_files(), *(host.data.get("flops_compose_paths") or [])]):
         source = (REPOSITORY / relative).resolve()
         if REPOSITORY not in source.parents or not source.exists():
             raise HostDataError(f"host {host.name}: flops_compose_paths: {relative!r} is not a file or folder "
@@ -60,20 +101,22 @@ def docker_host() -> None:
         else:
             copied.append(files.put(name=f"Copy {relative}", src=str(source), dest=f"{target}/{relative}",
                                     mode="644"))
-    copied.append(files.put(name="Secrets as the compose .env (mode 0600)", src=str(s.secrets.path),
-                            dest=f"{target}/.env", user="root", group="root", mode="600"))
+    copied.append(files.template(
+        name="Compose .env: passwords and ports (mode 0600)", src=str(TEMPLATES / "compose.env.j2"),
+        dest=f"{target}/.env", user="root", group="root", mode="600", jinja_env_kwargs=dict(TRIM), **env_data(s)))
 
     def not_all_running() -> bool:
-        wanted = host.get_fact(Command, _compose(s, "config", "--services") + " | wc -l")
-        running = host.get_fact(Command, _compose(s, "ps", "--status", "running", "--services") + " | wc -l")
+        wanted = host.get_fact(Command, compose(s, "config", "--services") + " | wc -l")
+        running = host.get_fact(Command, compose(s, "ps", "--status", "running", "--services") + " | wc -l")
         return str(wanted).strip() != str(running).strip()
 
-    server.shell(name="docker compose up -d", commands=[_compose(s, "up", "-d", "--wait")],
+    server.shell(name="docker compose up -d", commands=[compose(s, "up", "-d", "--wait")],
                  _if=lambda: any(op.did_change() for op in copied) or not_all_running())
 
 
 @deploy("Stop FLOps docker host's stack")
 def stop_docker_host() -> None:
     s = settings.current()
+    first = shlex.quote(f"{compose_dir(s)}/{compose_files()[0]}")
     server.shell(name="docker compose down (volumes stay)",
-                 commands=[f"if [ -f {shlex.quote(compose_dir(s))}/compose.yaml ]; then {_compose(s, 'down')}; fi"])
+                 commands=[f"if [ -f {first} ]; then {compose(s, 'down')}; fi"])

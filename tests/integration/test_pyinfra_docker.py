@@ -1,0 +1,105 @@
+"""docker mode applied on this machine (@local sandbox): the compose bundle and its .env copied under a private
+root folder, `docker compose up -d --wait` under a project name of its own, a second apply with 0 changes,
+the tenant end to end through the published ports, then stop; the test removes its project's containers and
+volumes at the end. Needs the Docker engine, Compose v2 and the stack's images (scripts/compose-ci.sh builds
+them; FLOPS_COMPOSE_OVERRIDE=compose.ci.yaml names the override that uses them).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+import pytest
+import yaml
+from conftest import ROOT, missing_service
+from pyinfra_hosts import (
+    PYINFRA_DIR,
+    changed_operations,
+    check_tenant_end_to_end,
+    provision,
+    sandbox_root,
+    write_stack,
+)
+
+pytestmark = [pytest.mark.docker, pytest.mark.services, pytest.mark.timeout(1200)]
+
+INVENTORY = PYINFRA_DIR / "inventories" / "sandbox.py"
+
+
+def compose_files() -> list[str]:
+    override = os.environ.get("FLOPS_COMPOSE_OVERRIDE", "").strip()
+    return ["compose.yaml", *([override] if override else [])]
+
+
+def need_engine_and_images(secrets_file) -> None:
+    if shutil.which("docker") is None or subprocess.run(["docker", "info"], capture_output=True).returncode != 0:
+        missing_service("no Docker engine answers (scripts/compose-ci.sh starts dockerd)")
+    files = [arg for name in compose_files() for arg in ("-f", str(ROOT / name))]
+    result = subprocess.run(["docker", "compose", *files, "--env-file", str(secrets_file), "config", "--images"],
+                            capture_output=True, text=True, cwd=ROOT)
+    if result.returncode != 0:
+        missing_service(f"docker compose config failed: {result.stderr.strip()}")
+    missing = [image for image in result.stdout.split()
+               if subprocess.run(["docker", "image", "inspect", image], capture_output=True).returncode != 0]
+    if missing:
+        missing_service(f"images not built: {', '.join(missing)} (run scripts/compose-ci.sh and set "
+                        "FLOPS_COMPOSE_OVERRIDE=compose.ci.yaml)")
+
+
+@pytest.fixture(scope="module")
+def docker_sandbox(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("pyinfra-docker")
+    config = write_stack(folder, ["default"])
+    need_engine_and_images(folder / "secrets.env")
+    with sandbox_root() as root_parent:
+        root = root_parent / "root"
+        env = {"FLOPS_SANDBOX_ROOT": str(root), "FLOPS_SANDBOX_MODE": "docker"}
+        state = {"config": config, "root": root, "env": env}
+        project = None
+        try:
+            state["first"] = provision(config, INVENTORY, env=env)
+            state["second"] = provision(config, INVENTORY, env=env)
+            project = _project(root)
+            state["project"] = project
+            yield state
+        finally:
+            provision(config, INVENTORY, "--stop", env=env, check=False)
+            project = project or _project(root)
+            if project:  # this test's own compose project: its containers, networks and volumes
+                subprocess.run(["docker", "compose", "-p", project, "down", "--volumes", "--remove-orphans",
+                                "--timeout", "20"], capture_output=True, timeout=300)
+
+
+def _project(root) -> str | None:
+    """The project name the deploy used, read from the containers' labels by the compose folder it wrote."""
+    folders = list(root.glob("var/lib/flops-mlops/*/compose"))
+    if not folders:
+        return None
+    result = subprocess.run(["docker", "ps", "-a", "--filter",
+                             f"label=com.docker.compose.project.working_dir={folders[0]}",
+                             "--format", '{{.Label "com.docker.compose.project"}}'], capture_output=True, text=True)
+    names = set(result.stdout.split())
+    return names.pop() if len(names) == 1 else None
+
+
+def test_apply_starts_the_compose_stack_and_second_apply_changes_nothing(docker_sandbox):
+    first = docker_sandbox["first"]["results"]["totals"]
+    assert first["error"] == 0 and first["success"] > 0, first
+    assert docker_sandbox["project"], "no containers carry the compose folder the deploy wrote"
+    second = docker_sandbox["second"]["results"]
+    assert second["totals"]["error"] == 0
+    assert second["totals"]["success"] == 0, changed_operations(docker_sandbox["second"])
+
+
+def test_tenant_end_to_end_through_published_ports(docker_sandbox):
+    check_tenant_end_to_end(docker_sandbox["config"], "127.0.0.1", "127.0.0.1", "127.0.0.1")
+
+
+def test_env_file_is_private_and_carries_the_configured_ports(docker_sandbox):
+    env_file = next(docker_sandbox["root"].glob("var/lib/flops-mlops/*/compose/.env"))
+    assert oct(env_file.stat().st_mode & 0o777) == "0o600"
+    data = yaml.safe_load(docker_sandbox["config"].read_text())
+    assert f"FLOPS_MYSQL_PORT={data['backend_store']['port']}\n" in env_file.read_text()
+    assert f"FLOPS_TRACKING_PORT={data['tenants'][0]['port']}\n" in env_file.read_text()
