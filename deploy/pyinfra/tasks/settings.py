@@ -173,12 +173,17 @@ def address(of_host) -> str:
 
 
 def peer_address(role: str, fallback: str) -> str:
-    """Address of the inventory host that has ``role``; ``fallback`` (from the configuration) if none has it."""
+    """Address of the inventory host that has ``role``. ``fallback`` (the configuration's address) when no host
+    has it (a store run elsewhere) or this host has it itself (the store listens on that address here)."""
     holders = [other for other in inventory if role in roles(other)]
     if len(holders) > 1:
         names = ", ".join(h.name for h in holders)
         raise HostDataError(f"inventory: role {role} is given to several hosts ({names}); give it to one")
-    return address(holders[0]) if holders else fallback
+    if not holders:
+        return fallback
+    if holders[0].name == host.name:
+        return "127.0.0.1" if fallback in ("0.0.0.0", "::") else fallback
+    return address(holders[0])
 
 
 def as_seen_from_tracking(config: StackConfig) -> StackConfig:
