@@ -10,6 +10,7 @@ Every session uses its own compose project name and free ports, and removes its 
 
 from __future__ import annotations
 
+import ftplib
 import json
 import os
 import re
@@ -226,6 +227,12 @@ def test_logged_model_lands_on_the_artifact_volume_and_in_mysql(stack, monkeypat
     # ... reachable as the tenant's FTP user through the published control port and passive range ...
     assert "MLmodel" in tracking_checks.model_files_on_ftp(
         "127.0.0.1", stack.ports["FLOPS_FTP_PORT"], f"flops_{TENANT}", ftp_password(stack), logged)
+    with ftplib.FTP() as ftp:  # passive mode announces pasv_address and a port of the published range
+        ftp.connect("127.0.0.1", stack.ports["FLOPS_FTP_PORT"], timeout=10)
+        ftp.login(f"flops_{TENANT}", ftp_password(stack))
+        announced_host, announced_port = ftplib.parse227(ftp.sendcmd("PASV"))
+    assert announced_host == "127.0.0.1"
+    assert stack.ports["FLOPS_FTP_PASV_MIN_PORT"] <= announced_port <= stack.ports["FLOPS_FTP_PASV_MAX_PORT"]
     # ... and nowhere in the tracking server's container (it only proxies).
     leftovers = stack.exec("tracking-server", "python", "-c",
                            "import os, sys; print('\\n'.join(os.path.join(d, n) for d, ds, fs in os.walk('/')"
