@@ -146,8 +146,9 @@ build_wheelhouse() {
     fi
     find "$WHEELHOUSE" -name '*.whl' -delete
     cp -l "$cached"/*.whl "$WHEELHOUSE"/ 2>/dev/null || cp "$cached"/*.whl "$WHEELHOUSE"/
-    # Our own package, built from this checkout every time (its dependencies come from the cache above).
-    .venv/bin/pip wheel --quiet --no-deps --wheel-dir "$WHEELHOUSE" "$src" >"$CACHE/flops-mlops-wheel.log" 2>&1 || {
+    # Our own package, built from this checkout every time (its dependencies come from the cache above), with
+    # fixed timestamps: unchanged code gives the same wheel, so the image builds hit the layer cache.
+    SOURCE_DATE_EPOCH=315532800 .venv/bin/pip wheel --quiet --no-deps --wheel-dir "$WHEELHOUSE" "$src" >"$CACHE/flops-mlops-wheel.log" 2>&1 || {
         cat "$CACHE/flops-mlops-wheel.log" >&2; exit 1; }
     rm -rf "$src"
     log "wheelhouse: $(find "$WHEELHOUSE" -name '*.whl' | wc -l) wheels, $(du -sh "$WHEELHOUSE" | cut -f1) ($(elapsed "$start"))"
