@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import free_port, need_binary
+from flops_mlops.processes import port_answers
 from pyinfra_hosts import (
     changed_operations,
     check_tenant_end_to_end,
@@ -35,16 +36,6 @@ pytestmark = [pytest.mark.services, pytest.mark.timeout(900)]
 
 HOSTS = {"backend": ("127.0.0.2", "backend_store"), "artifacts": ("127.0.0.3", "artifact_store"),
          "tracking": ("127.0.0.4", "tracking_server")}
-
-
-def _port_answers(address: str, port: int) -> bool:
-    import socket
-
-    try:
-        with socket.create_connection((address, port), timeout=1):
-            return True
-    except OSError:
-        return False
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +66,7 @@ def sshd(tmp_path_factory):
                             stdin=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 20
-        while not all(_port_answers(address, port) for address, _ in HOSTS.values()):
+        while not all(port_answers(address, port) for address, _ in HOSTS.values()):
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise AssertionError(f"sshd did not come up: {(folder / 'sshd.log').read_text()}")
             time.sleep(0.2)
