@@ -124,6 +124,8 @@ def stack_data(kind: str, tmp_path: Path, tenants: list[str]) -> dict:
         "tenants": [{"id": tenant, "port": free_port()} for tenant in tenants],
     }
     if kind == "native":
+        if os.geteuid() != 0:
+            missing_service("the native stack runs vsftpd, which must be started as root")
         need_binary("mariadbd", "mysqld")
         need_binary("vsftpd")
         if not any(Path(d, "pam_pwdfile.so").exists() for d in (
