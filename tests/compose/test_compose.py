@@ -88,6 +88,18 @@ def test_compose_config_accepts_env_example():
     assert {(p["target"], p["published"]) for p in ftp_ports} >= {(21, "2121"), (30000, "30000"), (30009, "30009")}
 
 
+def test_only_the_aggregator_is_told_where_the_tracking_server_is():
+    need_compose()
+    services = compose_config(ROOT / ".env.example", "--profile", "fl",
+                              files=["-f", str(ROOT / "compose.yaml")])["services"]
+    assert services["fl-aggregator"]["environment"]["FLOPS_TRACKING_URI"] == "http://tracking-server:5000"
+    for learner in ("fl-learner-0", "fl-learner-1"):
+        environment = services[learner]["environment"]
+        assert not [key for key in environment if "TRACKING" in key or key.startswith("MLFLOW")], environment
+        assert environment["FLOPS_AGGREGATOR_ADDRESS"] == services["fl-aggregator"]["environment"][
+            "FLOPS_AGGREGATOR_ADDRESS"]
+
+
 def test_compose_yaml_holds_no_password_and_names_match_the_config_model():
     from flops_mlops.config import Tenant
 
