@@ -68,11 +68,12 @@ class Stack:
 
     # --- up ---
 
-    def up(self) -> None:
+    def up(self) -> bool:
+        """Start the stack; False if it was already running (then nothing was started)."""
         running = [s.name for s in self.services() if s.process.is_running()]
         if running and len(running) == len(self.services()):
             self.progress(f"stack {self.config.name} is already running")
-            return
+            return False
         if running:
             raise StackError(f"stack {self.config.name} is partly running ({', '.join(running)}); "
                              f"run `flops-mlops --config {self.config.source} down` first")
@@ -84,12 +85,13 @@ class Stack:
             for tracker in self.trackers:
                 self.progress(f"tracking server {tracker.tenant.id}: upgrading schema, starting on "
                               f"{tracker.local_uri}")
-                tracker.start(secrets)
                 started.append(tracker.stop)
+                tracker.start(secrets)
             for tracker in self.trackers:
                 began = time.monotonic()
                 tracker.wait_healthy()
                 self.progress(f"tracking server {tracker.tenant.id}: healthy ({time.monotonic() - began:.0f} s)")
+            return True
         except BaseException:
             self.progress("start failed; stopping what was started")
             for stop in reversed(started):
@@ -124,8 +126,8 @@ class Stack:
             if c.backend_store.managed:
                 server = mysql.ManagedMySQL(c, secrets)
                 self.progress(f"backend store: starting MySQL/MariaDB on {c.backend_store.host}:{c.backend_store.port}")
+                started.append(server.stop)  # before start: a server that never gets ready is stopped too
                 server.start()
-                started.append(server.stop)
                 admin = server.admin
             else:
                 admin = mysql.AdminConnection(c.backend_store.host, c.backend_store.port,
@@ -137,8 +139,8 @@ class Stack:
             self.progress(f"artifact store: starting {a.kind} FTP on {a.host}:{a.port}")
             if a.kind == "vsftpd":
                 ftp = ManagedVsftpd(c, secrets)
-                ftp.start()
                 started.append(ftp.stop)
+                ftp.start()
             else:
                 self._start_embedded_ftp(started)
 
@@ -215,4 +217,5 @@ class Stack:
 
 
 def _child_env() -> dict[str, str]:
-    return {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
+    """The embedded FTP server's environment: it reads its passwords from the secrets file, nothing else."""
+    return {key: value for key, value in os.environ.items() if not key.startswith(("MLFLOW_", "FLOPS_"))}

@@ -82,6 +82,11 @@ def test_two_tenants_log_to_their_own_stores_and_see_only_their_own(make_stack, 
             with pytest.raises(pymysql.err.OperationalError) as denied:
                 cur.execute(f"SELECT COUNT(*) FROM `{globex.database}`.runs")
             assert denied.value.args[0] in (1044, 1142)  # access denied
+        # No way in without a password: not as root, not anonymously.
+        for user in ("root", "", acme.db_user):
+            with pytest.raises(pymysql.err.OperationalError) as refused:
+                pymysql.connect(host=b.host, port=b.port, user=user, password="", connect_timeout=5)
+            assert refused.value.args[0] == 1045
 
 
 @pytest.mark.parametrize("kind", ["local", "native"])

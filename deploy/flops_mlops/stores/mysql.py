@@ -17,7 +17,7 @@ from urllib.parse import quote
 import pymysql
 
 from ..config import ConfigError, StackConfig, Tenant
-from ..processes import ManagedProcess, wait_until
+from ..processes import ManagedProcess, StackError, wait_until
 from ..secrets import Secrets
 
 SERVER_NAMES = ("mariadbd", "mysqld")
@@ -53,6 +53,21 @@ class AdminConnection:
 
 def provision_tenants(admin: AdminConnection, config: StackConfig, secrets: Secrets) -> None:
     """Create (or bring in line) each tenant's database and user; safe to run again."""
+    where = admin.unix_socket or f"{admin.host}:{admin.port}"
+    try:
+        _provision(admin, config, secrets)
+    except pymysql.err.OperationalError as exc:
+        hint = ""
+        if exc.args and exc.args[0] == 1045:
+            hint = (f"; FLOPS_MYSQL_ADMIN_PASSWORD in {secrets.path} is not the password this server was set up "
+                    "with (after `secrets init --force`, the old one is in the .env backup it made)")
+        raise StackError(f"backend store {where}: cannot provision tenants as {admin.user}: "
+                         f"{exc.args[-1]}{hint}") from None
+    except pymysql.err.MySQLError as exc:
+        raise StackError(f"backend store {where}: provisioning tenants failed: {exc.args[-1]}") from None
+
+
+def _provision(admin: AdminConnection, config: StackConfig, secrets: Secrets) -> None:
     with admin.connect() as conn, conn.cursor() as cur:
         cur.execute("SELECT VERSION()")
         collation = collation_for(cur.fetchone()[0])
@@ -114,13 +129,26 @@ class ManagedMySQL:
             argv.append(f"--user={self._run_user()}")
         self.process.start(argv, env=_plain_env())
         wait_until(self._accepts_connections, self.process, "backend store (MySQL) did not come up", 120)
-        if first_start:
-            with self.admin.connect(password="") as conn, conn.cursor() as cur:
-                cur.execute("ALTER USER 'root'@'localhost' IDENTIFIED BY %s", (self.secrets.mysql_admin_password,))
-                # No anonymous accounts: they would shadow tenant users connecting from localhost.
-                cur.execute("SELECT User, Host FROM mysql.user WHERE User = ''")
-                for user, host in cur.fetchall():
-                    cur.execute("DROP USER %s@%s", (user, host))
+        self._secure_accounts()
+
+    def _secure_accounts(self) -> None:
+        """Give root its password and drop every other passwordless account, if that is not done yet.
+
+        A new data dir has root without a password on localhost, 127.0.0.1, ::1 and the host name, and
+        anonymous accounts that would shadow tenant users. Checked on every start, so a first start that was
+        interrupted half-way is completed by the next one.
+        """
+        try:
+            conn = self.admin.connect(password="")
+        except pymysql.err.OperationalError as exc:
+            if exc.args and exc.args[0] == 1045:  # root already has a password
+                return
+            raise StackError(f"backend store: cannot connect to {self.socket}: {exc.args[-1]}") from None
+        with conn, conn.cursor() as cur:
+            cur.execute("ALTER USER 'root'@'localhost' IDENTIFIED BY %s", (self.secrets.mysql_admin_password,))
+            cur.execute("SELECT User, Host FROM mysql.user WHERE User = '' OR (User = 'root' AND Host <> 'localhost')")
+            for user, host in cur.fetchall():
+                cur.execute("DROP USER %s@%s", (user, host))
 
     def _accepts_connections(self) -> bool:
         if not self.socket.exists():
