@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -93,8 +94,10 @@ def cmd_secrets_init(args: argparse.Namespace) -> int:
 def cmd_up(args: argparse.Namespace) -> int:
     config = load_config(args)
     stack = Stack(config)
-    stack.up()
+    started = stack.up()
     print_endpoints(config)
+    if not started:
+        return 0  # someone else's stack (for example `up --detach`): not ours to supervise or stop
     if args.detach:
         print(f"stack {config.name} is up; stop it with: flops-mlops --config {args.config} down")
         return 0
@@ -169,9 +172,14 @@ def redacted(text: str, args: argparse.Namespace) -> str:
     return text
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM cleans up like Ctrl-C: what a half-done command started is stopped
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         return args.handler(args)
     except ConfigError as exc:
