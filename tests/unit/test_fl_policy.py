@@ -114,10 +114,14 @@ def test_split_is_deterministic_disjoint_complete_and_non_iid():
     assert np.abs(mixes - mixes.mean(axis=0)).max() > 0.1  # label mixes differ between learners
 
 
-def test_learners_get_no_tracking_settings():
+def test_learners_get_no_tracking_settings_and_no_secrets():
     env = learner_environment({"PATH": "/bin", "MLFLOW_TRACKING_URI": "http://x", "FLOPS_TRACKING_URI": "http://x",
-                               "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "FLOPS_SEED": "1"})
-    assert env == {"PATH": "/bin", "FLOPS_SEED": "1"}
+                               "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "FLOPS_SEED": "1", "FLOPS_PROJECT": "P",
+                               "FLOPS_MYSQL_ADMIN_PASSWORD": "s3cret", "FLOPS_TENANT_ACME_FTP_PASSWORD": "s3cret",
+                               "AWS_SECRET_ACCESS_KEY": "s3cret", "FLOPS_LEARNER_INDEX": "0",
+                               "FLOPS_AGGREGATOR_ADDRESS": "127.0.0.1:1", "PYTHONPATH": "/x"})
+    assert env == {"PATH": "/bin", "FLOPS_SEED": "1", "FLOPS_LEARNER_INDEX": "0",
+                   "FLOPS_AGGREGATOR_ADDRESS": "127.0.0.1:1", "PYTHONPATH": "/x"}
 
 
 def test_learner_code_does_not_import_mlflow():

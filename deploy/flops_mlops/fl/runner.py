@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -43,10 +43,18 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+# What learners may inherit: the interpreter's and numeric libraries' settings, Flower's, and their own FLOPS_*
+# settings. An allow-list, so that nothing pointing at MLflow or holding a password (an exported .env) reaches
+# them.
+LEARNER_VARIABLES = {"PATH", "HOME", "LANG", "TZ", "TMPDIR", "VIRTUAL_ENV", "DO_NOT_TRACK"}
+LEARNER_PREFIXES = ("LC_", "PYTHON", "OPENBLAS_", "OMP_", "MKL_", "FLWR_", "GRPC_", "FLOPS_FAULT_")
+LEARNER_SETTINGS = {f"FLOPS_{f.name.upper()}" for f in fields(FLSettings) if "learner" in f.metadata["roles"]}
+
+
 def learner_environment(base: dict[str, str]) -> dict[str, str]:
-    """The environment learners run in: nothing that points at MLflow or the tracking server."""
+    """The environment learners run in: nothing that points at MLflow or the tracking server, no secrets."""
     return {key: value for key, value in base.items()
-            if not key.startswith("MLFLOW_") and key not in ("FLOPS_TRACKING_URI", "FLOPS_ALIAS", "FLOPS_BETTER")}
+            if key in LEARNER_VARIABLES or key in LEARNER_SETTINGS or key.startswith(LEARNER_PREFIXES)}
 
 
 def settings_environment(settings: FLSettings) -> dict[str, str]:
