@@ -239,7 +239,7 @@ class StackConfig:
 
 
 def validate_tenant_id(value: str, where: str = "tenant id") -> str:
-    if not isinstance(value, str) or not TENANT_ID_PATTERN.match(value):
+    if not isinstance(value, str) or not TENANT_ID_PATTERN.fullmatch(value):
         raise ConfigError(f"{where}: {value!r} is not a valid tenant id ({TENANT_ID_RULE})")
     return value
 
@@ -347,13 +347,13 @@ def _check_port(value: int, file: str, key: str) -> None:
 
 
 def _check_host(value: str, file: str, key: str) -> None:
-    if not HOST_PATTERN.match(value):
+    if not HOST_PATTERN.fullmatch(value):
         raise ConfigError(f"{file}: {key}: expected a host name or IP address, got {value!r}")
 
 
 def _check(config: StackConfig, file: str) -> None:
     """Checks that span several keys or need more than a type."""
-    if not STACK_NAME_PATTERN.match(config.name):
+    if not STACK_NAME_PATTERN.fullmatch(config.name):
         raise ConfigError(f"{file}: name: {config.name!r} is not valid (lowercase letters, digits and '-', "
                           "starting with a letter, at most 31 characters)")
     if not config.tenants:
@@ -376,9 +376,9 @@ def _check(config: StackConfig, file: str) -> None:
     _check_port(b.port, file, "backend_store.port")
     _check_port(a.port, file, "artifact_store.port")
     _check_port(t.base_port, file, "tracking.base_port")
-    if not re.match(r"^[a-z_][a-z0-9_-]{0,31}$", b.admin_user):
+    if not re.fullmatch(r"^[a-z_][a-z0-9_-]{0,31}$", b.admin_user):
         raise ConfigError(f"{file}: backend_store.admin_user: {b.admin_user!r} is not a valid account name")
-    if not re.match(r"^[a-z_][a-z0-9_-]{0,31}$", a.os_user):
+    if not re.fullmatch(r"^[a-z_][a-z0-9_-]{0,31}$", a.os_user):
         raise ConfigError(f"{file}: artifact_store.os_user: {a.os_user!r} is not a valid account name")
     if len(a.passive_ports) != 2 or a.passive_ports[0] > a.passive_ports[1]:
         raise ConfigError(f"{file}: artifact_store.passive_ports: expected [min, max] with min <= max, "

@@ -103,3 +103,9 @@ def test_every_key_is_documented():
     keys = {key for key, _, _ in rows}
     assert {"tenants[].id", "backend_store.kind", "artifact_store.passive_ports", "tracking.workers"} <= keys
     assert all(text.strip() for _, _, text in rows)
+
+
+@pytest.mark.parametrize("value", ["acme\n", "acme\n; DROP", "\nacme"])
+def test_a_trailing_or_embedded_newline_is_not_a_valid_tenant_id(value):
+    with pytest.raises(ConfigError, match="is not a valid tenant id"):
+        config.validate_tenant_id(value)

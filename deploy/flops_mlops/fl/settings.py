@@ -41,13 +41,13 @@ class SettingsError(ValueError):
 
 def validate_project(value: str, where: str = "project") -> str:
     """Project names reach MLflow experiment and model names, folders and Oakestra service names."""
-    if not isinstance(value, str) or not PROJECT_PATTERN.match(value):
+    if not isinstance(value, str) or not PROJECT_PATTERN.fullmatch(value):
         raise SettingsError(f"{where}: {value!r} is not a valid project name ({PROJECT_RULE})")
     return value
 
 
 def parse_address(value: str, where: str = "FLOPS_AGGREGATOR_ADDRESS") -> tuple[str, int]:
-    match = ADDRESS_PATTERN.match(value or "")
+    match = ADDRESS_PATTERN.fullmatch(value or "")
     if not match or not 1 <= int(match["port"]) <= 65535:
         raise SettingsError(f"{where}: {value!r} is not host:port (for example 127.0.0.1:8080)")
     return match["host"], int(match["port"])
@@ -79,13 +79,13 @@ class FLSettings:
     def check(self, role: str) -> "FLSettings":
         if role == "aggregator":
             validate_project(self.project, "FLOPS_PROJECT/--project")
-            if self.tracking_uri != "off" and not re.match(r"^https?://[A-Za-z0-9.:\[\]-]+/?$",
+            if self.tracking_uri != "off" and not re.fullmatch(r"^https?://[A-Za-z0-9.:\[\]-]+/?$",
                                                            self.tracking_uri or ""):
                 raise SettingsError(f"FLOPS_TRACKING_URI/--tracking-uri: {self.tracking_uri!r} is not "
                                     "http(s)://host:port (or off)")
             if self.better not in BETTER_CHOICES:
                 raise SettingsError(f"FLOPS_BETTER/--better: {self.better!r} is not one of {', '.join(BETTER_CHOICES)}")
-            if not re.match(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$", self.alias):
+            if not re.fullmatch(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$", self.alias):
                 raise SettingsError(f"FLOPS_ALIAS/--alias: {self.alias!r} is not a valid alias")
         if role == "learner" and not 0 <= self.learner_index < self.learners:
             raise SettingsError(f"FLOPS_LEARNER_INDEX/--learner-index: {self.learner_index} is outside "

@@ -45,7 +45,7 @@ def check_url(url: str) -> str:
         raise ConfigError(f"--orchestrator: {url!r} is not a valid URL") from None
     if (parts.scheme not in ("http", "https") or not parts.hostname or parts.username or parts.password
             or parts.query or parts.fragment or parts.path not in ("", "/")
-            or not re.match(r"^[A-Za-z0-9.:\[\]-]+$", parts.netloc)):
+            or not re.fullmatch(r"^[A-Za-z0-9.:\[\]-]+$", parts.netloc)):
         raise ConfigError(f"--orchestrator: {url!r} must be http(s)://host[:port] of the root orchestrator's "
                           "system manager (no credentials, path or query), for example http://10.0.0.1:10000")
     del port  # parsed only to reject a bad port
@@ -54,14 +54,14 @@ def check_url(url: str) -> str:
 
 def check_id(value: Any, what: str) -> str:
     """An id from a response, checked before it goes into a URL path."""
-    if not isinstance(value, str) or not ID_PATTERN.match(value):
+    if not isinstance(value, str) or not ID_PATTERN.fullmatch(value):
         raise OakestraError(what, None, f"the orchestrator returned {value!r}, which is not a plain id "
                                         "(letters and digits)")
     return value
 
 
 def check_user_id(value: Any, what: str) -> str:
-    if not isinstance(value, str) or not USER_ID_PATTERN.match(value):
+    if not isinstance(value, str) or not USER_ID_PATTERN.fullmatch(value):
         raise OakestraError(what, None, f"{value!r} is not a usable user id")
     return value
 
@@ -157,7 +157,7 @@ class Client:
         except ValueError:
             return None
         subject = claims.get("sub") if isinstance(claims, dict) else None
-        return subject if isinstance(subject, str) and USER_ID_PATTERN.match(subject) else None
+        return subject if isinstance(subject, str) and USER_ID_PATTERN.fullmatch(subject) else None
 
     # --- applications ---
 

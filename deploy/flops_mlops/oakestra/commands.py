@@ -140,7 +140,7 @@ def _session(args: argparse.Namespace, config: config_module.StackConfig, creden
     client = Client(*credentials, timeout=args.http_timeout, redact=redact)
     state = DeployState.load(config, client.url)
     if args.user_id:
-        if not USER_ID_PATTERN.match(args.user_id):
+        if not USER_ID_PATTERN.fullmatch(args.user_id):
             raise ConfigError(f"--user-id: {args.user_id!r} is not a user id (letters, digits, '.', '_', '@', '-')")
         state.user_id = args.user_id
     return rendered, Deployer(client, state)

@@ -71,7 +71,7 @@ def _image(config: StackConfig, key: str) -> str:
     o = config.oakestra
     reference = getattr(o.images, key)
     full = reference if key == "mysql" else f"{o.registry}/{reference}"
-    if not IMAGE_PATTERN.match(full) or full.rsplit("/", 1)[-1].endswith(":latest"):
+    if not IMAGE_PATTERN.fullmatch(full) or full.rsplit("/", 1)[-1].endswith(":latest"):
         raise _fail(config, f"images.{key}", f"{full!r} is not a pinned image reference "
                                               "(name:tag with a tag other than latest, or name@sha256:digest)")
     return full
@@ -95,9 +95,9 @@ def check(config: StackConfig) -> None:
     o = config.oakestra
     if not 1 <= o.name_limit <= 30:
         raise _fail(config, "name_limit", f"expected 10 (releases up to v0.4.204) or 30, got {o.name_limit}")
-    if not NAME_PATTERN.match(o.namespace) or len(o.namespace) > o.name_limit:
+    if not NAME_PATTERN.fullmatch(o.namespace) or len(o.namespace) > o.name_limit:
         raise _fail(config, "namespace", f"{o.namespace!r} must be 1-{o.name_limit} letters or digits")
-    if not REGISTRY_PATTERN.match(o.registry):
+    if not REGISTRY_PATTERN.fullmatch(o.registry):
         raise _fail(config, "registry", f"{o.registry!r} is not a registry host[:port][/path]")
     if config.backend_store.kind != "mysql":
         raise ConfigError(f"{config.source}: backend_store.kind: Oakestra tracking servers need mysql "
@@ -160,7 +160,7 @@ def check(config: StackConfig) -> None:
             blocks[block] = f"ip_plan.{key}"
     for i, project in enumerate(o.projects):
         where = f"projects[{i}]"
-        if not PROJECT_PATTERN.match(project.name) or project.name in RESERVED_APPS:
+        if not PROJECT_PATTERN.fullmatch(project.name) or project.name in RESERVED_APPS:
             raise _fail(config, f"{where}.name", f"{project.name!r} must start with a letter, hold only letters "
                                                  f"and digits, and not be {' or '.join(RESERVED_APPS)}")
         if project.name in names:
@@ -244,7 +244,7 @@ def context(config: StackConfig) -> dict[str, Any]:
 
 def secret(key: str) -> str:
     """The placeholder for a secret from the secrets file, replaced only at push time."""
-    if not re.match(r"^FLOPS_[A-Z0-9_]+$", key):
+    if not re.fullmatch(r"^FLOPS_[A-Z0-9_]+$", key):
         raise ValueError(f"secret(): {key!r} is not a FLOPS_ secret key")
     return "${" + key + "}"
 
@@ -423,7 +423,7 @@ def resolve_secrets(document: dict, values: dict[str, str], source: str = "secre
         value = values.get(key)
         if not value:
             raise ConfigError(f"{source}: {key} is missing; add it with `flops-mlops secrets init`")
-        if not SAFE_SECRET.match(value):
+        if not SAFE_SECRET.fullmatch(value):
             raise ConfigError(f"{source}: {key} holds characters other than letters, digits, '-' and '_'; "
                               "regenerate it with `flops-mlops secrets init --force`")
         return value

@@ -46,7 +46,7 @@ def _load(path: str) -> tuple[StackConfig, Secrets]:
 
 
 def _path(key: str, value: object) -> str:
-    if not isinstance(value, str) or not SAFE_PATH.match(value) or "/../" in f"{value}/":
+    if not isinstance(value, str) or not SAFE_PATH.fullmatch(value) or "/../" in f"{value}/":
         raise HostDataError(f"host {host.name}: {key}: expected an absolute path of letters, digits and ._/+-, "
                             f"got {value!r}")
     return value.rstrip("/")
@@ -127,7 +127,7 @@ def current() -> HostSettings:
     config, secrets = _load(str(path.resolve()))
     root = _path("flops_root", host.data.get("flops_root", "/"))
     service_user = host.data.get("flops_service_user")
-    if not isinstance(service_user, str) or not ACCOUNT.match(service_user):
+    if not isinstance(service_user, str) or not ACCOUNT.fullmatch(service_user):
         raise HostDataError(f"host {host.name}: flops_service_user: expected an account name, got {service_user!r}")
     return HostSettings(
         config=config,
