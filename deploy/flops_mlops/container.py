@@ -29,7 +29,7 @@ from pathlib import Path
 
 from .config import (HOST_PATTERN, ArtifactStore, BackendStore, ConfigError, StackConfig, Tenant, Tracking,
                      validate_tenant_id)
-from .secrets import Secrets, db_password_key, ftp_password_key
+from .secrets import Secrets, db_password_key, ftp_password_key, refuse_placeholders
 from .tracking_server import mask, server_argv, server_env
 
 SERVICE_NAME = "tracking-server"
@@ -44,7 +44,7 @@ def _setting(env: dict[str, str], key: str, default: str | None = None) -> str:
 
 def _host(env: dict[str, str], key: str, default: str) -> str:
     value = _setting(env, key, default)
-    if not HOST_PATTERN.match(value):
+    if not HOST_PATTERN.fullmatch(value):
         raise ConfigError(f"environment: {key}: expected a host name or IP address, got {value!r}")
     return value
 
@@ -64,7 +64,7 @@ def stack_from_env(env: dict[str, str]) -> tuple[StackConfig, Tenant, Secrets]:
     public_port = _port(env, "FLOPS_PUBLIC_PORT", 5000)
     extra = [h.strip() for h in env.get("FLOPS_ALLOWED_HOSTS", "").split(",") if h.strip()]
     for host in extra:
-        if not HOST_PATTERN.match(host.split(":")[0].replace("*", "a")):
+        if not HOST_PATTERN.fullmatch(host.split(":")[0].replace("*", "a")):
             raise ConfigError(f"environment: FLOPS_ALLOWED_HOSTS: {host!r} is not a host name or host:port")
     workers = _setting(env, "FLOPS_WORKERS", "1")
     if not workers.isdigit() or int(workers) < 1:
@@ -81,6 +81,7 @@ def stack_from_env(env: dict[str, str]) -> tuple[StackConfig, Tenant, Secrets]:
         tracking=Tracking(host="0.0.0.0", base_port=port, public_host=public_host, workers=int(workers),
                           job_execution=False, allowed_hosts=allowed),
         source=Path("<environment>"))
+    refuse_placeholders({key: _setting(env, key) for key in ("FLOPS_DB_PASSWORD", "FLOPS_FTP_PASSWORD")}, "environment")
     secrets = Secrets(Path("<environment>"), {
         db_password_key(tenant.id): _setting(env, "FLOPS_DB_PASSWORD"),
         ftp_password_key(tenant.id): _setting(env, "FLOPS_FTP_PASSWORD"),

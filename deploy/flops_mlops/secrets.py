@@ -41,6 +41,17 @@ def required_keys(config: StackConfig) -> list[str]:
     return keys
 
 
+# .env.example holds these instead of passwords; a stack must never start with them.
+PLACEHOLDER_PREFIX = "placeholder-"
+
+
+def refuse_placeholders(values: dict[str, str], where: str) -> None:
+    for key, value in values.items():
+        if value.startswith(PLACEHOLDER_PREFIX):
+            raise ConfigError(f"{where}: {key} still holds the .env.example placeholder; generate real passwords "
+                              "with `flops-mlops secrets init`")
+
+
 def new_password() -> str:
     return random_source.token_urlsafe(24)
 
@@ -84,6 +95,7 @@ class Secrets:
         if missing:
             raise ConfigError(f"{path}: missing {', '.join(missing)}; add them with "
                               f"`flops-mlops --config {config.source} secrets init` (keeps existing values)")
+        refuse_placeholders({key: values[key] for key in required_keys(config)}, str(path))
         return cls(path, values)
 
     @property

@@ -4,20 +4,24 @@
 # as FLOPS_PASV_ADDRESS (publish the same range on the host).
 set -eu
 fail() { echo "artifact-store: $*" >&2; exit 2; }
+# One line matching an extended regex: grep alone would accept a value if any one of its lines matched.
+valid() { case "$1" in *'
+'*) return 1 ;; esac; printf '%s\n' "$1" | grep -Eq "$2"; }
 
 user="${FLOPS_FTP_USER:-}"
 password="${FLOPS_FTP_PASSWORD:-}"
 pasv_min="${FLOPS_PASV_MIN_PORT:-30000}"
 pasv_max="${FLOPS_PASV_MAX_PORT:-30009}"
 pasv_address="${FLOPS_PASV_ADDRESS:-127.0.0.1}"
-echo "$user" | grep -Eq '^[a-z_][a-z0-9_]{0,31}$' || fail "FLOPS_FTP_USER: '$user' is not a valid user name"
+valid "$user" '^[a-z_][a-z0-9_]{0,31}$' || fail "FLOPS_FTP_USER: '$user' is not a valid user name"
 [ -n "$password" ] || fail "FLOPS_FTP_PASSWORD: required (set by flops-mlops secrets init)"
+case "$password" in placeholder-*) fail "FLOPS_FTP_PASSWORD: still the .env.example placeholder; run flops-mlops secrets init" ;; esac
 for port in "$pasv_min" "$pasv_max"; do
-    echo "$port" | grep -Eq '^[0-9]{1,5}$' && [ "$port" -ge 1024 ] && [ "$port" -le 65535 ] \
+    valid "$port" '^[0-9]{1,5}$' && [ "$port" -ge 1024 ] && [ "$port" -le 65535 ] \
         || fail "passive port '$port' is not a port 1024-65535"
 done
 [ "$pasv_min" -le "$pasv_max" ] || fail "FLOPS_PASV_MIN_PORT $pasv_min is above FLOPS_PASV_MAX_PORT $pasv_max"
-echo "$pasv_address" | grep -Eq '^([0-9]{1,3}\.){3}[0-9]{1,3}$' \
+valid "$pasv_address" '^([0-9]{1,3}\.){3}[0-9]{1,3}$' \
     || fail "FLOPS_PASV_ADDRESS: '$pasv_address' is not an IPv4 address"
 
 lib=/usr/local/lib/flops-artifact-store

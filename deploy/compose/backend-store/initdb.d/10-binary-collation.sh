@@ -3,11 +3,12 @@
 # tenant database utf8mb4 with a binary NO PAD collation, so MLflow keys that differ only in case stay
 # distinct. MySQL 8: utf8mb4_0900_bin; MariaDB (the CI stand-in): utf8mb4_nopad_bin.
 if ! command -v docker_process_sql >/dev/null 2>&1; then
-    # Executed rather than sourced (the file is executable in this checkout): talk to the first-start server
+    # Executed rather than sourced (when the file is executable): talk to the first-start server
     # over its socket as root, the password from the environment (not argv).
     docker_process_sql() { MYSQL_PWD="$MYSQL_ROOT_PASSWORD" mysql --protocol=socket -uroot "$@"; }
 fi
-if ! printf '%s' "${MYSQL_DATABASE:-}" | grep -Eq '^[A-Za-z0-9_]{1,64}$'; then
+# [[ =~ ]] matches the whole value (grep would accept any one line of a multi-line value).
+if ! [[ "${MYSQL_DATABASE:-}" =~ ^[A-Za-z0-9_]{1,64}$ ]]; then
     echo "10-binary-collation.sh: MYSQL_DATABASE '${MYSQL_DATABASE:-}' is not a plain database name" >&2
     exit 1
 fi
