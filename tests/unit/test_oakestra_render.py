@@ -304,3 +304,23 @@ def test_stores_can_be_placed_apart_from_the_other_services(tmp_path):
     for name in ("tracking", "mnist"):
         for service in rendered[name]["applications"][0]["microservices"]:
             assert service["constraints"] == [{"type": "direct", "cluster": "edge1"}]
+
+
+def test_cmd_of_our_images_is_their_entrypoint(tmp_path):
+    """Oakestra's cmd replaces ENTRYPOINT and CMD: it must start the image the way its Dockerfile does
+    (for the artifact store: tini first, or vsftpd as PID 1 exits after an upload)."""
+    entrypoints = {}
+    for dockerfile in (ROOT / "deploy" / "images").glob("*/Dockerfile"):
+        for line in dockerfile.read_text().splitlines():
+            if line.startswith("ENTRYPOINT "):
+                entrypoints[dockerfile.parent.name] = json.loads(line.removeprefix("ENTRYPOINT "))
+    assert set(entrypoints) == {"artifact-store", "tracking-server"}
+    config = config_module.load(write_config(tmp_path))
+    checked = set()
+    for rendered in sla.render_all(config):
+        for service in rendered.document["applications"][0]["microservices"]:
+            image = service["code"].rsplit("/", 1)[-1].split(":")[0]
+            if image in entrypoints:
+                assert service["cmd"] == entrypoints[image], service["microservice_name"]
+                checked.add(image)
+    assert checked == set(entrypoints)
