@@ -381,3 +381,23 @@ def test_round_on_the_native_stack_lands_in_the_tenants_database_and_ftp(make_st
     names = ftp_files(stack, f"/artifacts/{summary['experiment_id']}/models/{model_id}/artifacts")
     assert {"MLmodel", "model.skops", "requirements.txt"} <= names
     assert champion_accuracy(config.tracking_uri(tenant), "Native") > 0.6
+
+
+def test_a_round_open_when_the_watchdog_fires_is_marked_failed(local, tmp_path):
+    """The timeout watchdog runs in its own thread; MLflow's active run is thread-local."""
+
+    import mlflow
+
+    from flops_mlops.fl.tracking import BestModel, RoundTracker
+
+    tracker = RoundTracker(tracking_uri(local), "Watchdog", BestModel(tmp_path / "model"), {"strategy": "FedAvg"})
+    tracker.open()
+    tracker.round_started(1)
+    run_id = tracker.run_id
+    watchdog = threading.Thread(target=tracker.fail)
+    watchdog.start()
+    watchdog.join()
+    try:
+        assert mlflow.MlflowClient(tracking_uri(local)).get_run(run_id).info.status == "FAILED"
+    finally:
+        mlflow.end_run(status="FAILED")  # this test process's own active run

@@ -71,3 +71,11 @@ def test_load_names_missing_file_missing_keys_and_open_mode(tmp_path):
 def test_sqlite_stacks_need_no_database_passwords(tmp_path):
     cfg = make_config(tmp_path, kind="sqlite", tenants=("acme",))
     assert secrets.required_keys(cfg) == ["FLOPS_TENANT_ACME_FTP_PASSWORD"]
+
+
+def test_the_env_example_placeholders_are_refused(tmp_path):
+    cfg = make_config(tmp_path, kind="sqlite", tenants=("acme",))
+    cfg.secrets_file.write_text("FLOPS_TENANT_ACME_FTP_PASSWORD=placeholder-run-flops-mlops-secrets-init\n")
+    cfg.secrets_file.chmod(0o600)
+    with pytest.raises(ConfigError, match="FLOPS_TENANT_ACME_FTP_PASSWORD still holds the .env.example placeholder"):
+        secrets.Secrets.load(cfg)

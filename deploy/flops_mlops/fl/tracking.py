@@ -288,7 +288,9 @@ class RoundTracker(LocalOnly):
 
         if self.run_id is not None:
             try:
-                mlflow.end_run(status="FAILED")
+                # By run id, not mlflow.end_run(): the active run is thread-local, and the timeout watchdog
+                # calls this from its own thread.
+                mlflow.MlflowClient(self.tracking_uri).set_terminated(self.run_id, status="FAILED")
             except Exception:
                 pass
             self.run_id = None
