@@ -48,7 +48,7 @@ class ManagedProcess:
                 argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        record = {"pid": proc.pid, "started": psutil.Process(proc.pid).create_time(), "argv0": argv[0]}
+        record = {"pid": proc.pid, "start_ticks": start_ticks(proc.pid), "argv0": argv[0]}
         self.pid_file.write_text(json.dumps(record) + "\n", encoding="utf-8")
         return proc.pid
 
@@ -56,11 +56,11 @@ class ManagedProcess:
         """The process we started, if it is still alive (a reused pid does not count)."""
         try:
             record = json.loads(self.pid_file.read_text(encoding="utf-8"))
-            proc = psutil.Process(record["pid"])
-            if abs(proc.create_time() - record["started"]) > 0.05 or proc.status() == psutil.STATUS_ZOMBIE:
+            if start_ticks(record["pid"]) != record["start_ticks"]:
                 return None
-            return proc
-        except (FileNotFoundError, ValueError, KeyError, psutil.Error):
+            proc = psutil.Process(record["pid"])
+            return None if proc.status() == psutil.STATUS_ZOMBIE else proc
+        except (FileNotFoundError, ProcessLookupError, ValueError, KeyError, psutil.Error):
             return None
 
     def is_running(self) -> bool:
@@ -73,10 +73,10 @@ class ManagedProcess:
             self.pid_file.unlink(missing_ok=True)
             return False
         group = [proc, *proc.children(recursive=True)]
-        _signal_group(proc.pid, signal.SIGTERM)
+        signal_group(proc.pid, signal.SIGTERM)
         _, alive = psutil.wait_procs(group, timeout=timeout)
         if alive:
-            _signal_group(proc.pid, signal.SIGKILL)
+            signal_group(proc.pid, signal.SIGKILL)
             for survivor in alive:
                 try:
                     survivor.kill()
@@ -98,9 +98,20 @@ class ManagedProcess:
         return StackError(f"{what}\n  log: {self.log_file}\n  last lines:\n{indented}")
 
 
-def _signal_group(pid: int, sig: int) -> None:
+def start_ticks(pid: int) -> int:
+    """When the process started, in clock ticks since boot (/proc/<pid>/stat field 22).
+
+    Unlike a wall-clock start time this does not move when NTP steps the clock, so a recorded pid is
+    recognised exactly, and a reused pid is not mistaken for ours.
+    """
+    with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as handle:
+        fields_after_name = handle.read().rsplit(")", 1)[1].split()
+    return int(fields_after_name[19])  # field 22 overall; fields 1-2 (pid, name) are before ")"
+
+
+def signal_group(pid: int, sig: int) -> None:
     try:
-        os.killpg(pid, sig)  # the group is the session we created at start; its leader is our recorded pid
+        os.killpg(pid, sig)  # the group of the session we created at start; its leader is the pid we recorded
     except ProcessLookupError:
         pass
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ..processes import StackError
+from ..processes import StackError, signal_group
 from .settings import EVENT_PREFIX, BETTER_CHOICES, PROJECT_RULE, FLSettings, SettingsError, validate_project
 from .tracking import BETTER
 
@@ -111,13 +111,13 @@ class Supervisor:
     def stop_all(self, grace: float = 5.0) -> None:
         for child in self.children:
             if child.process.poll() is None:
-                _signal_group(child.process.pid, signal.SIGTERM)
+                signal_group(child.process.pid, signal.SIGTERM)
         deadline = time.monotonic() + grace
         for child in self.children:
             try:
                 child.process.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                _signal_group(child.process.pid, signal.SIGKILL)
+                signal_group(child.process.pid, signal.SIGKILL)
                 child.process.wait(timeout=5)
 
     def failure(self, child: Child, what: str) -> FLRunError:
@@ -133,13 +133,6 @@ class Supervisor:
         headline = ", then ".join(f"{c.name} exited with code {c.process.returncode}" for c in self.failures)
         details = "\n".join(f"  {c.name} log: {c.log_file}\n  last lines:\n{c.tail(8)}" for c in self.failures)
         return FLRunError(f"{headline}\n{details}")
-
-
-def _signal_group(pid: int, sig: int) -> None:
-    try:
-        os.killpg(pid, sig)  # the session we created for this child; its leader is the child we started
-    except ProcessLookupError:
-        pass
 
 
 def run_project(settings: FLSettings, work_dir: Path, on_round: Callable[[dict[str, Any]], None] | None = None,
