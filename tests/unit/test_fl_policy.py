@@ -135,8 +135,19 @@ def test_learner_code_does_not_import_mlflow():
     (["--tenant", "acme", "--project", "../etc"], "--project: '../etc' is not a valid project name"),
     (["--tenant", "nobody", "--project", "demo"], "no tenant 'nobody'"),
     (["--tenant", "acme", "--project", "demo", "--rounds", "0"], "FLOPS_ROUNDS/--rounds: expected at least 1"),
+    (["--tenant", "acme", "--project", "demo", "--learners", "73"], "--learners: 73 learners would get too few"),
+    (["--tenant", "acme", "--project", "demo", "--timeout", "inf"], "FLOPS_TIMEOUT/--timeout: expected seconds"),
+    (["--tenant", "acme", "--project", "demo", "--timeout", "nan"], "FLOPS_TIMEOUT/--timeout: expected seconds"),
 ])
 def test_round_rejects_bad_input_before_starting_anything(args, message):
     done = run_cli("round", *args, config=ROOT / "configs" / "local.yaml")
     assert done.returncode == 2, done.stderr
     assert message in done.stderr
+
+
+def test_the_largest_allowed_learner_count_fits_the_synthetic_data():
+    from flops_mlops.fl.settings import MAX_LEARNERS
+
+    assert MAX_LEARNERS == int(data.SAMPLES * (1 - data.HELD_OUT_FRACTION)) // data.MIN_PER_LEARNER
+    shares = [data.learner_split(42, MAX_LEARNERS, i) for i in (0, MAX_LEARNERS - 1)]
+    assert all(len(s.y_train) + len(s.y_eval) >= data.MIN_PER_LEARNER for s in shares)

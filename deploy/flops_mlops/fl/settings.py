@@ -23,10 +23,16 @@ configured only through these; command-line flags override the environment.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+
+# The synthetic data set (fl/data.py) has room for this many learners of at least MIN_PER_LEARNER
+# training examples each (checked by a unit test); a longer run than a day is a mistake.
+MAX_LEARNERS = 72
+MAX_TIMEOUT = 86400.0
 
 PROJECT_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9]{0,31}$")
 PROJECT_RULE = "1-32 characters: a letter, then letters or digits"
@@ -94,8 +100,14 @@ class FLSettings:
             if getattr(self, name) < low:
                 raise SettingsError(f"FLOPS_{name.upper()}/--{name.replace('_', '-')}: expected at least {low}, "
                                     f"got {getattr(self, name)}")
-        if self.timeout <= 0 or self.learning_rate <= 0:
-            raise SettingsError("FLOPS_TIMEOUT and FLOPS_LEARNING_RATE must be positive")
+        if self.learners > MAX_LEARNERS:
+            raise SettingsError(f"FLOPS_LEARNERS/--learners: {self.learners} learners would get too few examples "
+                                f"each from the synthetic data set (at most {MAX_LEARNERS})")
+        if not (math.isfinite(self.timeout) and 0 < self.timeout <= MAX_TIMEOUT):
+            raise SettingsError(f"FLOPS_TIMEOUT/--timeout: expected seconds in (0, {MAX_TIMEOUT}], got {self.timeout}")
+        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise SettingsError(f"FLOPS_LEARNING_RATE/--learning-rate: expected a positive number, "
+                                f"got {self.learning_rate}")
         parse_address(self.aggregator_address)
         return self
 
