@@ -128,8 +128,7 @@ def init(config: StackConfig, force: bool = False) -> InitResult:
     keys = required_keys(config)
     backup = None
     if force and path.exists():
-        backup = path.with_name(f"{path.name}.bak-{time.strftime('%Y%m%d-%H%M%S')}")
-        _write_private(backup, path.read_text(encoding="utf-8"))
+        backup = _backup(path)
         existing = {k: v for k, v in existing.items() if k not in keys}
     added = [key for key in keys if not existing.get(key)]
     kept = [key for key in keys if key not in added]
@@ -141,6 +140,21 @@ def init(config: StackConfig, force: bool = False) -> InitResult:
     body = HEADER + "".join(f"{key}={value}\n" for key, value in values.items())
     _write_private(path, body)
     return InitResult(path, added, kept, backup)
+
+
+def _backup(path: Path) -> Path:
+    """Copy ``path`` to a new private file beside it; never overwrites an earlier backup."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for attempt in range(1000):
+        backup = path.with_name(f"{path.name}.bak-{stamp}" + (f"-{attempt}" if attempt else ""))
+        try:
+            fd = os.open(backup, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            continue
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(path.read_text(encoding="utf-8"))
+        return backup
+    raise ConfigError(f"{path}: too many backups named {path.name}.bak-{stamp}*")
 
 
 def _write_private(path: Path, text: str) -> None:

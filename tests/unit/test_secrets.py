@@ -52,6 +52,9 @@ def test_force_regenerates_after_a_private_backup(tmp_path):
     assert all(after[k] != before[k] for k in before)
     assert result.backup and secrets.read_env(result.backup) == before
     assert stat.S_IMODE(result.backup.stat().st_mode) == 0o600
+    again = secrets.init(cfg, force=True)  # within the same second: a second backup, the first one kept
+    assert again.backup != result.backup and secrets.read_env(again.backup) == after
+    assert secrets.read_env(result.backup) == before
 
 
 def test_load_names_missing_file_missing_keys_and_open_mode(tmp_path):
