@@ -38,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
         "init", help="write random passwords for every key the configuration needs (mode 0600)",
         description="Write the secrets file named by secrets_file in the configuration. Existing values are "
                     "kept and only missing keys are added; --force regenerates every value after copying the "
-                    "old file to a timestamped backup.")
+                    "old file to a timestamped backup. Stores that already exist keep the passwords they were "
+                    "created with: after --force, start them with the backup, or recreate them.")
     init.add_argument("--force", action="store_true", help="regenerate every password (old file is backed up)")
     init.set_defaults(handler=cmd_secrets_init)
 
