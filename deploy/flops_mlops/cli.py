@@ -157,6 +157,10 @@ def cmd_config(args: argparse.Namespace) -> int:
             print(f"{key}\n    {text}" + (f"\n    default: {default}" if default else ""))
         return 0
     config = load_config(args)
+    if config.oakestra.tenants or config.oakestra.projects:
+        from .oakestra import sla  # the oakestra section's own checks (slots, address blocks, images)
+
+        sla.check(config)
     print(f"{config.source}: ok (stack {config.name}, {len(config.tenants)} tenant(s))")
     return 0
 

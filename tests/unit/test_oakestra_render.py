@@ -324,3 +324,12 @@ def test_cmd_of_our_images_is_their_entrypoint(tmp_path):
                 assert service["cmd"] == entrypoints[image], service["microservice_name"]
                 checked.add(image)
     assert checked == set(entrypoints)
+
+
+def test_config_check_runs_the_oakestra_checks_too(tmp_path):
+    def reuse_a_slot(data):
+        data["oakestra"]["tenants"][1]["slot"] = data["oakestra"]["tenants"][0]["slot"]
+
+    result = run_cli("config", "check", config=write_config(tmp_path, reuse_a_slot))
+    assert result.returncode == 2
+    assert "oakestra.tenants" in result.stderr
