@@ -169,6 +169,9 @@ def address(of_host) -> str:
     value = of_host.data.get("flops_address") or of_host.data.get("ssh_hostname") or of_host.name
     if value.startswith("@"):  # @local and other connectors without a network name
         return "127.0.0.1"
+    if not isinstance(value, str) or not config_module.HOST_PATTERN.fullmatch(value):
+        raise HostDataError(f"host {of_host.name}: flops_address: {value!r} is not a host name or IP address "
+                            "(it goes into the store URIs of the tracking servers)")
     return value
 
 
