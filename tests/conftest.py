@@ -35,9 +35,10 @@ def missing_service(reason: str) -> None:
 
 
 def need_binary(*names: str) -> str:
-    path = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/local/sbin"])
+    from flops_mlops.processes import SERVICE_PATH
+
     for name in names:
-        found = shutil.which(name, path=path)
+        found = shutil.which(name, path=SERVICE_PATH)
         if found:
             return found
     missing_service(f"none of {', '.join(names)} is installed")
@@ -106,8 +107,22 @@ class TestStack:
         return Secrets.load(self.load())
 
 
+def need_native_services() -> None:
+    """MariaDB or MySQL, vsftpd with pam_pwdfile, and root (vsftpd chroots each tenant)."""
+    from flops_mlops.stores.vsftpd import PAM_MODULE_DIRS
+
+    if os.geteuid() != 0:
+        missing_service("the native stack runs vsftpd, which must be started as root")
+    need_binary("mariadbd", "mysqld")
+    need_binary("vsftpd")
+    if not any((d / "pam_pwdfile.so").exists() for d in PAM_MODULE_DIRS):
+        missing_service("PAM module pam_pwdfile (libpam-pwdfile) is not installed")
+
+
 def stack_data(kind: str, tmp_path: Path, tenants: list[str]) -> dict:
     """A configuration like configs/<kind>.yaml, with free ports and paths under ``tmp_path``."""
+    if kind == "native":
+        need_native_services()
     low, high = free_port_range(4)
     # vsftpd serves folders as an unprivileged account and pytest's tmp dirs are closed to it: keep the
     # state in a folder of its own that others may enter (not list); `down --purge` removes it.
@@ -124,13 +139,6 @@ def stack_data(kind: str, tmp_path: Path, tenants: list[str]) -> dict:
         "tenants": [{"id": tenant, "port": free_port()} for tenant in tenants],
     }
     if kind == "native":
-        if os.geteuid() != 0:
-            missing_service("the native stack runs vsftpd, which must be started as root")
-        need_binary("mariadbd", "mysqld")
-        need_binary("vsftpd")
-        if not any(Path(d, "pam_pwdfile.so").exists() for d in (
-                "/lib/x86_64-linux-gnu/security", "/lib/aarch64-linux-gnu/security", "/lib/security")):
-            missing_service("PAM module pam_pwdfile (libpam-pwdfile) is not installed")
         data["backend_store"] = {"kind": "mysql", "managed": True, "host": "127.0.0.1", "port": free_port()}
         data["artifact_store"]["kind"] = "vsftpd"
     return data

@@ -17,13 +17,12 @@ import uuid
 from pathlib import Path
 
 import psutil
-import pytest
 import yaml
-from conftest import free_port, free_port_range, missing_service, need_binary, run_cli
+import conftest
+from conftest import free_port, free_port_range, need_binary, run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 PYINFRA_DIR = ROOT / "deploy" / "pyinfra"
-PAM_MODULE_DIRS = ("/lib/x86_64-linux-gnu/security", "/lib/aarch64-linux-gnu/security", "/lib/security")
 
 
 @contextlib.contextmanager
@@ -39,13 +38,10 @@ def sandbox_root():
 
 
 def need_native_services() -> None:
-    if os.geteuid() != 0:
-        pytest.skip("the native pyinfra deploy provisions vsftpd and MariaDB as root")
-    for names in (("mariadbd", "mysqld"), ("mariadb-install-db",), ("mysql",), ("vsftpd",),
-                  ("start-stop-daemon",), ("openssl",), ("ss",)):
+    """What the native stack needs, plus the tools the deploys call on the host."""
+    conftest.need_native_services()
+    for names in (("mariadb-install-db",), ("mysql",), ("start-stop-daemon",), ("openssl",), ("ss",)):
         need_binary(*names)
-    if not any(Path(d, "pam_pwdfile.so").exists() for d in PAM_MODULE_DIRS):
-        missing_service("PAM module pam_pwdfile (libpam-pwdfile) is not installed")
 
 
 def write_stack(folder: Path, tenants: list[str]) -> Path:

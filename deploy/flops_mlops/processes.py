@@ -21,6 +21,10 @@ from pathlib import Path
 import psutil
 
 
+# Where service binaries live on Debian: PATH plus the sbin folders, which a plain user's PATH lacks.
+SERVICE_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/local/sbin"])
+
+
 class StackError(Exception):
     """Something in the running stack failed; the message says what and where its log is."""
 

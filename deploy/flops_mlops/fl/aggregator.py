@@ -65,9 +65,6 @@ class Rounds:
         self.train_examples: dict[int, int] = {}
         self.params: dict[int, list[np.ndarray]] = {}
 
-    def strategy_params(self) -> dict[str, Any]:
-        return strategy_params(self.settings)
-
     def fit_config(self, server_round: int) -> dict[str, Any]:
         return {"server_round": server_round, "local_epochs": self.settings.local_epochs,
                 "learning_rate": self.settings.learning_rate}

@@ -17,11 +17,10 @@ from urllib.parse import quote
 import pymysql
 
 from ..config import ConfigError, StackConfig, Tenant
-from ..processes import ManagedProcess, StackError, wait_until
+from ..processes import ManagedProcess, SERVICE_PATH, StackError, wait_until
 from ..secrets import Secrets
 
 SERVER_NAMES = ("mariadbd", "mysqld")
-SEARCH_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/local/sbin"])
 
 
 def collation_for(version: str) -> str:
@@ -83,7 +82,7 @@ def _provision(admin: AdminConnection, config: StackConfig, secrets: Secrets) ->
 
 def find_server_binary() -> str | None:
     for name in SERVER_NAMES:
-        found = shutil.which(name, path=SEARCH_PATH)
+        found = shutil.which(name, path=SERVICE_PATH)
         if found:
             return found
     return None
@@ -183,8 +182,8 @@ class ManagedMySQL:
             info = pwd.getpwnam(user)
             for path in (self.home, self.datadir):
                 os.chown(path, info.pw_uid, info.pw_gid)
-        install_db = shutil.which("mariadb-install-db", path=SEARCH_PATH) or shutil.which(
-            "mysql_install_db", path=SEARCH_PATH)
+        install_db = shutil.which("mariadb-install-db", path=SERVICE_PATH) or shutil.which(
+            "mysql_install_db", path=SERVICE_PATH)
         if "mariadb" in Path(binary).name or install_db:
             argv = [install_db or "mariadb-install-db", "--no-defaults", f"--datadir={self.datadir}",
                     "--auth-root-authentication-method=normal", "--skip-test-db", "--skip-name-resolve"]
@@ -215,4 +214,4 @@ def can_traverse(path: Path, account: pwd.struct_passwd) -> bool:
 
 
 def _plain_env() -> dict[str, str]:
-    return {"PATH": SEARCH_PATH, "LANG": "C.UTF-8", "HOME": os.environ.get("HOME", "/root")}
+    return {"PATH": SERVICE_PATH, "LANG": "C.UTF-8", "HOME": os.environ.get("HOME", "/root")}

@@ -16,7 +16,7 @@ from pathlib import Path
 import jinja2
 
 from ..config import ConfigError, StackConfig
-from ..processes import ManagedProcess, port_answers, wait_until
+from ..processes import ManagedProcess, SERVICE_PATH, port_answers, wait_until
 from ..secrets import Secrets
 from .mysql import can_traverse
 
@@ -24,7 +24,6 @@ PAM_DIR = Path("/etc/pam.d")
 PAM_MODULE_DIRS = [Path("/lib/x86_64-linux-gnu/security"), Path("/lib/aarch64-linux-gnu/security"),
                    Path("/usr/lib/x86_64-linux-gnu/security"), Path("/usr/lib/aarch64-linux-gnu/security"),
                    Path("/lib/security"), Path("/usr/lib/security")]
-SEARCH_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/local/sbin"])
 TEMPLATES = jinja2.Environment(
     loader=jinja2.PackageLoader("flops_mlops", "templates"), undefined=jinja2.StrictUndefined,
     keep_trailing_newline=True, autoescape=False)
@@ -47,7 +46,7 @@ class ManagedVsftpd:
         self.pam_service = pam_service_name(config)
 
     def check_binaries(self) -> str:
-        binary = shutil.which("vsftpd", path=SEARCH_PATH)
+        binary = shutil.which("vsftpd", path=SERVICE_PATH)
         where = f"{self.config.source}: artifact_store"
         if binary is None:
             raise ConfigError(f"{where}: kind vsftpd needs the vsftpd binary, and it is not installed; "
@@ -71,7 +70,7 @@ class ManagedVsftpd:
     def start(self) -> None:
         binary = self.check_binaries()
         self._write_files()
-        self.process.start([binary, str(self.home / "vsftpd.conf")], env={"PATH": SEARCH_PATH})
+        self.process.start([binary, str(self.home / "vsftpd.conf")], env={"PATH": SERVICE_PATH})
         store = self.config.artifact_store
         wait_until(lambda: port_answers(store.host, store.port), self.process,
                    "artifact store (vsftpd) did not come up", 30)
