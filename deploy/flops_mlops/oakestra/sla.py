@@ -30,13 +30,13 @@ import jsonschema
 
 from .. import secrets as secrets_module
 from ..config import ConfigError, OakestraTarget, StackConfig
+from ..fl.settings import PROJECT_PATTERN, PROJECT_RULE
 
 TEMPLATES_DIR = Path(__file__).resolve().parents[3] / "sla_templates"
 SCHEMA_FILE = Path(__file__).with_name("sla-v2.0.schema.json")
 SERVICE_NETWORK = ipaddress.IPv4Network("10.30.0.0/16")
 PLACEHOLDER = re.compile(r"\$\{([A-Z][A-Z0-9_]*)\}")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9]+$")
-PROJECT_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9]*$")
 RESERVED_APPS = ("tracking", "stores")
 IMAGE_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:-]*(:[A-Za-z0-9_][A-Za-z0-9._-]{0,127}|@sha256:[0-9a-f]{64})$")
 REGISTRY_PATTERN = re.compile(r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:[0-9]{1,5})?(/[a-z0-9][a-z0-9._-]*)*$")
@@ -161,8 +161,8 @@ def check(config: StackConfig) -> None:
     for i, project in enumerate(o.projects):
         where = f"projects[{i}]"
         if not PROJECT_PATTERN.fullmatch(project.name) or project.name in RESERVED_APPS:
-            raise _fail(config, f"{where}.name", f"{project.name!r} must start with a letter, hold only letters "
-                                                 f"and digits, and not be {' or '.join(RESERVED_APPS)}")
+            raise _fail(config, f"{where}.name", f"{project.name!r} must be a project name ({PROJECT_RULE}, as "
+                                                 f"for `round`) other than {' or '.join(RESERVED_APPS)}")
         if project.name in names:
             raise _fail(config, f"{where}.name", f"project {project.name!r} is listed twice")
         names.add(project.name)
