@@ -171,10 +171,7 @@ def redacted(text: str, args: argparse.Namespace) -> str:
         values = secrets_module.read_env(load_config(args).secrets_file).values()
     except (ConfigError, OSError):
         return text
-    for value in sorted(values, key=len, reverse=True):
-        if len(value) >= 8:
-            text = text.replace(value, "***")
-    return text
+    return secrets_module.redact(text, [value for value in values if len(value) >= 8])
 
 
 def _terminate(signum: int, frame: object) -> None:

@@ -10,8 +10,10 @@ import os
 import secrets as random_source
 import stat
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 from .config import ConfigError, StackConfig, validate_tenant_id
 
@@ -50,6 +52,13 @@ def refuse_placeholders(values: dict[str, str], where: str) -> None:
         if value.startswith(PLACEHOLDER_PREFIX):
             raise ConfigError(f"{where}: {key} still holds the .env.example placeholder; generate real passwords "
                               "with `flops-mlops secrets init`")
+
+
+def redact(text: str, values: Iterable[str]) -> str:
+    """``text`` with every secret value (also in its URL-quoted form) replaced by ***, longest first."""
+    for value in sorted({v for v in values if v}, key=len, reverse=True):
+        text = text.replace(value, "***").replace(quote(value, safe=""), "***")
+    return text
 
 
 def new_password() -> str:

@@ -11,13 +11,13 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import requests
 
 from .config import StackConfig, Tenant
 from .processes import ManagedProcess, StackError, wait_until
-from .secrets import Secrets
+from .secrets import Secrets, redact
 from .stores import mysql
 
 
@@ -122,10 +122,7 @@ def _upgrade_from_env() -> int:
     try:
         upgrade.main(args=[uri], standalone_mode=False)
     except Exception as exc:  # report without the password the URI holds
-        message = str(exc)
-        password = urlsplit(uri).password
-        if password:
-            message = message.replace(password, "***").replace(quote(password, safe=""), "***")
+        message = redact(str(exc), [unquote(urlsplit(uri).password or "")])
         print(f"schema upgrade failed: {type(exc).__name__}: {message}", file=sys.stderr)
         return 1
     print("schema is up to date")

@@ -82,3 +82,8 @@ def test_the_env_example_placeholders_are_refused(tmp_path):
     cfg.secrets_file.chmod(0o600)
     with pytest.raises(ConfigError, match="FLOPS_TENANT_ACME_FTP_PASSWORD still holds the .env.example placeholder"):
         secrets.Secrets.load(cfg)
+
+
+def test_redact_hides_plain_and_url_quoted_values():
+    text = "ftp://flops_acme:a%2Fb-c@127.0.0.1/artifacts failed; password a/b-c"
+    assert secrets.redact(text, ["a/b-c", ""]) == "ftp://flops_acme:***@127.0.0.1/artifacts failed; password ***"

@@ -21,6 +21,7 @@ import requests
 
 from ..config import ConfigError
 from ..processes import StackError
+from ..secrets import redact as redact_secrets
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9]{1,64}$")
 USER_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$")
@@ -89,7 +90,7 @@ class Client:
         self.username = username
         self._password = password
         self.timeout = timeout
-        self._redact = sorted({value for value in (redact or []) if value} | {password}, key=len, reverse=True)
+        self._redact = [*(redact or []), password]
         self._session = requests.Session()
         self._token: str | None = None
         self._refresh_token: str | None = None
@@ -97,8 +98,7 @@ class Client:
     # --- transport ---
 
     def _clean(self, text: str) -> str:
-        for value in self._redact:
-            text = text.replace(value, "***")
+        text = redact_secrets(text, self._redact)
         return text if len(text) <= BODY_LIMIT else text[:BODY_LIMIT] + f"... ({len(text)} characters)"
 
     def _send(self, method: str, path: str, body: Any = None, token: str | None = None) -> requests.Response:
