@@ -73,8 +73,12 @@ def upgrade_schema(process: ManagedProcess, env: dict[str, str]) -> None:
     with open(process.log_file, "ab") as log:
         log.write(b"\n--- mlflow db upgrade\n")
         log.flush()
-        result = subprocess.run([sys.executable, "-m", "flops_mlops.tracking_server", "upgrade-schema"],
-                                env=env, stdout=log, stderr=subprocess.STDOUT, timeout=600)
+        try:
+            result = subprocess.run([sys.executable, "-m", "flops_mlops.tracking_server", "upgrade-schema"],
+                                    env=env, stdout=log, stderr=subprocess.STDOUT, timeout=600)
+        except subprocess.TimeoutExpired:
+            raise process.failure(f"{process.name}: schema upgrade (mlflow db upgrade) did not finish in 600 s; "
+                                  "is the backend store reachable?") from None
     if result.returncode != 0:
         raise process.failure(f"{process.name}: schema upgrade (mlflow db upgrade) failed")
 

@@ -51,6 +51,9 @@ class ManagedVsftpd:
         if binary is None:
             raise ConfigError(f"{where}: kind vsftpd needs the vsftpd binary, and it is not installed; "
                               "on Debian: apt-get install vsftpd")
+        if shutil.which("openssl", path=SERVICE_PATH) is None:
+            raise ConfigError(f"{where}: kind vsftpd needs openssl to hash the FTP passwords; "
+                              "on Debian: apt-get install openssl")
         if not any((d / "pam_pwdfile.so").exists() for d in PAM_MODULE_DIRS):
             raise ConfigError(f"{where}: kind vsftpd needs the PAM module pam_pwdfile for FTP-only users; "
                               "on Debian: apt-get install libpam-pwdfile")
