@@ -109,3 +109,26 @@ def test_tracking_server_that_exits_stops_the_foreground_stack_with_an_error(mak
     _, stderr = proc.communicate()
     assert "tracking-acme exited" in stderr and "tracking-acme.log" in stderr
     assert running_pids(stack) == []
+
+
+def test_foreground_up_on_a_running_stack_leaves_it_alone(make_stack):
+    stack = make_stack("local")
+    stack.up()
+    pids = running_pids(stack)
+    again = stack.cli("up", timeout=120)  # foreground: returns at once instead of supervising
+    assert again.returncode == 0
+    assert "already running" in again.stderr
+    assert running_pids(stack) == pids
+
+
+def test_sigterm_during_up_stops_what_was_started(make_stack):
+    stack = make_stack("local")
+    proc = subprocess.Popen([*CLI, "--config", str(stack.config_path), "up", "--detach"], cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not running_pids(stack) and time.monotonic() < deadline:  # something has started
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=120)
+    assert proc.returncode != 0
+    assert running_pids(stack) == []
