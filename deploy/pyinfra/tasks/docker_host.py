@@ -55,7 +55,10 @@ def env_data(s: settings.HostSettings) -> dict:
                           f"docker mode needs exactly that tenant (as in configs/compose.yaml)")
     store, tracking = config.artifact_store, config.tracking
     knobs = {
-        "FLOPS_BIND_ADDRESS": tracking.host,
+        # The stores are reached inside the compose network: publish them on loopback only, whatever
+        # address the UI gets.
+        "FLOPS_BIND_ADDRESS": "127.0.0.1",
+        "FLOPS_TRACKING_BIND_ADDRESS": tracking.host,
         "FLOPS_TRACKING_PORT": config.tracking_port(config.tenants[0]),
         "FLOPS_PUBLIC_HOST": tracking.public_host,
         "FLOPS_ALLOWED_HOSTS": ",".join(tracking.allowed_hosts),
