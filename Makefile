@@ -9,11 +9,13 @@ DEMO_PROJECT ?= demo
 
 .PHONY: venv test demo down status clean
 
+LOCK   := deploy/images/constraints.txt
+
 venv: $(VENV)/.installed
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[fl,provision,test]'
+	$(BIN)/pip install --quiet pip==26.3
+	$(BIN)/pip install --quiet --constraint $(LOCK) -e '.[fl,provision,test]'
 	touch $@
 
 ## make test: the whole test suite (tests needing a missing service skip, or fail with FLOPS_REQUIRE_SERVICES=1)

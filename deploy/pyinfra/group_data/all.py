@@ -25,16 +25,26 @@ flops_install_packages = True
 # Account the tracking servers run as (created if missing; files stay owned by root otherwise).
 flops_service_user = "flops-mlops"
 
-# Python venv of the tracking servers (versions as in pyproject.toml, tested together). With flops_manage_venv the deploy creates it and installs
+# Python venv of the tracking servers. With flops_manage_venv the deploy creates it and installs
 # flops_tracking_packages; set it to False to use an existing venv that already has MLflow.
 flops_venv = "/opt/flops-mlops/venv"
 flops_manage_venv = True
-flops_tracking_packages = [
-    "mlflow==3.17.2",
-    "pymysql==1.2.4",
-    "cryptography==50.0.2",
-    "psutil==7.2.2",
-]
+
+
+def __pinned(*names: str) -> list[str]:
+    """name==version from the project's lock (deploy/images/constraints.txt), the versions tested together."""
+    from pathlib import Path
+
+    lock = Path(__file__).resolve().parents[2] / "images" / "constraints.txt"
+    versions = {}
+    for line in lock.read_text(encoding="utf-8").splitlines():
+        if "==" in line and not line.startswith("#"):
+            name, version = line.split("==", 1)
+            versions[name.lower()] = f"{name}=={version}"
+    return [versions[name.lower()] for name in names]
+
+
+flops_tracking_packages = __pinned("mlflow", "PyMySQL", "cryptography", "psutil")
 
 # docker mode: Docker's apt repository suite and packages, and what is copied to the host (paths relative to
 # the repository: compose.yaml, what its images build from and what it mounts; wheels are left out, so the
