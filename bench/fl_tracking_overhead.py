@@ -110,10 +110,14 @@ def main() -> int:
     print(f"median time in rounds: {report['median_rounds_s']['off']:.2f} s without, "
           f"{report['median_rounds_s']['on']:.2f} s with tracking")
     print(f"last round logged -> model registered with alias: {report['median_last_round_to_registered_s']:.2f} s")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    print(f"wrote {args.out}")
+    write_report(report, Path(args.out))
     return 0
+
+
+def write_report(report: dict, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ import psutil
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fl_tracking_overhead import CLI, ROOT, free_port, machine  # noqa: E402
+from fl_tracking_overhead import CLI, ROOT, free_port, machine, write_report  # noqa: E402
 
 PROFILES = {"tuned": {"workers": 1, "job_execution": False}, "defaults": {"workers": 4, "job_execution": True}}
 
@@ -103,9 +103,7 @@ def main() -> int:
     report = {"benchmark": "stack_footprint", "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
               "machine": machine(), "profiles": PROFILES, "repeats": args.repeats, "summary": summary,
               "runs": results}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    print(f"wrote {args.out}")
+    write_report(report, Path(args.out))
     return 0
 
 
