@@ -30,12 +30,14 @@ QUIET = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": 
          "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
 ROUND_METRICS = {"loss", "accuracy", "train_examples", "eval_examples", "round_time_s"}
 
-# Loaded into learner processes only (PYTHONPATH): records every Python-level socket connection and every
-# mlflow import. MLflow's client talks HTTP through Python sockets, so a learner request would show here.
+# Loaded into learner processes only (PYTHONPATH, which learners inherit): records every Python-level socket
+# connection and every mlflow import into the audit/ folder beside it. MLflow's client talks HTTP through
+# Python sockets, so a learner request would show here.
 AUDIT_HOOK = '''
 import json, os, sys
-if os.environ.get("FLOPS_LEARNER_INDEX") and os.environ.get("FLOPS_TEST_AUDIT_DIR"):
-    _log = open(os.path.join(os.environ["FLOPS_TEST_AUDIT_DIR"], f"learner-{os.getpid()}.jsonl"), "a")
+_audit_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "audit")
+if os.environ.get("FLOPS_LEARNER_INDEX") and os.path.isdir(_audit_dir):
+    _log = open(os.path.join(_audit_dir, f"learner-{os.getpid()}.jsonl"), "a")
     def _audit(event, args):
         if event == "socket.connect":
             address = args[1]
@@ -100,9 +102,10 @@ def corrupted_run(local, tmp_path_factory):
     """3 rounds, 2 learners; round 3's aggregate is corrupted (so round 2 is the best); learners audited."""
     hooks = tmp_path_factory.mktemp("audit-hook")
     (hooks / "sitecustomize.py").write_text(AUDIT_HOOK, encoding="utf-8")
-    audit = tmp_path_factory.mktemp("audit")
+    audit = hooks / "audit"
+    audit.mkdir()
     done = round_cli(local, "--project", "Fraud", "--rounds", "3", "--learners", "2", "--json", env={
-        "FLOPS_FAULT_CORRUPT_ROUND": "3", "PYTHONPATH": str(hooks), "FLOPS_TEST_AUDIT_DIR": str(audit),
+        "FLOPS_FAULT_CORRUPT_ROUND": "3", "PYTHONPATH": str(hooks),
         # Would lead a learner straight to the tracking server, if the runner passed it on:
         "MLFLOW_TRACKING_URI": tracking_uri(local)})
     assert done.returncode == 0, done.stderr
