@@ -4,6 +4,7 @@ model on disk, sampling interval, project names, FLOPS_* settings, the non-IID s
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -151,3 +152,17 @@ def test_the_largest_allowed_learner_count_fits_the_synthetic_data():
     assert MAX_LEARNERS == int(data.SAMPLES * (1 - data.HELD_OUT_FRACTION)) // data.MIN_PER_LEARNER
     shares = [data.learner_split(42, MAX_LEARNERS, i) for i in (0, MAX_LEARNERS - 1)]
     assert all(len(s.y_train) + len(s.y_eval) >= data.MIN_PER_LEARNER for s in shares)
+
+
+def test_a_learner_started_on_its_own_turns_flower_telemetry_off(tmp_path):
+    """Containers and Oakestra start learners directly, without the runner's environment."""
+    (tmp_path / "sitecustomize.py").write_text(
+        "import atexit, os\n"
+        "atexit.register(lambda: print('telemetry', os.environ.get('FLWR_TELEMETRY_ENABLED'),"
+        " os.environ.get('FLWR_DISABLE_UPDATE_CHECK')))\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FLWR_", "DO_NOT_TRACK"))}
+    env.update(PYTHONPATH=str(tmp_path), FLOPS_LEARNER_INDEX="0", FLOPS_TIMEOUT="1",
+               FLOPS_AGGREGATOR_ADDRESS="127.0.0.1:9")  # nobody listens: the learner gives up after 1 s
+    out = subprocess.run([sys.executable, "-m", "flops_mlops.fl.learner"], capture_output=True, text=True,
+                         cwd=ROOT, env=env, timeout=120)
+    assert "telemetry 0 1" in out.stdout, (out.stdout, out.stderr)

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from . import data, faults, model
-from .settings import EVENT_PREFIX, FLSettings, SettingsError, from_environment
+from .settings import EVENT_PREFIX, FLSettings, SettingsError, from_environment, no_telemetry_defaults
 from .tracking import BestModel, LocalOnly, RoundResult, RoundTracker, TrackingError
 
 
@@ -119,9 +119,8 @@ def make_tracker(settings: FLSettings) -> LocalOnly:
 
 def quiet_network_defaults() -> None:
     """No telemetry or update checks, and MLflow gives up within seconds instead of minutes."""
-    for key, value in (("FLWR_TELEMETRY_ENABLED", "0"), ("FLWR_DISABLE_UPDATE_CHECK", "1"),
-                       ("MLFLOW_DISABLE_TELEMETRY", "true"), ("DO_NOT_TRACK", "true"),
-                       ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2"), ("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")):
+    no_telemetry_defaults()
+    for key, value in (("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2"), ("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")):
         os.environ.setdefault(key, value)
 
 

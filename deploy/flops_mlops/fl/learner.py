@@ -16,7 +16,7 @@ import time
 import numpy as np
 
 from . import data, faults, model
-from .settings import FLSettings, SettingsError, from_environment, parse_address
+from .settings import FLSettings, SettingsError, from_environment, no_telemetry_defaults, parse_address
 
 
 class LocalLearner:
@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    no_telemetry_defaults()  # before Flower is imported
     from . import legacy
 
     deadline = time.monotonic() + settings.timeout

@@ -26,11 +26,11 @@ from pathlib import Path
 from typing import Any
 
 from ..processes import StackError, signal_group
-from .settings import EVENT_PREFIX, BETTER_CHOICES, PROJECT_RULE, FLSettings, SettingsError, validate_project
+from .settings import (EVENT_PREFIX, BETTER_CHOICES, NO_TELEMETRY, PROJECT_RULE, FLSettings, SettingsError,
+                       validate_project)
 from .tracking import BETTER
 
-QUIET_ENV = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1", "MLFLOW_DISABLE_TELEMETRY": "true",
-             "DO_NOT_TRACK": "true", "PYTHONUNBUFFERED": "1"}
+QUIET_ENV = {**NO_TELEMETRY, "PYTHONUNBUFFERED": "1"}
 
 
 class FLRunError(StackError):

@@ -34,6 +34,17 @@ from pathlib import Path
 MAX_LEARNERS = 72
 MAX_TIMEOUT = 86400.0
 
+# Flower and MLflow report telemetry and look for updates by default; FL processes never do (no internet at
+# the edge, and nothing about a project leaves it). Defaults only: an explicit setting wins.
+NO_TELEMETRY = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
+                "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
+
+
+def no_telemetry_defaults() -> None:
+    for key, value in NO_TELEMETRY.items():
+        os.environ.setdefault(key, value)
+
+
 PROJECT_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9]{0,31}$")
 PROJECT_RULE = "1-32 characters: a letter, then letters or digits"
 ADDRESS_PATTERN = re.compile(r"^(?P<host>[A-Za-z0-9.-]+):(?P<port>[0-9]{1,5})$")
