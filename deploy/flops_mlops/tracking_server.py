@@ -16,7 +16,7 @@ from urllib.parse import quote, unquote, urlsplit
 import requests
 
 from .config import StackConfig, Tenant
-from .processes import ManagedProcess, StackError, wait_until
+from .processes import ManagedProcess, wait_until
 from .secrets import Secrets, redact
 from .stores import mysql
 
