@@ -1,5 +1,7 @@
 # Thin targets; the work is done by the flops-mlops CLI and pytest. Each creates or reuses .venv.
-PYTHON ?= python3
+# Debian's interpreter where it exists: tracking servers started as root run as an unprivileged account
+# (tracking.os_user), which must be able to run it (an interpreter under /root, such as pyenv's, is closed to it).
+PYTHON ?= $(firstword $(wildcard /usr/bin/python3) python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 CONFIG ?= configs/local.yaml
@@ -7,7 +9,7 @@ FLOPS  := $(BIN)/flops-mlops --config $(CONFIG)
 DEMO_TENANT  ?= acme
 DEMO_PROJECT ?= demo
 
-.PHONY: venv test demo down status clean
+.PHONY: venv account test demo down status clean
 
 LOCK   := deploy/images/constraints.txt
 
@@ -18,12 +20,18 @@ $(VENV)/.installed: pyproject.toml $(LOCK)
 	$(BIN)/pip install --quiet --constraint $(LOCK) -e '.[fl,provision,test]'
 	touch $@
 
+## make account: as root, the unprivileged account the tracking servers run as (tracking.os_user in configs/)
+account:
+	@if [ "$$(id -u)" = 0 ] && ! id -u flops-mlops >/dev/null 2>&1; then \
+	    echo "creating the system account flops-mlops (tracking servers never run as root)"; \
+	    useradd --system --no-create-home --shell /usr/sbin/nologin flops-mlops; fi
+
 ## make test: the whole test suite (tests needing a missing service skip, or fail with FLOPS_REQUIRE_SERVICES=1)
-test: venv
+test: venv account
 	$(BIN)/pytest
 
 ## make demo: bring the embedded stack up (detached), run a 3-round FL project with 2 learners, print the summary
-demo: venv
+demo: venv account
 	$(FLOPS) secrets init
 	$(FLOPS) up --detach
 	$(FLOPS) round --tenant $(DEMO_TENANT) --project $(DEMO_PROJECT) --rounds 3 --learners 2

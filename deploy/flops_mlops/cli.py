@@ -69,6 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_oakestra_parsers(commands)
 
+    from .users import add_user_parser  # who may log in to a tenant's tracking server
+
+    add_user_parser(commands).set_defaults(handler=cmd_user)
+
     from .provision import add_provision_parser  # pyinfra deploys for hosts (deploy/pyinfra)
 
     add_provision_parser(commands).set_defaults(handler=cmd_provision)
@@ -108,7 +112,8 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 def print_endpoints(config: config_module.StackConfig) -> None:
     for tenant in config.tenants:
-        print(f"tenant {tenant.id}: MLflow UI and tracking URI {config.tracking_uri(tenant)}")
+        print(f"tenant {tenant.id}: MLflow UI and tracking URI {config.tracking_uri(tenant)} (log in as admin, "
+              f"password {secrets_module.admin_password_key(tenant.id)} in {config.secrets_file})")
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -143,6 +148,12 @@ def cmd_round(args: argparse.Namespace) -> int:
     from .fl.runner import round_command
 
     return round_command(load_config(args), args)
+
+
+def cmd_user(args: argparse.Namespace) -> int:
+    from .users import user_command
+
+    return user_command(load_config(args), args)
 
 
 def cmd_provision(args: argparse.Namespace) -> int:

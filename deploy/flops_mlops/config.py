@@ -26,6 +26,7 @@ import yaml
 TENANT_ID_PATTERN = re.compile(r"^[a-z][a-z0-9]{0,15}$")
 TENANT_ID_RULE = "1-16 characters: a lowercase letter, then lowercase letters or digits"
 STACK_NAME_PATTERN = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
+ACCOUNT_PATTERN = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 HOST_PATTERN = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
 
 
@@ -90,6 +91,9 @@ class Tracking:
     job_execution: bool = doc("run MLflow's job runner (7 consumer processes); off on small machines", False)
     allowed_hosts: list[str] = doc("extra Host header values the servers accept (--allowed-hosts)", [])
     startup_timeout: int = doc("seconds to wait for a server's /health before giving up", 180)
+    os_user: str | None = doc(
+        "local account the tracking servers run as when flops-mlops is started as root (required then: they "
+        "never run as root); ignored otherwise, when they run as the invoking user", None)
 
 
 @dataclass(frozen=True)
@@ -376,10 +380,13 @@ def _check(config: StackConfig, file: str) -> None:
     _check_port(b.port, file, "backend_store.port")
     _check_port(a.port, file, "artifact_store.port")
     _check_port(t.base_port, file, "tracking.base_port")
-    if not re.fullmatch(r"^[a-z_][a-z0-9_-]{0,31}$", b.admin_user):
+    if not ACCOUNT_PATTERN.fullmatch(b.admin_user):
         raise ConfigError(f"{file}: backend_store.admin_user: {b.admin_user!r} is not a valid account name")
-    if not re.fullmatch(r"^[a-z_][a-z0-9_-]{0,31}$", a.os_user):
+    if not ACCOUNT_PATTERN.fullmatch(a.os_user):
         raise ConfigError(f"{file}: artifact_store.os_user: {a.os_user!r} is not a valid account name")
+    if t.os_user is not None and (not ACCOUNT_PATTERN.fullmatch(t.os_user) or t.os_user == "root"):
+        raise ConfigError(f"{file}: tracking.os_user: {t.os_user!r} is not an unprivileged account name "
+                          "(tracking servers never run as root)")
     if len(a.passive_ports) != 2 or a.passive_ports[0] > a.passive_ports[1]:
         raise ConfigError(f"{file}: artifact_store.passive_ports: expected [min, max] with min <= max, "
                           f"got {a.passive_ports}")

@@ -12,6 +12,11 @@ Environment (defaults in brackets):
   FLOPS_DB_PASSWORD                  the tenant's database password (required)
   FLOPS_FTP_HOST / FLOPS_FTP_PORT    artifact store [artifact-store / 21]
   FLOPS_FTP_PASSWORD                 the tenant's FTP password (required)
+  FLOPS_ADMIN_PASSWORD               password of the server's admin user (MLflow basic auth; required)
+  FLOPS_SECRET_KEY                   the server's Flask secret key (required)
+  FLOPS_AUTH_DB [/srv/mlflow/auth/auth.db]  SQLite auth database (users, grants); keep it on a volume
+  FLOPS_FL_USERS []                  FL project users to ensure, "project:password,...": user fl-<project>
+                                     gets EDIT on that project's experiment and registered model only
   FLOPS_PORT [5000]                  port the server listens on inside the container
   FLOPS_PUBLIC_HOST [127.0.0.1]      host name users put in the UI URL
   FLOPS_PUBLIC_PORT [5000]           port published on the host (accepted in the Host header)
@@ -23,16 +28,22 @@ Arguments after `tracking-server` are appended to `mlflow server`.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 from .config import (HOST_PATTERN, ArtifactStore, BackendStore, ConfigError, StackConfig, Tenant, Tracking,
                      validate_tenant_id)
-from .secrets import Secrets, db_password_key, ftp_password_key, refuse_placeholders
+from .fl.settings import PROJECT_PATTERN
+from .secrets import (Secrets, admin_password_key, db_password_key, ftp_password_key, refuse_placeholders,
+                      secret_key_key)
 from .tracking_server import mask, server_argv, server_env
 
 SERVICE_NAME = "tracking-server"
+AUTH_DB = "/srv/mlflow/auth/auth.db"
+PASSWORDS = ("FLOPS_DB_PASSWORD", "FLOPS_FTP_PASSWORD", "FLOPS_ADMIN_PASSWORD", "FLOPS_SECRET_KEY")
+FL_USER = re.compile(r"^(?P<project>[^:,]+):(?P<password>[A-Za-z0-9_-]{12,})$")
 
 
 def _setting(env: dict[str, str], key: str, default: str | None = None) -> str:
@@ -70,7 +81,7 @@ def stack_from_env(env: dict[str, str]) -> tuple[StackConfig, Tenant, Secrets]:
     if not workers.isdigit() or int(workers) < 1:
         raise ConfigError(f"environment: FLOPS_WORKERS: expected a positive integer, got {workers!r}")
     allowed = [f"localhost:{public_port}", f"127.0.0.1:{public_port}", f"{public_host}:{public_port}",
-               SERVICE_NAME, f"{SERVICE_NAME}:{port}", *extra]
+               f"127.0.0.1:{port}", SERVICE_NAME, f"{SERVICE_NAME}:{port}", *extra]
     config = StackConfig(
         name="compose", state_dir=Path("/nonexistent"), secrets_file=Path("<environment>"), tenants=[tenant],
         backend_store=BackendStore(kind="mysql", managed=False, host=_host(env, "FLOPS_DB_HOST", "backend-store"),
@@ -81,21 +92,45 @@ def stack_from_env(env: dict[str, str]) -> tuple[StackConfig, Tenant, Secrets]:
         tracking=Tracking(host="0.0.0.0", base_port=port, public_host=public_host, workers=int(workers),
                           job_execution=False, allowed_hosts=allowed),
         source=Path("<environment>"))
-    refuse_placeholders({key: _setting(env, key) for key in ("FLOPS_DB_PASSWORD", "FLOPS_FTP_PASSWORD")}, "environment")
+    refuse_placeholders({key: _setting(env, key) for key in PASSWORDS}, "environment")
     secrets = Secrets(Path("<environment>"), {
         db_password_key(tenant.id): _setting(env, "FLOPS_DB_PASSWORD"),
         ftp_password_key(tenant.id): _setting(env, "FLOPS_FTP_PASSWORD"),
+        admin_password_key(tenant.id): _setting(env, "FLOPS_ADMIN_PASSWORD"),
+        secret_key_key(tenant.id): _setting(env, "FLOPS_SECRET_KEY"),
     })
     return config, tenant, secrets
+
+
+def fl_users(env: dict[str, str]) -> str:
+    """FLOPS_FL_USERS checked: "project:password" items, comma-separated (project names as FL projects)."""
+    value = env.get("FLOPS_FL_USERS", "").strip()
+    for item in filter(None, value.split(",")):
+        match = FL_USER.fullmatch(item)
+        if not match or not PROJECT_PATTERN.fullmatch(match["project"]):
+            shown = item.split(":", 1)[0]
+            raise ConfigError(f"environment: FLOPS_FL_USERS: item for {shown!r} is not project:password (a project "
+                              "name of letters and digits, a URL-safe password of at least 12 characters)")
+    return value
+
+
+def auth_db(env: dict[str, str]) -> Path:
+    path = Path(_setting(env, "FLOPS_AUTH_DB", AUTH_DB))
+    if not path.is_absolute():
+        raise ConfigError(f"environment: FLOPS_AUTH_DB: expected an absolute path, got {str(path)!r}")
+    return path
 
 
 def run_tracking_server(extra_args: list[str]) -> int:
     try:
         config, tenant, secrets = stack_from_env(dict(os.environ))
+        users, database = fl_users(dict(os.environ)), auth_db(dict(os.environ))
     except ConfigError as exc:
         print(f"tracking-server: {exc}", file=sys.stderr)
         return 2
-    env = server_env(config, tenant, secrets)  # drops FLOPS_* (the passwords) from what MLflow sees
+    env = server_env(config, tenant, secrets, database)  # drops FLOPS_* (the passwords) from what MLflow sees
+    if users:
+        env.update({"FLOPS_FL_USERS": users, "FLOPS_LOCAL_URI": f"http://127.0.0.1:{config.tracking.base_port}"})
     print(f"tracking-server: tenant {tenant.id}; backend {mask(env['MLFLOW_BACKEND_STORE_URI'])}; "
           f"artifacts {mask(env['MLFLOW_ARTIFACTS_DESTINATION'])}", flush=True)
     upgrade = subprocess.run([sys.executable, "-m", "flops_mlops.tracking_server", "upgrade-schema"], env=env)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import signal
 import socket
 import subprocess
@@ -42,18 +43,19 @@ class ManagedProcess:
     def log_file(self) -> Path:
         return self.state_dir / "logs" / f"{self.name}.log"
 
-    def start(self, argv: list[str], env: dict[str, str], cwd: Path | None = None) -> int:
-        self.pid_file.parent.mkdir(parents=True, exist_ok=True)
-        self.log_file.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_file, "ab") as log:
+    def start(self, argv: list[str], env: dict[str, str], cwd: Path | None = None,
+              account: pwd.struct_passwd | None = None) -> int:
+        """Start ``argv`` in a session of its own, as ``account`` if given (then without root's groups)."""
+        private_dir(self.pid_file.parent)
+        with open_log(self.log_file) as log:
             log.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting {argv[0]}\n".encode())
             log.flush()
             proc = subprocess.Popen(
                 argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True,
+                start_new_session=True, **as_account(account),
             )
         record = {"pid": proc.pid, "start_ticks": start_ticks(proc.pid), "argv0": argv[0]}
-        self.pid_file.write_text(json.dumps(record) + "\n", encoding="utf-8")
+        write_private(self.pid_file, json.dumps(record) + "\n")
         return proc.pid
 
     def recorded(self) -> psutil.Process | None:
@@ -100,6 +102,47 @@ class ManagedProcess:
     def failure(self, what: str) -> StackError:
         indented = "\n".join("    " + line for line in self.log_tail().splitlines())
         return StackError(f"{what}\n  log: {self.log_file}\n  last lines:\n{indented}")
+
+
+def private_dir(path: Path, mode: int = 0o700) -> Path:
+    """A folder of the state dir: created if missing, and only for its owner (``mode``)."""
+    path.mkdir(parents=True, exist_ok=True)
+    os.chmod(path, mode)
+    return path
+
+
+def open_log(path: Path):
+    """A log file opened for appending, readable by its owner only: logs may quote what a service saw."""
+    private_dir(path.parent)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.fchmod(fd, 0o600)
+    return os.fdopen(fd, "ab")
+
+
+def write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+
+
+def as_account(account: pwd.struct_passwd | None) -> dict:
+    """subprocess keyword arguments that run a child as ``account``, with a private umask."""
+    if account is None:
+        return {"umask": 0o077}
+    return {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": [], "umask": 0o077}
+
+
+def can_traverse(path: Path, account: pwd.struct_passwd) -> bool:
+    """Whether ``account`` may enter every folder above ``path`` (pytest's tmp dirs are root-only)."""
+    for folder in path.resolve().parents:
+        st = folder.stat()
+        if st.st_uid == account.pw_uid:
+            continue
+        if st.st_mode & 0o001 or (st.st_gid == account.pw_gid and st.st_mode & 0o010):
+            continue
+        return False
+    return True
 
 
 def start_ticks(pid: int) -> int:

@@ -32,6 +32,30 @@ def ftp_password_key(tenant_id: str) -> str:
     return f"FLOPS_TENANT_{validate_tenant_id(tenant_id).upper()}_FTP_PASSWORD"
 
 
+def admin_password_key(tenant_id: str) -> str:
+    """Password of the tenant's tracking-server admin (MLflow basic auth, user ``admin``)."""
+    return f"FLOPS_TENANT_{validate_tenant_id(tenant_id).upper()}_ADMIN_PASSWORD"
+
+
+def secret_key_key(tenant_id: str) -> str:
+    """The tenant's tracking-server Flask secret key (CSRF tokens of the UI's sign-up form)."""
+    return f"FLOPS_TENANT_{validate_tenant_id(tenant_id).upper()}_SECRET_KEY"
+
+
+def fl_password_key(tenant_id: str) -> str:
+    """Password of the FL project user that container deployments (compose's fl profile) give their aggregator."""
+    return f"FLOPS_TENANT_{validate_tenant_id(tenant_id).upper()}_FL_PASSWORD"
+
+
+def project_password_key(project: str) -> str:
+    """Password of an Oakestra FL project's user (oakestra.projects[]); its aggregator logs in with it."""
+    from .fl.settings import PROJECT_PATTERN, PROJECT_RULE
+
+    if not PROJECT_PATTERN.fullmatch(project):
+        raise ConfigError(f"oakestra.projects: {project!r} is not a valid project name ({PROJECT_RULE})")
+    return f"FLOPS_PROJECT_{project.upper()}_PASSWORD"
+
+
 def required_keys(config: StackConfig) -> list[str]:
     keys = []
     if config.backend_store.kind == "mysql":
@@ -39,7 +63,9 @@ def required_keys(config: StackConfig) -> list[str]:
     for tenant in config.tenants:
         if config.backend_store.kind == "mysql":
             keys.append(db_password_key(tenant.id))
-        keys.append(ftp_password_key(tenant.id))
+        keys += [ftp_password_key(tenant.id), admin_password_key(tenant.id), secret_key_key(tenant.id),
+                 fl_password_key(tenant.id)]
+    keys += [project_password_key(project.name) for project in config.oakestra.projects]
     return keys
 
 
@@ -117,6 +143,12 @@ class Secrets:
     def ftp_password(self, tenant_id: str) -> str:
         return self.values[ftp_password_key(tenant_id)]
 
+    def admin_password(self, tenant_id: str) -> str:
+        return self.values[admin_password_key(tenant_id)]
+
+    def secret_key(self, tenant_id: str) -> str:
+        return self.values[secret_key_key(tenant_id)]
+
 
 @dataclass(frozen=True)
 class InitResult:
@@ -149,6 +181,16 @@ def init(config: StackConfig, force: bool = False) -> InitResult:
     body = HEADER + "".join(f"{key}={value}\n" for key, value in values.items())
     _write_private(path, body)
     return InitResult(path, added, kept, backup)
+
+
+def replace_value(config: StackConfig, key: str, value: str) -> Path:
+    """Set one key of the secrets file (after a backup of the old file, which is returned); others stay."""
+    path = config.secrets_file
+    values = read_env(path)
+    backup = _backup(path)
+    values[key] = value
+    _write_private(path, HEADER + "".join(f"{k}={v}\n" for k, v in values.items()))
+    return backup
 
 
 def _backup(path: Path) -> Path:

@@ -8,6 +8,7 @@ If any step fails, whatever this call started is stopped again, so nothing is le
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import signal
 import sys
@@ -18,11 +19,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from .config import ConfigError, StackConfig
-from .processes import ManagedProcess, StackError, port_answers, port_is_free, wait_until
+from .processes import ManagedProcess, StackError, port_answers, port_is_free, private_dir, wait_until
 from .secrets import Secrets, required_keys
 from .stores import mysql
 from .stores.vsftpd import ManagedVsftpd, remove_pam_service
-from .tracking_server import TrackingServer, artifacts_destination, backend_store_uri, is_healthy, mask
+from .tracking_server import (TrackingServer, artifacts_destination, backend_store_uri, is_healthy, mask,
+                              service_account)
 
 Progress = Callable[[str], None]
 
@@ -77,16 +79,18 @@ class Stack:
         if running:
             raise StackError(f"stack {self.config.name} is partly running ({', '.join(running)}); "
                              f"run `flops-mlops --config {self.config.source} down` first")
-        secrets = self.preflight()
-        self.config.state_dir.mkdir(parents=True, exist_ok=True)
+        secrets, account = self.preflight()
+        # Closed to others; as root, service accounts (vsftpd's, the tracking servers') pass through to their
+        # own folders (0711: they may enter, not list).
+        private_dir(self.config.state_dir, 0o711 if os.geteuid() == 0 else 0o700)
         started: list[Callable[[], bool]] = []
         try:
             self._start_stores(secrets, started)
             for tracker in self.trackers:
                 self.progress(f"tracking server {tracker.tenant.id}: upgrading schema, starting on "
-                              f"{tracker.local_uri}")
+                              f"{tracker.local_uri}" + (f" as {account.pw_name}" if account else ""))
                 started.append(tracker.stop)
-                tracker.start(secrets)
+                tracker.start(secrets, account)
             for tracker in self.trackers:
                 began = time.monotonic()
                 tracker.wait_healthy()
@@ -98,10 +102,11 @@ class Stack:
                 stop()
             raise
 
-    def preflight(self) -> Secrets:
-        """Everything that can fail before a process starts: secrets, binaries, ports."""
+    def preflight(self) -> tuple[Secrets, pwd.struct_passwd | None]:
+        """Everything that can fail before a process starts: secrets, accounts, binaries, ports."""
         c = self.config
         secrets = Secrets.load(c)
+        account = service_account(c)
         if c.backend_store.kind == "mysql" and c.backend_store.managed:
             mysql.ManagedMySQL(c, secrets).check_binaries()
         if c.artifact_store.managed and c.artifact_store.kind == "vsftpd":
@@ -118,7 +123,7 @@ class Stack:
             if not port_is_free(host, port):
                 raise ConfigError(f"{c.source}: port {port} on {host} ({what}) is already in use; "
                                   "stop what uses it or choose another port")
-        return secrets
+        return secrets, account
 
     def _start_stores(self, secrets: Secrets, started: list[Callable[[], bool]]) -> None:
         c = self.config

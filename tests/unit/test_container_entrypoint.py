@@ -8,17 +8,23 @@ from flops_mlops import container
 from flops_mlops.config import ConfigError
 from flops_mlops.tracking_server import server_argv, server_env
 
-BASE = {"FLOPS_DB_PASSWORD": "db-secret", "FLOPS_FTP_PASSWORD": "ftp/secret", "FLOPS_PUBLIC_PORT": "15500"}
+BASE = {"FLOPS_DB_PASSWORD": "db-secret", "FLOPS_FTP_PASSWORD": "ftp/secret", "FLOPS_PUBLIC_PORT": "15500",
+        "FLOPS_ADMIN_PASSWORD": "admin-secret-123", "FLOPS_SECRET_KEY": "key-secret-123"}
 
 
 def test_uris_come_from_the_environment_and_stay_out_of_the_command_line():
     config, tenant, secrets = container.stack_from_env(BASE)
-    env = server_env(config, tenant, secrets)
+    env = server_env(config, tenant, secrets, container.auth_db(BASE))
     argv = server_argv(config, tenant)
     assert env["MLFLOW_BACKEND_STORE_URI"] == (
         "mysql+pymysql://mlflow_default:db-secret@backend-store:3306/mlflow_default?charset=utf8mb4")
     assert env["MLFLOW_ARTIFACTS_DESTINATION"] == "ftp://flops_default:ftp%2Fsecret@artifact-store:21/artifacts"
-    assert not any(key.startswith("FLOPS_") for key in env)
+    assert env["MLFLOW_AUTH_ADMIN_PASSWORD"] == "admin-secret-123"
+    assert env["MLFLOW_FLASK_SERVER_SECRET_KEY"] == "key-secret-123"
+    # The only setting of ours MLflow's worker gets is where its auth database is; no password under our names.
+    assert {key for key in env if key.startswith("FLOPS_")} == {"FLOPS_AUTH_DB"}
+    assert env["FLOPS_AUTH_DB"] == "/srv/mlflow/auth/auth.db"
+    assert argv[argv.index("--app-name") + 1] == "flops-basic-auth"
     assert not any("secret" in arg for arg in argv)
     allowed = argv[argv.index("--allowed-hosts") + 1].split(",")
     assert {"127.0.0.1:15500", "localhost:15500", "tracking-server:5000"} <= set(allowed)
@@ -32,10 +38,31 @@ def test_uris_come_from_the_environment_and_stay_out_of_the_command_line():
     ({"FLOPS_PUBLIC_PORT": "70000"}, "FLOPS_PUBLIC_PORT: expected a TCP port"),
     ({"FLOPS_ALLOWED_HOSTS": "ok.example,bad host"}, "FLOPS_ALLOWED_HOSTS: 'bad host'"),
     ({"FLOPS_WORKERS": "0"}, "FLOPS_WORKERS: expected a positive integer"),
+    ({"FLOPS_ADMIN_PASSWORD": ""}, "FLOPS_ADMIN_PASSWORD: required"),
+    ({"FLOPS_SECRET_KEY": "placeholder-run-flops-mlops-secrets-init"}, "FLOPS_SECRET_KEY still holds"),
 ])
 def test_bad_settings_are_refused_with_the_variable_named(override, message):
     with pytest.raises(ConfigError, match=message):
         container.stack_from_env({**BASE, **override})
+
+
+@pytest.mark.parametrize("value, message", [
+    ("demo:short", "item for 'demo' is not project:password"),
+    ("bad-name:abcdefghijklmnop", "item for 'bad-name'"),
+    ("demo", "item for 'demo'"),
+    ("demo:has space in it", "item for 'demo'"),
+])
+def test_fl_users_are_checked_without_showing_the_password(value, message):
+    with pytest.raises(ConfigError, match=message) as caught:
+        container.fl_users({"FLOPS_FL_USERS": value})
+    assert value.partition(":")[2] not in str(caught.value) or not value.partition(":")[2]
+
+
+def test_fl_users_and_auth_db_accept_good_values():
+    assert container.fl_users({"FLOPS_FL_USERS": "demo:abcdefghijklmnop,mnist:ABC-def_123456"}).count(":") == 2
+    assert container.fl_users({}) == ""
+    with pytest.raises(ConfigError, match="FLOPS_AUTH_DB: expected an absolute path"):
+        container.auth_db({"FLOPS_AUTH_DB": "auth.db"})
 
 
 def test_entrypoint_exits_2_on_bad_settings(monkeypatch, capsys):

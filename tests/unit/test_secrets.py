@@ -24,11 +24,14 @@ def test_init_writes_every_needed_password_privately(tmp_path):
     result = secrets.init(cfg)
     assert stat.S_IMODE(cfg.secrets_file.stat().st_mode) == 0o600
     values = secrets.read_env(cfg.secrets_file)
-    assert set(result.added) == set(values) == {
-        "FLOPS_MYSQL_ADMIN_PASSWORD", "FLOPS_TENANT_ACME_DB_PASSWORD", "FLOPS_TENANT_ACME_FTP_PASSWORD",
-        "FLOPS_TENANT_GLOBEX_DB_PASSWORD", "FLOPS_TENANT_GLOBEX_FTP_PASSWORD"}
-    assert len(set(values.values())) == 5 and all(len(v) >= 32 for v in values.values())
-    assert secrets.Secrets.load(cfg).db_password("acme") == values["FLOPS_TENANT_ACME_DB_PASSWORD"]
+    per_tenant = ("DB_PASSWORD", "FTP_PASSWORD", "ADMIN_PASSWORD", "SECRET_KEY", "FL_PASSWORD")
+    assert set(result.added) == set(values) == {"FLOPS_MYSQL_ADMIN_PASSWORD"} | {
+        f"FLOPS_TENANT_{t}_{key}" for t in ("ACME", "GLOBEX") for key in per_tenant}
+    assert len(set(values.values())) == 11 and all(len(v) >= 32 for v in values.values())
+    loaded = secrets.Secrets.load(cfg)
+    assert loaded.db_password("acme") == values["FLOPS_TENANT_ACME_DB_PASSWORD"]
+    assert loaded.admin_password("globex") == values["FLOPS_TENANT_GLOBEX_ADMIN_PASSWORD"]
+    assert loaded.secret_key("acme") == values["FLOPS_TENANT_ACME_SECRET_KEY"]
 
 
 def test_init_keeps_existing_values_and_adds_only_missing_ones(tmp_path):
@@ -39,7 +42,9 @@ def test_init_keeps_existing_values_and_adds_only_missing_ones(tmp_path):
     result = secrets.init(bigger)
     after = secrets.read_env(cfg.secrets_file)
     assert {k: after[k] for k in before} == before
-    assert sorted(result.added) == ["FLOPS_TENANT_GLOBEX_DB_PASSWORD", "FLOPS_TENANT_GLOBEX_FTP_PASSWORD"]
+    assert sorted(result.added) == ["FLOPS_TENANT_GLOBEX_ADMIN_PASSWORD", "FLOPS_TENANT_GLOBEX_DB_PASSWORD",
+                                    "FLOPS_TENANT_GLOBEX_FL_PASSWORD", "FLOPS_TENANT_GLOBEX_FTP_PASSWORD",
+                                    "FLOPS_TENANT_GLOBEX_SECRET_KEY"]
     assert secrets.init(bigger).added == []
 
 
@@ -73,12 +78,16 @@ def test_load_names_missing_file_missing_keys_and_open_mode(tmp_path):
 
 def test_sqlite_stacks_need_no_database_passwords(tmp_path):
     cfg = make_config(tmp_path, kind="sqlite", tenants=("acme",))
-    assert secrets.required_keys(cfg) == ["FLOPS_TENANT_ACME_FTP_PASSWORD"]
+    assert secrets.required_keys(cfg) == ["FLOPS_TENANT_ACME_FTP_PASSWORD", "FLOPS_TENANT_ACME_ADMIN_PASSWORD",
+                                          "FLOPS_TENANT_ACME_SECRET_KEY", "FLOPS_TENANT_ACME_FL_PASSWORD"]
 
 
 def test_the_env_example_placeholders_are_refused(tmp_path):
     cfg = make_config(tmp_path, kind="sqlite", tenants=("acme",))
-    cfg.secrets_file.write_text("FLOPS_TENANT_ACME_FTP_PASSWORD=placeholder-run-flops-mlops-secrets-init\n")
+    secrets.init(cfg)
+    values = secrets.read_env(cfg.secrets_file)
+    values["FLOPS_TENANT_ACME_FTP_PASSWORD"] = "placeholder-run-flops-mlops-secrets-init"
+    cfg.secrets_file.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
     cfg.secrets_file.chmod(0o600)
     with pytest.raises(ConfigError, match="FLOPS_TENANT_ACME_FTP_PASSWORD still holds the .env.example placeholder"):
         secrets.Secrets.load(cfg)
@@ -87,3 +96,20 @@ def test_the_env_example_placeholders_are_refused(tmp_path):
 def test_redact_hides_plain_and_url_quoted_values():
     text = "ftp://flops_acme:a%2Fb-c@127.0.0.1/artifacts failed; password a/b-c"
     assert secrets.redact(text, ["a/b-c", ""]) == "ftp://flops_acme:***@127.0.0.1/artifacts failed; password ***"
+
+
+def test_replace_value_changes_one_key_after_a_backup(tmp_path):
+    cfg = make_config(tmp_path, kind="sqlite", tenants=("acme",))
+    secrets.init(cfg)
+    before = secrets.read_env(cfg.secrets_file)
+    backup = secrets.replace_value(cfg, "FLOPS_TENANT_ACME_ADMIN_PASSWORD", "new-admin-password")
+    after = secrets.read_env(cfg.secrets_file)
+    assert after == {**before, "FLOPS_TENANT_ACME_ADMIN_PASSWORD": "new-admin-password"}
+    assert secrets.read_env(backup) == before
+    assert stat.S_IMODE(cfg.secrets_file.stat().st_mode) == stat.S_IMODE(backup.stat().st_mode) == 0o600
+
+
+def test_project_password_keys_refuse_names_that_are_not_projects():
+    assert secrets.project_password_key("mnist") == "FLOPS_PROJECT_MNIST_PASSWORD"
+    with pytest.raises(ConfigError, match="'a-b' is not a valid project name"):
+        secrets.project_password_key("a-b")

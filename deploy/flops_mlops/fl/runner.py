@@ -238,6 +238,7 @@ def add_round_parser(commands) -> argparse.ArgumentParser:
 
 def round_command(config, args) -> int:
     from ..config import ConfigError
+    from ..secrets import admin_password_key
     from ..tracking_server import is_healthy
 
     tenant = config.tenant(args.tenant)
@@ -253,6 +254,7 @@ def round_command(config, args) -> int:
     if not is_healthy(settings.tracking_uri):
         raise FLRunError(f"tracking server of tenant {tenant.id} at {settings.tracking_uri} is not answering; "
                          f"start the stack first: flops-mlops --config {args.config} up --detach")
+    login = project_login(config, tenant, settings.project)
     progress = sys.stderr if args.json else sys.stdout
 
     def on_round(event: dict[str, Any]) -> None:
@@ -264,7 +266,7 @@ def round_command(config, args) -> int:
     print(f"FL project {settings.project} for tenant {tenant.id}: {settings.rounds} rounds, {settings.learners} "
           f"learners ({args.engine} engine), tracking at {settings.tracking_uri}", file=progress, flush=True)
     work_dir = config.state_dir / "fl" / tenant.id / settings.project
-    summary = run_project(settings, work_dir, on_round, engine=args.engine)
+    summary = run_project(settings, work_dir, on_round, engine=args.engine, env=login)
     if args.json:
         keys = ("project", "experiment_id", "run_ids", "best_round", "better", "model_uri", "model_version",
                 "logged_model_uri", "ui_url", "model_dir", "aggregator_address", "rounds")
@@ -279,4 +281,22 @@ def round_command(config, args) -> int:
           f"{summary['logged_model_uri']})")
     print(f"best model file:  {settings.model_dir / 'best.npz'}")
     print(f"MLflow UI:        {summary['ui_url']}")
+    print(f"log in as:        admin, password {admin_password_key(tenant.id)} in {config.secrets_file} "
+          f"(or a user of your own: flops-mlops user add --tenant {tenant.id} --name NAME)")
     return 0
+
+
+def project_login(config, tenant, project: str) -> dict[str, str]:
+    """The aggregator's own MLflow login: user fl-<project>, EDIT on this project only, a new password each run.
+
+    Created (or re-keyed) here as the tenant's admin; only the aggregator gets it, learners get no credentials.
+    """
+    from ..secrets import Secrets, new_password
+    from ..tracking_server import TrackingServer
+    from ..users import AuthAdmin, ensure_project_user
+
+    secrets = Secrets.load(config)
+    admin = AuthAdmin(TrackingServer(config, tenant).local_uri, secrets.admin_password(tenant.id))
+    password = new_password()
+    user = ensure_project_user(admin, project, password)
+    return {"MLFLOW_TRACKING_USERNAME": user, "MLFLOW_TRACKING_PASSWORD": password}

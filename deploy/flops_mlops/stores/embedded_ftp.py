@@ -15,10 +15,12 @@ from pyftpdlib.handlers import FTPHandler
 from pyftpdlib.servers import FTPServer
 
 from .. import config as config_module
+from ..processes import private_dir
 from ..secrets import Secrets
 
-# list, read, create dirs, store, rename, delete, append, mkdir, chmod, mtime: the tenant owns its folder.
-TENANT_PERMISSIONS = "elradfmwMT"
+# list, read, create dirs, store, rename, delete, append, mkdir, mtime: the tenant owns its folder. No "M"
+# (SITE CHMOD): a tenant must not change modes of files on the host.
+TENANT_PERMISSIONS = "elradfmwT"
 
 
 def ftp_root(config: config_module.StackConfig) -> Path:
@@ -34,7 +36,9 @@ def build_server(config: config_module.StackConfig, secrets: Secrets) -> FTPServ
     authorizer = DummyAuthorizer()
     for tenant in config.tenants:
         folder = tenant_folder(config, tenant)
-        (folder / tenant.artifact_path.lstrip("/")).mkdir(parents=True, exist_ok=True)
+        private_dir(ftp_root(config))
+        private_dir(folder / tenant.artifact_path.lstrip("/"))
+        private_dir(folder)
         authorizer.add_user(tenant.ftp_user, secrets.ftp_password(tenant.id), str(folder), perm=TENANT_PERMISSIONS)
     handler = type("TenantFTPHandler", (FTPHandler,), {})
     handler.authorizer = authorizer

@@ -17,7 +17,7 @@ from urllib.parse import quote
 import pymysql
 
 from ..config import ConfigError, StackConfig, Tenant
-from ..processes import ManagedProcess, SERVICE_PATH, StackError, wait_until
+from ..processes import ManagedProcess, SERVICE_PATH, StackError, can_traverse, open_log, wait_until
 from ..secrets import Secrets
 
 SERVER_NAMES = ("mariadbd", "mysqld")
@@ -191,7 +191,7 @@ class ManagedMySQL:
             argv = [binary, "--no-defaults", "--initialize-insecure", f"--datadir={self.datadir}"]
         if user:
             argv.append(f"--user={user}")
-        with open(log, "ab") as out:
+        with open_log(log) as out:
             result = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, env=_plain_env())
         if result.returncode != 0:
             raise self.process.failure(f"backend store: initializing {self.datadir} failed "
@@ -199,18 +199,6 @@ class ManagedMySQL:
 
     def stop(self) -> bool:
         return self.process.stop(timeout=60)
-
-
-def can_traverse(path: Path, account: pwd.struct_passwd) -> bool:
-    """Whether ``account`` may enter every folder above ``path`` (pytest's tmp dirs are root-only)."""
-    for folder in path.resolve().parents:
-        st = folder.stat()
-        if st.st_uid == account.pw_uid:
-            continue
-        if st.st_mode & 0o001 or (st.st_gid == account.pw_gid and st.st_mode & 0o010):
-            continue
-        return False
-    return True
 
 
 def _plain_env() -> dict[str, str]:

@@ -16,9 +16,8 @@ from pathlib import Path
 import jinja2
 
 from ..config import ConfigError, StackConfig
-from ..processes import ManagedProcess, SERVICE_PATH, port_answers, wait_until
+from ..processes import ManagedProcess, SERVICE_PATH, can_traverse, port_answers, private_dir, wait_until
 from ..secrets import Secrets
-from .mysql import can_traverse
 
 PAM_DIR = Path("/etc/pam.d")
 PAM_MODULE_DIRS = [Path("/lib/x86_64-linux-gnu/security"), Path("/lib/aarch64-linux-gnu/security"),
@@ -82,15 +81,17 @@ class ManagedVsftpd:
         store = self.config.artifact_store
         owner = pwd.getpwnam(store.os_user)
         empty = self.home / "empty"
-        for path in (self.home, empty, self.ftp_root):
-            path.mkdir(parents=True, exist_ok=True)
-            os.chmod(path, 0o755)
+        # vsftpd reads its files as root; the FTP account passes through ftp/ (0711) into the tenants' folders,
+        # which it alone may read (0700). Tenants cannot change modes (chmod_enable=NO).
+        for path, mode in ((self.home, 0o700), (empty, 0o755), (self.ftp_root, 0o711)):
+            private_dir(path, mode)
         for tenant in self.config.tenants:
             folder = self.ftp_root / tenant.ftp_user
             artifacts = folder / tenant.artifact_path.lstrip("/")
             artifacts.mkdir(parents=True, exist_ok=True)
             for path in (folder, artifacts):
                 os.chown(path, owner.pw_uid, owner.pw_gid)
+                os.chmod(path, 0o700)
         passwd_file = self.home / "passwd"
         lines = [f"{t.ftp_user}:{crypt_hash(self.secrets.ftp_password(t.id))}\n" for t in self.config.tenants]
         _write(passwd_file, "".join(lines), 0o600)
