@@ -6,7 +6,9 @@ the FTP artifact store as that tenant, the metadata rows in that tenant's databa
 
 from __future__ import annotations
 
+import contextlib
 import ftplib
+import os
 import posixpath
 from dataclasses import dataclass
 
@@ -21,36 +23,64 @@ class Logged:
     model_uri: str
 
 
-def log_example(tracking_uri: str, experiment: str = "smoke") -> Logged:
-    """Create an experiment, log params, metrics and a small scikit-learn model with a signature."""
+@contextlib.contextmanager
+def logged_in(login: tuple[str, str] | None):
+    """MLflow's client logs in with MLFLOW_TRACKING_USERNAME/PASSWORD; set them for the duration (None: as is)."""
+    keys = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+    before = {key: os.environ.get(key) for key in keys}
+    if login is not None:
+        os.environ.update(dict(zip(keys, login)))
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def log_example(tracking_uri: str, experiment: str = "smoke", login: tuple[str, str] | None = None) -> Logged:
+    """Create an experiment, log params, metrics and a small scikit-learn model with a signature.
+
+    ``login``: (user, password) for the tracking server (every server asks for one; None: from the environment).
+    """
     import mlflow
-    from mlflow.models import infer_signature
-    from sklearn.linear_model import LogisticRegression
 
     client_uri_before = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(tracking_uri)
     try:
-        rng = np.random.default_rng(7)
-        features = rng.normal(size=(80, 3))
-        labels = (features[:, 0] + features[:, 1] > 0).astype(int)
-        model = LogisticRegression().fit(features, labels)
-        experiment_id = mlflow.set_experiment(experiment).experiment_id
-        with mlflow.start_run() as run:
-            mlflow.log_params({"C": 1.0, "solver": "lbfgs"})
-            mlflow.log_metrics({"accuracy": float(model.score(features, labels)), "Accuracy": 0.5})
-            info = mlflow.sklearn.log_model(
-                model, name="model", signature=infer_signature(features, model.predict(features)),
-                input_example=features[:2], pip_requirements=["scikit-learn", "numpy"])
-        return Logged(experiment_id, run.info.run_id, info.model_id, info.model_uri)
+        with logged_in(login):
+            return _log_example(experiment)
     finally:
         mlflow.set_tracking_uri(client_uri_before)
 
 
-def load_and_predict(tracking_uri: str, model_uri: str) -> np.ndarray:
+def _log_example(experiment: str) -> Logged:
+    import mlflow
+    from mlflow.models import infer_signature
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(7)
+    features = rng.normal(size=(80, 3))
+    labels = (features[:, 0] + features[:, 1] > 0).astype(int)
+    model = LogisticRegression().fit(features, labels)
+    experiment_id = mlflow.set_experiment(experiment).experiment_id
+    with mlflow.start_run() as run:
+        mlflow.log_params({"C": 1.0, "solver": "lbfgs"})
+        mlflow.log_metrics({"accuracy": float(model.score(features, labels)), "Accuracy": 0.5})
+        info = mlflow.sklearn.log_model(
+            model, name="model", signature=infer_signature(features, model.predict(features)),
+            input_example=features[:2], pip_requirements=["scikit-learn", "numpy"])
+    return Logged(experiment_id, run.info.run_id, info.model_id, info.model_uri)
+
+
+def load_and_predict(tracking_uri: str, model_uri: str, login: tuple[str, str] | None = None) -> np.ndarray:
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri)
-    return mlflow.pyfunc.load_model(model_uri).predict(np.array([[2.0, 2.0, 0.0], [-2.0, -2.0, 0.0]]))
+    with logged_in(login):
+        return mlflow.pyfunc.load_model(model_uri).predict(np.array([[2.0, 2.0, 0.0], [-2.0, -2.0, 0.0]]))
 
 
 def ftp_listing(host: str, port: int, user: str, password: str, path: str = "/") -> list[str]:
