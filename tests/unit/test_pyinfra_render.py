@@ -20,7 +20,7 @@ GOLDEN = Path(__file__).parent / "golden" / "pyinfra"
 sys.path.insert(0, str(PYINFRA_DIR))
 
 from pyinfra.api.util import get_template  # noqa: E402
-from tasks import backend_store, services, tracking_server  # noqa: E402
+from tasks import backend_store, docker_host, services, tracking_server  # noqa: E402
 from tasks.settings import TEMPLATES, TRIM, HostSettings  # noqa: E402
 
 from flops_mlops import config as config_module  # noqa: E402
@@ -32,6 +32,12 @@ FAKE_SECRETS = {
     "FLOPS_TENANT_ACME_FTP_PASSWORD": "acme-ftp",
     "FLOPS_TENANT_GLOBEX_DB_PASSWORD": "it's\\odd",  # a quote and a backslash reach SQL as literals
     "FLOPS_TENANT_GLOBEX_FTP_PASSWORD": "globex-ftp",
+    "FLOPS_TENANT_ACME_ADMIN_PASSWORD": "acme-admin-pass",
+    "FLOPS_TENANT_ACME_SECRET_KEY": "acme-secret-key",
+    "FLOPS_TENANT_ACME_FL_PASSWORD": "acme-fl-pass",
+    "FLOPS_TENANT_GLOBEX_ADMIN_PASSWORD": "globex-admin-pass",
+    "FLOPS_TENANT_GLOBEX_SECRET_KEY": "globex-secret-key",
+    "FLOPS_TENANT_GLOBEX_FL_PASSWORD": "globex-fl-pass",
 }
 
 
@@ -112,3 +118,45 @@ def test_tracking_environment_holds_store_uris_with_url_safe_passwords(tmp_path)
     env = tracking_server.environment(s, s.config, s.config.tenants[0])
     assert env["MLFLOW_BACKEND_STORE_URI"] == "mysql+pymysql://mlflow_acme:acme-db@10.0.0.11:3306/mlflow_acme?charset=utf8mb4"
     assert env["MLFLOW_ARTIFACTS_DESTINATION"] == "ftp://flops_acme:acme-ftp@10.0.0.12:2121/artifacts"
+
+
+def test_tracking_environment_holds_the_login_settings_and_nothing_from_this_machine(tmp_path, monkeypatch):
+    monkeypatch.setenv("FLOPS_SOMETHING_LOCAL", "x")
+    monkeypatch.setenv("PATH", "/somewhere/local")
+    s = host_settings(tmp_path, "systemd", "")
+    env = tracking_server.environment(s, s.config, s.config.tenants[0])
+    assert env["MLFLOW_AUTH_ADMIN_PASSWORD"] == "acme-admin-pass"
+    assert env["MLFLOW_FLASK_SERVER_SECRET_KEY"] == "acme-secret-key"
+    assert env["FLOPS_AUTH_DB"] == "/var/lib/flops-mlops/golden/tracking/acme/auth/auth.db"
+    assert env["HOME"] == "/var/lib/flops-mlops/golden/tracking/acme"
+    assert "FLOPS_SOMETHING_LOCAL" not in env and "PATH" not in env
+    svc = tracking_server.service(s, s.config.tenants[0])
+    assert svc.user == "flops-mlops" and "--app-name flops-basic-auth" in " ".join(svc.argv)
+
+
+def test_sandbox_schema_upgrade_and_server_run_as_the_service_account(tmp_path):
+    s = host_settings(tmp_path, "start-stop-daemon", "/srv/sandbox")
+    start = services.start_command(s, tracking_server.service(s, s.config.tenants[0]))
+    assert "runuser -m -u flops-mlops -- /opt/flops-mlops/venv/bin/python " in start
+    assert "--chuid flops-mlops" in start
+
+
+def test_compose_env_carries_every_secret_compose_reads(tmp_path):
+    data = {"name": "golden", "state_dir": "/unused", "secrets_file": str(tmp_path / "secrets.env"),
+            "backend_store": {"kind": "mysql", "managed": False, "port": 3306},
+            "artifact_store": {"kind": "vsftpd", "managed": False, "port": 2121},
+            "tenants": [{"id": "default"}]}
+    (tmp_path / "stack.yaml").write_text(yaml.safe_dump(data))
+    config = config_module.load(tmp_path / "stack.yaml")
+    values = {key: f"value-of-{key.lower()}" for key in
+              ("FLOPS_MYSQL_ADMIN_PASSWORD", "FLOPS_TENANT_DEFAULT_DB_PASSWORD", "FLOPS_TENANT_DEFAULT_FTP_PASSWORD",
+               "FLOPS_TENANT_DEFAULT_ADMIN_PASSWORD", "FLOPS_TENANT_DEFAULT_SECRET_KEY",
+               "FLOPS_TENANT_DEFAULT_FL_PASSWORD")}
+    s = HostSettings(config=config, secrets=Secrets(config.secrets_file, {**values, "FLOPS_OTHER": "x"}),
+                     mode="docker", init="start-stop-daemon", root="/srv/sandbox", install_packages=False,
+                     service_user="flops-mlops", venv="/opt/flops-mlops/venv", manage_venv=False,
+                     tracking_packages=())
+    text = render(TEMPLATES / "compose.env.j2", docker_host.env_data(s))
+    for key, value in values.items():
+        assert f"\n{key}={value}\n" in text, key
+    assert "FLOPS_OTHER" not in text

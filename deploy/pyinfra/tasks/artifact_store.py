@@ -71,13 +71,17 @@ def artifact_store() -> None:
     home = f"{s.etc}/vsftpd"
     ftp_root = f"{s.data}/ftp"
     empty = f"{s.data}/vsftpd-empty"
-    for path in (s.etc, home, s.data, ftp_root, empty, s.run, s.logs):
-        files.directory(name=f"Folder {path}", path=path, user="root", group="root", mode="755")
+    # As `flops-mlops up` lays them out: vsftpd reads its settings and password hashes as root (0700); the FTP
+    # account passes through ftp/ (0711) into the tenants' folders, which it alone may read (0700). Tenants
+    # cannot change modes (chmod_enable=NO in the shared template) and create private files (local_umask=077).
+    for path, mode in ((s.etc, "755"), (home, "700"), (s.data, "755"), (ftp_root, "711"), (empty, "755"),
+                       (s.run, "755"), (s.logs, "755")):
+        files.directory(name=f"Folder {path}", path=path, user="root", group="root", mode=mode)
     for tenant in config.tenants:
         folder = f"{ftp_root}/{tenant.ftp_user}"
         for path in (folder, f"{folder}{tenant.artifact_path}"):
-            files.directory(name=f"FTP folder {path}", path=path, user=store.os_user, group=store.os_user,
-                            mode="755")
+            files.directory(name=f"FTP folder {path} (0700)", path=path, user=store.os_user, group=store.os_user,
+                            mode="700")
 
     passwd_file = f"{home}/passwd"
     salts = _existing_salts(host.get_fact(Command, f"cat {passwd_file} 2>/dev/null || true") or "")

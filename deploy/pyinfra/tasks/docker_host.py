@@ -1,8 +1,9 @@
 """The docker_host role (mode docker): Docker Engine with the Compose plugin, and the compose stack running.
 
 The compose files (host data ``flops_compose_files``) and what they build from or mount (``flops_compose_paths``),
-relative to the repository, are copied to ``<data>/compose``; its ``.env`` (mode 0600) holds the passwords from
-the secrets file and compose.yaml's knobs (ports, addresses) from the stack configuration; and
+relative to the repository, are copied to ``<data>/compose``; its ``.env`` (mode 0600) holds the secrets compose.yaml
+reads (store passwords, the tracking server's admin password and secret key, the FL project user's password)
+from the secrets file and compose.yaml's knobs (ports, addresses) from the stack configuration; and
 ``docker compose up -d --wait`` runs when something changed or a service is not running.
 """
 
@@ -15,8 +16,8 @@ from pyinfra.api import deploy
 from pyinfra.facts.server import Command
 from pyinfra.operations import apt, files, server, systemd
 
+from flops_mlops import secrets as secret_keys
 from flops_mlops.config import ConfigError
-from flops_mlops.secrets import required_keys
 
 from . import settings
 from .settings import PYINFRA_DIR, TEMPLATES, TRIM, HostDataError
@@ -24,6 +25,14 @@ from .settings import PYINFRA_DIR, TEMPLATES, TRIM, HostDataError
 REPOSITORY = PYINFRA_DIR.parent.parent
 DOCKER_APT = "https://download.docker.com/linux/debian"
 COMPOSE_TENANT = "default"  # compose.yaml's one tenant
+
+
+def compose_secret_keys() -> list[str]:
+    """The secrets compose.yaml reads from .env (``${KEY:?}``): store passwords, and the tracking server's admin
+    password and secret key and the FL project user's password (its login)."""
+    return [secret_keys.MYSQL_ADMIN_KEY, secret_keys.db_password_key(COMPOSE_TENANT),
+            secret_keys.ftp_password_key(COMPOSE_TENANT), secret_keys.admin_password_key(COMPOSE_TENANT),
+            secret_keys.secret_key_key(COMPOSE_TENANT), secret_keys.fl_password_key(COMPOSE_TENANT)]
 
 
 def compose_dir(s: settings.HostSettings) -> str:
@@ -69,7 +78,11 @@ def env_data(s: settings.HostSettings) -> dict:
         "FLOPS_FTP_PASV_MAX_PORT": store.passive_ports[1],
         "FLOPS_FTP_PASV_ADDRESS": store.pasv_address,
     }
-    secrets = {key: s.secrets.values[key] for key in required_keys(config)}
+    missing = [key for key in compose_secret_keys() if not s.secrets.values.get(key)]
+    if missing:
+        raise ConfigError(f"{s.secrets.path}: compose.yaml needs {', '.join(missing)} (docker mode runs MySQL; "
+                          f"use a configuration like configs/compose.yaml and `flops-mlops secrets init`)")
+    secrets = {key: s.secrets.values[key] for key in compose_secret_keys()}
     return {"stack": config.name, "secrets": secrets, "knobs": {k: str(v) for k, v in knobs.items()}}
 
 

@@ -28,8 +28,8 @@ class Service:
     timeout: int = 60             # seconds to wait for ``ready``
     env_file: str | None = None   # KEY='value' lines, read by systemd and by sh alike
     workdir: str | None = None
-    user: str = "root"
-    before_start: list[list[str]] = field(default_factory=list)  # run (with the environment) before each start
+    user: str = "root"            # the account it runs as; its log file is opened by root, mode 0600
+    before_start: list[list[str]] = field(default_factory=list)  # run (environment, workdir, user) before each start
 
 
 def unit_path(s: HostSettings, svc: Service) -> str:
@@ -76,10 +76,15 @@ def _wait(s: HostSettings, svc: Service) -> str:
 
 
 def start_command(s: HostSettings, svc: Service) -> str:
+    """The environment file is read as root; ``before_start`` and the service run as ``svc.user`` (as with
+    systemd's User=, which applies to ExecStartPre too)."""
     steps = []
     if svc.env_file:
         steps.append(f"set -a && . {_q(svc.env_file)} && set +a")
-    steps.extend(shlex.join(argv) for argv in svc.before_start)
+    if svc.workdir:
+        steps.append(f"cd {_q(svc.workdir)}")
+    as_user = ["runuser", "-m", "-u", svc.user, "--"] if svc.user != "root" else []
+    steps.extend(shlex.join([*as_user, *argv]) for argv in svc.before_start)
     daemon = ["start-stop-daemon", "--start", "--background", "--make-pidfile", "--pidfile", pid_file(s, svc),
               "--output", log_file(s, svc)]
     if svc.workdir:
@@ -123,6 +128,9 @@ def ensure_running(s: HostSettings, svc: Service, triggers: list[OperationMeta])
     """Render the unit, start the service if it is not running, restart it if a trigger changed."""
     unit = files.template(name=f"Render unit {svc.name}", src=str(UNIT_TEMPLATE), dest=unit_path(s, svc),
                           mode="644", jinja_env_kwargs=dict(TRIM), **unit_data(svc))
+    if not s.systemd:  # start-stop-daemon appends to it as root; logs may quote what a service saw
+        files.file(name=f"Log file of {svc.name} (mode 0600)", path=log_file(s, svc), user="root", group="root",
+                   mode="600")
 
     def changed() -> bool:
         return unit.did_change() or any(t.did_change() for t in triggers)

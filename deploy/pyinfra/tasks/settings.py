@@ -129,6 +129,9 @@ def current() -> HostSettings:
     service_user = host.data.get("flops_service_user")
     if not isinstance(service_user, str) or not ACCOUNT.fullmatch(service_user):
         raise HostDataError(f"host {host.name}: flops_service_user: expected an account name, got {service_user!r}")
+    if service_user == "root":
+        raise HostDataError(f"host {host.name}: flops_service_user: tracking servers never run as root; name an "
+                            "unprivileged account (for example flops-mlops: the deploy creates it when missing)")
     return HostSettings(
         config=config,
         secrets=secrets,

@@ -1,28 +1,55 @@
 """The tracking server role: one MLflow server per tenant, as a service, proxying artifacts to the FTP store.
 
-The servers point at the inventory's backend store and artifact store hosts. Store URIs (with passwords) reach
-a server only through its environment file (mode 0600), never its command line. The command line is the one
-`flops-mlops up` uses (flops_mlops.tracking_server.server_argv), run by the venv's Python.
+The servers point at the inventory's backend store and artifact store hosts. Store URIs (with passwords), the
+admin password and the secret key reach a server only through its environment file (mode 0600, read by root),
+never its command line. The command line is the one `flops-mlops up` uses (flops_mlops.tracking_server.
+server_argv: MLflow's basic-auth app with our guards, so every server asks for a login), run by the venv's
+Python, which must have flops-mlops installed (its `flops-basic-auth` app).
+
+Servers run as flops_service_user, never root. Each has a working folder (its HOME) and, inside it, an auth
+folder with its SQLite auth database (MLflow's auth migrations fail on MySQL/MariaDB), both the account's own,
+mode 0700.
 """
 
 from __future__ import annotations
 
 import shlex
 
+from pyinfra import host
 from pyinfra.api import deploy
+from pyinfra.facts.server import Users
 from pyinfra.operations import apt, files, pip, server
 
 from flops_mlops import tracking_server as mlflow_server
 from flops_mlops.config import ConfigError, StackConfig, Tenant
 
 from . import services, settings
-from .settings import FILES, TEMPLATES, TRIM, HostSettings
+from .settings import FILES, TEMPLATES, TRIM, HostDataError, HostSettings
+
+# What the environment file takes from flops_mlops.tracking_server.server_env (the rest is this machine's).
+ENV_KEYS = ("FLOPS_AUTH_DB", "DO_NOT_TRACK")
+
+
+def workdir(s: HostSettings, tenant: Tenant) -> str:
+    """The server's working folder and HOME, the service account's own (0700)."""
+    return f"{s.data}/tracking/{tenant.id}"
+
+
+def auth_dir(s: HostSettings, tenant: Tenant) -> str:
+    """The folder of the server's SQLite auth database (and the basic_auth.ini the server writes), 0700."""
+    return f"{workdir(s, tenant)}/auth"
+
+
+def auth_db(s: HostSettings, tenant: Tenant) -> str:
+    return f"{auth_dir(s, tenant)}/auth.db"
 
 
 def environment(s: HostSettings, seen: StackConfig, tenant: Tenant) -> dict[str, str]:
-    """The server's environment file: store URIs (with passwords) and MLflow switches, nothing from here."""
-    env = {key: value for key, value in mlflow_server.server_env(seen, tenant, s.secrets).items()
-           if key.startswith("MLFLOW_") or key == "DO_NOT_TRACK"}
+    """The server's environment file: store URIs (with passwords), login settings (admin password, secret key,
+    auth database) and MLflow switches, and HOME; nothing else from the machine running pyinfra."""
+    env = {key: value for key, value in mlflow_server.server_env(seen, tenant, s.secrets, auth_db(s, tenant)).items()
+           if key.startswith("MLFLOW_") or key in ENV_KEYS}
+    env["HOME"] = workdir(s, tenant)
     for key, value in env.items():
         if "'" in value or "\n" in value:
             raise ConfigError(f"{s.secrets.path}: a value for tenant {tenant.id} ends up in {key} and contains "
@@ -43,7 +70,7 @@ def service(s: HostSettings, tenant: Tenant, seen: StackConfig | None = None) ->
         ready=f"{probe} >/dev/null 2>&1",
         timeout=config.tracking.startup_timeout,
         env_file=f"{s.etc}/tracking/{tenant.id}.env",
-        workdir=f"{s.data}/tracking/{tenant.id}",
+        workdir=workdir(s, tenant),
         user=s.service_user,
         before_start=[[python, f"{s.etc}/tracking/upgrade_schema.py"]],
     )
@@ -60,25 +87,40 @@ def tracking_server() -> None:
         pip.venv(name="Python venv for MLflow", path=s.venv, python="python3")
         pip.packages(name="MLflow and store drivers (pinned)", packages=list(s.tracking_packages),
                      virtualenv=s.venv)
-    if s.service_user != "root":
-        server.user(name="Account of the tracking servers", user=s.service_user, system=True,
-                    home=f"{s.data}/tracking", shell="/usr/sbin/nologin")
+    group = service_account(s)
+    # etc/tracking holds the schema upgrade script, which the service account runs (the environment files in
+    # it are root's, 0600); the other folders are shared with the store roles on one host.
     for path in (s.etc, f"{s.etc}/tracking", s.data, s.run, s.logs):
         files.directory(name=f"Folder {path}", path=path, user="root", group="root", mode="755")
-    files.directory(name="Working folders", path=f"{s.data}/tracking", user=s.service_user,
-                    group=s.service_user, mode="755")
+    files.directory(name="Working folders (the service account's, 0700)", path=f"{s.data}/tracking",
+                    user=s.service_user, group=group, mode="700")
     upgrade = files.put(name="Schema upgrade script", src=str(FILES / "upgrade_schema.py"),
                         dest=f"{s.etc}/tracking/upgrade_schema.py", user="root", group="root", mode="644")
     for tenant in seen.tenants:
         svc = service(s, tenant, seen)
-        files.directory(name=f"Working folder of {tenant.id}", path=svc.workdir, user=s.service_user,
-                        group=s.service_user, mode="750")
+        for path, what in ((svc.workdir, "Working folder"), (auth_dir(s, tenant), "Auth database folder")):
+            files.directory(name=f"{what} of {tenant.id} (0700)", path=path, user=s.service_user, group=group,
+                            mode="700")
         env = files.template(
             name=f"Environment of {tenant.id}'s server (mode 0600)", src=str(TEMPLATES / "tracking-server.env.j2"),
             dest=svc.env_file, user="root", group="root", mode="600", jinja_env_kwargs=dict(TRIM),
             stack=seen.name, tenant=tenant.id, env=environment(s, seen, tenant),
         )
         services.ensure_running(s, svc, triggers=[env, upgrade])
+
+
+def service_account(s: HostSettings) -> str:
+    """Create the servers' account when it is missing (a system account, no login shell); an existing account is
+    used as it is, unless it is root under another name. Returns its primary group."""
+    existing = (host.get_fact(Users) or {}).get(s.service_user)
+    if existing is None:
+        server.user(name=f"Account {s.service_user} of the tracking servers", user=s.service_user, system=True,
+                    home=f"{s.data}/tracking", shell="/usr/sbin/nologin", ensure_home=False)
+        return s.service_user  # useradd gives a system account a group of its own name
+    if str(existing.get("uid")) == "0":
+        raise HostDataError(f"host {host.name}: flops_service_user: {s.service_user!r} has uid 0 (root); "
+                            "tracking servers never run as root")
+    return existing.get("group") or s.service_user
 
 
 @deploy("Stop FLOps tracking servers")
