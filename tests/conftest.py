@@ -106,6 +106,10 @@ class TestStack:
 
         return Secrets.load(self.load())
 
+    def admin(self, tenant: str = "acme") -> tuple[str, str]:
+        """The tenant's admin login (user, password) for its tracking server."""
+        return "admin", self.secrets().admin_password(tenant)
+
 
 def need_native_services() -> None:
     """MariaDB or MySQL, vsftpd with pam_pwdfile, and root (vsftpd chroots each tenant)."""
@@ -119,10 +123,26 @@ def need_native_services() -> None:
         missing_service("PAM module pam_pwdfile (libpam-pwdfile) is not installed")
 
 
+TRACKING_ACCOUNT = "flops-mlops"  # `make account` creates it; tracking servers started as root run as it
+
+
+def need_tracking_account() -> None:
+    import pwd
+
+    if os.geteuid() != 0:
+        return
+    try:
+        pwd.getpwnam(TRACKING_ACCOUNT)
+    except KeyError:
+        missing_service(f"tracking servers started as root run as the account {TRACKING_ACCOUNT}, which does not "
+                        "exist here (make account creates it)")
+
+
 def stack_data(kind: str, tmp_path: Path, tenants: list[str]) -> dict:
     """A configuration like configs/<kind>.yaml, with free ports and paths under ``tmp_path``."""
     if kind == "native":
         need_native_services()
+    need_tracking_account()
     low, high = free_port_range(4)
     # vsftpd serves folders as an unprivileged account and pytest's tmp dirs are closed to it: keep the
     # state in a folder of its own that others may enter (not list); `down --purge` removes it.
@@ -135,7 +155,7 @@ def stack_data(kind: str, tmp_path: Path, tenants: list[str]) -> dict:
         "artifact_store": {"kind": "embedded", "host": "127.0.0.1", "port": free_port(),
                            "passive_ports": [low, high], "pasv_address": "127.0.0.1"},
         "tracking": {"host": "127.0.0.1", "public_host": "127.0.0.1", "workers": 1,
-                     "startup_timeout": 240},
+                     "startup_timeout": 240, "os_user": TRACKING_ACCOUNT},
         "tenants": [{"id": tenant, "port": free_port()} for tenant in tenants],
     }
     if kind == "native":

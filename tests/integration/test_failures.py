@@ -51,6 +51,23 @@ def test_missing_secrets_file_exits_2_and_says_how_to_create_it(make_stack):
     assert running_pids(stack) == []
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="the service account is used only when started as root")
+@pytest.mark.parametrize("account, message", [
+    (None, "tracking.os_user: flops-mlops runs as root, and tracking servers never do"),
+    ("nosuchaccount", "tracking.os_user: no local account 'nosuchaccount'; create it with: useradd"),
+    ("root", "tracking.os_user: 'root' is not an unprivileged account name"),
+])
+def test_root_without_a_usable_service_account_exits_2_and_starts_nothing(make_stack, account, message):
+    stack = make_stack("local")
+    data = yaml.safe_load(stack.config_path.read_text())
+    data["tracking"]["os_user"] = account
+    stack.config_path.write_text(yaml.safe_dump(data))
+    result = stack.cli("up", "--detach")
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert not os.listdir(stack.data["state_dir"])  # nothing started, nothing written
+
+
 def test_busy_port_exits_2_and_starts_nothing(make_stack):
     stack = make_stack("local", tenants=["acme", "globex"])
     port = stack.data["tenants"][1]["port"]

@@ -13,7 +13,8 @@ import pymysql
 import pytest
 
 from flops_mlops.stores.vsftpd import pam_service_name
-from tracking_checks import load_and_predict, log_example, model_files_on_ftp, mysql_counts
+from flops_mlops.tracking_server import sqlite_path
+from tracking_checks import load_and_predict, log_example, logged_in, model_files_on_ftp, mysql_counts
 
 pytestmark = pytest.mark.services
 
@@ -35,8 +36,8 @@ def test_two_tenants_log_to_their_own_stores_and_see_only_their_own(make_stack, 
     acme, globex = config.tenant("acme"), config.tenant("globex")
     store = config.artifact_store
 
-    logged = log_example(config.tracking_uri(acme), experiment="acme-project")
-    assert list(load_and_predict(config.tracking_uri(acme), logged.model_uri)) == [1, 0]
+    logged = log_example(config.tracking_uri(acme), experiment="acme-project", login=stack.admin("acme"))
+    assert list(load_and_predict(config.tracking_uri(acme), logged.model_uri, login=stack.admin("acme"))) == [1, 0]
 
     # The model travelled through the tracking server to acme's FTP folder ...
     files = model_files_on_ftp(store.host, store.port, acme.ftp_user, secrets.ftp_password("acme"), logged)
@@ -51,12 +52,16 @@ def test_two_tenants_log_to_their_own_stores_and_see_only_their_own(make_stack, 
         counts = mysql_counts(b.host, b.port, acme.db_user, secrets.db_password("acme"), acme.database, logged)
         assert counts == {"runs": 1, "params": 2, "metrics": 2, "logged_models": 1}
     else:
-        with sqlite3.connect(config.state_dir / "sqlite" / "acme.db") as db:
+        with sqlite3.connect(sqlite_path(config, acme)) as db:
             assert db.execute("SELECT COUNT(*) FROM runs WHERE run_uuid = ?", (logged.run_id,)).fetchone() == (1,)
 
-    # Isolation: globex's tracking server knows nothing of acme's experiment ...
-    client = mlflow.MlflowClient(config.tracking_uri(globex))
-    assert "acme-project" not in [e.name for e in client.search_experiments()]
+    # Isolation: globex's tracking server knows nothing of acme's experiment, even to its admin ...
+    with logged_in(stack.admin("globex")):
+        client = mlflow.MlflowClient(config.tracking_uri(globex))
+        assert "acme-project" not in [e.name for e in client.search_experiments()]
+    # ... acme's admin password does not open globex's server ...
+    with logged_in(stack.admin("acme")), pytest.raises(mlflow.exceptions.MlflowException, match="401|authenticat"):
+        mlflow.MlflowClient(config.tracking_uri(globex)).search_experiments()
     # ... globex's FTP user cannot reach acme's folder (chrooted to its own) ...
     with ftplib.FTP() as ftp:
         ftp.connect(store.host, store.port, timeout=10)
@@ -98,7 +103,7 @@ def test_down_stops_everything_and_up_again_finds_the_data(make_stack, kind):
     children = [c.pid for pid in pids for c in psutil.Process(pid).children(recursive=True)]
     config = stack.load()
     uri = config.tracking_uri(config.tenant("acme"))
-    logged = log_example(uri, experiment="kept")
+    logged = log_example(uri, experiment="kept", login=stack.admin())
 
     stack.down()
     assert not [pid for pid in pids + children if psutil.pid_exists(pid)
@@ -106,9 +111,10 @@ def test_down_stops_everything_and_up_again_finds_the_data(make_stack, kind):
     assert all(not s["running"] for s in status(stack)["services"])
 
     stack.up()
-    run = mlflow.MlflowClient(uri).get_run(logged.run_id)
+    with logged_in(stack.admin()):
+        run = mlflow.MlflowClient(uri).get_run(logged.run_id)
     assert run.data.metrics["accuracy"] > 0.9
-    assert list(load_and_predict(uri, logged.model_uri)) == [1, 0]
+    assert list(load_and_predict(uri, logged.model_uri, login=stack.admin())) == [1, 0]
 
     stack.down("--purge")
     assert not config.state_dir.exists()
@@ -133,7 +139,7 @@ def test_no_password_in_process_arguments_or_logs(make_stack):
     stack = make_stack("native", tenants=["acme"])
     stack.up()
     config, secrets = stack.load(), stack.secrets()
-    log_example(config.tracking_uri(config.tenant("acme")))
+    log_example(config.tracking_uri(config.tenant("acme")), login=stack.admin())
     passwords = list(secrets.values.values())
     for proc in psutil.process_iter(["cmdline"]):
         cmdline = " ".join(proc.info["cmdline"] or [])
