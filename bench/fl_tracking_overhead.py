@@ -47,6 +47,14 @@ def machine() -> dict:
             "load_average_at_start": os.getloadavg()}
 
 
+def service_account(folder: Path) -> dict:
+    """As root, tracking servers run as the flops-mlops account (`make account`): let it into ``folder``."""
+    if os.geteuid() != 0:
+        return {}
+    folder.chmod(0o711)
+    return {"os_user": "flops-mlops"}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
@@ -57,7 +65,8 @@ def main() -> int:
     os.environ.update({"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
                        "MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2"})
 
-    from flops_mlops.fl.runner import run_project
+    from flops_mlops.config import load
+    from flops_mlops.fl.runner import project_login, run_project
     from flops_mlops.fl.settings import FLSettings
 
     with tempfile.TemporaryDirectory(prefix="flops-bench-") as tmp:
@@ -65,13 +74,15 @@ def main() -> int:
         low = free_port()
         config = {"name": "bench", "state_dir": str(folder / "state"), "secrets_file": str(folder / "secrets.env"),
                   "artifact_store": {"kind": "embedded", "port": free_port(), "passive_ports": [low, low]},
-                  "tracking": {"workers": 1}, "tenants": [{"id": "bench", "port": free_port()}]}
+                  "tracking": {"workers": 1, **service_account(folder)},
+                  "tenants": [{"id": "bench", "port": free_port()}]}
         config_path = folder / "stack.yaml"
         config_path.write_text(yaml.safe_dump(config), encoding="utf-8")
         run = lambda *a: subprocess.run([*CLI, "--config", str(config_path), *a], check=True, cwd=ROOT,  # noqa: E731
                                         capture_output=True, text=True)
         run("secrets", "init")
         run("up", "--detach")
+        loaded = load(config_path)
         uri = f"http://127.0.0.1:{config['tenants'][0]['port']}"
         results: dict[str, list[dict]] = {"off": [], "on": []}
         try:
@@ -81,8 +92,9 @@ def main() -> int:
                     settings = FLSettings(project=project, tracking_uri=uri if mode == "on" else "off",
                                           rounds=args.rounds, learners=args.learners, seed=42, timeout=600,
                                           model_dir=folder / project / "model").check("aggregator")
+                    login = project_login(loaded, loaded.tenant("bench"), project) if mode == "on" else {}
                     started = time.monotonic()
-                    summary = run_project(settings, folder / project)
+                    summary = run_project(settings, folder / project, env=login)
                     wall = time.monotonic() - started
                     rounds_s = sum(e["wall_time"] for e in summary["rounds"])
                     results[mode].append({"wall_s": wall, "rounds_s": rounds_s,

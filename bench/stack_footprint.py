@@ -26,7 +26,7 @@ import psutil
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fl_tracking_overhead import CLI, ROOT, free_port, machine, write_report  # noqa: E402
+from fl_tracking_overhead import CLI, ROOT, free_port, machine, service_account, write_report  # noqa: E402
 
 PROFILES = {"tuned": {"workers": 1, "job_execution": False}, "defaults": {"workers": 4, "job_execution": True}}
 
@@ -50,7 +50,7 @@ def tree_memory(pid: int) -> dict[str, float]:
 def measure(profile: str, folder: Path) -> dict:
     config = {"name": "bench", "state_dir": str(folder / "state"), "secrets_file": str(folder / "secrets.env"),
               "artifact_store": {"kind": "embedded", "port": free_port(), "passive_ports": [free_port()] * 2},
-              "tracking": {**PROFILES[profile], "startup_timeout": 600},
+              "tracking": {**PROFILES[profile], "startup_timeout": 600, **service_account(folder)},
               "tenants": [{"id": "bench", "port": free_port()}]}
     config_path = folder / "stack.yaml"
     config_path.write_text(yaml.safe_dump(config), encoding="utf-8")

@@ -12,6 +12,7 @@ the environment, and adds:
   (``mlflow-artifacts:/...``); a model version only a source inside it (``models:/``, ``runs:/``,
   ``mlflow-artifacts:/``). Artifact uploads and downloads of a run or model version elsewhere are refused.
   Both checks run after MLflow's login check, so an anonymous client still gets 401.
+- **Only the admin lists users** (and their grants): MLflow shows the list to any logged-in user.
 
 It also makes sure the FL project users it was deployed with exist (containers: compose, Oakestra), once it
 answers: ``fl-<project>`` with EDIT on that project's experiment and registered model only (users.py).
@@ -247,6 +248,20 @@ def ensure_fl_users_when_up(spec: str, local_uri: str, admin_password: str, time
     threading.Thread(target=work, name="flops-fl-users", daemon=True).start()
 
 
+def refuse_user_listing_to_non_admins():
+    """Flask before_request hook (after the login check): only the admin lists the users and their grants.
+
+    MLflow answers /users/list to any logged-in user; an FL project user or a data scientist has no need to
+    learn who else uses the tenant's server and what each may see.
+    """
+    from flask import request
+    from mlflow.server.auth import make_forbidden_response, sender_is_admin
+
+    if _endpoint(request.path) == "mlflow/users/list" and not sender_is_admin():
+        return make_forbidden_response()
+    return None
+
+
 # --- the app -------------------------------------------------------------------------------------------
 
 
@@ -283,7 +298,9 @@ def create_app():
     from mlflow.server.auth import create_app as basic_auth_app
 
     app = basic_auth_app(flask_app)
-    flask_app.before_request(refuse_foreign_artifact_locations)  # after the login check MLflow registered
+    # After the login check MLflow registered: these run for logged-in users only (anonymous ones get 401).
+    flask_app.before_request(refuse_foreign_artifact_locations)
+    flask_app.before_request(refuse_user_listing_to_non_admins)
     redact_process_output(clean)  # handlers MLflow's auth module added while loading
     if os.environ.get("FLOPS_FL_USERS"):
         ensure_fl_users_when_up(os.environ["FLOPS_FL_USERS"], os.environ.get("FLOPS_LOCAL_URI", ""),
