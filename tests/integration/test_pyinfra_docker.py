@@ -1,6 +1,6 @@
 """docker mode applied on this machine (@local sandbox): the compose bundle and its .env copied under a private
 root folder, `docker compose up -d --wait` under a project name of its own, a second apply with 0 changes,
-the tenant end to end through the published ports, then stop; the test removes its project's containers and
+the tenant end to end (as its admin) through the published ports, then stop; the test removes its project's containers and
 volumes at the end. Needs the Docker engine, Compose v2 and the stack's images (scripts/compose-ci.sh builds
 them; FLOPS_COMPOSE_OVERRIDE=compose.ci.yaml names the override that uses them).
 """
@@ -103,3 +103,15 @@ def test_env_file_is_private_and_carries_the_configured_ports(docker_sandbox):
     data = yaml.safe_load(docker_sandbox["config"].read_text())
     assert f"FLOPS_MYSQL_PORT={data['backend_store']['port']}\n" in env_file.read_text()
     assert f"FLOPS_TRACKING_PORT={data['tenants'][0]['port']}\n" in env_file.read_text()
+
+
+def test_env_file_carries_the_secrets_compose_reads(docker_sandbox):
+    from flops_mlops import config as config_module
+    from flops_mlops.secrets import Secrets
+
+    secrets = Secrets.load(config_module.load(docker_sandbox["config"]))
+    text = next(docker_sandbox["root"].glob("var/lib/flops-mlops/*/compose/.env")).read_text()
+    for key in ("FLOPS_MYSQL_ADMIN_PASSWORD", "FLOPS_TENANT_DEFAULT_DB_PASSWORD", "FLOPS_TENANT_DEFAULT_FTP_PASSWORD",
+                "FLOPS_TENANT_DEFAULT_ADMIN_PASSWORD", "FLOPS_TENANT_DEFAULT_SECRET_KEY",
+                "FLOPS_TENANT_DEFAULT_FL_PASSWORD"):
+        assert f"\n{key}={secrets.values[key]}\n" in text, key

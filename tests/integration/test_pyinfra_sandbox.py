@@ -2,7 +2,8 @@
 its own ports (from a test stack configuration) and every path under a private root folder.
 
 One fresh host goes through: dry run (plans, changes nothing), apply, second apply (0 changes), a tenant's
-tracking server end to end (model files on FTP as the tenant, rows in MySQL as the tenant), then stop.
+tracking server end to end as its admin (model files on FTP as the tenant, rows in MySQL as the tenant), its
+login, account and private files, then stop.
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import run_cli
 from pyinfra_hosts import (
     PYINFRA_DIR,
     changed_operations,
+    check_login_and_private_files,
     check_tenant_end_to_end,
     need_native_services,
     pid_files,
@@ -94,6 +97,10 @@ def test_tenant_tracking_server_end_to_end(sandbox):
     check_tenant_end_to_end(sandbox["config"], "127.0.0.1", "127.0.0.1", "127.0.0.1")
 
 
+def test_tracking_server_asks_for_a_login_runs_as_its_account_and_keeps_secrets_private(sandbox):
+    check_login_and_private_files(sandbox["config"], "127.0.0.1", sandbox["root"])
+
+
 def test_stop_ends_every_service_by_its_pid_file(sandbox):
     processes = recorded_processes(sandbox["root"])
     assert processes
@@ -101,6 +108,18 @@ def test_stop_ends_every_service_by_its_pid_file(sandbox):
     assert wait_gone(processes) == []
     assert pid_files(sandbox["root"]) == []
     assert list(Path("/etc/pam.d").glob(f"flops-mlops-{sandbox['name']}-*")) == []
+
+
+def test_root_as_service_account_is_refused(tmp_path):
+    config = write_stack(tmp_path, ["acme"])
+    inventory = tmp_path / "root_service_user.py"
+    inventory.write_text('hosts = [("@local", {"flops_roles": ["tracking_server"], "flops_init": "start-stop-daemon", '
+                         f'"flops_root": "{tmp_path}/root", "flops_install_packages": False, '
+                         f'"flops_service_user": "root", "flops_venv": "{sys.prefix}", "flops_manage_venv": False}})]\n')
+    result = run_cli("provision", "--inventory", str(inventory), "--dry", config=config, timeout=300)
+    assert result.returncode != 0
+    assert "host @local: flops_service_user: tracking servers never run as root" in result.stdout + result.stderr
+    assert not (tmp_path / "root").exists()
 
 
 def test_docker_mode_plans_engine_bundle_and_compose_up(tmp_path):

@@ -3,7 +3,8 @@
 The hosts are this machine reached through a private sshd (its own host and client keys, started by the
 test) at three loopback addresses, 127.0.0.2-4, each with its own root folder. The tracking server host
 learns the store hosts' addresses from the inventory. Apply, a second apply with 0 changes, the end-to-end
-check of a tenant, then stop; the test stops its sshd by its recorded pid.
+check of a tenant (as its admin), its tracking server's login, account and private files, then stop; the test
+stops its sshd by its recorded pid.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from conftest import free_port, need_binary
 from flops_mlops.processes import port_answers
 from pyinfra_hosts import (
     changed_operations,
+    check_login_and_private_files,
     check_tenant_end_to_end,
     need_native_services,
     pid_files,
@@ -82,7 +84,7 @@ def write_inventory(path: Path, sshd: dict, root: Path) -> dict[str, Path]:
     roots = {name: root / name for name in HOSTS}
     common = {"ssh_user": "root", "ssh_port": sshd["port"], "ssh_key": str(sshd["key"]),
               "ssh_known_hosts_file": str(sshd["known_hosts"]), "ssh_strict_host_key_checking": "yes",
-              "flops_init": "start-stop-daemon", "flops_install_packages": False, "flops_service_user": "root",
+              "flops_init": "start-stop-daemon", "flops_install_packages": False, "flops_service_user": "flops-mlops",
               "flops_venv": sys.prefix, "flops_manage_venv": False}
     lines = [f'"""Three hosts, one role each, on this machine over SSH (written by {Path(__file__).name})."""\n']
     for name, (address, role) in HOSTS.items():
@@ -136,6 +138,10 @@ def test_second_apply_over_ssh_reports_no_changes(three_hosts):
 
 def test_tenant_end_to_end_across_hosts(three_hosts):
     check_tenant_end_to_end(three_hosts["config"], HOSTS["tracking"][0], HOSTS["backend"][0], HOSTS["artifacts"][0])
+
+
+def test_tracking_host_asks_for_a_login_runs_as_its_account_and_keeps_secrets_private(three_hosts):
+    check_login_and_private_files(three_hosts["config"], HOSTS["tracking"][0], three_hosts["roots"]["tracking"])
 
 
 def test_stop_over_ssh_ends_every_service(three_hosts):
