@@ -10,7 +10,13 @@ A real HTTP server on a free loopback port that follows /work/shared/reference/o
 - POST /api/service/<id>/instance always answers {"message":"ok"}, even for an unknown id;
 - deleting a service with 2+ instances skips all but the first (recorded in ``leaked``);
 - access tokens expire after ``token_lifetime`` seconds, refresh tokens after ``refresh_lifetime``;
-- collection routes end in '/': without it the answer is a 308 redirect.
+- collection routes end in '/': without it the answer is a 308 redirect;
+- microservice ``volumes`` as in releases after v0.4.410: an array of objects, each with string ``volume_id``
+  and ``csi_driver`` (required), optional string ``mount_path`` and object ``config``; stored as sent. The
+  stored system-manager source (root_orchestrator/system-manager-python/sla/schema.py, its newest stored
+  version) predates volumes, so this rule follows /work/shared/reference/oakestra.md ("Volumes") and the Go
+  structs that read the field after the system manager: scheduler/calculate/schedulers/cpumem/cpumem.go
+  (VolumeSpec) and go_node_engine/model/Service.go (VolumeRequest) in oakestra/oakestra.
 Each GET of a service advances its instances one status step (REQUESTED -> CLUSTER_SCHEDULED ->
 NODE_SCHEDULED -> RUNNING), unless ``frozen``; ``force_status[name]`` pins a service's status;
 ``restart_at`` (a path regex) forgets every token when such a path is first called, as a restart did.
@@ -363,4 +369,17 @@ class FakeOakestra:
                 for constraint in service.get("constraints", []):
                     if "type" not in constraint:
                         return "constraints[].type: required"
+                volumes = service.get("volumes", [])
+                if not isinstance(volumes, list):
+                    return "volumes: array expected"
+                for volume in volumes:
+                    if not isinstance(volume, dict):
+                        return "volumes[]: object expected"
+                    for key in ("volume_id", "csi_driver"):
+                        if not isinstance(volume.get(key), str):
+                            return f"volumes[].{key}: required string"
+                    if "mount_path" in volume and not isinstance(volume["mount_path"], str):
+                        return "volumes[].mount_path: string expected"
+                    if "config" in volume and not isinstance(volume["config"], dict):
+                        return "volumes[].config: object expected"
         return None
