@@ -86,10 +86,10 @@ def test_push_deploys_every_service_to_running_with_secrets_only_in_environment(
     assert sorted(a["application_name"] for a in d.fake.apps.values()) == ["mnist", "stores", "tracking"]
     # Deploy order: stores before tracking before the project.
     assert [a["application_name"] for a in d.fake.apps.values()] == ["stores", "tracking", "mnist"]
-    # Placeholders were filled in from the secrets file, in environment only.
+    # Placeholders were filled in from the secrets file, in environment only: none is left in what was stored.
     acme = d.fake.services_of("tracking")["acme"]
     assert f"FLOPS_DB_PASSWORD={d.secrets['FLOPS_TENANT_ACME_DB_PASSWORD']}" in acme["environment"]
-    assert not any("${" in item for s in d.fake.services.values() for item in s["environment"])
+    assert "${" not in json.dumps(list(d.fake.services.values()))
     assert acme["RR_ip"] == "10.30.101.1"
     # Progress and the environment warning on stderr; no secret anywhere in the output.
     assert "returns it to anyone who can read the service" in result.stderr
@@ -98,6 +98,42 @@ def test_push_deploys_every_service_to_running_with_secrets_only_in_environment(
         assert value not in result.stdout + result.stderr
     assert "pushed 3 application(s)" in result.stdout
     assert json.loads(d.state_file.read_text())["user_id"] == d.fake.user_id()
+
+
+def environment_of(service: dict) -> dict[str, str]:
+    return dict(item.split("=", 1) for item in service["environment"])
+
+
+def test_push_fills_the_login_secrets_and_stores_the_auth_volume(deployment):
+    d = deployment()
+    result = d.push()
+    assert result.returncode == 0, result.stderr
+    project_password = d.secrets["FLOPS_PROJECT_MNIST_PASSWORD"]
+    tracking = d.fake.services_of("tracking")
+    acme, globex = environment_of(tracking["acme"]), environment_of(tracking["globex"])
+    assert acme["FLOPS_ADMIN_PASSWORD"] == d.secrets["FLOPS_TENANT_ACME_ADMIN_PASSWORD"]
+    assert acme["FLOPS_SECRET_KEY"] == d.secrets["FLOPS_TENANT_ACME_SECRET_KEY"]
+    assert acme["FLOPS_FL_USERS"] == f"mnist:{project_password}"  # a placeholder inside a longer value
+    assert globex["FLOPS_ADMIN_PASSWORD"] == d.secrets["FLOPS_TENANT_GLOBEX_ADMIN_PASSWORD"]
+    assert "FLOPS_FL_USERS" not in globex
+    mnist = d.fake.services_of("mnist")
+    aggregator = environment_of(mnist["aggregator"])
+    assert aggregator["MLFLOW_TRACKING_USERNAME"] == "fl-mnist"
+    assert aggregator["MLFLOW_TRACKING_PASSWORD"] == project_password  # the same password the server sets
+    for name in ("learner0", "learner1"):
+        learner = mnist[name]["environment"]
+        assert not any(item.startswith("MLFLOW_") for item in learner), name
+        assert not any(value in item for value in d.secrets.values() for item in learner), name
+    assert tracking["acme"]["volumes"] == [{
+        "volume_id": "flops-acme-auth", "csi_driver": "csi.oakestra.io/hostpath", "mount_path": "/srv/mlflow/auth",
+        "config": {"host_path": "/mnt/oakestra/hostpath/flops-mlops/auth/acme"}}]
+    assert tracking["globex"]["constraints"] == [{"type": "direct", "cluster": "cluster1", "node": "worker1"}]
+    # No secret in any cmd, and none of the new ones in the output either.
+    for service in d.fake.services.values():
+        cmd = json.dumps(service.get("cmd", []))
+        assert "MLFLOW_TRACKING_PASSWORD" not in cmd and not any(v in cmd for v in d.secrets.values())
+    for value in d.secrets.values():
+        assert value not in result.stdout + result.stderr
 
 
 def test_push_again_creates_nothing(deployment):
@@ -129,15 +165,20 @@ def test_push_adds_only_what_is_missing(deployment):
     assert "added service(s) globex" in again.stderr
 
 
-def test_a_service_that_differs_from_the_sla_is_reported_not_changed(deployment):
+@pytest.mark.parametrize("field, value", [
+    ("code", "docker.io/flops-mlops/tracking-server:0.0.9"),
+    ("volumes", [{"volume_id": "flops-acme-auth", "csi_driver": "csi.oakestra.io/hostpath",
+                  "mount_path": "/srv/mlflow/auth", "config": {"host_path": "/elsewhere/acme"}}]),
+])
+def test_a_service_that_differs_from_the_sla_is_reported_not_changed(deployment, field, value):
     d = deployment()
     assert d.push("--app", "tracking").returncode == 0
-    d.fake.services_of("tracking")["acme"]["code"] = "docker.io/flops-mlops/tracking-server:0.0.9"
+    d.fake.services_of("tracking")["acme"][field] = value
     again = d.push("--app", "tracking")
     assert again.returncode == 0, again.stderr
-    assert "flops/tracking/acme: service exists; differs from the SLA in code" in again.stderr
+    assert f"flops/tracking/acme: service exists; differs from the SLA in {field}" in again.stderr
     assert "undeploy --app tracking, then push" in again.stderr
-    assert d.fake.services_of("tracking")["acme"]["code"].endswith(":0.0.9")
+    assert d.fake.services_of("tracking")["acme"][field] == value
 
 
 def test_an_existing_application_is_found_after_a_409_with_the_user_id(deployment):
@@ -299,6 +340,20 @@ def test_client_decodes_json_strings_and_follows_documented_quirks():
                  "microservices": []}]})
         assert info.value.status == 400 and info.value.call == "POST /api/service/"
         client.deploy_instance("0" * 24)  # unknown id: still "ok"
+        app = {"applicationID": app_id, "application_name": "demo", "application_namespace": "test"}
+        service = {"microservice_name": "db", "microservice_namespace": "test", "virtualization": "container",
+                   "code": "docker.io/library/alpine:3.20"}
+        for volumes in ([{"volume_id": "v", "mount_path": "/data"}], [{"csi_driver": "csi.oakestra.io/hostpath"}],
+                        {"volume_id": "v"}, [{"volume_id": "v", "csi_driver": "x", "config": "host_path=/x"}]):
+            with pytest.raises(OakestraError) as info:  # a volume breaks the schema: 400, as every service error
+                client.append_services({"sla_version": "v2.0", "customerID": "x", "applications": [
+                    dict(app, microservices=[dict(service, volumes=volumes)])]})
+            assert info.value.status == 400, volumes
+        volume = {"volume_id": "v", "csi_driver": "csi.oakestra.io/hostpath", "mount_path": "/data",
+                  "config": {"host_path": "/srv/v"}}
+        client.append_services({"sla_version": "v2.0", "customerID": "x", "applications": [
+            dict(app, microservices=[dict(service, volumes=[volume])])]})
+        assert fake.services_of("demo")["db"]["volumes"] == [volume]  # stored as sent
         client.delete_application(app_id)
         with pytest.raises(OakestraError) as info:
             client.delete_application(app_id)

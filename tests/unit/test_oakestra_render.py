@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from flops_mlops import config as config_module
+from flops_mlops import secrets as secrets_module
 from flops_mlops.config import ConfigError
 from flops_mlops.oakestra import sla
 
@@ -34,6 +35,16 @@ def write_config(tmp_path: Path, edit=None, name: str = "stack.yaml") -> Path:
     path = tmp_path / name
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
+
+
+def services(rendered: list[sla.Rendered]) -> dict[str, dict]:
+    """Every rendered microservice by "<application>/<service>"."""
+    return {f"{r.application_name}/{s['microservice_name']}": s
+            for r in rendered for s in r.document["applications"][0]["microservices"]}
+
+
+def env(service: dict) -> dict[str, str]:
+    return dict(item.split("=", 1) for item in service.get("environment", []))
 
 
 def rr_ips(rendered: list[sla.Rendered]) -> dict[str, str]:
@@ -84,28 +95,84 @@ def test_every_rendered_document_passes_the_schema_and_names_fit_old_releases(tm
     assert len(ips) == len(set(ips))
 
 
+def read_secrets(path: Path) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line and not line.startswith("#"))
+
+
+# Every secret an Oakestra deployment of configs/oakestra.yaml uses, as the placeholder and where it must be.
+PLACEHOLDERS = [
+    ("stores/mysql", "MYSQL_ROOT_PASSWORD", "${FLOPS_MYSQL_ADMIN_PASSWORD}"),
+    ("stores/mysql", "FLOPS_TENANT_ACME_DB_PASSWORD", "${FLOPS_TENANT_ACME_DB_PASSWORD}"),
+    ("stores/ftpacme", "FLOPS_FTP_PASSWORD", "${FLOPS_TENANT_ACME_FTP_PASSWORD}"),
+    ("tracking/acme", "FLOPS_DB_PASSWORD", "${FLOPS_TENANT_ACME_DB_PASSWORD}"),
+    ("tracking/acme", "FLOPS_FTP_PASSWORD", "${FLOPS_TENANT_ACME_FTP_PASSWORD}"),
+    ("tracking/acme", "FLOPS_ADMIN_PASSWORD", "${FLOPS_TENANT_ACME_ADMIN_PASSWORD}"),
+    ("tracking/acme", "FLOPS_SECRET_KEY", "${FLOPS_TENANT_ACME_SECRET_KEY}"),
+    ("tracking/acme", "FLOPS_FL_USERS", "mnist:${FLOPS_PROJECT_MNIST_PASSWORD}"),
+    ("tracking/globex", "FLOPS_ADMIN_PASSWORD", "${FLOPS_TENANT_GLOBEX_ADMIN_PASSWORD}"),
+    ("tracking/globex", "FLOPS_SECRET_KEY", "${FLOPS_TENANT_GLOBEX_SECRET_KEY}"),
+    ("mnist/aggregator", "MLFLOW_TRACKING_PASSWORD", "${FLOPS_PROJECT_MNIST_PASSWORD}"),
+]
+
+
 def test_no_secret_reaches_a_rendered_file(tmp_path):
     path = write_config(tmp_path)
     assert run_cli("secrets", "init", config=path).returncode == 0
-    values = [line.split("=", 1)[1] for line in (tmp_path / "secrets.env").read_text().splitlines()
-              if "=" in line and not line.startswith("#")]
-    assert len(values) == 5  # admin + 2 tenants x (db, ftp)
+    values = read_secrets(tmp_path / "secrets.env")
+    config = config_module.load(path)
+    assert sorted(values) == sorted(secrets_module.required_keys(config))  # counted from the file, every key
     out = tmp_path / "out"
     assert run_cli("render", "--out", str(out), config=path).returncode == 0
     text = "".join(p.read_text() for p in out.iterdir())
-    for value in values:
-        assert value not in text
-    assert "${FLOPS_TENANT_ACME_DB_PASSWORD}" in text and "${FLOPS_MYSQL_ADMIN_PASSWORD}" in text
-    for item in sla.render_all(config_module.load(path)):
-        for service in item.document["applications"][0]["microservices"]:
-            assert "${" not in json.dumps(service.get("cmd", []))
+    for key, value in values.items():
+        assert value not in text, key
+    rendered = services(sla.render_all(config))
+    for name, variable, placeholder in PLACEHOLDERS:
+        assert env(rendered[name])[variable] == placeholder, (name, variable)
+    for name, service in rendered.items():
+        cmd = json.dumps(service.get("cmd", []))
+        assert "${" not in cmd and "MLFLOW_TRACKING_PASSWORD" not in cmd, name
+        assert not any(value in cmd for value in values.values()), name
+        # Placeholders only in environment: nowhere else in the service (volumes, constraints, ...).
+        assert "${" not in json.dumps({k: v for k, v in service.items() if k != "environment"}), name
+
+
+def test_learners_get_no_mlflow_variables_and_no_credentials(tmp_path):
+    def two_projects(data):
+        data["oakestra"]["projects"].append({"name": "cifar", "tenant": "globex", "slot": 2, "learners": 3})
+    rendered = services(sla.render_all(config_module.load(write_config(tmp_path, two_projects))))
+    learners = {name: s for name, s in rendered.items() if "/learner" in name}
+    assert len(learners) == 5
+    for name, service in learners.items():
+        for item in service["environment"]:
+            assert not item.startswith("MLFLOW_"), (name, item)
+            assert "${" not in item and "PASSWORD" not in item and "USERNAME" not in item, (name, item)
+        assert "FLOPS_TRACKING_URI" not in env(service), name
+
+
+@pytest.mark.parametrize("project, tenant_ip, key", [
+    ("mnist", "10.30.101.1", "FLOPS_PROJECT_MNIST_PASSWORD"),
+    ("cifar", "10.30.101.2", "FLOPS_PROJECT_CIFAR_PASSWORD"),
+])
+def test_the_aggregator_logs_in_as_its_project_user_with_a_placeholder_push_fills(tmp_path, project, tenant_ip, key):
+    def two_projects(data):
+        data["oakestra"]["projects"].append({"name": "cifar", "tenant": "globex", "slot": 2, "learners": 1})
+    config = config_module.load(write_config(tmp_path, two_projects))
+    item = next(r for r in sla.render_all(config) if r.application_name == project)
+    aggregator = item.document["applications"][0]["microservices"][0]
+    assert aggregator["microservice_name"] == "aggregator"
+    assert env(aggregator)["MLFLOW_TRACKING_USERNAME"] == f"fl-{project}"
+    assert env(aggregator)["MLFLOW_TRACKING_PASSWORD"] == "${" + key + "}"
+    assert env(aggregator)["FLOPS_TRACKING_URI"] == f"http://{tenant_ip}:5000"
+    resolved = sla.resolve_secrets(item.document, {key: "project-Pass_123"})
+    assert "MLFLOW_TRACKING_PASSWORD=project-Pass_123" in resolved["applications"][0]["microservices"][0]["environment"]
 
 
 def test_placeholders_resolve_from_the_secrets_file_only_in_environment(tmp_path):
     config = config_module.load(write_config(tmp_path))
     item = next(r for r in sla.render_all(config) if r.application_name == "tracking")
-    values = {"FLOPS_TENANT_ACME_DB_PASSWORD": "db-Pass_1", "FLOPS_TENANT_ACME_FTP_PASSWORD": "ftpPass2",
-              "FLOPS_TENANT_GLOBEX_DB_PASSWORD": "x", "FLOPS_TENANT_GLOBEX_FTP_PASSWORD": "y"}
+    values = {key: "x" for key in secrets_module.required_keys(config)}
+    values.update({"FLOPS_TENANT_ACME_DB_PASSWORD": "db-Pass_1", "FLOPS_TENANT_ACME_FTP_PASSWORD": "ftpPass2"})
     resolved = sla.resolve_secrets(item.document, values)
     acme = resolved["applications"][0]["microservices"][0]
     assert "FLOPS_DB_PASSWORD=db-Pass_1" in acme["environment"]
@@ -116,6 +183,52 @@ def test_placeholders_resolve_from_the_secrets_file_only_in_environment(tmp_path
         sla.resolve_secrets(item.document, {**values, "FLOPS_TENANT_ACME_DB_PASSWORD": "a'b"})
     with pytest.raises(ConfigError, match="FLOPS_TENANT_GLOBEX_FTP_PASSWORD is missing"):
         sla.resolve_secrets(item.document, {k: v for k, v in values.items() if "GLOBEX_FTP" not in k})
+
+
+def test_fl_users_list_the_tenants_projects_and_push_fills_every_placeholder_in_the_value(tmp_path):
+    def projects(data):
+        data["oakestra"]["projects"].append({"name": "cifar", "tenant": "acme", "slot": 2, "learners": 1})
+    config = config_module.load(write_config(tmp_path, projects))
+    item = next(r for r in sla.render_all(config) if r.application_name == "tracking")
+    acme, globex = item.document["applications"][0]["microservices"]
+    assert env(acme)["FLOPS_FL_USERS"] == "mnist:${FLOPS_PROJECT_MNIST_PASSWORD},cifar:${FLOPS_PROJECT_CIFAR_PASSWORD}"
+    assert "FLOPS_FL_USERS" not in env(globex)  # no project logs in to globex's server
+    values = {key: f"v{i}-{key.lower()}" for i, key in enumerate(secrets_module.required_keys(config))}
+    resolved = sla.resolve_secrets(item.document, values)
+    users = env(resolved["applications"][0]["microservices"][0])["FLOPS_FL_USERS"]
+    assert users == (f"mnist:{values['FLOPS_PROJECT_MNIST_PASSWORD']},"
+                     f"cifar:{values['FLOPS_PROJECT_CIFAR_PASSWORD']}")
+    assert "${" not in json.dumps(resolved)
+
+
+@pytest.mark.parametrize("tenant, index", [("acme", 0), ("globex", 1)])
+def test_each_tracking_server_keeps_its_logins_on_a_host_path_volume_of_its_pinned_node(tmp_path, tenant, index):
+    config = config_module.load(write_config(tmp_path))
+    item = next(r for r in sla.render_all(config) if r.application_name == "tracking")
+    service = item.document["applications"][0]["microservices"][index]
+    assert service["microservice_name"] == tenant
+    assert service["volumes"] == [{
+        "volume_id": f"flops-{tenant}-auth", "csi_driver": "csi.oakestra.io/hostpath", "mount_path": "/srv/mlflow/auth",
+        "config": {"host_path": f"/mnt/oakestra/hostpath/flops-mlops/auth/{tenant}"},
+    }]
+    auth_db = env(service)["FLOPS_AUTH_DB"]
+    assert auth_db.startswith(service["volumes"][0]["mount_path"] + "/")  # the database is on the volume
+    assert service["constraints"] == [{"type": "direct", "cluster": "cluster1", "node": "worker1"}]
+
+
+def test_the_tracking_servers_fall_back_to_target_and_use_their_own_host_path(tmp_path):
+    def edit(data):
+        data["oakestra"]["tracking_target"] = None
+        data["oakestra"]["target"] = {"cluster": "edge1", "node": "disknode"}
+        data["oakestra"]["auth_host_path"] = "/srv/flops/auth"
+    config = config_module.load(write_config(tmp_path, edit))
+    rendered = services(sla.render_all(config))
+    for name in ("tracking/acme", "tracking/globex", "mnist/aggregator"):
+        assert rendered[name]["constraints"] == [{"type": "direct", "cluster": "edge1", "node": "disknode"}], name
+    assert rendered["tracking/globex"]["volumes"][0]["config"] == {"host_path": "/srv/flops/auth/globex"}
+    volume_ids = [s["volumes"][0]["volume_id"] for n, s in rendered.items() if n.startswith("tracking/")]
+    assert len(set(volume_ids)) == len(volume_ids) == 2
+    assert all("volumes" not in s for n, s in rendered.items() if not n.startswith("tracking/"))
 
 
 # --- the service IP plan --------------------------------------------------------------------------
@@ -182,6 +295,18 @@ CONFIG_ERRORS = [
      "oakestra.projects[0].slot: its addresses 10.30.101.x overlap ip_plan.tracking_block"),
     ("namespace with dash", _set("oakestra.namespace", "flo-ps"), "oakestra.namespace: 'flo-ps' must be 1-30 letters"),
     ("resources as string", _set("oakestra.mysql.memory", "1024"), "oakestra.mysql.memory: expected an integer"),
+    ("tracking not pinned", _set("oakestra.tracking_target", None),
+     "oakestra.target: the tracking servers must be pinned to one node, with its cluster"),
+    ("tracking pinned to a cluster only", _set("oakestra.tracking_target", {"cluster": "edge1"}),
+     "oakestra.tracking_target: the tracking servers must be pinned to one node"),
+    ("tracking pinned to a node only", _set("oakestra.tracking_target", {"node": "worker1"}),
+     "oakestra.tracking_target: the tracking servers must be pinned"),
+    ("relative auth host path", _set("oakestra.auth_host_path", "auth"),
+     "oakestra.auth_host_path: 'auth' must be an absolute path"),
+    ("auth host path escaping", _set("oakestra.auth_host_path", "/mnt/oakestra/hostpath/../../etc"),
+     "oakestra.auth_host_path: '/mnt/oakestra/hostpath/../../etc' must be an absolute path"),
+    ("auth host path with a space", _set("oakestra.auth_host_path", "/mnt/my auth"),
+     "oakestra.auth_host_path: '/mnt/my auth' must be"),
     ("loopback external store",
      lambda d: d["oakestra"].update(run_stores=False) or d["backend_store"].update(host="127.0.0.1"),
      "backend_store.host: '127.0.0.1' is not reachable from Oakestra workers"),
@@ -228,6 +353,15 @@ VIOLATIONS = [
      "project.json.j2: applications[0].microservices[0].cmd: "),
     ("unknown secret", "tracking.json.j2", 'secret(t.ftp_password_key)', '"${FLOPS_NOPE}"',
      "${FLOPS_NOPE} is not a secret of this configuration"),
+    ("volume without csi_driver", "tracking.json.j2", '"volumes": {{ [t.auth_volume] | tojson }}',
+     '"volumes": [{"volume_id": "x", "mount_path": "/srv/mlflow/auth"}]',
+     "tracking.json.j2: applications[0].microservices[0].volumes[0] (service acme): "),
+    ("volume config not a string", "tracking.json.j2", '"volumes": {{ [t.auth_volume] | tojson }}',
+     '"volumes": [{"volume_id": "x", "csi_driver": "csi.oakestra.io/hostpath", "config": {"host_path": 1}}]',
+     "tracking.json.j2: applications[0].microservices[0].volumes[0].config.host_path (service acme): 1: "),
+    ("secret in a volume", "tracking.json.j2", '"volumes": {{ [t.auth_volume] | tojson }}',
+     '"volumes": [{"volume_id": "${FLOPS_TENANT_ACME_SECRET_KEY}", "csi_driver": "csi.oakestra.io/hostpath"}]',
+     "tracking.json.j2: applications[0].microservices[0].volumes: "),
     ("undefined variable", "tracking.json.j2", "{{ t.rr_ip | tojson }}", "{{ t.service_ip | tojson }}",
      "tracking.json.j2: 'dict object' has no attribute 'service_ip'"),
     ("not JSON", "tracking.json.j2", '"tracking-server"],', '"tracking-server"],,',
@@ -286,7 +420,9 @@ def test_placement_constraints_and_external_stores(tmp_path):
     rendered = sla.render_all(config_module.load(write_config(tmp_path, edit)))
     assert [r.file_name for r in rendered] == ["tracking.json", "mnist.json"]
     acme = rendered[0].document["applications"][0]["microservices"][0]
-    assert acme["constraints"] == [{"type": "direct", "cluster": "edge1"}]
+    assert acme["constraints"] == [{"type": "direct", "cluster": "cluster1", "node": "worker1"}]  # tracking_target
+    for service in rendered[1].document["applications"][0]["microservices"]:
+        assert service["constraints"] == [{"type": "direct", "cluster": "edge1"}]
     assert acme["port"] == ""
     assert "FLOPS_DB_HOST=db.example.org" in acme["environment"]
     assert "FLOPS_FTP_HOST=ftp.example.org" in acme["environment"]
@@ -301,9 +437,10 @@ def test_stores_can_be_placed_apart_from_the_other_services(tmp_path):
     rendered = {r.application_name: r.document for r in sla.render_all(config)}
     for service in rendered["stores"]["applications"][0]["microservices"]:
         assert service["constraints"] == [{"type": "direct", "node": "disknode"}]
-    for name in ("tracking", "mnist"):
-        for service in rendered[name]["applications"][0]["microservices"]:
-            assert service["constraints"] == [{"type": "direct", "cluster": "edge1"}]
+    for service in rendered["mnist"]["applications"][0]["microservices"]:
+        assert service["constraints"] == [{"type": "direct", "cluster": "edge1"}]
+    for service in rendered["tracking"]["applications"][0]["microservices"]:
+        assert service["constraints"] == [{"type": "direct", "cluster": "cluster1", "node": "worker1"}]
 
 
 def test_cmd_of_our_images_is_their_entrypoint(tmp_path):

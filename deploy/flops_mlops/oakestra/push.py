@@ -30,11 +30,11 @@ from .sla import Rendered
 PROGRESS = ("REQUESTED", "CLUSTER_SCHEDULED", "NODE_SCHEDULED")
 DONE = ("RUNNING", "COMPLETED")
 FAILURE_HINT = re.compile(r"fail|dead|undeployed|^no", re.IGNORECASE)
-COMPARED = ("code", "cmd", "environment", "port", "memory", "vcpus", "storage")
+COMPARED = ("code", "cmd", "environment", "port", "memory", "vcpus", "storage", "volumes")
 ENVIRONMENT_WARNING = (
     "warning: Oakestra stores each service's environment and returns it to anyone who can read the service "
-    "through the API; the store passwords pushed in it are readable that way. Push with an operator-only "
-    "Oakestra account.")
+    "through the API; the passwords pushed in it (stores, tracking-server admin and secret key, FL project "
+    "users) are readable that way. Push with an operator-only Oakestra account.")
 
 
 @dataclass

@@ -10,8 +10,14 @@ Service IPs (addresses.rr_ip) come from stable slots in the configuration, never
 adding a tenant or project never moves the address of an existing one.
 
 Secrets never reach a rendered file. Templates write ``${FLOPS_...}`` placeholders (``secret(key)``), which
-are allowed only in ``environment`` values and are replaced from the secrets file at push time
-(``resolve_secrets``).
+are allowed only in ``environment`` values (also inside a longer value, such as FLOPS_FL_USERS) and are
+replaced from the secrets file at push time (``resolve_secrets``).
+
+Logins: every tracking server runs MLflow's basic auth with its users and grants in a SQLite file (MLflow's
+auth migrations fail on MySQL). On Oakestra that file lives on a host-path volume (``csi.oakestra.io/hostpath``,
+SLA ``volumes``, only after Oakestra v0.4.410; older releases store the key and ignore it, so the file then
+dies with the container), so the tracking servers are pinned to one node (oakestra.tracking_target, cluster
+and node). The aggregator of a project logs in as ``fl-<project>``; learners get no credentials.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import os
 import re
 from dataclasses import dataclass
 from functools import cache
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import jinja2
@@ -30,7 +36,9 @@ import jsonschema
 
 from .. import secrets as secrets_module
 from ..config import ConfigError, OakestraTarget, StackConfig
+from ..container import AUTH_DB
 from ..fl.settings import PROJECT_PATTERN, PROJECT_RULE
+from ..users import project_user
 
 TEMPLATES_DIR = Path(__file__).resolve().parents[3] / "sla_templates"
 SCHEMA_FILE = Path(__file__).with_name("sla-v2.0.schema.json")
@@ -42,6 +50,9 @@ IMAGE_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:-]*(:[A-Za-z0-9_][A-Za-z0
 REGISTRY_PATTERN = re.compile(r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:[0-9]{1,5})?(/[a-z0-9][a-z0-9._-]*)*$")
 MYSQL_PORT = 3306
 FTP_PORT = 21
+HOSTPATH_DRIVER = "csi.oakestra.io/hostpath"  # Oakestra's host-path CSI plugin (csi/hostpath in oakestra/oakestra)
+AUTH_MOUNT = str(PurePosixPath(AUTH_DB).parent)  # the tracking-server image's auth folder (flops_mlops.container)
+HOST_PATH_PATTERN = re.compile(r"^(/[A-Za-z0-9._-]+)+$")
 
 
 class SlaError(ConfigError):
@@ -86,6 +97,11 @@ def _constraints(target: OakestraTarget) -> list[dict]:
     return [constraint] if len(constraint) > 1 else []
 
 
+def _tracking_target(config: StackConfig) -> OakestraTarget:
+    o = config.oakestra
+    return o.tracking_target if o.tracking_target is not None else o.target
+
+
 def _address(block: int, host: int) -> str:
     return str(SERVICE_NETWORK.network_address + block * 256 + host)
 
@@ -124,6 +140,17 @@ def check(config: StackConfig) -> None:
                 raise _fail(config, f"{key}.{field}", f"expected 0 or more, got {getattr(resources, field)}")
     for key in ("tracking_server", "artifact_store", "fl_actor", "mysql"):
         _image(config, key)
+    tracking = _tracking_target(config)
+    if not (tracking.cluster and tracking.node):
+        key = "tracking_target" if o.tracking_target is not None else "target"
+        raise _fail(config, key, "the tracking servers must be pinned to one node, with its cluster: their login "
+                                 "databases live on a host path of that node (auth_host_path); set "
+                                 "oakestra.tracking_target: {cluster: ..., node: ...} (the root scheduler picks "
+                                 "the cluster by name, the cluster's scheduler the node)")
+    if (not HOST_PATH_PATTERN.fullmatch(o.auth_host_path)
+            or any(part in (".", "..") for part in o.auth_host_path.split("/"))):
+        raise _fail(config, "auth_host_path", f"{o.auth_host_path!r} must be an absolute path of letters, digits, "
+                                              "'.', '_', '-' and '/' without '.' or '..' parts")
 
     known = {t.id for t in config.tenants}
     slots: dict[int, str] = {}
@@ -206,18 +233,29 @@ def context(config: StackConfig) -> dict[str, Any]:
             "database": tenant.database, "db_user": tenant.db_user, "ftp_user": tenant.ftp_user,
             "db_password_key": secrets_module.db_password_key(tenant.id),
             "ftp_password_key": secrets_module.ftp_password_key(tenant.id),
+            "admin_password_key": secrets_module.admin_password_key(tenant.id),
+            "secret_key_key": secrets_module.secret_key_key(tenant.id),
+            "auth_volume": {  # SLA volumes[] item: the login database's folder on the pinned node
+                "volume_id": f"{o.namespace}-{tenant.id}-auth", "csi_driver": HOSTPATH_DRIVER,
+                "mount_path": AUTH_MOUNT, "config": {"host_path": f"{o.auth_host_path}/{tenant.id}"},
+            },
+            "projects": [],  # filled below: the FL projects whose aggregators log in to this server
         })
     by_id = {t["id"]: t for t in tenants}
     projects = []
     for project in o.projects:
         block = o.ip_plan.projects_block + project.slot - 1
         tracking = by_id[project.tenant]
-        projects.append({
+        entry = {
             "name": project.name, "tenant": project.tenant, "rounds": project.rounds, "learners": project.learners,
             "tracking_uri": f"http://{tracking['rr_ip']}:{o.tracking_port}",
+            "user": project_user(project.name),
+            "password_key": secrets_module.project_password_key(project.name),
             "aggregator_ip": _address(block, 1),
             "learner_ips": [_address(block, 2 + i) for i in range(project.learners)],
-        })
+        }
+        projects.append(entry)
+        tracking["projects"].append(entry)
     return {
         "customer_id": config.name,
         "app_namespace": o.namespace,
@@ -226,6 +264,8 @@ def context(config: StackConfig) -> dict[str, Any]:
                       ("tracking_server", "mysql", "artifact_store", "aggregator", "learner")},
         "constraints": _constraints(o.target),
         "stores_constraints": _constraints(o.stores_target or o.target),
+        "tracking_constraints": _constraints(_tracking_target(config)),
+        "auth_db": AUTH_DB,
         "stores": stores,
         "mysql_admin_password_key": secrets_module.MYSQL_ADMIN_KEY,
         "ftp_passive_ports": o.ftp_passive_ports,
