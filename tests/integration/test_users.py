@@ -1,0 +1,84 @@
+"""`flops-mlops user`: an operator gives a data scientist access to one project, and takes it back."""
+
+from __future__ import annotations
+
+import pytest
+import requests
+
+from flops_mlops.secrets import read_env
+from tracking_checks import log_example
+
+pytestmark = pytest.mark.services
+
+
+def status(uri: str, path: str, login, method: str = "GET", **kwargs) -> int:
+    return requests.request(method, uri + path, auth=login, timeout=30, **kwargs).status_code
+
+
+def test_a_user_sees_only_what_it_was_granted_and_nothing_after_removal(make_stack, tmp_path):
+    stack = make_stack("local")
+    stack.up()
+    config = stack.load()
+    uri = config.tracking_uri(config.tenant("acme"))
+    logged = log_example(uri, experiment="demo", login=stack.admin())
+    log_example(uri, experiment="other", login=stack.admin())
+    password_file = tmp_path / "alice.pw"
+    password_file.write_text("alice-has-a-long-password\n")
+    alice = ("alice", "alice-has-a-long-password")
+    get_demo = f"/api/2.0/mlflow/runs/get?run_id={logged.run_id}"
+
+    added = stack.cli("user", "add", "--tenant", "acme", "--name", "alice", "--password-file", str(password_file))
+    assert added.returncode == 0, added.stderr
+    assert "sees nothing until granted" in added.stdout
+    assert status(uri, get_demo, alice) == 403  # logged in, but nothing granted
+
+    granted = stack.cli("user", "grant", "--tenant", "acme", "--name", "alice", "--project", "demo")
+    assert granted.returncode == 0, granted.stderr
+    assert status(uri, get_demo, alice) == 200
+    assert status(uri, "/api/2.0/mlflow/experiments/get-by-name?experiment_name=other", alice) == 403
+    # READ: no logging into the project.
+    assert status(uri, "/api/2.0/mlflow/runs/create", alice, "POST",
+                  json={"experiment_id": logged.experiment_id}) == 403
+    listing = stack.cli("user", "list", "--tenant", "acme", check=True).stdout
+    assert f"experiment {logged.experiment_id}: READ" in listing and "registered_model demo: READ" in listing
+
+    stack.cli("user", "remove", "--tenant", "acme", "--name", "alice", check=True)
+    assert status(uri, get_demo, alice) == 401
+
+
+def test_passwords_come_from_a_file_or_a_prompt_never_an_argument(make_stack, tmp_path):
+    stack = make_stack("local")
+    stack.up()
+    as_argument = stack.cli("user", "add", "--tenant", "acme", "--name", "bob", "--password", "x" * 20)
+    assert as_argument.returncode == 2 and "unrecognized arguments: --password" in as_argument.stderr
+    short = tmp_path / "short.pw"
+    short.write_text("short\n")
+    refused = stack.cli("user", "add", "--tenant", "acme", "--name", "bob", "--password-file", str(short))
+    assert refused.returncode == 2 and f"{short}: expected at least 12 characters" in refused.stderr
+    no_terminal = stack.cli("user", "add", "--tenant", "acme", "--name", "bob")
+    assert no_terminal.returncode == 2 and "no terminal to ask on" in no_terminal.stderr
+    bad_name = stack.cli("user", "add", "--tenant", "acme", "--name", "bob'; --", "--password-file", str(short))
+    assert bad_name.returncode == 2 and "is not a valid user name" in bad_name.stderr
+    for args in (["--name", "admin", "--password-file", str(short)], ["--name", "bob", "--password-file", "/nope"]):
+        result = stack.cli("user", "add", "--tenant", "acme", *args)
+        assert result.returncode == 2, result.stderr
+
+
+def test_rotating_the_admin_password_updates_server_and_secrets_file(make_stack):
+    stack = make_stack("local")
+    stack.up()
+    config = stack.load()
+    uri = config.tracking_uri(config.tenant("acme"))
+    old = stack.admin()
+    rotated = stack.cli("user", "passwd", "--tenant", "acme", "--admin")
+    assert rotated.returncode == 0, rotated.stderr
+    new = stack.admin()
+    assert new != old and old[1] not in rotated.stdout + rotated.stderr and new[1] not in rotated.stdout
+    assert status(uri, "/api/2.0/mlflow/users/list", old) == 401
+    assert status(uri, "/api/2.0/mlflow/users/list", new) == 200
+    backups = list(config.secrets_file.parent.glob(f"{config.secrets_file.name}.bak-*"))
+    assert len(backups) == 1 and read_env(backups[0])["FLOPS_TENANT_ACME_ADMIN_PASSWORD"] == old[1]
+    # The next start bootstraps nothing: the server keeps the rotated password.
+    stack.down()
+    stack.up()
+    assert status(uri, "/api/2.0/mlflow/users/list", new) == 200
