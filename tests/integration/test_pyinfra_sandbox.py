@@ -113,13 +113,31 @@ def test_stop_ends_every_service_by_its_pid_file(sandbox):
 def test_root_as_service_account_is_refused(tmp_path):
     config = write_stack(tmp_path, ["acme"])
     inventory = tmp_path / "root_service_user.py"
-    inventory.write_text('hosts = [("@local", {"flops_roles": ["tracking_server"], "flops_init": "start-stop-daemon", '
-                         f'"flops_root": "{tmp_path}/root", "flops_install_packages": False, '
-                         f'"flops_service_user": "root", "flops_venv": "{sys.prefix}", "flops_manage_venv": False}})]\n')
+    data = {"flops_roles": ["tracking_server"], "flops_init": "start-stop-daemon", "flops_root": f"{tmp_path}/root",
+            "flops_install_packages": False, "flops_service_user": "root", "flops_venv": sys.prefix,
+            "flops_manage_venv": False}
+    inventory.write_text(f"hosts = [('@local', {data!r})]\n")
     result = run_cli("provision", "--inventory", str(inventory), "--dry", config=config, timeout=300)
     assert result.returncode != 0
     assert "host @local: flops_service_user: tracking servers never run as root" in result.stdout + result.stderr
     assert not (tmp_path / "root").exists()
+
+
+def test_managed_venv_plans_flops_mlops_itself(tmp_path):
+    """With flops_manage_venv the venv gets flops-mlops (the servers' login app), not only MLflow (plan level;
+    applied by hand once: a second apply changed nothing)."""
+    config = write_stack(tmp_path, ["acme"])
+    inventory = tmp_path / "managed_venv.py"
+    data = {"flops_roles": ["tracking_server"], "flops_init": "start-stop-daemon", "flops_root": f"{tmp_path}/root",
+            "flops_install_packages": False, "flops_venv": f"{tmp_path}/root/opt/venv", "flops_manage_venv": True}
+    inventory.write_text(f"hosts = [('@local', {data!r})]\n")
+    names = [op["name"] for op in provision(config, inventory, "--dry")["plan"]]
+    assert not (tmp_path / "root").exists()
+    prefix = "FLOps tracking servers (MLflow) | "
+    assert f"{prefix}Copy deploy/flops_mlops" in names
+    assert names.index(f"{prefix}MLflow and store drivers (pinned)") < names.index(
+        f"{prefix}flops-mlops in the venv (pinned by the lock)") < next(
+        i for i, n in enumerate(names) if n.startswith(f"{prefix}Start ") and n.endswith("-tracking-acme"))
 
 
 def test_docker_mode_plans_engine_bundle_and_compose_up(tmp_path):

@@ -27,7 +27,8 @@ flops_install_packages = True
 flops_service_user = "flops-mlops"
 
 # Python venv of the tracking servers. With flops_manage_venv the deploy creates it and installs
-# flops_tracking_packages; set it to False to use an existing venv that already has MLflow.
+# flops_tracking_packages and flops-mlops itself (its login app, from this repository's sources, pinned by the
+# lock); set it to False to use an existing venv that already has MLflow and flops-mlops.
 flops_venv = "/opt/flops-mlops/venv"
 flops_manage_venv = True
 
@@ -45,7 +46,7 @@ def __pinned(*names: str) -> list[str]:
     return [versions[name.lower()] for name in names]
 
 
-flops_tracking_packages = __pinned("mlflow", "PyMySQL", "cryptography", "psutil")
+flops_tracking_packages = __pinned("mlflow", "Flask-WTF", "PyMySQL", "cryptography", "psutil")
 
 # docker mode: Docker's apt repository suite and packages, and what is copied to the host (paths relative to
 # the repository: compose.yaml, what its images build from and what it mounts; wheels are left out, so the

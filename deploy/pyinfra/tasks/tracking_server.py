@@ -17,14 +17,19 @@ import shlex
 
 from pyinfra import host
 from pyinfra.api import deploy
-from pyinfra.facts.server import Users
+from pyinfra.api.operation import OperationMeta
+from pyinfra.facts.server import Command, Users
 from pyinfra.operations import apt, files, pip, server
 
 from flops_mlops import tracking_server as mlflow_server
 from flops_mlops.config import ConfigError, StackConfig, Tenant
 
 from . import services, settings
-from .settings import FILES, TEMPLATES, TRIM, HostDataError, HostSettings
+from .settings import FILES, PYINFRA_DIR, TEMPLATES, TRIM, HostDataError, HostSettings
+
+REPOSITORY = PYINFRA_DIR.parent.parent
+# What building flops-mlops needs (pyproject.toml names README.md), and the lock it is installed with.
+PACKAGE_FILES = ("pyproject.toml", "README.md", "deploy/images/constraints.txt")
 
 # What the environment file takes from flops_mlops.tracking_server.server_env (the rest is this machine's).
 ENV_KEYS = ("FLOPS_AUTH_DB", "DO_NOT_TRACK")
@@ -84,9 +89,10 @@ def tracking_server() -> None:
         if s.install_packages:
             apt.packages(name="Install Python venv support", packages=["python3-venv"],
                          update=True, cache_time=3600, no_recommends=True)
-        pip.venv(name="Python venv for MLflow", path=s.venv, python="python3")
+        pip.venv(name="Python venv for MLflow", path=s.venv, python="/usr/bin/python3")  # what python3-venv serves
         pip.packages(name="MLflow and store drivers (pinned)", packages=list(s.tracking_packages),
                      virtualenv=s.venv)
+        package = install_flops_mlops(s)
     group = service_account(s)
     # etc/tracking holds the schema upgrade script, which the service account runs (the environment files in
     # it are root's, 0600); the other folders are shared with the store roles on one host.
@@ -106,7 +112,37 @@ def tracking_server() -> None:
             dest=svc.env_file, user="root", group="root", mode="600", jinja_env_kwargs=dict(TRIM),
             stack=seen.name, tenant=tenant.id, env=environment(s, seen, tenant),
         )
-        services.ensure_running(s, svc, triggers=[env, upgrade])
+        services.ensure_running(s, svc, triggers=[env, upgrade, *([package] if s.manage_venv else [])])
+
+
+def install_flops_mlops(s: HostSettings) -> OperationMeta:
+    """flops-mlops itself in the managed venv: its `flops-basic-auth` app (the login) is what the servers run.
+
+    Its sources are copied to <venv>/src/flops-mlops and installed with the lock as constraints when they
+    changed or the venv lacks the package.
+    """
+    src = f"{s.venv}/src/flops-mlops"
+    for path in (f"{s.venv}/src", src, f"{src}/deploy", f"{src}/deploy/images"):
+        files.directory(name=f"Folder {path}", path=path, user="root", group="root", mode="755")
+    copied = [files.put(name=f"Copy {relative}", src=str(REPOSITORY / relative), dest=f"{src}/{relative}",
+                        user="root", group="root", mode="644") for relative in PACKAGE_FILES]
+    copied.append(files.sync(name="Copy deploy/flops_mlops", src=str(REPOSITORY / "deploy" / "flops_mlops"),
+                             dest=f"{src}/deploy/flops_mlops", delete=True, exclude=["*.pyc"],
+                             exclude_dir=["__pycache__"]))
+    pip_cmd = shlex.join([f"{s.venv}/bin/pip", "install", "--quiet", "--constraint",
+                          f"{src}/deploy/images/constraints.txt"])
+    check = shlex.join([f"{s.venv}/bin/python", "-c", "import importlib.metadata as m; m.version('flops-mlops')"])
+
+    def needed() -> bool:
+        if any(op.did_change() for op in copied):
+            return True
+        return host.get_fact(Command, f"if {check} 2>/dev/null; then echo yes; else echo no; fi") != "yes"
+
+    # The same version number on changed sources: reinstall the package itself, then add what it needs.
+    return server.shell(name="flops-mlops in the venv (pinned by the lock)",
+                        commands=[f"{pip_cmd} --force-reinstall --no-deps {shlex.quote(src)}",
+                                  f"{pip_cmd} {shlex.quote(src)}"],
+                        _if=needed)
 
 
 def service_account(s: HostSettings) -> str:
