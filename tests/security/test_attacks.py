@@ -225,10 +225,12 @@ def test_artifact_paths_cannot_climb_out(target):
                     listed = answer.status_code < 300 and f"flops_{victim}".encode() in answer.content
                     ledger.attempt(f"{attacker} {route}", _leaks_marker(answer, target, victim) or listed,
                                    f"{answer.status_code} {answer.text[:120]}")
+            # Where it lands when the climb is refused or flattened: the attacker's own folder, which is fine.
+            name = f"planted-by-{attacker}.txt"
             planted = target.call("PUT", attacker, f"/api/2.0/mlflow-artifacts/artifacts/{experiment}/{climb}/"
-                                  f"{climb}/flops_{victim}/artifacts/planted.txt", login=login, data=b"x")
-            ledger.attempt(f"{attacker} PUT through {climb}", planted.status_code < 300 and _victim_has(
-                target, victim, "planted.txt"), f"{planted.status_code}")
+                                  f"{climb}/flops_{victim}/artifacts/{name}", login=login, data=b"x")
+            ledger.attempt(f"{attacker} PUT through {climb}", _victim_has(target, victim, name),
+                           f"{planted.status_code}")
     ledger.verdict()
 
 
