@@ -1,11 +1,13 @@
 """compose.yaml for real: the stack comes up healthy under Docker Compose, logs through the published tracking
-port land on the artifact-store volume and in MySQL, the `fl` profile runs an FL project in containers, and
-the named volumes keep (down/up) or drop (down -v) the data.
+port (logged in: every request needs one) land on the artifact-store volume and in MySQL, the `fl` profile runs
+an FL project in containers (the aggregator with its own project login), and the named volumes keep (down/up)
+or drop (down -v) the data, logins included. Attacks on the running stack: test_compose_security.py.
 
 The images must exist: scripts/compose-ci.sh builds them on a machine without a registry and the tests then
 use its override (FLOPS_COMPOSE_OVERRIDE=compose.ci.yaml); elsewhere `docker compose build` / `pull` first.
 Without a Docker engine, Compose v2 or the images these tests skip, or fail with FLOPS_REQUIRE_SERVICES=1.
-Every session uses its own compose project name and free ports, and removes its containers and volumes.
+Every session uses its own compose project name and free ports, and removes its containers and volumes
+(tests/compose/compose_stack.py).
 """
 
 from __future__ import annotations
@@ -14,11 +16,8 @@ import ftplib
 import json
 import os
 import re
-import shutil
 import subprocess
 import time
-import uuid
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -26,45 +25,11 @@ import requests
 import yaml
 
 import tracking_checks
-from conftest import ROOT, free_port, free_port_range, missing_service, run_cli
+from compose_stack import (DEFAULT_FL_PROJECT, FL_SERVICES, QUIET, SERVICES, TENANT, VOLUMES, compose_config,
+                           db_password, ftp_password, need_compose, stack)  # noqa: F401 (stack: the fixture)
+from conftest import ROOT, run_cli
 
 pytestmark = [pytest.mark.docker, pytest.mark.services, pytest.mark.timeout(1800)]
-
-TENANT = "default"
-SERVICES = ("backend-store", "artifact-store", "tracking-server")
-FL_SERVICES = ("fl-aggregator", "fl-learner-0", "fl-learner-1")
-QUIET = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
-
-
-def compose_files() -> list[str]:
-    files = ["-f", str(ROOT / "compose.yaml")]
-    override = os.environ.get("FLOPS_COMPOSE_OVERRIDE", "").strip()
-    if override:
-        files += ["-f", str(ROOT / override)]
-    return files
-
-
-def need_compose() -> None:
-    if shutil.which("docker") is None:
-        missing_service("docker CLI is not installed (scripts/compose-ci.sh installs it)")
-    version = subprocess.run(["docker", "compose", "version"], capture_output=True, text=True)
-    if version.returncode != 0 or "v2." not in version.stdout:
-        missing_service("Docker Compose v2 plugin is not installed (scripts/compose-ci.sh installs it)")
-
-
-def need_engine() -> None:
-    need_compose()
-    if subprocess.run(["docker", "info"], capture_output=True).returncode != 0:
-        missing_service("no Docker engine answers (scripts/compose-ci.sh starts dockerd)")
-
-
-def compose_config(env_file: Path, *extra: str, files: list[str] | None = None) -> dict:
-    files = compose_files() if files is None else files
-    result = subprocess.run(["docker", "compose", *files, "--env-file", str(env_file), *extra,
-                             "config", "--format", "json"],
-                            capture_output=True, text=True, cwd=ROOT)
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
 
 
 # --- the file itself (needs only the compose CLI) ---------------------------------------------------------------
@@ -83,7 +48,15 @@ def test_compose_config_accepts_env_example():
         for port in service.get("ports", []):
             assert port["host_ip"] == "127.0.0.1", f"{name}: published beyond loopback by default"
     assert config["services"]["backend-store"]["image"] == "mysql:8.4.6"
-    assert {v["name"] for v in config["volumes"].values()} == {"flops-mlops_backend-store", "flops-mlops_artifact-store"}
+    assert config["services"]["backend-store"]["user"] == "mysql"  # not root (the image supports it)
+    assert {v["name"] for v in config["volumes"].values()} == {"flops-mlops_backend-store", "flops-mlops_artifact-store",
+                                                               "flops-mlops_tracking-auth"}
+    # The login database survives the container: on the named volume, where the server expects it.
+    tracking = config["services"]["tracking-server"]
+    assert {(m["source"], m["target"]) for m in tracking["volumes"]} == {("tracking-auth", "/srv/mlflow/auth")}
+    assert tracking["environment"]["FLOPS_AUTH_DB"].startswith("/srv/mlflow/auth/")
+    assert tracking["healthcheck"]["test"] == ["CMD", "python", "-m", "flops_mlops.container", "healthcheck"]
+    assert config["services"]["fl-aggregator"]["depends_on"]["tracking-server"]["condition"] == "service_healthy"
     ftp_ports = config["services"]["artifact-store"]["ports"]
     assert {(p["target"], p["published"]) for p in ftp_ports} >= {(21, "2121"), (30000, "30000"), (30009, "30009")}
 
@@ -93,9 +66,17 @@ def test_only_the_aggregator_is_told_where_the_tracking_server_is():
     services = compose_config(ROOT / ".env.example", "--profile", "fl",
                               files=["-f", str(ROOT / "compose.yaml")])["services"]
     assert services["fl-aggregator"]["environment"]["FLOPS_TRACKING_URI"] == "http://tracking-server:5000"
+    # ... and logs in as its project's user, with the FL password the tracking server created that user with.
+    aggregator = services["fl-aggregator"]["environment"]
+    tracking = services["tracking-server"]["environment"]
+    assert aggregator["MLFLOW_TRACKING_USERNAME"] == f"fl-{DEFAULT_FL_PROJECT}"
+    assert tracking["FLOPS_FL_USERS"] == f"{DEFAULT_FL_PROJECT}:{aggregator['MLFLOW_TRACKING_PASSWORD']}"
     for learner in ("fl-learner-0", "fl-learner-1"):
         environment = services[learner]["environment"]
         assert not [key for key in environment if "TRACKING" in key or key.startswith("MLFLOW")], environment
+        # No login of any kind: no MLFLOW_TRACKING_* (username, password, token, URI) and no password at all.
+        assert not [key for key in environment if key.startswith("MLFLOW_TRACKING_")], environment
+        assert not [key for key in environment if "PASSWORD" in key or "SECRET" in key], environment
         assert environment["FLOPS_AGGREGATOR_ADDRESS"] == services["fl-aggregator"]["environment"][
             "FLOPS_AGGREGATOR_ADDRESS"]
 
@@ -107,6 +88,11 @@ def test_compose_yaml_holds_no_password_and_names_match_the_config_model():
     assert "latest" not in text
     for match in re.finditer(r"(?m)^\s+(\w*PASSWORD\w*):\s*(.+)$", text):
         assert match.group(2).startswith("${") and ":?" in match.group(2), match.group(0)
+    # The other secrets too: the secret key, and the FL user's password inside FLOPS_FL_USERS.
+    secret_lines = list(re.finditer(r"(?m)^\s+(\w*(?:SECRET|FL_USERS)\w*):\s*(.+)$", text))
+    assert len(secret_lines) == 2
+    for match in secret_lines:
+        assert re.fullmatch(r"(\$\{[A-Z_]+:-\w+\}:)?\$\{[A-Z_]+:\?[^}]+\}", match.group(2)), match.group(0)
     tenant = Tenant(id=TENANT)
     services = yaml.safe_load(text)["services"]
     assert services["backend-store"]["environment"]["MYSQL_DATABASE"] == tenant.database
@@ -131,94 +117,7 @@ def test_secrets_init_writes_everything_compose_needs(tmp_path):
     assert result.returncode == 0, result.stderr
 
 
-# --- the real stack ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class ComposeStack:
-    project: str
-    env_file: Path
-    env: dict[str, str]
-    ports: dict[str, int]
-    secrets: dict[str, str]
-
-    def compose(self, *args: str, timeout: float = 900, check: bool = True,
-                extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-        argv = ["docker", "compose", *compose_files(), "--env-file", str(self.env_file), "-p", self.project, *args]
-        result = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, timeout=timeout,
-                                env={**self.env, **(extra_env or {})})
-        if check and result.returncode != 0:
-            raise AssertionError(f"docker compose {' '.join(args)} exited {result.returncode}\n"
-                                 f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}\n{self.logs()}")
-        return result
-
-    def logs(self) -> str:
-        argv = ["docker", "compose", *compose_files(), "--env-file", str(self.env_file), "-p", self.project,
-                "--profile", "fl", "logs", "--no-color", "--tail", "40"]
-        result = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, env=self.env, timeout=120)
-        return result.stdout[-8000:]
-
-    def up(self) -> None:
-        # --pull never / --no-build: run exactly the images built beforehand (scripts/compose-ci.sh).
-        self.compose("up", "--detach", "--wait", "--wait-timeout", "420", "--pull", "never", "--no-build")
-
-    def exec(self, service: str, *command: str) -> subprocess.CompletedProcess:
-        return self.compose("exec", "-T", service, *command, timeout=120)
-
-    @property
-    def tracking_uri(self) -> str:
-        return f"http://127.0.0.1:{self.ports['FLOPS_TRACKING_PORT']}"
-
-    def volumes(self) -> list[str]:
-        result = subprocess.run(["docker", "volume", "ls", "--quiet", "--filter",
-                                 f"label=com.docker.compose.project={self.project}"],
-                                capture_output=True, text=True, check=True)
-        return result.stdout.split()
-
-
-def images_missing(env_file: Path) -> list[str]:
-    config = compose_config(env_file, "--profile", "fl")
-    images = {service["image"] for service in config["services"].values()}
-    return sorted(image for image in images
-                  if subprocess.run(["docker", "image", "inspect", image], capture_output=True).returncode != 0)
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    need_engine()
-    folder = tmp_path_factory.mktemp("compose")
-    data = yaml.safe_load((ROOT / "configs" / "compose.yaml").read_text(encoding="utf-8"))
-    data.update(state_dir=str(folder / "state"), secrets_file=str(folder / ".env"))
-    config_path = folder / "compose-stack.yaml"
-    config_path.write_text(yaml.safe_dump(data), encoding="utf-8")
-    run_cli("secrets", "init", config=config_path, check=True)
-    missing = images_missing(folder / ".env")
-    if missing:
-        missing_service(f"images not built: {', '.join(missing)} (run scripts/compose-ci.sh and set "
-                        "FLOPS_COMPOSE_OVERRIDE=compose.ci.yaml, or docker compose build/pull)")
-    pasv_min, pasv_max = free_port_range(5)
-    ports = {"FLOPS_TRACKING_PORT": free_port(), "FLOPS_MYSQL_PORT": free_port(), "FLOPS_FTP_PORT": free_port(),
-             "FLOPS_FTP_PASV_MIN_PORT": pasv_min, "FLOPS_FTP_PASV_MAX_PORT": pasv_max}
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOPS_") or k == "FLOPS_COMPOSE_OVERRIDE"}
-    env.update({k: str(v) for k, v in ports.items()})
-    from flops_mlops.secrets import read_env
-
-    project = f"flopstest-{uuid.uuid4().hex[:8]}"
-    stack = ComposeStack(project, folder / ".env", env, ports, read_env(folder / ".env"))
-    try:
-        stack.up()
-        yield stack
-    finally:
-        stack.compose("--profile", "fl", "down", "--volumes", "--remove-orphans", "--timeout", "20",
-                      check=False, timeout=300)
-
-
-def db_password(stack: ComposeStack) -> str:
-    return stack.secrets["FLOPS_TENANT_DEFAULT_DB_PASSWORD"]
-
-
-def ftp_password(stack: ComposeStack) -> str:
-    return stack.secrets["FLOPS_TENANT_DEFAULT_FTP_PASSWORD"]
+# --- the real stack (one per module: compose_stack.stack) ------------------------------------------------
 
 
 def test_stack_comes_up_healthy(stack):
@@ -230,7 +129,7 @@ def test_stack_comes_up_healthy(stack):
 def test_logged_model_lands_on_the_artifact_volume_and_in_mysql(stack, monkeypatch):
     for key, value in QUIET.items():
         monkeypatch.setenv(key, value)
-    logged = tracking_checks.log_example(stack.tracking_uri, experiment="compose-smoke")
+    logged = tracking_checks.log_example(stack.tracking_uri, experiment="compose-smoke", login=stack.admin)
 
     # The model's files are on the artifact-store volume, in the tenant's chrooted folder ...
     folder = (f"/srv/ftp/flops_{TENANT}/artifacts/{logged.experiment_id}/models/{logged.model_id}/artifacts")
@@ -266,7 +165,7 @@ def test_logged_model_lands_on_the_artifact_volume_and_in_mysql(stack, monkeypat
         assert cur.fetchone() in {("utf8mb4", "utf8mb4_0900_bin"), ("utf8mb4", "utf8mb4_nopad_bin")}
 
     # The model loads back through the tracking server and predicts.
-    assert list(tracking_checks.load_and_predict(stack.tracking_uri, logged.model_uri)) == [1, 0]
+    assert list(tracking_checks.load_and_predict(stack.tracking_uri, logged.model_uri, login=stack.admin)) == [1, 0]
 
 
 def test_passwords_are_in_no_command_line(stack):
@@ -277,7 +176,8 @@ def test_passwords_are_in_no_command_line(stack):
     command_lines = stack.exec("tracking-server", "python", "-c", script).stdout
     assert "mlflow server" in command_lines or "mlflow.server" in command_lines or "uvicorn" in command_lines
     for key in ("FLOPS_TENANT_DEFAULT_DB_PASSWORD", "FLOPS_TENANT_DEFAULT_FTP_PASSWORD",
-                "FLOPS_MYSQL_ADMIN_PASSWORD"):
+                "FLOPS_MYSQL_ADMIN_PASSWORD", "FLOPS_TENANT_DEFAULT_ADMIN_PASSWORD",
+                "FLOPS_TENANT_DEFAULT_SECRET_KEY", "FLOPS_TENANT_DEFAULT_FL_PASSWORD"):
         assert stack.secrets[key] not in command_lines, key
 
 
@@ -287,6 +187,8 @@ def test_fl_profile_runs_a_project_in_containers(stack, monkeypatch):
     for key, value in QUIET.items():
         monkeypatch.setenv(key, value)
     project, rounds = "ComposeFL", 3
+    # The tracking server is recreated with FLOPS_FL_USERS for this project; the aggregator starts once the
+    # server's healthcheck has seen user fl-ComposeFL.
     fl_env = {"FLOPS_FL_PROJECT": project, "FLOPS_FL_ROUNDS": str(rounds)}
     stack.compose("--profile", "fl", "up", "--detach", "--pull", "never", "--no-build", *FL_SERVICES,
                   extra_env=fl_env)
@@ -300,10 +202,20 @@ def test_fl_profile_runs_a_project_in_containers(stack, monkeypatch):
     summary = [json.loads(line.split("FLOPS_EVENT ", 1)[1]) for line in logs.splitlines()
                if "FLOPS_EVENT " in line and '"summary"' in line]
     assert summary, logs[-6000:]
+    # The aggregator's login (and every other secret) stays out of the FL actors' logs.
+    assert not [key for key, value in stack.secrets.items() if value and value in logs]
 
+    # The aggregator logged in as its project's user, which may edit this project and nothing else.
+    user, _ = stack.fl_login(project)
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", stack.admin[0])
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", stack.admin[1])
     mlflow.set_tracking_uri(stack.tracking_uri)
     experiment = mlflow.get_experiment_by_name(project)
     assert experiment is not None
+    for resource_type, resource_id in (("experiment", experiment.experiment_id), ("registered_model", project)):
+        grant = stack.api("GET", "/api/3.0/mlflow/users/permissions/get", login=stack.admin,
+                          params={"username": user, "resource_type": resource_type, "resource_id": resource_id})
+        assert grant.status_code == 200 and grant.json()["permission"] == "EDIT", (resource_type, grant.text)
     runs = mlflow.search_runs(experiment_ids=[experiment.experiment_id], output_format="list")
     assert sorted(int(r.data.tags["flops.round"]) for r in runs) == list(range(1, rounds + 1))
     assert all(r.info.status == "FINISHED" for r in runs)
@@ -320,19 +232,25 @@ def test_fl_profile_runs_a_project_in_containers(stack, monkeypatch):
 def test_down_then_up_keeps_the_data(stack, monkeypatch):
     for key, value in QUIET.items():
         monkeypatch.setenv(key, value)
-    logged = tracking_checks.log_example(stack.tracking_uri, experiment="compose-persist")
+    logged = tracking_checks.log_example(stack.tracking_uri, experiment="compose-persist", login=stack.admin)
     stack.compose("--profile", "fl", "down", "--timeout", "20")
-    assert len(stack.volumes()) == 2
+    assert len(stack.volumes()) == len(VOLUMES)
     stack.up()
     import mlflow
 
     mlflow.set_tracking_uri(stack.tracking_uri)
-    assert mlflow.get_run(logged.run_id).data.params == {"C": "1.0", "solver": "lbfgs"}
-    assert list(tracking_checks.load_and_predict(stack.tracking_uri, logged.model_uri)) == [1, 0]
+    with tracking_checks.logged_in(stack.admin):
+        assert mlflow.get_run(logged.run_id).data.params == {"C": "1.0", "solver": "lbfgs"}
+    assert list(tracking_checks.load_and_predict(stack.tracking_uri, logged.model_uri, login=stack.admin)) == [1, 0]
+    # The logins survived too (volume tracking-auth): the admin's, and the FL user's.
+    assert stack.api("GET", "/api/2.0/mlflow/users/get", login=stack.admin,
+                     params={"username": stack.fl_login()[0]}).status_code == 200
+    assert stack.api("GET", "/api/2.0/mlflow/experiments/get-by-name", login=stack.fl_login(),
+                     params={"experiment_name": DEFAULT_FL_PROJECT}).status_code == 200
 
 
 def test_down_with_volumes_removes_the_data(stack):
-    assert len(stack.volumes()) == 2
+    assert len(stack.volumes()) == len(VOLUMES)
     stack.compose("--profile", "fl", "down", "--volumes", "--timeout", "20")
     deadline = time.monotonic() + 30
     while stack.volumes() and time.monotonic() < deadline:
