@@ -181,7 +181,8 @@ def add_user_parser(commands):
     actions = parser.add_subparsers(dest="user_action", metavar="ACTION", required=True)
 
     def action(name: str, text: str):
-        sub = actions.add_parser(name, help=text, description=text)
+        # No abbreviations: `--password SECRET` must be refused, not taken for --password-file (and echoed).
+        sub = actions.add_parser(name, help=text, description=text, allow_abbrev=False)
         sub.add_argument("--tenant", required=True, help="tenant id (its tracking server must be up)")
         return sub
 

@@ -17,7 +17,7 @@ from urllib.parse import quote
 import pymysql
 
 from ..config import ConfigError, StackConfig, Tenant
-from ..processes import ManagedProcess, SERVICE_PATH, StackError, can_traverse, open_log, wait_until
+from ..processes import ManagedProcess, SERVICE_PATH, StackError, can_traverse, open_log, private_dir, wait_until
 from ..secrets import Secrets
 
 SERVER_NAMES = ("mariadbd", "mysqld")
@@ -118,6 +118,8 @@ class ManagedMySQL:
         first_start = not (self.datadir / "mysql").is_dir()
         if first_start:
             self._initialize(binary)
+        for folder in (self.home, self.datadir):  # closed to others, data dirs of older releases too
+            os.chmod(folder, 0o700)
         b = self.config.backend_store
         argv = [binary, "--no-defaults", f"--datadir={self.datadir}", f"--socket={self.socket}",
                 f"--port={b.port}", f"--bind-address={b.host}", f"--pid-file={self.home / 'mysqld.pid'}",
@@ -174,7 +176,8 @@ class ManagedMySQL:
         return "root"
 
     def _initialize(self, binary: str) -> None:
-        self.datadir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.home)
+        private_dir(self.datadir)
         log = self.process.log_file
         log.parent.mkdir(parents=True, exist_ok=True)
         user = self._run_user() if os.geteuid() == 0 else None

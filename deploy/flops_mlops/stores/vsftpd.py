@@ -83,7 +83,7 @@ class ManagedVsftpd:
         empty = self.home / "empty"
         # vsftpd reads its files as root; the FTP account passes through ftp/ (0711) into the tenants' folders,
         # which it alone may read (0700). Tenants cannot change modes (chmod_enable=NO).
-        for path, mode in ((self.home, 0o700), (empty, 0o755), (self.ftp_root, 0o711)):
+        for path, mode in ((self.home, 0o700), (empty, 0o711), (self.ftp_root, 0o711)):
             private_dir(path, mode)
         for tenant in self.config.tenants:
             folder = self.ftp_root / tenant.ftp_user
