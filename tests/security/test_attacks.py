@@ -10,7 +10,6 @@ from __future__ import annotations
 import ftplib
 import io
 import itertools
-import json
 import os
 import pwd
 import signal
@@ -389,10 +388,10 @@ def test_no_secret_in_any_answer_log_argument_or_environment(target):
     config = target.stack.load()
     secrets = target.secrets()
     routes = lambda tenant: [  # noqa: E731 - a table of the artifact and model-version routes
-        f"/api/2.0/mlflow-artifacts/artifacts/nothing-here",
+        "/api/2.0/mlflow-artifacts/artifacts/nothing-here",
         f"/api/2.0/mlflow-artifacts/artifacts/{target.experiment_ids[tenant]}/nothing-here",
-        f"/ajax-api/2.0/mlflow-artifacts/artifacts/nothing-here",
-        f"/api/2.0/mlflow-artifacts/artifacts?path=nothing-here",
+        "/ajax-api/2.0/mlflow-artifacts/artifacts/nothing-here",
+        "/api/2.0/mlflow-artifacts/artifacts?path=nothing-here",
         f"/get-artifact?run_uuid={target.run_ids[tenant]}&path=nothing-here",
         "/model-versions/get-artifact?name=secret&version=1&path=nothing-here",
         f"/api/2.0/mlflow/runs/get?run_id={target.run_ids[tenant]}",

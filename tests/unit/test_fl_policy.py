@@ -166,3 +166,25 @@ def test_a_learner_started_on_its_own_turns_flower_telemetry_off(tmp_path):
     out = subprocess.run([sys.executable, "-m", "flops_mlops.fl.learner"], capture_output=True, text=True,
                          cwd=ROOT, env=env, timeout=120)
     assert "telemetry 0 1" in out.stdout, (out.stdout, out.stderr)
+
+
+def test_settings_reach_each_role_through_one_mapping_and_back(monkeypatch):
+    import os
+    from dataclasses import fields, replace
+
+    from flops_mlops.fl.settings import FLSettings, environment
+
+    settings = FLSettings(project="Roundtrip", tracking_uri="http://127.0.0.1:5000", rounds=4, learners=3, seed=9,
+                          aggregator_address="127.0.0.1:9999", better="accuracy", alias="best", timeout=120.0,
+                          local_epochs=5, learning_rate=0.1)
+    for role, expected in (("aggregator", settings), ("learner", replace(settings, learner_index=2))):
+        variables = environment(expected, role)
+        for key in [k for k in os.environ if k.startswith("FLOPS_")]:
+            monkeypatch.delenv(key)
+        for key, value in variables.items():
+            monkeypatch.setenv(key, value)
+        read = from_environment([], role, "test")
+        mine = [f for f in fields(FLSettings) if role in f.metadata["roles"]]
+        assert {f.name: getattr(read, f.name) for f in mine} == {f.name: getattr(expected, f.name) for f in mine}
+    assert "FLOPS_TRACKING_URI" not in environment(settings, "learner")
+    assert "FLOPS_LEARNER_INDEX" not in environment(settings, "aggregator")

@@ -14,7 +14,6 @@ server the process exits at once (the legacy server would otherwise hang).
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import threading
@@ -24,30 +23,9 @@ from typing import Any
 import numpy as np
 
 from . import data, faults, model
-from .settings import EVENT_PREFIX, FLSettings, SettingsError, from_environment, no_telemetry_defaults
+from .events import Events
+from .settings import FLSettings, SettingsError, from_environment, no_telemetry_defaults
 from .tracking import BestModel, LocalOnly, RoundResult, RoundTracker, TrackingError
-
-
-EVENT_FILE: list[str] = []  # set by the deployment-engine adapter: events also go to this file
-
-
-def emit(event: str, **fields: Any) -> None:
-    line = EVENT_PREFIX + json.dumps({"event": event, **fields}, default=str)
-    print(line, flush=True)
-    for path in EVENT_FILE:
-        with open(path, "a", encoding="utf-8") as out:
-            out.write(line + "\n")
-
-
-def fatal(message: str, tracker: LocalOnly | None = None) -> None:
-    """Report and leave now, whatever threads are still running (Flower's gRPC threads keep a process alive)."""
-    print(f"error: {message}", file=sys.stderr, flush=True)
-    emit("error", message=message)
-    if tracker is not None:
-        tracker.fail()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(1)
 
 
 def weighted_mean(values: list[tuple[int, float]]) -> float:
@@ -58,9 +36,10 @@ def weighted_mean(values: list[tuple[int, float]]) -> float:
 class Rounds:
     """Flower-independent round bookkeeping shared by both Flower adapters."""
 
-    def __init__(self, settings: FLSettings, tracker: LocalOnly):
+    def __init__(self, settings: FLSettings, tracker: LocalOnly, events: Events):
         self.settings = settings
         self.tracker = tracker
+        self.events = events
         self.started: dict[int, float] = {}
         self.train_examples: dict[int, int] = {}
         self.params: dict[int, list[np.ndarray]] = {}
@@ -99,7 +78,7 @@ class Rounds:
             wall_time=time.monotonic() - self.started.get(server_round, time.monotonic()),
         )
         entry = self.tracker.round_finished(result, self.params.pop(server_round))
-        emit("round", rounds=self.settings.rounds, **entry)
+        self.events.emit("round", rounds=self.settings.rounds, **entry)
         return entry
 
 
@@ -124,12 +103,12 @@ def quiet_network_defaults() -> None:
         os.environ.setdefault(key, value)
 
 
-def finish(settings: FLSettings, tracker: LocalOnly) -> dict[str, Any]:
+def finish(settings: FLSettings, tracker: LocalOnly, events: Events) -> dict[str, Any]:
     x_example, _ = data.held_out(settings.seed)
     summary = tracker.finish(x_example)
     summary.update(project=settings.project, rounds_planned=settings.rounds, learners=settings.learners,
                    model_dir=str(settings.model_dir), aggregator_address=settings.aggregator_address)
-    emit("summary", **summary)
+    events.emit("summary", **summary)
     return summary
 
 
@@ -140,23 +119,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     quiet_network_defaults()
+    events = Events()
     tracker = make_tracker(settings)
-    watchdog = threading.Timer(settings.timeout, lambda: fatal(
+    watchdog = threading.Timer(settings.timeout, lambda: events.fatal(
         f"the training did not finish within {settings.timeout:.0f} s (FLOPS_TIMEOUT)", tracker))
     watchdog.daemon = True
     watchdog.start()
     try:
         tracker.open()
     except TrackingError as exc:
-        fatal(str(exc))
+        events.fatal(str(exc))
     from . import legacy
 
-    rounds = Rounds(settings, tracker)
+    rounds = Rounds(settings, tracker, events)
     legacy.serve(settings, rounds, model.initial_parameters())
     try:
-        finish(settings, tracker)
+        finish(settings, tracker, events)
     except TrackingError as exc:
-        fatal(str(exc), tracker)
+        events.fatal(str(exc), tracker)
     watchdog.cancel()
     return 0
 

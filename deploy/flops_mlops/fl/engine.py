@@ -5,19 +5,14 @@ The ServerApp drives the rounds itself with the Message API (train, then evaluat
 the same ``aggregator.Rounds`` bookkeeping and tracking policy as the legacy adapter. Its settings arrive as
 the run config (``flwr run --run-config``); learners take ``partition-id``/``num-partitions`` from their
 SuperNode's node config. Progress events are appended to the file named by ``events-file``, which the runner
-follows. ``run_deployment`` starts a private SuperLink and K SuperNodes on 127.0.0.1 (free ports, a private
-FLWR_HOME whose config names an explicit connection, never the default "local" simulation), submits the
-app, and stops everything it started.
+follows. ``write_app`` writes the Flower app project that names these components; the runner
+(``runner.run_deployment``) starts the SuperLink and SuperNodes and submits it.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +20,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
-from .settings import EVENT_PREFIX, FLSettings
+from .events import Events
+from .settings import FLSettings
 
 server_app = ServerApp()
 client_app = ClientApp()
@@ -50,14 +46,12 @@ def _server_main(grid: Grid, context: Context) -> None:
     from . import aggregator, model
 
     settings = _settings(dict(context.run_config)).check("aggregator")
-    events = str(context.run_config.get("events-file", ""))
-    if events:
-        aggregator.EVENT_FILE.append(events)
+    events = Events(file=str(context.run_config.get("events-file", "")) or None)
     aggregator.quiet_network_defaults()
     tracker = aggregator.make_tracker(settings)
     try:
         tracker.open()
-        rounds = aggregator.Rounds(settings, tracker)
+        rounds = aggregator.Rounds(settings, tracker, events)
         nodes = _wait_for_nodes(grid, settings)
         params = model.initial_parameters()
         for server_round in range(1, settings.rounds + 1):
@@ -71,10 +65,10 @@ def _server_main(grid: Grid, context: Context) -> None:
             rounds.evaluated(server_round, [
                 (int(r.content["metrics"]["num-examples"]), float(r.content["metrics"]["loss"]),
                  float(r.content["metrics"]["accuracy"])) for r in replies])
-        aggregator.finish(settings, tracker)
+        aggregator.finish(settings, tracker, events)
     except Exception as exc:
         tracker.fail()
-        aggregator.emit("error", message=f"{type(exc).__name__}: {exc}")
+        events.emit("error", message=f"{type(exc).__name__}: {exc}")
         raise
 
 
@@ -165,125 +159,3 @@ def write_app(folder: Path, run_config: dict[str, Any]) -> Path:
     (folder / "pyproject.toml").write_text(APP_PYPROJECT.format(config=lines), encoding="utf-8")
     (folder / "flops_app.py").write_text('"""Components: flops_mlops.fl.engine."""\n', encoding="utf-8")
     return folder
-
-
-def run_deployment(settings: FLSettings, work_dir: Path, on_round: Callable[[dict[str, Any]], None] | None,
-                   env: dict[str, str] | None = None) -> dict[str, Any]:
-    from .runner import QUIET_ENV, FLRunError, Supervisor, free_port, learner_environment
-
-    work_dir.mkdir(parents=True, exist_ok=True)
-    home = work_dir / "flwr-home"
-    home.mkdir(exist_ok=True)
-    port = free_port()
-    (home / "config.toml").write_text(
-        f'[superlink]\ndefault = "flops"\n\n[superlink.flops]\naddress = "127.0.0.1:{port}"\ninsecure = true\n',
-        encoding="utf-8")
-    events_file = work_dir / "events.jsonl"
-    events_file.write_text("", encoding="utf-8")
-    run_config = {"project": settings.project, "tracking-uri": settings.tracking_uri,
-                  "num-server-rounds": settings.rounds, "learners": settings.learners, "seed": settings.seed,
-                  "better": settings.better, "alias": settings.alias, "model-dir": str(settings.model_dir),
-                  "timeout": float(settings.timeout), "local-epochs": settings.local_epochs,
-                  "learning-rate": float(settings.learning_rate), "events-file": str(events_file)}
-    app = write_app(work_dir / "app", run_config)
-    bin_dir = str(Path(sys.executable).parent)
-    base = {**os.environ, **(env or {}), **QUIET_ENV, "FLWR_HOME": str(home),
-            "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
-    supervisor = Supervisor(work_dir / "logs")
-    superlink = supervisor.start("superlink", [f"{bin_dir}/flower-superlink", "--insecure", "--host", "127.0.0.1",
-                                              "--port", str(port), "--disable-runtime-dependency-installation"],
-                                 base)
-    learner_env = learner_environment(base)
-    for index in range(settings.learners):
-        supervisor.start(f"supernode-{index}", [
-            f"{bin_dir}/flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{port}",
-            "--node-config", f"partition-id={index} num-partitions={settings.learners}",
-            "--host", "127.0.0.1", "--port", str(free_port())], learner_env)
-    deadline = time.monotonic() + settings.timeout
-    seen = 0
-    try:
-        _wait_port(port, deadline, supervisor, superlink)
-        submit = subprocess.run([f"{bin_dir}/flwr", "run", str(app), "flops", "--format", "json"], env=base,
-                                capture_output=True, text=True, timeout=120, cwd=work_dir)
-        if submit.returncode != 0:
-            raise FLRunError(f"flwr run failed (exit {submit.returncode}): {submit.stdout[-800:]}"
-                             f"{submit.stderr[-800:]}")
-        run_id = json.loads(submit.stdout).get("run-id")
-        while True:
-            events = [json.loads(line.removeprefix(EVENT_PREFIX))
-                      for line in events_file.read_text(encoding="utf-8").splitlines() if line.strip()]
-            for event in events[seen:]:
-                if event["event"] == "round" and on_round is not None:
-                    on_round(event)
-            seen = len(events)
-            for event in events:
-                if event["event"] == "summary":
-                    return {**event, "aggregator_address": f"127.0.0.1:{port}"}  # the SuperLink
-                if event["event"] == "error":
-                    raise supervisor.failure(superlink, f"the ServerApp of run {run_id} failed: {event['message']}")
-            if supervisor.failed() is not None:
-                raise supervisor.failures_report()
-            status = _run_status(bin_dir, base, work_dir, run_id)
-            if status and status.startswith("finished") and status != "finished:completed":
-                raise supervisor.failure(superlink, f"run {run_id} ended as {status}")
-            if time.monotonic() > deadline:
-                raise FLRunError(f"the FL run did not finish within {settings.timeout:.0f} s; logs in "
-                                 f"{supervisor.log_dir}")
-            time.sleep(1)
-    finally:
-        _stop_with_descendants(supervisor)
-
-
-def _wait_port(port: int, deadline: float, supervisor, superlink) -> None:
-    import socket
-
-    from .runner import FLRunError
-
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return
-        except OSError:
-            if superlink.process.poll() is not None:
-                raise supervisor.failure(superlink, "the SuperLink exited") from None
-            if time.monotonic() > deadline:
-                raise FLRunError("the SuperLink did not start in time") from None
-            time.sleep(0.5)
-
-
-def _run_status(bin_dir: str, env: dict[str, str], cwd: Path, run_id: Any) -> str | None:
-    """The run's status from `flwr ls` (``flwr run`` itself exits 0 even when the ServerApp crashed)."""
-    done = subprocess.run([f"{bin_dir}/flwr", "ls", ".", "flops", "--format", "json"], env=env, capture_output=True,
-                          text=True, timeout=60, cwd=cwd)
-    try:
-        runs = json.loads(done.stdout).get("runs", [])
-    except ValueError:
-        return None
-    for run in runs:
-        if str(run.get("run-id")) == str(run_id):
-            return str(run.get("status"))
-    return None
-
-
-def _stop_with_descendants(supervisor) -> None:
-    """Stop our children and the processes they started (SuperExec, ServerApp/ClientApp processes), by pid."""
-    import psutil
-
-    descendants = []
-    for child in supervisor.children:
-        try:
-            descendants += psutil.Process(child.process.pid).children(recursive=True)
-        except psutil.Error:
-            pass
-    supervisor.stop_all()
-    for process in descendants:
-        try:
-            process.terminate()
-        except psutil.Error:
-            pass
-    _, alive = psutil.wait_procs(descendants, timeout=5)
-    for process in alive:
-        try:
-            process.kill()
-        except psutil.Error:
-            pass

@@ -2,7 +2,7 @@
 
 One gRPC port, long-lived processes, about a second per round. Quirks handled here: a strategy error
 would leave the server hanging in its gRPC threads, so any error inside the strategy exits the process
-at once (``aggregator.fatal``); the learner side fails immediately when the server is not up yet, which
+at once (``Events.fatal``); the learner side fails immediately when the server is not up yet, which
 ``learner.main`` handles by waiting for the port and retrying.
 """
 
@@ -32,9 +32,7 @@ def _exit_on_error(method):
         try:
             return method(self, *args, **kwargs)
         except BaseException as exc:  # noqa: BLE001 - anything here would hang the server
-            from .aggregator import fatal
-
-            fatal(f"{method.__name__}: {type(exc).__name__}: {exc}", self.rounds.tracker)
+            self.rounds.events.fatal(f"{method.__name__}: {type(exc).__name__}: {exc}", self.rounds.tracker)
 
     return wrapper
 

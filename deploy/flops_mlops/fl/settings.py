@@ -49,7 +49,6 @@ PROJECT_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9]{0,31}$")
 PROJECT_RULE = "1-32 characters: a letter, then letters or digits"
 ADDRESS_PATTERN = re.compile(r"^(?P<host>[A-Za-z0-9.-]+):(?P<port>[0-9]{1,5})$")
 BETTER_CHOICES = ("loss", "accuracy")
-EVENT_PREFIX = "FLOPS_EVENT "  # the aggregator's progress lines on stdout: FLOPS_EVENT {json}
 
 
 class SettingsError(ValueError):
@@ -121,6 +120,19 @@ class FLSettings:
                                 f"got {self.learning_rate}")
         parse_address(self.aggregator_address)
         return self
+
+
+def environment(settings: FLSettings, role: str) -> dict[str, str]:
+    """The FLOPS_* variables that give a process of ``role`` (aggregator or learner) these settings.
+
+    The one mapping from settings to environment: the runner, and the Oakestra SLAs, start FL processes with it;
+    ``from_environment`` reads it back.
+    """
+    variables = {}
+    for f in fields(FLSettings):
+        if role in f.metadata["roles"]:
+            variables[f"FLOPS_{f.name.upper()}"] = str(getattr(settings, f.name))
+    return variables
 
 
 def from_environment(argv: list[str] | None, role: str, description: str) -> FLSettings:

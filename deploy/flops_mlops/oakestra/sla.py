@@ -26,7 +26,7 @@ import ipaddress
 import json
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -37,7 +37,7 @@ import jsonschema
 from .. import secrets as secrets_module
 from ..config import ConfigError, OakestraTarget, StackConfig
 from ..container import AUTH_DB
-from ..fl.settings import PROJECT_PATTERN, PROJECT_RULE
+from ..fl.settings import PROJECT_PATTERN, PROJECT_RULE, FLSettings, environment
 from ..users import project_user
 
 TEMPLATES_DIR = Path(__file__).resolve().parents[3] / "sla_templates"
@@ -246,13 +246,22 @@ def context(config: StackConfig) -> dict[str, Any]:
     for project in o.projects:
         block = o.ip_plan.projects_block + project.slot - 1
         tracking = by_id[project.tenant]
+        aggregator_ip = _address(block, 1)
+        settings = FLSettings(project=project.name, tracking_uri=f"http://{tracking['rr_ip']}:{o.tracking_port}",
+                              rounds=project.rounds, learners=project.learners,
+                              aggregator_address=f"0.0.0.0:{o.aggregator_port}")
+        learner = replace(settings, aggregator_address=f"{aggregator_ip}:{o.aggregator_port}")
         entry = {
             "name": project.name, "tenant": project.tenant, "rounds": project.rounds, "learners": project.learners,
-            "tracking_uri": f"http://{tracking['rr_ip']}:{o.tracking_port}",
+            "tracking_uri": settings.tracking_uri,
             "user": project_user(project.name),
             "password_key": secrets_module.project_password_key(project.name),
-            "aggregator_ip": _address(block, 1),
+            "aggregator_ip": aggregator_ip,
             "learner_ips": [_address(block, 2 + i) for i in range(project.learners)],
+            # The FL processes' settings, by the one mapping flops_mlops.fl reads back (settings.environment).
+            "aggregator_environment": environment(settings, "aggregator"),
+            "learner_environments": [environment(replace(learner, learner_index=i), "learner")
+                                     for i in range(project.learners)],
         }
         projects.append(entry)
         tracking["projects"].append(entry)

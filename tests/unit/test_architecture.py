@@ -1,0 +1,48 @@
+"""The package's shape: no import cycles between its modules, lazy imports inside functions included."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[2] / "deploy" / "flops_mlops"
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports_of(path: Path) -> set[str]:
+    """Modules of ours that ``path`` imports (relative imports, at any depth of the file)."""
+    name = module_name(path)
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = package.split(".")[: len(package.split(".")) - node.level + 1]
+            target = ".".join(base + ([node.module] if node.module else []))
+            found |= {f"{target}.{a.name}" for a in node.names} if node.module is None else {target}
+    return found
+
+
+def test_no_module_imports_itself_back():
+    graph = {module_name(p): imports_of(p) for p in PACKAGE.rglob("*.py")}
+    graph = {name: {d for d in deps if d in graph} for name, deps in graph.items()}
+
+    def cycle_from(start: str) -> list[str] | None:
+        stack = [(start, [start])]
+        seen = set()
+        while stack:
+            node, path = stack.pop()
+            for dep in graph[node]:
+                if dep == start:
+                    return path + [start]
+                if dep not in seen:
+                    seen.add(dep)
+                    stack.append((dep, path + [dep]))
+        return None
+
+    cycles = [" -> ".join(c) for name in sorted(graph) if (c := cycle_from(name))]
+    assert not cycles, "import cycles:\n" + "\n".join(cycles)
+    assert "flops_mlops.fl.events" in graph["flops_mlops.fl.aggregator"]  # the check sees real edges
