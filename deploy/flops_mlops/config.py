@@ -1,49 +1,123 @@
 """The configuration model: one YAML file describes a whole FLOps MLOps stack.
 
-Every setting is declared once, here, as a dataclass field with its type, default and a one-line
-description (``doc``). The loader checks a YAML file against these declarations: unknown keys and
-wrong types are rejected with ``file: key: what is expected``. Compose, the Oakestra SLA renderer and
-the pyinfra deploys all read this same model.
+Every setting is declared once, here, as a field of a pydantic model with its type, constraints, default and a
+one-line description (``doc``); the types shared with other checks (tenant id, host, port, ...) live in
+values.py. Validation is strict (no "5" for 5, no 1 for true) and refuses unknown keys, and every rule holds
+at load time, the Oakestra section's included: ``load()`` returns only configurations that every target
+(`up`, compose, `render`/`push`, pyinfra) accepts. Problems are reported as ``file: key: what is expected``.
+`flops-mlops config keys` and docs/configuration.md are generated from these declarations.
 
 Relative paths in a configuration file are resolved against the folder that holds the file.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import ipaddress
+import json
 import re
-import types
 import typing
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    StrictInt,
+    ValidationError,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError, PydanticUndefined
 
-# Tenant ids reach SQL identifiers, FTP user names, folder names, URLs and Oakestra service names
-# (which allow only [a-zA-Z0-9]), so they are short, lowercase and alphanumeric.
-TENANT_ID_PATTERN = re.compile(r"^[a-z][a-z0-9]{0,15}$")
-TENANT_ID_RULE = "1-16 characters: a lowercase letter, then lowercase letters or digits"
-STACK_NAME_PATTERN = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
-ACCOUNT_PATTERN = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
-HOST_PATTERN = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
+from .values import (
+    PROJECT_RULE,
+    RULE_ERROR,
+    TENANT_ID_RULE,
+    AccountName,
+    AllowedHost,
+    FilePath,
+    Host,
+    HostPath,
+    IPv4,
+    Port,
+    ProjectName,
+    ServiceAccount,
+    StackName,
+    TenantId,
+    Text,
+    at_least,
+    between,
+    explained,
+    problem,
+)
 
 
 class ConfigError(Exception):
     """A configuration problem the user must fix; the message names the file, key and expectation."""
 
 
-def doc(text: str, default: Any = dataclasses.MISSING, **kwargs: Any) -> Any:
-    """A dataclass field with its user-facing description."""
-    if isinstance(default, (list, dict)):
-        value = default
-        return field(default_factory=lambda: type(value)(value), metadata={"doc": text}, **kwargs)
-    return field(default=default, metadata={"doc": text}, **kwargs)
+class Broken(ConfigError):
+    """A rule that spans several keys is broken; ``load`` puts the file name in front."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}" if key else message)
+        self.key, self.message = key, message
 
 
-@dataclass(frozen=True)
-class BackendStore:
+class Model(BaseModel):
+    """Strict, closed and immutable: what every section of the configuration is."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+
+def doc(text: str, default: Any = PydanticUndefined) -> Any:
+    """A field with its user-facing description (and its default; none: the key is required)."""
+    return Field(default, description=text)
+
+
+def _rule(message: str) -> PydanticCustomError:
+    return PydanticCustomError(RULE_ERROR, message)
+
+
+def _min_max(value: list[int]) -> list[int]:
+    if len(value) != 2 or value[0] > value[1]:
+        raise _rule(f"expected [min, max] with min <= max, got {value}")
+    return value
+
+
+def _unprivileged_min_max(value: list[int]) -> list[int]:
+    low, high = (value + [0, 0])[:2]
+    if len(value) != 2 or not 1024 <= low <= high <= 65535:
+        raise _rule(f"expected [min, max] within 1024-65535, got {value}")
+    return value
+
+
+def _at_least_one(value: list) -> list:
+    if not value:
+        raise _rule("expected at least one tenant")
+    return value
+
+
+PortRange = Annotated[list[Port], AfterValidator(_min_max)]
+OakestraPortRange = Annotated[list[StrictInt], AfterValidator(_unprivileged_min_max)]
+Positive = at_least(1)
+Seconds = at_least(1, " second")
+Amount = Annotated[StrictInt, Field(ge=0), explained("expected 0 or more, got {value!r}")]
+Block = between(0, 255)
+TenantSlot = between(1, 254)
+Learners = between(1, 253)
+NameLimit = Annotated[StrictInt, Field(ge=1, le=30),
+                      explained("expected 10 (releases up to v0.4.204) or 30, got {value!r}")]
+Registry = Annotated[Text, Field(pattern=r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:[0-9]{1,5})?(/[a-z0-9][a-z0-9._-]*)*$"),
+                     explained("{value!r} is not a registry host[:port][/path]")]
+OAKESTRA_NAME = re.compile(r"^[A-Za-z0-9]+$")  # application and service names: letters and digits only
+IMAGE_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:-]*(:[A-Za-z0-9_][A-Za-z0-9._-]{0,127}|@sha256:[0-9a-f]{64})$")
+RESERVED_APPS = ("tracking", "stores")  # application names of our own; no project may take them
+
+
+class BackendStore(Model):
     """Where MLflow keeps metadata (experiments, runs, params, metrics, registry)."""
 
     kind: Literal["sqlite", "mysql"] = doc(
@@ -52,15 +126,14 @@ class BackendStore:
     managed: bool = doc(
         "mysql only: true starts a private MariaDB/MySQL server from this machine's binaries with its data "
         "in the state dir; false uses an existing server reachable at host:port", True)
-    host: str = doc("mysql only: address of the server (also the bind address when managed)", "127.0.0.1")
-    port: int = doc("mysql only: TCP port of the server", 3306)
-    admin_user: str = doc(
+    host: Host = doc("mysql only: address of the server (also the bind address when managed)", "127.0.0.1")
+    port: Port = doc("mysql only: TCP port of the server", 3306)
+    admin_user: AccountName = doc(
         "mysql only: account that creates tenants' databases and users; its password is "
         "FLOPS_MYSQL_ADMIN_PASSWORD in the secrets file", "root")
 
 
-@dataclass(frozen=True)
-class ArtifactStore:
+class ArtifactStore(Model):
     """Where the tracking servers put artifacts (models, files): an FTP server, one chrooted user per tenant."""
 
     kind: Literal["embedded", "vsftpd"] = doc(
@@ -69,39 +142,37 @@ class ArtifactStore:
     managed: bool = doc(
         "true starts the FTP server as part of the stack; false uses an existing one at host:port whose tenant "
         "users are provisioned elsewhere (for example by the pyinfra deploys)", True)
-    host: str = doc("address the FTP server listens on and the tracking servers connect to", "127.0.0.1")
-    port: int = doc("FTP control port", 2121)
-    passive_ports: list[int] = doc(
+    host: Host = doc("address the FTP server listens on and the tracking servers connect to", "127.0.0.1")
+    port: Port = doc("FTP control port", 2121)
+    passive_ports: PortRange = doc(
         "first and last port of the passive data port range, [min, max]; keep it small and free", [30000, 30009])
-    pasv_address: str = doc("IPv4 address announced to clients in passive mode (vsftpd pasv_address)", "127.0.0.1")
-    os_user: str = doc(
+    pasv_address: IPv4 = doc("IPv4 address announced to clients in passive mode (vsftpd pasv_address)", "127.0.0.1")
+    os_user: AccountName = doc(
         "vsftpd only: local account that owns the tenants' folders; FTP users are virtual "
         "(no login shell, no system account)", "ftp")
 
 
-@dataclass(frozen=True)
-class Tracking:
+class Tracking(Model):
     """The MLflow tracking servers, one per tenant, proxying artifacts (--serve-artifacts)."""
 
-    host: str = doc("address the tracking servers listen on", "127.0.0.1")
-    base_port: int = doc("port of the first tenant's server; the n-th tenant gets base_port + n "
+    host: Host = doc("address the tracking servers listen on", "127.0.0.1")
+    base_port: Port = doc("port of the first tenant's server; the n-th tenant gets base_port + n "
                          "unless it sets its own port", 5000)
-    public_host: str = doc("host name users put in the UI URL (also added to allowed_hosts)", "127.0.0.1")
-    workers: int = doc("uvicorn workers per server; 1 fits small machines (4 cost about 2.6 GB)", 1)
+    public_host: Host = doc("host name users put in the UI URL (also added to allowed_hosts)", "127.0.0.1")
+    workers: Positive = doc("uvicorn workers per server; 1 fits small machines (4 cost about 2.6 GB)", 1)
     job_execution: bool = doc("run MLflow's job runner (7 consumer processes); off on small machines", False)
-    allowed_hosts: list[str] = doc("extra Host header values the servers accept (--allowed-hosts)", [])
-    startup_timeout: int = doc("seconds to wait for a server's /health before giving up", 180)
-    os_user: str | None = doc(
+    allowed_hosts: list[AllowedHost] = doc("extra Host header values the servers accept (--allowed-hosts)", [])
+    startup_timeout: Seconds = doc("seconds to wait for a server's /health before giving up", 180)
+    os_user: ServiceAccount | None = doc(
         "local account the tracking servers run as when flops-mlops is started as root (required then: they "
         "never run as root); ignored otherwise, when they run as the invoking user", None)
 
 
-@dataclass(frozen=True)
-class Tenant:
+class Tenant(Model):
     """A customer: its own database and database user, FTP user and folder, and tracking server."""
 
-    id: str = doc(f"tenant id, {TENANT_ID_RULE}")
-    port: int | None = doc("port of this tenant's tracking server (default: tracking.base_port + position)", None)
+    id: TenantId = doc(f"tenant id, {TENANT_ID_RULE}")
+    port: Port | None = doc("port of this tenant's tracking server (default: tracking.base_port + position)", None)
 
     # Names derived from the id, the same on every deployment target.
     @property
@@ -122,74 +193,74 @@ class Tenant:
         return "/artifacts"
 
 
-@dataclass(frozen=True)
-class OakestraResources:
+Tenants = Annotated[list[Tenant], AfterValidator(_at_least_one)]
+
+
+class OakestraResources(Model):
     """What one Oakestra service asks of its worker (SLA integers; all three keys are required when written)."""
 
-    memory: int = doc("memory in MB")
-    vcpus: int = doc("virtual CPUs")
-    storage: int = doc("disk in MB (0: no requirement)")
+    memory: Amount = doc("memory in MB")
+    vcpus: Amount = doc("virtual CPUs")
+    storage: Amount = doc("disk in MB (0: no requirement)")
 
 
-@dataclass(frozen=True)
-class OakestraImages:
+class OakestraImages(Model):
     """Container images, pinned by tag (never latest) or digest; ours are prefixed with oakestra.registry."""
 
-    tracking_server: str = doc("our tracking server image (mlflow server)", "flops-mlops/tracking-server:0.1.0")
-    artifact_store: str = doc("our vsftpd artifact store image", "flops-mlops/artifact-store:0.1.0")
-    fl_actor: str = doc("our FL aggregator/learner image", "flops-mlops/fl-actor:0.1.0")
-    mysql: str = doc("backend store image, a full reference (not prefixed)", "docker.io/library/mysql:8.4.6")
+    tracking_server: Text = doc("our tracking server image (mlflow server)", "flops-mlops/tracking-server:0.1.0")
+    artifact_store: Text = doc("our vsftpd artifact store image", "flops-mlops/artifact-store:0.1.0")
+    fl_actor: Text = doc("our FL aggregator/learner image", "flops-mlops/fl-actor:0.1.0")
+    mysql: Text = doc("backend store image, a full reference (not prefixed)", "docker.io/library/mysql:8.4.6")
 
 
-@dataclass(frozen=True)
-class OakestraTarget:
+class OakestraTarget(Model):
     """Where the scheduler must place services (an SLA `direct` constraint); both empty: anywhere."""
 
-    cluster: str | None = doc("name of the cluster", None)
-    node: str | None = doc("host name of the worker node", None)
+    cluster: Text | None = doc("name of the cluster", None)
+    node: Text | None = doc("host name of the worker node", None)
 
 
-@dataclass(frozen=True)
-class OakestraIpPlan:
+class OakestraIpPlan(Model):
     """Service IPs (addresses.rr_ip) in 10.30.0.0/16: 10.30.<block>.<host>, derived from stable slots."""
 
-    stores_block: int = doc("third octet of the shared backend store: MySQL is 10.30.<b>.1", 100)
-    ftp_block: int = doc("third octet of the artifact stores (one vsftpd per tenant): tenant slot s gets "
+    stores_block: Block = doc("third octet of the shared backend store: MySQL is 10.30.<b>.1", 100)
+    ftp_block: Block = doc("third octet of the artifact stores (one vsftpd per tenant): tenant slot s gets "
                          "10.30.<b>.<s>", 102)
-    tracking_block: int = doc("third octet of the tracking servers: tenant slot s gets 10.30.<b>.<s>", 101)
-    projects_block: int = doc("third octet of project slot 1; project slot p uses 10.30.<b+p-1>.0/24: "
+    tracking_block: Block = doc("third octet of the tracking servers: tenant slot s gets 10.30.<b>.<s>", 101)
+    projects_block: Block = doc("third octet of project slot 1; project slot p uses 10.30.<b+p-1>.0/24: "
                               "aggregator .1, learner i .<i+2>", 110)
 
 
-@dataclass(frozen=True)
-class OakestraTenant:
+class OakestraTenant(Model):
     """A tenant's place in the Oakestra plan; never change or reuse a slot, its service IP derives from it."""
 
-    id: str = doc("a tenant id from tenants[]")
-    slot: int = doc("stable number 1-254: the tenant's tracking server gets 10.30.<tracking_block>.<slot>, "
+    id: TenantId = doc("a tenant id from tenants[]")
+    slot: TenantSlot = doc("stable number 1-254: the tenant's tracking server gets 10.30.<tracking_block>.<slot>, "
                     "its FTP server 10.30.<ftp_block>.<slot>")
 
 
-@dataclass(frozen=True)
-class OakestraProject:
+class OakestraProject(Model):
     """An FL project: one Oakestra application with an aggregator and `learners` learner services."""
 
-    name: str = doc("project name = application name = MLflow experiment (letters and digits)")
-    tenant: str = doc("the tenant whose tracking server the aggregator logs to")
-    slot: int = doc("stable number from 1: the project's service IPs are 10.30.<projects_block+slot-1>.x")
-    learners: int = doc("number of learner services (FLOPS_LEARNERS)", 2)
-    rounds: int = doc("training rounds (FLOPS_ROUNDS)", 3)
+    name: ProjectName = doc("project name = application name = MLflow experiment (letters and digits)")
+    tenant: TenantId = doc("the tenant whose tracking server the aggregator logs to")
+    slot: StrictInt = doc("stable number from 1: the project's service IPs are 10.30.<projects_block+slot-1>.x")
+    learners: Learners = doc("number of learner services (FLOPS_LEARNERS)", 2)
+    rounds: Positive = doc("training rounds (FLOPS_ROUNDS)", 3)
 
 
-@dataclass(frozen=True)
-class Oakestra:
+def _resources(memory: int) -> OakestraResources:
+    return OakestraResources(memory=memory, vcpus=1, storage=0)
+
+
+class Oakestra(Model):
     """Oakestra SLA rendering (`flops-mlops render`) and deployment (`flops-mlops push` / `undeploy`)."""
 
-    namespace: str = doc("application_namespace and microservice_namespace of every service (letters, digits)",
+    namespace: Text = doc("application_namespace and microservice_namespace of every service (letters, digits)",
                          "flops")
-    name_limit: int = doc("longest allowed application/service name: 30, or 10 for releases up to v0.4.204 "
+    name_limit: NameLimit = doc("longest allowed application/service name: 30, or 10 for releases up to v0.4.204 "
                           "or an unknown release", 30)
-    registry: str = doc("registry host[/path] the workers pull our images from", "docker.io")
+    registry: Registry = doc("registry host[/path] the workers pull our images from", "docker.io")
     images: OakestraImages = doc("container images", OakestraImages())
     run_stores: bool = doc("true: render the stores application (MySQL, and one vsftpd per tenant) and point the "
                            "tracking servers at it; false: use backend_store.host/port and artifact_store.host/port",
@@ -202,37 +273,36 @@ class Oakestra:
     tracking_target: OakestraTarget | None = doc(
         "placement of the tracking servers (default: target); must name both the cluster and the node, because "
         "each server's login database lives on a host path of that node (auth_host_path)", None)
-    auth_host_path: str = doc(
+    auth_host_path: HostPath = doc(
         "absolute folder on the tracking servers' node for their login databases (MLflow basic auth, SQLite): "
         "tenant t's is <auth_host_path>/<t>, mounted through Oakestra's host-path CSI driver "
         "(csi.oakestra.io/hostpath; SLA volumes exist only after Oakestra v0.4.410); the folders must be "
         "writable by the tracking-server image's user, uid 10001", "/mnt/oakestra/hostpath/flops-mlops/auth")
-    tracking_port: int = doc("port the tracking server listens on inside its container", 5000)
-    tracking_host_port_base: int | None = doc(
+    tracking_port: Port = doc("port the tracking server listens on inside its container", 5000)
+    tracking_host_port_base: StrictInt | None = doc(
         "expose tenant slot s's UI on its worker at host port base+s (none: reachable only inside the overlay)",
         5000)
-    aggregator_port: int = doc("port the aggregator listens on (FLOPS_AGGREGATOR_ADDRESS)", 8080)
-    ftp_passive_ports: list[int] = doc("passive data ports [min, max] of the FTP store", [30000, 30009])
-    tracking_server: OakestraResources = doc("resources of a tracking server", OakestraResources(1024, 1, 0))
-    mysql: OakestraResources = doc("resources of the MySQL backend store", OakestraResources(1024, 1, 0))
-    artifact_store: OakestraResources = doc("resources of the FTP artifact store", OakestraResources(256, 1, 0))
-    aggregator: OakestraResources = doc("resources of an FL aggregator", OakestraResources(1024, 1, 0))
-    learner: OakestraResources = doc("resources of an FL learner", OakestraResources(1024, 1, 0))
+    aggregator_port: Port = doc("port the aggregator listens on (FLOPS_AGGREGATOR_ADDRESS)", 8080)
+    ftp_passive_ports: OakestraPortRange = doc("passive data ports [min, max] of the FTP store", [30000, 30009])
+    tracking_server: OakestraResources = doc("resources of a tracking server", _resources(1024))
+    mysql: OakestraResources = doc("resources of the MySQL backend store", _resources(1024))
+    artifact_store: OakestraResources = doc("resources of the FTP artifact store", _resources(256))
+    aggregator: OakestraResources = doc("resources of an FL aggregator", _resources(1024))
+    learner: OakestraResources = doc("resources of an FL learner", _resources(1024))
 
 
-@dataclass(frozen=True)
-class StackConfig:
+class StackConfig(Model):
     """A whole stack."""
 
-    name: str = doc("name of the stack; lowercase letters, digits and '-'")
-    state_dir: Path = doc("folder for everything the stack writes: SQLite files, FTP root, logs, pids")
-    secrets_file: Path = doc("the .env file written by `flops-mlops secrets init` (mode 0600)")
-    tenants: list[Tenant] = doc("the customers, at least one")
+    name: StackName = doc("name of the stack; lowercase letters, digits and '-'")
+    state_dir: FilePath = doc("folder for everything the stack writes: SQLite files, FTP root, logs, pids")
+    secrets_file: FilePath = doc("the .env file written by `flops-mlops secrets init` (mode 0600)")
+    tenants: Tenants = doc("the customers, at least one")
     backend_store: BackendStore = doc("the backend store", BackendStore())
     artifact_store: ArtifactStore = doc("the artifact store", ArtifactStore())
     tracking: Tracking = doc("the tracking servers", Tracking())
     oakestra: Oakestra = doc("Oakestra SLA rendering and push", Oakestra())
-    source: Path = field(default=Path("<memory>"), metadata={"internal": True})
+    _source: Path = PrivateAttr(default=Path("<memory>"))
 
     def tenant(self, tenant_id: str) -> Tenant:
         for tenant in self.tenants:
@@ -249,11 +319,151 @@ class StackConfig:
     def tracking_uri(self, tenant: Tenant) -> str:
         return f"http://{self.tracking.public_host}:{self.tracking_port(tenant)}"
 
+    @property
+    def source(self) -> Path:
+        """The file this configuration was loaded from (``<memory>`` when built in Python)."""
+        return self._source
+
+    def located(self, source: Path) -> StackConfig:
+        """This configuration, naming ``source`` as its file in messages."""
+        copy = self.model_copy()
+        copy._source = source
+        return copy
+
+    @model_validator(mode="after")
+    def _rules(self) -> StackConfig:
+        """Rules that span several keys; the Oakestra ones when the file has an oakestra section."""
+        seen: set[str] = set()
+        for i, tenant in enumerate(self.tenants):
+            if tenant.id in seen:
+                raise Broken(f"tenants[{i}].id", f"tenant {tenant.id!r} is listed twice")
+            seen.add(tenant.id)
+        ports: dict[int, str] = {}
+        for tenant in self.tenants:
+            _claim(ports, self.tracking_port(tenant), f"tracking server of tenant {tenant.id}")
+        if self.artifact_store.managed:
+            _claim(ports, self.artifact_store.port, "artifact_store.port")
+        if self.backend_store.kind == "mysql" and self.backend_store.managed:
+            _claim(ports, self.backend_store.port, "backend_store.port")
+        if "oakestra" in self.model_fields_set:
+            oakestra_rules(self)
+        return self
+
+
+def _claim(ports: dict[int, str], port: int, what: str) -> None:
+    if (why := problem(Port, port)) is not None:
+        raise Broken(what, why)
+    if port in ports:
+        raise Broken("", f"port {port} is used twice: by {ports[port]} and by {what}")
+    ports[port] = what
+
 
 def validate_tenant_id(value: str, where: str = "tenant id") -> str:
-    if not isinstance(value, str) or not TENANT_ID_PATTERN.fullmatch(value):
+    if problem(TenantId, value) is not None:
         raise ConfigError(f"{where}: {value!r} is not a valid tenant id ({TENANT_ID_RULE})")
     return value
+
+
+# --- the Oakestra section's rules that span several keys ----------------------------------------
+
+
+def tracking_target(config: StackConfig) -> OakestraTarget:
+    """Where the tracking servers run: oakestra.tracking_target, else oakestra.target."""
+    o = config.oakestra
+    return o.tracking_target if o.tracking_target is not None else o.target
+
+
+def image(config: StackConfig, key: str) -> str:
+    """The full reference of image ``key`` (ours prefixed with the registry), checked to be pinned."""
+    o = config.oakestra
+    reference = getattr(o.images, key)
+    full = reference if key == "mysql" else f"{o.registry}/{reference}"
+    if not IMAGE_PATTERN.fullmatch(full) or full.rsplit("/", 1)[-1].endswith(":latest"):
+        raise Broken(f"oakestra.images.{key}", f"{full!r} is not a pinned image reference "
+                                               "(name:tag with a tag other than latest, or name@sha256:digest)")
+    return full
+
+
+def oakestra_rules(config: StackConfig) -> None:
+    """What `render` and `push` need beyond each key's own type: raises Broken naming the key and value.
+
+    Run at load time when the file has an oakestra section, and by the renderer for any configuration.
+    """
+    o = config.oakestra
+
+    def fail(key: str, message: str) -> Broken:
+        return Broken(f"oakestra.{key}", message)
+
+    if not OAKESTRA_NAME.fullmatch(o.namespace) or len(o.namespace) > o.name_limit:
+        raise fail("namespace", f"{o.namespace!r} must be 1-{o.name_limit} letters or digits")
+    if config.backend_store.kind != "mysql":
+        raise Broken("backend_store.kind", "Oakestra tracking servers need mysql (a SQLite file does not survive "
+                                           f"rescheduling), got {config.backend_store.kind!r}")
+    if not o.run_stores:
+        for key, host in (("backend_store.host", config.backend_store.host),
+                          ("artifact_store.host", config.artifact_store.host)):
+            if host in ("localhost", "0.0.0.0") or host.startswith("127."):
+                raise Broken(key, f"{host!r} is not reachable from Oakestra workers "
+                                  "(oakestra.run_stores is false, so the tracking servers connect to it)")
+    for key in ("tracking_server", "artifact_store", "fl_actor", "mysql"):
+        image(config, key)
+    tracking = tracking_target(config)
+    if not (tracking.cluster and tracking.node):
+        key = "tracking_target" if o.tracking_target is not None else "target"
+        raise fail(key, "the tracking servers must be pinned to one node, with its cluster: their login "
+                        "databases live on a host path of that node (auth_host_path); set "
+                        "oakestra.tracking_target: {cluster: ..., node: ...} (the root scheduler picks "
+                        "the cluster by name, the cluster's scheduler the node)")
+
+    known = {t.id for t in config.tenants}
+    slots: dict[int, str] = {}
+    listed: set[str] = set()
+    for i, entry in enumerate(o.tenants):
+        if entry.id not in known:
+            raise fail(f"tenants[{i}].id", f"{entry.id!r} is not in tenants[] ({', '.join(sorted(known))})")
+        if entry.id in listed:
+            raise fail(f"tenants[{i}].id", f"tenant {entry.id!r} has two slots")
+        if entry.slot in slots:
+            raise fail(f"tenants[{i}].slot", f"slot {entry.slot} is already used by tenant {slots[entry.slot]}")
+        slots[entry.slot] = entry.id
+        listed.add(entry.id)
+    missing = [t.id for t in config.tenants if t.id not in listed]
+    if missing:
+        raise fail("tenants", f"no slot for tenant(s) {', '.join(missing)}; add "
+                              f"{{id: {missing[0]}, slot: N}} with an unused N from 1-254 "
+                              "(never reuse the slot of a removed tenant)")
+    if o.tracking_host_port_base is not None and not 1 <= o.tracking_host_port_base + max(slots) <= 65535:
+        raise fail("tracking_host_port_base", f"{o.tracking_host_port_base} + slot {max(slots)} is not a TCP port")
+
+    names: set[str] = set()
+    project_slots: dict[int, str] = {}
+    blocks = {o.ip_plan.tracking_block: "ip_plan.tracking_block"}
+    if o.run_stores:
+        for key in ("stores_block", "ftp_block"):
+            block = getattr(o.ip_plan, key)
+            if block in blocks:
+                raise fail(f"ip_plan.{key}", f"block {block} is also {blocks[block]}")
+            blocks[block] = f"ip_plan.{key}"
+    for i, project in enumerate(o.projects):
+        where = f"projects[{i}]"
+        if project.name in RESERVED_APPS:
+            raise fail(f"{where}.name", f"{project.name!r} must be a project name ({PROJECT_RULE}, as "
+                                        f"for `round`) other than {' or '.join(RESERVED_APPS)}")
+        if project.name in names:
+            raise fail(f"{where}.name", f"project {project.name!r} is listed twice")
+        names.add(project.name)
+        if project.tenant not in known:
+            raise fail(f"{where}.tenant", f"{project.tenant!r} is not in tenants[]")
+        if project.slot < 1 or project.slot in project_slots:
+            raise fail(f"{where}.slot", f"expected an unused number from 1, got {project.slot}")
+        project_slots[project.slot] = project.name
+        block = o.ip_plan.projects_block + project.slot - 1
+        if block > 255:
+            raise fail(f"{where}.slot", f"slot {project.slot} puts the project outside 10.30.0.0/16 "
+                                        f"(projects_block {o.ip_plan.projects_block} + slot - 1 > 255)")
+        if block in blocks:
+            raise fail(f"{where}.slot", f"its addresses 10.30.{block}.x overlap {blocks[block]}")
+        blocks[block] = f"{where}"
 
 
 # --- loading -------------------------------------------------------------------------------------
@@ -276,75 +486,18 @@ def load(path: str | Path) -> StackConfig:
         raise ConfigError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of settings at the top level")
-    config = _build(StackConfig, data, str(path), "")
-    config = dataclasses.replace(
-        config,
-        source=path,
-        state_dir=_resolve(path, config.state_dir),
-        secrets_file=_resolve(path, config.secrets_file),
-    )
-    _check(config, str(path))
-    return config
+    try:
+        config = StackConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: {explain(first(exc))}") from None
+    except Broken as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    update = {"state_dir": _resolve(path, config.state_dir), "secrets_file": _resolve(path, config.secrets_file)}
+    return config.model_copy(update=update).located(path)
 
 
 def _resolve(config_path: Path, value: Path) -> Path:
     return value if value.is_absolute() else (config_path.parent / value).resolve()
-
-
-def _build(cls: type, data: Any, file: str, prefix: str) -> Any:
-    if not isinstance(data, dict):
-        raise ConfigError(f"{file}: {prefix.rstrip('.') or '(top level)'}: expected a mapping, got {_show(data)}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise ConfigError(f"{file}: {prefix}{unknown[0]}: unknown key (expected one of: {', '.join(fields)})")
-    values = {}
-    for name, f in fields.items():
-        key = f"{prefix}{name}"
-        if name not in data:
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise ConfigError(f"{file}: {key}: required key is missing ({f.metadata['doc']})")
-            continue
-        values[name] = _coerce(hints[name], data[name], file, key)
-    return cls(**values)
-
-
-def _coerce(hint: Any, value: Any, file: str, key: str) -> Any:
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _coerce(inner, value, file, key)
-    if origin is Literal:
-        if value not in args:
-            raise ConfigError(f"{file}: {key}: expected one of {', '.join(map(str, args))}, got {_show(value)}")
-        return value
-    if origin is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"{file}: {key}: expected a list, got {_show(value)}")
-        return [_coerce(args[0], item, file, f"{key}[{i}]") for i, item in enumerate(value)]
-    if dataclasses.is_dataclass(hint):
-        return _build(hint, value, file, f"{key}.")
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{file}: {key}: expected true or false, got {_show(value)}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{file}: {key}: expected an integer, got {_show(value)}")
-        return value
-    if hint is str:
-        if not isinstance(value, str) or not value:
-            raise ConfigError(f"{file}: {key}: expected a non-empty string, got {_show(value)}")
-        return value
-    if hint is Path:
-        if not isinstance(value, str) or not value:
-            raise ConfigError(f"{file}: {key}: expected a path, got {_show(value)}")
-        return Path(value)
-    raise TypeError(f"unsupported config type {hint!r} for {key}")  # a bug in this module, not user input
 
 
 def _show(value: Any) -> str:
@@ -353,100 +506,133 @@ def _show(value: Any) -> str:
     return f"{type(value).__name__} {value!r}"
 
 
-def _check_port(value: int, file: str, key: str) -> None:
-    if not 1 <= value <= 65535:
-        raise ConfigError(f"{file}: {key}: expected a TCP port 1-65535, got {value}")
+def key_path(loc: tuple) -> str:
+    """('tenants', 1, 'id') -> 'tenants[1].id'."""
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
 
 
-def _check_host(value: str, file: str, key: str) -> None:
-    if not HOST_PATTERN.fullmatch(value):
-        raise ConfigError(f"{file}: {key}: expected a host name or IP address, got {value!r}")
-
-
-def _check(config: StackConfig, file: str) -> None:
-    """Checks that span several keys or need more than a type."""
-    if not STACK_NAME_PATTERN.fullmatch(config.name):
-        raise ConfigError(f"{file}: name: {config.name!r} is not valid (lowercase letters, digits and '-', "
-                          "starting with a letter, at most 31 characters)")
-    if not config.tenants:
-        raise ConfigError(f"{file}: tenants: expected at least one tenant")
-    seen: set[str] = set()
-    for i, tenant in enumerate(config.tenants):
-        validate_tenant_id(tenant.id, f"{file}: tenants[{i}].id")
-        if tenant.id in seen:
-            raise ConfigError(f"{file}: tenants[{i}].id: tenant {tenant.id!r} is listed twice")
-        seen.add(tenant.id)
-        if tenant.port is not None:
-            _check_port(tenant.port, file, f"tenants[{i}].port")
-    b, a, t = config.backend_store, config.artifact_store, config.tracking
-    _check_host(b.host, file, "backend_store.host")
-    _check_host(a.host, file, "artifact_store.host")
-    _check_host(t.host, file, "tracking.host")
-    _check_host(t.public_host, file, "tracking.public_host")
-    for host in t.allowed_hosts:
-        _check_host(host.split(":")[0].replace("*", "a"), file, "tracking.allowed_hosts")
-    _check_port(b.port, file, "backend_store.port")
-    _check_port(a.port, file, "artifact_store.port")
-    _check_port(t.base_port, file, "tracking.base_port")
-    if not ACCOUNT_PATTERN.fullmatch(b.admin_user):
-        raise ConfigError(f"{file}: backend_store.admin_user: {b.admin_user!r} is not a valid account name")
-    if not ACCOUNT_PATTERN.fullmatch(a.os_user):
-        raise ConfigError(f"{file}: artifact_store.os_user: {a.os_user!r} is not a valid account name")
-    if t.os_user is not None and (not ACCOUNT_PATTERN.fullmatch(t.os_user) or t.os_user == "root"):
-        raise ConfigError(f"{file}: tracking.os_user: {t.os_user!r} is not an unprivileged account name "
-                          "(tracking servers never run as root)")
-    if len(a.passive_ports) != 2 or a.passive_ports[0] > a.passive_ports[1]:
-        raise ConfigError(f"{file}: artifact_store.passive_ports: expected [min, max] with min <= max, "
-                          f"got {a.passive_ports}")
-    for port in a.passive_ports:
-        _check_port(port, file, "artifact_store.passive_ports")
-    try:
-        ipaddress.IPv4Address(a.pasv_address)
-    except ValueError:
-        raise ConfigError(f"{file}: artifact_store.pasv_address: expected an IPv4 address, "
-                          f"got {a.pasv_address!r}") from None
-    if t.workers < 1:
-        raise ConfigError(f"{file}: tracking.workers: expected at least 1, got {t.workers}")
-    if t.startup_timeout < 1:
-        raise ConfigError(f"{file}: tracking.startup_timeout: expected at least 1 second, got {t.startup_timeout}")
-    ports: dict[int, str] = {}
-    for tenant in config.tenants:
-        _claim(ports, config.tracking_port(tenant), f"tracking server of tenant {tenant.id}", file)
-    if a.managed:
-        _claim(ports, a.port, "artifact_store.port", file)
-    if b.kind == "mysql" and b.managed:
-        _claim(ports, b.port, "backend_store.port", file)
-
-
-def _claim(ports: dict[int, str], port: int, what: str, file: str) -> None:
-    _check_port(port, file, what)
-    if port in ports:
-        raise ConfigError(f"{file}: port {port} is used twice: by {ports[port]} and by {what}")
-    ports[port] = what
-
-
-def describe(cls: type = StackConfig, prefix: str = "") -> list[tuple[str, str, str]]:
-    """(key, default, description) for every setting, for `flops-mlops config keys`."""
-    rows = []
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        if f.metadata.get("internal"):
-            continue
-        key = f"{prefix}{f.name}"
-        hint = hints[f.name]
-        if dataclasses.is_dataclass(hint):
-            rows.append((key, "", f.metadata["doc"]))
-            rows.extend(describe(hint, key + "."))
-            continue
-        if typing.get_origin(hint) is list and dataclasses.is_dataclass(typing.get_args(hint)[0]):
-            rows.append((key, "", f.metadata["doc"]))
-            rows.extend(describe(typing.get_args(hint)[0], key + "[]."))
-            continue
-        if f.default is not dataclasses.MISSING:
-            default = repr(f.default)
-        elif f.default_factory is not dataclasses.MISSING:
-            default = repr(f.default_factory())
+def _walk(loc: tuple) -> tuple[Any, Any]:
+    """(type at ``loc``, field named by its last key): what a value at that place of the file is read into."""
+    current: Any = StackConfig
+    field = None
+    for part in loc:
+        kind = _unwrap(current)
+        if isinstance(part, int):
+            current = typing.get_args(kind)[0] if typing.get_origin(kind) is list else None
+        elif isinstance(kind, type) and issubclass(kind, BaseModel) and part in kind.model_fields:
+            field = kind.model_fields[part]
+            current = field.annotation
         else:
-            default = "(required)"
-        rows.append((key, default, f.metadata["doc"]))
+            return None, None
+    return current, field
+
+
+def _unwrap(annotation: Any) -> Any:
+    """The type inside Optional[...] and Annotated[...]."""
+    while True:
+        if typing.get_origin(annotation) is Annotated:
+            annotation = typing.get_args(annotation)[0]
+        elif typing.get_origin(annotation) in (typing.Union, type(int | None)):
+            annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+        else:
+            return annotation
+
+
+def first(exc: ValidationError) -> dict:
+    """The error to report: an unknown key first (it is often the misspelt name of a key reported missing)."""
+    errors = exc.errors()
+    return next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
+
+
+def explain(error: dict) -> str:
+    """One pydantic error as ``key: what is wrong / expected``, the form every configuration message has."""
+    loc = tuple(error["loc"])
+    key = key_path(loc) or "(top level)"
+    kind, value = error["type"], error.get("input")
+    if kind == RULE_ERROR:
+        return f"{key}: {error['msg']}"
+    if kind == "extra_forbidden":
+        model = _unwrap(_walk(loc[:-1])[0])
+        known = ", ".join(model.model_fields) if isinstance(model, type) and issubclass(model, BaseModel) else "?"
+        return f"{key}: unknown key (expected one of: {known})"
+    if kind == "missing":
+        field = _walk(loc)[1]
+        return f"{key}: required key is missing ({field.description if field else 'required'})"
+    if kind == "literal_error":
+        field = _walk(loc)[1]
+        choices = typing.get_args(_unwrap(field.annotation)) if field else ()
+        return f"{key}: expected one of {', '.join(map(str, choices))}, got {_show(value)}"
+    expected = {"int_type": "an integer", "bool_type": "true or false", "string_type": "a non-empty string",
+                "string_too_short": "a non-empty string", "list_type": "a list", "model_type": "a mapping",
+                "dict_type": "a mapping", "is_instance_of": "a path", "path_type": "a path"}.get(kind)
+    if expected:
+        return f"{key}: expected {expected}, got {_show(value)}"
+    return f"{key}: {error['msg']}, got {_show(value)}"  # a check without a message of ours (a bug to fix here)
+
+
+# --- documentation -------------------------------------------------------------------------------
+
+
+def describe(cls: type[BaseModel] = StackConfig, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(key, default, description) for every setting, for `flops-mlops config keys` and docs/configuration.md."""
+    rows = []
+    for name, field in cls.model_fields.items():
+        key = f"{prefix}{name}"
+        inner = _unwrap(field.annotation)
+        if isinstance(inner, type) and issubclass(inner, BaseModel):
+            rows.append((key, "", field.description))
+            rows.extend(describe(inner, key + "."))
+            continue
+        if typing.get_origin(inner) is list:
+            item = _unwrap(typing.get_args(inner)[0])
+            if isinstance(item, type) and issubclass(item, BaseModel):
+                rows.append((key, "", field.description))
+                rows.extend(describe(item, key + "[]."))
+                continue
+        rows.append((key, "(required)" if field.is_required() else repr(field.get_default(call_default_factory=True)),
+                     field.description))
     return rows
+
+
+MARKDOWN_HEAD = """\
+<!-- Generated from the configuration model (deploy/flops_mlops/config.py); do not edit by hand. Regenerate with
+     .venv/bin/flops-mlops config keys --markdown > docs/configuration.md
+     tests/unit/test_config.py fails when this file differs from what the model generates. -->
+
+# Configuration keys
+
+Every key of a stack configuration (`configs/*.yaml`), its default and its meaning, as `flops-mlops config keys`
+prints them. Relative paths are resolved against the configuration file's folder. Values are checked strictly when
+the file is loaded (`flops-mlops --config FILE config check`): unknown keys are refused, a number is never read from
+a string (nor true from 1), and every rule of every target holds, the `oakestra` section's included (they apply
+when the file has that section). A problem is reported with the file, key and expectation (exit 2), for example
+`configs/local.yaml: tracking.base_port: expected an integer, got str 'abc'`.
+
+| key | default | meaning |
+| --- | --- | --- |
+"""
+
+
+def markdown() -> str:
+    """docs/configuration.md: every key with its default (as YAML) and its description."""
+    rows = [f"| `{key}` | {_yaml_default(key)} | {text} |" for key, _, text in describe()]
+    return MARKDOWN_HEAD + "\n".join(rows) + "\n"
+
+
+def _yaml_default(key: str) -> str:
+    """(required), or the default in YAML (flow style), of the setting ``key``; empty for most sections."""
+    current, field = _walk(tuple(0 if part == "[]" else part for part in key.replace("[]", ".[]").split(".")))
+    inner = _unwrap(current)
+    if typing.get_origin(inner) is list:
+        inner = _unwrap(typing.get_args(inner)[0])
+    if isinstance(inner, type) and issubclass(inner, BaseModel):
+        default = None if field.is_required() else field.get_default(call_default_factory=True)
+        required = any(f.is_required() for f in inner.model_fields.values())
+        # A section whose keys are all required when it is written: its default as a whole.
+        return f"`{json.dumps(default.model_dump())}`" if required and isinstance(default, BaseModel) else ""
+    if field.is_required():
+        return "(required)"
+    return f"`{json.dumps(field.get_default(call_default_factory=True))}`"

@@ -37,12 +37,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .config import (HOST_PATTERN, ArtifactStore, BackendStore, ConfigError, StackConfig, Tenant, Tracking,
-                     validate_tenant_id)
-from .fl.settings import PROJECT_PATTERN
+from .config import ArtifactStore, BackendStore, ConfigError, StackConfig, Tenant, Tracking, validate_tenant_id
 from .secrets import (Secrets, admin_password_key, db_password_key, ftp_password_key, refuse_placeholders,
                       secret_key_key)
 from .tracking_server import mask, server_argv, server_env
+from .values import AllowedHost, Host, Port, ProjectName, problem
 
 SERVICE_NAME = "tracking-server"
 AUTH_DB = "/srv/mlflow/auth/auth.db"
@@ -59,14 +58,14 @@ def _setting(env: dict[str, str], key: str, default: str | None = None) -> str:
 
 def _host(env: dict[str, str], key: str, default: str) -> str:
     value = _setting(env, key, default)
-    if not HOST_PATTERN.fullmatch(value):
-        raise ConfigError(f"environment: {key}: expected a host name or IP address, got {value!r}")
+    if (why := problem(Host, value)) is not None:
+        raise ConfigError(f"environment: {key}: {why}")
     return value
 
 
 def _port(env: dict[str, str], key: str, default: int) -> int:
     value = _setting(env, key, str(default))
-    if not value.isdigit() or not 1 <= int(value) <= 65535:
+    if not value.isdigit() or problem(Port, int(value)) is not None:
         raise ConfigError(f"environment: {key}: expected a TCP port 1-65535, got {value!r}")
     return int(value)
 
@@ -79,7 +78,7 @@ def stack_from_env(env: dict[str, str]) -> tuple[StackConfig, Tenant, Secrets]:
     public_port = _port(env, "FLOPS_PUBLIC_PORT", 5000)
     extra = [h.strip() for h in env.get("FLOPS_ALLOWED_HOSTS", "").split(",") if h.strip()]
     for host in extra:
-        if not HOST_PATTERN.fullmatch(host.split(":")[0].replace("*", "a")):
+        if problem(AllowedHost, host) is not None:
             raise ConfigError(f"environment: FLOPS_ALLOWED_HOSTS: {host!r} is not a host name or host:port")
     workers = _setting(env, "FLOPS_WORKERS", "1")
     if not workers.isdigit() or int(workers) < 1:
@@ -95,7 +94,7 @@ def stack_from_env(env: dict[str, str]) -> tuple[StackConfig, Tenant, Secrets]:
                                      port=_port(env, "FLOPS_FTP_PORT", 21)),
         tracking=Tracking(host="0.0.0.0", base_port=port, public_host=public_host, workers=int(workers),
                           job_execution=False, allowed_hosts=allowed),
-        source=Path("<environment>"))
+    ).located(Path("<environment>"))
     refuse_placeholders({key: _setting(env, key) for key in PASSWORDS}, "environment")
     secrets = Secrets(Path("<environment>"), {
         db_password_key(tenant.id): _setting(env, "FLOPS_DB_PASSWORD"),
@@ -111,7 +110,7 @@ def fl_users(env: dict[str, str]) -> str:
     value = env.get("FLOPS_FL_USERS", "").strip()
     for item in filter(None, value.split(",")):
         match = FL_USER.fullmatch(item)
-        if not match or not PROJECT_PATTERN.fullmatch(match["project"]):
+        if not match or problem(ProjectName, match["project"]) is not None:
             shown = item.split(":", 1)[0]
             raise ConfigError(f"environment: FLOPS_FL_USERS: item for {shown!r} is not project:password (a project "
                               "name of letters and digits, a URL-safe password of at least 12 characters)")

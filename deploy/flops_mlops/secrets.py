@@ -16,6 +16,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from .config import ConfigError, StackConfig, validate_tenant_id
+from .values import PROJECT_RULE, ProjectName, problem
 
 MYSQL_ADMIN_KEY = "FLOPS_MYSQL_ADMIN_PASSWORD"
 HEADER = (
@@ -49,9 +50,7 @@ def fl_password_key(tenant_id: str) -> str:
 
 def project_password_key(project: str) -> str:
     """Password of an Oakestra FL project's user (oakestra.projects[]); its aggregator logs in with it."""
-    from .fl.settings import PROJECT_PATTERN, PROJECT_RULE
-
-    if not PROJECT_PATTERN.fullmatch(project):
+    if problem(ProjectName, project) is not None:
         raise ConfigError(f"oakestra.projects: {project!r} is not a valid project name ({PROJECT_RULE})")
     return f"FLOPS_PROJECT_{project.upper()}_PASSWORD"
 

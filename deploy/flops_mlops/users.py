@@ -21,8 +21,8 @@ from pathlib import Path
 import requests
 
 from .config import ConfigError
-from .fl.settings import PROJECT_PATTERN, PROJECT_RULE
 from .processes import StackError
+from .values import PROJECT_RULE, ProjectName, problem
 
 ADMIN = "admin"
 PERMISSIONS = ("READ", "USE", "EDIT", "MANAGE")
@@ -49,7 +49,7 @@ def validate_username(value: str, where: str = "--name") -> str:
 
 
 def validate_project(value: str, where: str = "--project") -> str:
-    if not PROJECT_PATTERN.fullmatch(value or ""):
+    if problem(ProjectName, value) is not None:
         raise ConfigError(f"{where}: {value!r} is not a valid project name ({PROJECT_RULE})")
     return value
 

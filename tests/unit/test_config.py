@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pydantic
 import pytest
 import yaml
 
@@ -69,6 +70,15 @@ BAD = [
     ("name", "Big Stack", "name: 'Big Stack' is not valid"),
     ("state_dir", DELETE, "state_dir: required key is missing"),
     ("backend_store", "mysql", "backend_store: expected a mapping, got str 'mysql'"),
+    # Strict: no number from a string, no true from 1, no path from a number.
+    ("tracking.job_execution", 1, "tracking.job_execution: expected true or false, got int 1"),
+    ("tenants", [{"id": "acme", "port": "5001"}], "tenants[0].port: expected an integer, got str '5001'"),
+    ("state_dir", 5, "state_dir: expected a path, got int 5"),
+    ("tracking.os_user", "root", "tracking.os_user: 'root' is not an unprivileged account name"),
+    ("tracking.allowed_hosts", ["ok.example:5000", "bad host"], "tracking.allowed_hosts[1]: expected a host name"),
+    # The oakestra section's rules hold at load time, not only when rendering.
+    ("oakestra.registry", "docker.io", "backend_store.kind: Oakestra tracking servers need mysql"),
+    ("oakestra.ip_plan.stores_block", 256, "oakestra.ip_plan.stores_block: expected 0-255, got 256"),
 ]
 
 
@@ -96,6 +106,31 @@ def test_unreadable_files(tmp_path, text, expected):
 def test_missing_file_is_named(tmp_path):
     with pytest.raises(ConfigError, match="nope.yaml: configuration file not found"):
         config.load(tmp_path / "nope.yaml")
+
+
+def test_docs_configuration_md_is_what_the_model_generates():
+    """The drift check: regenerate with `flops-mlops config keys --markdown > docs/configuration.md`."""
+    text = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
+    assert text == config.markdown(), ("docs/configuration.md is stale; regenerate it with "
+                                       ".venv/bin/flops-mlops config keys --markdown > docs/configuration.md")
+
+
+def test_a_loaded_configuration_is_one_every_target_accepts(tmp_path):
+    """load() refuses what render would refuse later, so `config check` needs no special case."""
+    data = yaml.safe_load((ROOT / "configs" / "oakestra.yaml").read_text())
+    data["oakestra"]["tenants"][1]["slot"] = 1
+    path = tmp_path / "stack.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match=r"stack.yaml: oakestra.tenants\[1\].slot: slot 1 is already used"):
+        config.load(path)
+
+
+def test_configurations_built_in_python_are_checked_and_copied_like_loaded_ones():
+    built = config.StackConfig(name="t", state_dir="s", secrets_file=".env", tenants=[config.Tenant(id="acme")])
+    moved = built.model_copy(update={"tracking": built.tracking.model_copy(update={"base_port": 6000})})
+    assert moved.tracking_port(moved.tenants[0]) == 6000 and built.tracking.base_port == 5000
+    with pytest.raises(pydantic.ValidationError, match="frozen"):
+        built.name = "u"
 
 
 def test_every_key_is_documented():

@@ -29,6 +29,8 @@ import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from ..values import PROJECT_RULE, Host, Port, ProjectName, problem
+
 # The synthetic data set (fl/data.py) has room for this many learners of at least MIN_PER_LEARNER
 # training examples each (checked by a unit test); a longer run than a day is a mistake.
 MAX_LEARNERS = 72
@@ -45,8 +47,6 @@ def no_telemetry_defaults() -> None:
         os.environ.setdefault(key, value)
 
 
-PROJECT_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9]{0,31}$")
-PROJECT_RULE = "1-32 characters: a letter, then letters or digits"
 ADDRESS_PATTERN = re.compile(r"^(?P<host>[A-Za-z0-9.-]+):(?P<port>[0-9]{1,5})$")
 BETTER_CHOICES = ("loss", "accuracy")
 
@@ -57,14 +57,14 @@ class SettingsError(ValueError):
 
 def validate_project(value: str, where: str = "project") -> str:
     """Project names reach MLflow experiment and model names, folders and Oakestra service names."""
-    if not isinstance(value, str) or not PROJECT_PATTERN.fullmatch(value):
+    if problem(ProjectName, value) is not None:
         raise SettingsError(f"{where}: {value!r} is not a valid project name ({PROJECT_RULE})")
     return value
 
 
 def parse_address(value: str, where: str = "FLOPS_AGGREGATOR_ADDRESS") -> tuple[str, int]:
     match = ADDRESS_PATTERN.fullmatch(value or "")
-    if not match or not 1 <= int(match["port"]) <= 65535:
+    if not match or problem(Host, match["host"]) is not None or problem(Port, int(match["port"])) is not None:
         raise SettingsError(f"{where}: {value!r} is not host:port (for example 127.0.0.1:8080)")
     return match["host"], int(match["port"])
 

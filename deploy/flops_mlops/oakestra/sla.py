@@ -34,25 +34,21 @@ from typing import Any
 import jinja2
 import jsonschema
 
+from .. import config as config_module
 from .. import secrets as secrets_module
-from ..config import ConfigError, OakestraTarget, StackConfig
+from ..config import Broken, ConfigError, OakestraTarget, StackConfig, image, tracking_target
 from ..container import AUTH_DB
-from ..fl.settings import PROJECT_PATTERN, PROJECT_RULE, FLSettings, environment
+from ..fl.settings import FLSettings, environment
 from ..users import project_user
 
 TEMPLATES_DIR = Path(__file__).resolve().parents[3] / "sla_templates"
 SCHEMA_FILE = Path(__file__).with_name("sla-v2.0.schema.json")
 SERVICE_NETWORK = ipaddress.IPv4Network("10.30.0.0/16")
 PLACEHOLDER = re.compile(r"\$\{([A-Z][A-Z0-9_]*)\}")
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9]+$")
-RESERVED_APPS = ("tracking", "stores")
-IMAGE_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:-]*(:[A-Za-z0-9_][A-Za-z0-9._-]{0,127}|@sha256:[0-9a-f]{64})$")
-REGISTRY_PATTERN = re.compile(r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:[0-9]{1,5})?(/[a-z0-9][a-z0-9._-]*)*$")
 MYSQL_PORT = 3306
 FTP_PORT = 21
 HOSTPATH_DRIVER = "csi.oakestra.io/hostpath"  # Oakestra's host-path CSI plugin (csi/hostpath in oakestra/oakestra)
 AUTH_MOUNT = str(PurePosixPath(AUTH_DB).parent)  # the tracking-server image's auth folder (flops_mlops.container)
-HOST_PATH_PATTERN = re.compile(r"^(/[A-Za-z0-9._-]+)+$")
 
 
 class SlaError(ConfigError):
@@ -74,20 +70,6 @@ class Rendered:
 # --- the plan: names, addresses and images derived from the configuration ---------------------------
 
 
-def _fail(config: StackConfig, key: str, message: str) -> ConfigError:
-    return ConfigError(f"{config.source}: oakestra.{key}: {message}")
-
-
-def _image(config: StackConfig, key: str) -> str:
-    o = config.oakestra
-    reference = getattr(o.images, key)
-    full = reference if key == "mysql" else f"{o.registry}/{reference}"
-    if not IMAGE_PATTERN.fullmatch(full) or full.rsplit("/", 1)[-1].endswith(":latest"):
-        raise _fail(config, f"images.{key}", f"{full!r} is not a pinned image reference "
-                                              "(name:tag with a tag other than latest, or name@sha256:digest)")
-    return full
-
-
 def _constraints(target: OakestraTarget) -> list[dict]:
     constraint = {"type": "direct"}
     if target.cluster:
@@ -97,118 +79,16 @@ def _constraints(target: OakestraTarget) -> list[dict]:
     return [constraint] if len(constraint) > 1 else []
 
 
-def _tracking_target(config: StackConfig) -> OakestraTarget:
-    o = config.oakestra
-    return o.tracking_target if o.tracking_target is not None else o.target
-
-
 def _address(block: int, host: int) -> str:
     return str(SERVICE_NETWORK.network_address + block * 256 + host)
 
 
 def check(config: StackConfig) -> None:
-    """Checks of the oakestra section that need more than a type; ConfigError names the key and value."""
-    o = config.oakestra
-    if not 1 <= o.name_limit <= 30:
-        raise _fail(config, "name_limit", f"expected 10 (releases up to v0.4.204) or 30, got {o.name_limit}")
-    if not NAME_PATTERN.fullmatch(o.namespace) or len(o.namespace) > o.name_limit:
-        raise _fail(config, "namespace", f"{o.namespace!r} must be 1-{o.name_limit} letters or digits")
-    if not REGISTRY_PATTERN.fullmatch(o.registry):
-        raise _fail(config, "registry", f"{o.registry!r} is not a registry host[:port][/path]")
-    if config.backend_store.kind != "mysql":
-        raise ConfigError(f"{config.source}: backend_store.kind: Oakestra tracking servers need mysql "
-                          f"(a SQLite file does not survive rescheduling), got {config.backend_store.kind!r}")
-    if not o.run_stores:
-        for key, host in (("backend_store.host", config.backend_store.host),
-                          ("artifact_store.host", config.artifact_store.host)):
-            if host in ("localhost", "0.0.0.0") or host.startswith("127."):
-                raise ConfigError(f"{config.source}: {key}: {host!r} is not reachable from Oakestra workers "
-                                  "(oakestra.run_stores is false, so the tracking servers connect to it)")
-    for key in ("stores_block", "ftp_block", "tracking_block", "projects_block"):
-        if not 0 <= getattr(o.ip_plan, key) <= 255:
-            raise _fail(config, f"ip_plan.{key}", f"expected 0-255, got {getattr(o.ip_plan, key)}")
-    for key in ("tracking_port", "aggregator_port"):
-        if not 1 <= getattr(o, key) <= 65535:
-            raise _fail(config, key, f"expected a TCP port 1-65535, got {getattr(o, key)}")
-    low, high = (o.ftp_passive_ports + [0, 0])[:2]
-    if len(o.ftp_passive_ports) != 2 or not 1024 <= low <= high <= 65535:
-        raise _fail(config, "ftp_passive_ports", f"expected [min, max] within 1024-65535, got {o.ftp_passive_ports}")
-    for key in ("tracking_server", "mysql", "artifact_store", "aggregator", "learner"):
-        resources = getattr(o, key)
-        for field in ("memory", "vcpus", "storage"):
-            if getattr(resources, field) < 0:
-                raise _fail(config, f"{key}.{field}", f"expected 0 or more, got {getattr(resources, field)}")
-    for key in ("tracking_server", "artifact_store", "fl_actor", "mysql"):
-        _image(config, key)
-    tracking = _tracking_target(config)
-    if not (tracking.cluster and tracking.node):
-        key = "tracking_target" if o.tracking_target is not None else "target"
-        raise _fail(config, key, "the tracking servers must be pinned to one node, with its cluster: their login "
-                                 "databases live on a host path of that node (auth_host_path); set "
-                                 "oakestra.tracking_target: {cluster: ..., node: ...} (the root scheduler picks "
-                                 "the cluster by name, the cluster's scheduler the node)")
-    if (not HOST_PATH_PATTERN.fullmatch(o.auth_host_path)
-            or any(part in (".", "..") for part in o.auth_host_path.split("/"))):
-        raise _fail(config, "auth_host_path", f"{o.auth_host_path!r} must be an absolute path of letters, digits, "
-                                              "'.', '_', '-' and '/' without '.' or '..' parts")
-
-    known = {t.id for t in config.tenants}
-    slots: dict[int, str] = {}
-    listed: set[str] = set()
-    for i, entry in enumerate(o.tenants):
-        if entry.id not in known:
-            raise _fail(config, f"tenants[{i}].id", f"{entry.id!r} is not in tenants[] ({', '.join(sorted(known))})")
-        if entry.id in listed:
-            raise _fail(config, f"tenants[{i}].id", f"tenant {entry.id!r} has two slots")
-        if not 1 <= entry.slot <= 254:
-            raise _fail(config, f"tenants[{i}].slot", f"expected 1-254, got {entry.slot}")
-        if entry.slot in slots:
-            raise _fail(config, f"tenants[{i}].slot",
-                        f"slot {entry.slot} is already used by tenant {slots[entry.slot]}")
-        slots[entry.slot] = entry.id
-        listed.add(entry.id)
-    missing = [t.id for t in config.tenants if t.id not in listed]
-    if missing:
-        raise _fail(config, "tenants", f"no slot for tenant(s) {', '.join(missing)}; add "
-                                       f"{{id: {missing[0]}, slot: N}} with an unused N from 1-254 "
-                                       "(never reuse the slot of a removed tenant)")
-    if o.tracking_host_port_base is not None and not 1 <= o.tracking_host_port_base + max(slots) <= 65535:
-        raise _fail(config, "tracking_host_port_base", f"{o.tracking_host_port_base} + slot {max(slots)} "
-                                                       "is not a TCP port")
-
-    names: set[str] = set()
-    project_slots: dict[int, str] = {}
-    blocks = {o.ip_plan.tracking_block: "ip_plan.tracking_block"}
-    if o.run_stores:
-        for key in ("stores_block", "ftp_block"):
-            block = getattr(o.ip_plan, key)
-            if block in blocks:
-                raise _fail(config, f"ip_plan.{key}", f"block {block} is also {blocks[block]}")
-            blocks[block] = f"ip_plan.{key}"
-    for i, project in enumerate(o.projects):
-        where = f"projects[{i}]"
-        if not PROJECT_PATTERN.fullmatch(project.name) or project.name in RESERVED_APPS:
-            raise _fail(config, f"{where}.name", f"{project.name!r} must be a project name ({PROJECT_RULE}, as "
-                                                 f"for `round`) other than {' or '.join(RESERVED_APPS)}")
-        if project.name in names:
-            raise _fail(config, f"{where}.name", f"project {project.name!r} is listed twice")
-        names.add(project.name)
-        if project.tenant not in known:
-            raise _fail(config, f"{where}.tenant", f"{project.tenant!r} is not in tenants[]")
-        if project.slot < 1 or project.slot in project_slots:
-            raise _fail(config, f"{where}.slot", f"expected an unused number from 1, got {project.slot}")
-        project_slots[project.slot] = project.name
-        block = o.ip_plan.projects_block + project.slot - 1
-        if block > 255:
-            raise _fail(config, f"{where}.slot", f"slot {project.slot} puts the project outside 10.30.0.0/16 "
-                                                 f"(projects_block {o.ip_plan.projects_block} + slot - 1 > 255)")
-        if block in blocks:
-            raise _fail(config, f"{where}.slot", f"its addresses 10.30.{block}.x overlap {blocks[block]}")
-        blocks[block] = f"{where}"
-        if not 1 <= project.learners <= 253:
-            raise _fail(config, f"{where}.learners", f"expected 1-253, got {project.learners}")
-        if project.rounds < 1:
-            raise _fail(config, f"{where}.rounds", f"expected at least 1, got {project.rounds}")
+    """The oakestra section's rules (config.oakestra_rules; `load` runs them when the file has that section)."""
+    try:
+        config_module.oakestra_rules(config)
+    except Broken as exc:
+        raise ConfigError(f"{config.source}: {exc}") from None
 
 
 def context(config: StackConfig) -> dict[str, Any]:
@@ -268,12 +148,12 @@ def context(config: StackConfig) -> dict[str, Any]:
     return {
         "customer_id": config.name,
         "app_namespace": o.namespace,
-        "images": {key: _image(config, key) for key in ("tracking_server", "artifact_store", "fl_actor", "mysql")},
-        "resources": {key: vars(getattr(o, key)) for key in
+        "images": {key: image(config, key) for key in ("tracking_server", "artifact_store", "fl_actor", "mysql")},
+        "resources": {key: getattr(o, key).model_dump() for key in
                       ("tracking_server", "mysql", "artifact_store", "aggregator", "learner")},
         "constraints": _constraints(o.target),
         "stores_constraints": _constraints(o.stores_target or o.target),
-        "tracking_constraints": _constraints(_tracking_target(config)),
+        "tracking_constraints": _constraints(tracking_target(config)),
         "auth_db": AUTH_DB,
         "stores": stores,
         "mysql_admin_password_key": secrets_module.MYSQL_ADMIN_KEY,

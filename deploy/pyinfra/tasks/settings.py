@@ -8,7 +8,6 @@ real hosts), so several roles can share one machine in tests.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import hashlib
 import re
@@ -20,6 +19,7 @@ from pyinfra import host, inventory
 from flops_mlops import config as config_module
 from flops_mlops.config import ConfigError, StackConfig
 from flops_mlops.secrets import Secrets
+from flops_mlops.values import AccountName, Host, problem
 
 PYINFRA_DIR = Path(__file__).resolve().parent.parent
 TEMPLATES = PYINFRA_DIR / "templates"
@@ -31,7 +31,6 @@ TRIM = {"trim_blocks": True, "lstrip_blocks": True}  # Jinja2 options for our te
 ROLES = ("backend_store", "artifact_store", "tracking_server", "docker_host")
 MODES = ("native", "docker")
 INITS = ("systemd", "start-stop-daemon")
-ACCOUNT = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 SAFE_PATH = re.compile(r"^/[A-Za-z0-9._/+-]*$")
 
 
@@ -127,7 +126,7 @@ def current() -> HostSettings:
     config, secrets = _load(str(path.resolve()))
     root = _path("flops_root", host.data.get("flops_root", "/"))
     service_user = host.data.get("flops_service_user")
-    if not isinstance(service_user, str) or not ACCOUNT.fullmatch(service_user):
+    if problem(AccountName, service_user) is not None:
         raise HostDataError(f"host {host.name}: flops_service_user: expected an account name, got {service_user!r}")
     if service_user == "root":
         raise HostDataError(f"host {host.name}: flops_service_user: tracking servers never run as root; name an "
@@ -172,7 +171,7 @@ def address(of_host) -> str:
     value = of_host.data.get("flops_address") or of_host.data.get("ssh_hostname") or of_host.name
     if value.startswith("@"):  # @local and other connectors without a network name
         return "127.0.0.1"
-    if not isinstance(value, str) or not config_module.HOST_PATTERN.fullmatch(value):
+    if problem(Host, value) is not None:
         raise HostDataError(f"host {of_host.name}: flops_address: {value!r} is not a host name or IP address "
                             "(it goes into the store URIs of the tracking servers)")
     return value
@@ -194,10 +193,9 @@ def peer_address(role: str, fallback: str) -> str:
 
 def as_seen_from_tracking(config: StackConfig) -> StackConfig:
     """The configuration with the store hosts replaced by the inventory's backend and artifact hosts."""
-    return dataclasses.replace(
-        config,
-        backend_store=dataclasses.replace(
-            config.backend_store, host=peer_address("backend_store", config.backend_store.host)),
-        artifact_store=dataclasses.replace(
-            config.artifact_store, host=peer_address("artifact_store", config.artifact_store.host)),
-    )
+    return config.model_copy(update={
+        "backend_store": config.backend_store.model_copy(
+            update={"host": peer_address("backend_store", config.backend_store.host)}),
+        "artifact_store": config.artifact_store.model_copy(
+            update={"host": peer_address("artifact_store", config.artifact_store.host)}),
+    })
