@@ -39,6 +39,7 @@ from .. import secrets as secrets_module
 from ..config import Broken, ConfigError, OakestraTarget, StackConfig, image, tracking_target
 from ..container import AUTH_DB
 from ..fl.settings import FLSettings, environment
+from ..stores import tenant_db
 from ..users import project_user
 
 TEMPLATES_DIR = Path(__file__).resolve().parents[3] / "sla_templates"
@@ -46,6 +47,8 @@ SCHEMA_FILE = Path(__file__).with_name("sla-v2.0.schema.json")
 SERVICE_NETWORK = ipaddress.IPv4Network("10.30.0.0/16")
 PLACEHOLDER = re.compile(r"\$\{([A-Z][A-Z0-9_]*)\}")
 MYSQL_PORT = 3306
+# The official MySQL image runs this once, on an empty data directory (written by the stores' mysql cmd).
+MYSQL_INIT_FILE = "/docker-entrypoint-initdb.d/10-flops-tenants.sql"
 FTP_PORT = 21
 HOSTPATH_DRIVER = "csi.oakestra.io/hostpath"  # Oakestra's host-path CSI plugin (csi/hostpath in oakestra/oakestra)
 AUTH_MOUNT = str(PurePosixPath(AUTH_DB).parent)  # the tracking-server image's auth folder (flops_mlops.container)
@@ -157,6 +160,7 @@ def context(config: StackConfig) -> dict[str, Any]:
         "auth_db": AUTH_DB,
         "stores": stores,
         "mysql_admin_password_key": secrets_module.MYSQL_ADMIN_KEY,
+        "mysql_init": mysql_init(config),
         "ftp_passive_ports": o.ftp_passive_ports,
         "tracking_port": o.tracking_port,
         "tracking_workers": config.tracking.workers,
@@ -166,6 +170,14 @@ def context(config: StackConfig) -> dict[str, Any]:
         "tenants": tenants,
         "projects": projects,
     }
+
+
+def mysql_init(config: StackConfig) -> str:
+    """The stores' mysql cmd (sh -c): write every tenant's statements (the one SQL template, flops_mlops.stores.
+    tenant_db) to the image's initdb folder, passwords from the container's environment, then start the image."""
+    checks, printf = tenant_db.shell_commands(tenant_db.from_environment(config))
+    return "; ".join(["set -e", "umask 077", *checks, f"{printf} > {MYSQL_INIT_FILE}",
+                      f"chown mysql:mysql {MYSQL_INIT_FILE}", "exec docker-entrypoint.sh mysqld"])
 
 
 # --- rendering and checking -----------------------------------------------------------------------

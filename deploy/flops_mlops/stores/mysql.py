@@ -1,7 +1,8 @@
 """The MySQL/MariaDB backend store: a private server from this machine's binaries, and tenant provisioning.
 
 Each tenant gets its own database (utf8mb4 with a binary NO PAD collation, so keys that differ only in
-case do not collide) and its own user with privileges on that database only.
+case do not collide) and its own user with privileges on that database only: the statements of the one SQL
+template every target runs (stores/tenant_db.py, templates/tenants.sql.j2).
 """
 
 from __future__ import annotations
@@ -19,13 +20,9 @@ import pymysql
 from ..config import ConfigError, StackConfig, Tenant
 from ..processes import ManagedProcess, SERVICE_PATH, StackError, can_traverse, open_log, private_dir, wait_until
 from ..secrets import Secrets
+from . import tenant_db
 
 SERVER_NAMES = ("mariadbd", "mysqld")
-
-
-def collation_for(version: str) -> str:
-    """Binary NO PAD utf8mb4 collation: MariaDB utf8mb4_nopad_bin, MySQL 8 utf8mb4_0900_bin."""
-    return "utf8mb4_nopad_bin" if "mariadb" in version.lower() else "utf8mb4_0900_bin"
 
 
 def tenant_uri(config: StackConfig, tenant: Tenant, password: str) -> str:
@@ -67,17 +64,10 @@ def provision_tenants(admin: AdminConnection, config: StackConfig, secrets: Secr
 
 
 def _provision(admin: AdminConnection, config: StackConfig, secrets: Secrets) -> None:
+    sql = tenant_db.render(tenant_db.with_secrets(config, secrets))
     with admin.connect() as conn, conn.cursor() as cur:
-        cur.execute("SELECT VERSION()")
-        collation = collation_for(cur.fetchone()[0])
-        for tenant in config.tenants:
-            # Identifiers come from validated tenant ids ([a-z][a-z0-9]*); values are query parameters.
-            cur.execute(f"CREATE DATABASE IF NOT EXISTS `{tenant.database}` "
-                        f"CHARACTER SET utf8mb4 COLLATE {collation}")
-            password = secrets.db_password(tenant.id)
-            cur.execute("CREATE USER IF NOT EXISTS %s@'%%' IDENTIFIED BY %s", (tenant.db_user, password))
-            cur.execute("ALTER USER %s@'%%' IDENTIFIED BY %s", (tenant.db_user, password))
-            cur.execute(f"GRANT ALL PRIVILEGES ON `{tenant.database}`.* TO %s@'%%'", (tenant.db_user,))
+        for statement in tenant_db.statements(sql):
+            cur.execute(statement)  # no parameters: pymysql sends the rendered statement as it is
 
 
 def find_server_binary() -> str | None:

@@ -1,7 +1,8 @@
 """The vsftpd artifact store: config and PAM service rendered from templates, virtual users per tenant.
 
 FTP users are virtual (pam_pwdfile), so tenants need no system account and no login shell; files are
-owned by ``artifact_store.os_user``. Each user is chrooted to ``<state_dir>/ftp/<ftp user>``.
+owned by ``artifact_store.os_user``. Each user is chrooted to ``<state_dir>/ftp/<ftp user>``. The password file
+and the folders come from the routine every target runs (stores/ftp_users.py).
 """
 
 from __future__ import annotations
@@ -10,14 +11,14 @@ import hashlib
 import os
 import pwd
 import shutil
-import subprocess
 from pathlib import Path
 
 import jinja2
 
 from ..config import ConfigError, StackConfig
-from ..processes import ManagedProcess, SERVICE_PATH, can_traverse, port_answers, private_dir, wait_until
+from ..processes import ManagedProcess, SERVICE_PATH, can_traverse, port_answers, wait_until
 from ..secrets import Secrets
+from . import ftp_users
 
 PAM_DIR = Path("/etc/pam.d")
 PAM_MODULE_DIRS = [Path("/lib/x86_64-linux-gnu/security"), Path("/lib/aarch64-linux-gnu/security"),
@@ -26,13 +27,6 @@ PAM_MODULE_DIRS = [Path("/lib/x86_64-linux-gnu/security"), Path("/lib/aarch64-li
 TEMPLATES = jinja2.Environment(
     loader=jinja2.PackageLoader("flops_mlops", "templates"), undefined=jinja2.StrictUndefined,
     keep_trailing_newline=True, autoescape=False)
-
-
-def crypt_hash(password: str) -> str:
-    """SHA-512 crypt(3) hash, computed by openssl with the password on stdin (never in argv)."""
-    result = subprocess.run(["openssl", "passwd", "-6", "-stdin"], input=password + "\n", capture_output=True,
-                            text=True, check=True)
-    return result.stdout.strip()
 
 
 class ManagedVsftpd:
@@ -79,22 +73,11 @@ class ManagedVsftpd:
 
     def _write_files(self) -> None:
         store = self.config.artifact_store
-        owner = pwd.getpwnam(store.os_user)
         empty = self.home / "empty"
-        # vsftpd reads its files as root; the FTP account passes through ftp/ (0711) into the tenants' folders,
-        # which it alone may read (0700). Tenants cannot change modes (chmod_enable=NO).
-        for path, mode in ((self.home, 0o700), (empty, 0o711), (self.ftp_root, 0o711)):
-            private_dir(path, mode)
-        for tenant in self.config.tenants:
-            folder = self.ftp_root / tenant.ftp_user
-            artifacts = folder / tenant.artifact_path.lstrip("/")
-            artifacts.mkdir(parents=True, exist_ok=True)
-            for path in (folder, artifacts):
-                os.chown(path, owner.pw_uid, owner.pw_gid)
-                os.chmod(path, 0o700)
-        passwd_file = self.home / "passwd"
-        lines = [f"{t.ftp_user}:{crypt_hash(self.secrets.ftp_password(t.id))}\n" for t in self.config.tenants]
-        _write(passwd_file, "".join(lines), 0o600)
+        # Tenants cannot change modes (chmod_enable=NO in the template).
+        ftp_users.install(str(self.home), str(empty), str(self.ftp_root), store.os_user,
+                          [(t.ftp_user, self.secrets.ftp_password(t.id)) for t in self.config.tenants])
+        passwd_file = Path(ftp_users.passwd_path(str(self.home)))
         _write(self.home / "vsftpd.conf", TEMPLATES.get_template("vsftpd.conf.j2").render(
             listen_address=store.host, listen_port=store.port, os_user=store.os_user, ftp_root=self.ftp_root,
             pam_service=self.pam_service, pasv_min_port=store.passive_ports[0],

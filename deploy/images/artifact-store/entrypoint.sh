@@ -28,20 +28,19 @@ lib=/usr/local/lib/flops-artifact-store
 run=/run/flops-artifact-store
 # The healthcheck's netrc, readable only by the unprivileged user the healthcheck runs as.
 check=/run/flops-artifact-store-check
-mkdir -p "$run" "$check" /run/vsftpd/empty /var/log/vsftpd
-chmod 0700 "$run" "$check"
+mkdir -p "$check" /var/log/vsftpd
+chmod 0700 "$check"
 chown ftpcheck:ftpcheck "$check"
-chmod 0555 /run/vsftpd/empty
 
-# The user's chroot and artifacts folder on the volume, owned by the account the virtual users map to.
-mkdir -p "/srv/ftp/$user/artifacts"
-chown ftp:ftp "/srv/ftp/$user" "/srv/ftp/$user/artifacts"
-chmod 0755 /srv/ftp
+# The FTP users' routine every target runs (flops_mlops/stores/ftp_users.py): vsftpd's folder with the
+# password hash for pam_pwdfile (hashed by openssl, the password on stdin, never in argv), its empty
+# secure_chroot_dir, and the user's chroot and artifacts folder on the volume, owned by the account the
+# virtual users map to (0700). The password is read from FLOPS_FTP_PASSWORD, not passed.
+python3 "$lib/ftp_users.py" --home "$run" --empty /run/vsftpd/empty --ftp-root /srv/ftp --owner ftp \
+    --user "$user=FLOPS_FTP_PASSWORD"
 
-# Password hash for pam_pwdfile (password on stdin, never in argv); netrc for the healthcheck's login.
-hash="$(printf '%s\n' "$password" | openssl passwd -6 -stdin)"
+# netrc for the healthcheck's login.
 umask 077
-printf '%s:%s\n' "$user" "$hash" >"$run/passwd"
 printf 'machine 127.0.0.1 login %s password %s\n' "$user" "$password" >"$check/netrc"
 chown ftpcheck:ftpcheck "$check/netrc"
 umask 022

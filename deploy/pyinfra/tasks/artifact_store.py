@@ -2,14 +2,12 @@
 
 The FTP users have no system account and no login shell: a dedicated PAM service (pam_pwdfile) checks them
 against a password file of crypt(3) hashes. vsftpd's settings and the PAM service are rendered from the same
-templates `flops-mlops up` uses (deploy/flops_mlops/templates), so they are defined once.
+templates `flops-mlops up` uses (deploy/flops_mlops/templates), and the password file and folders (owners,
+modes) come from the routine every target runs (flops_mlops.stores.ftp_users), so they are defined once.
 """
 
 from __future__ import annotations
 
-import secrets as random_source
-import string
-import subprocess
 from io import StringIO
 
 from pyinfra import host
@@ -17,28 +15,10 @@ from pyinfra.api import deploy
 from pyinfra.facts.server import Command
 from pyinfra.operations import apt, files, systemd
 
+from flops_mlops.stores import ftp_users
+
 from . import services, settings
 from .settings import STACK_TEMPLATES, HostSettings
-
-SALT_ALPHABET = string.ascii_letters + string.digits + "./"
-
-
-def crypt_hash(password: str, salt: str) -> str:
-    """SHA-512 crypt(3) hash, computed locally by openssl with the password on stdin (never in argv)."""
-    result = subprocess.run(["openssl", "passwd", "-6", "-salt", salt, "-stdin"], input=password + "\n",
-                            capture_output=True, text=True, check=True)
-    return result.stdout.strip()
-
-
-def _existing_salts(text: str) -> dict[str, str]:
-    """user -> salt of the hashes already on the host, so an unchanged password gives an unchanged file."""
-    salts = {}
-    for line in text.splitlines():
-        user, _, hashed = line.partition(":")
-        parts = hashed.split("$")
-        if len(parts) == 4 and parts[1] == "6" and parts[2] and all(c in SALT_ALPHABET for c in parts[2]):
-            salts[user] = parts[2]
-    return salts
 
 
 def pam_service(s: HostSettings) -> str:
@@ -71,26 +51,22 @@ def artifact_store() -> None:
     home = f"{s.etc}/vsftpd"
     ftp_root = f"{s.data}/ftp"
     empty = f"{s.data}/vsftpd-empty"
-    # As `flops-mlops up` lays them out: vsftpd reads its settings and password hashes as root (0700); the FTP
-    # account passes through ftp/ (0711) into the tenants' folders, which it alone may read (0700). Tenants
-    # cannot change modes (chmod_enable=NO in the shared template) and create private files (local_umask=077).
-    for path, mode in ((s.etc, "755"), (home, "700"), (s.data, "755"), (ftp_root, "711"), (empty, "755"),
-                       (s.run, "755"), (s.logs, "755")):
-        files.directory(name=f"Folder {path}", path=path, user="root", group="root", mode=mode)
-    for tenant in config.tenants:
-        folder = f"{ftp_root}/{tenant.ftp_user}"
-        for path in (folder, f"{folder}{tenant.artifact_path}"):
-            files.directory(name=f"FTP folder {path} (0700)", path=path, user=store.os_user, group=store.os_user,
-                            mode="700")
+    # Folders shared with the other roles on one host; then the store's own, as ftp_users lays them out.
+    # Tenants cannot change modes (chmod_enable=NO in the shared template) and create private files
+    # (local_umask=077).
+    for path in (s.etc, s.data, s.run, s.logs):
+        files.directory(name=f"Folder {path}", path=path, user="root", group="root", mode="755")
+    for folder in ftp_users.folders(home, empty, ftp_root, [t.ftp_user for t in config.tenants], store.os_user):
+        owner = folder.owner or "root"
+        files.directory(name=f"Folder {folder.path} ({folder.mode:04o})", path=folder.path, user=owner,
+                        group=owner, mode=f"{folder.mode:o}")
 
-    passwd_file = f"{home}/passwd"
-    salts = _existing_salts(host.get_fact(Command, f"cat {passwd_file} 2>/dev/null || true") or "")
-    lines = []
-    for tenant in config.tenants:
-        salt = salts.get(tenant.ftp_user) or "".join(random_source.choice(SALT_ALPHABET) for _ in range(16))
-        lines.append(f"{tenant.ftp_user}:{crypt_hash(s.secrets.ftp_password(tenant.id), salt)}\n")
-    files.put(name="FTP users' password hashes (mode 0600)", src=StringIO("".join(lines)), dest=passwd_file,
-              user="root", group="root", mode="600")
+    # Hashed here (the machine running pyinfra), keeping the salts of the file on the host.
+    passwd_file = ftp_users.passwd_path(home)
+    existing = host.get_fact(Command, f"cat {passwd_file} 2>/dev/null || true") or ""
+    text = ftp_users.passwd_text([(t.ftp_user, s.secrets.ftp_password(t.id)) for t in config.tenants], existing)
+    files.put(name=f"FTP users' password hashes (mode {ftp_users.PASSWD_MODE:04o})", src=StringIO(text),
+              dest=passwd_file, user="root", group="root", mode=f"{ftp_users.PASSWD_MODE:o}")
     files.template(name="PAM service for FTP-only users", src=str(STACK_TEMPLATES / "vsftpd.pam.j2"),
                    dest=f"/etc/pam.d/{pam_service(s)}", user="root", group="root", mode="644",
                    passwd_file=passwd_file)

@@ -3,7 +3,8 @@
 With systemd the Debian package's server runs, with our settings as a drop-in; without systemd a private
 server with its data under flops_root is started by start-stop-daemon. Tenants are provisioned by an SQL file
 (mode 0600, so passwords never appear in a command line) that runs when it changed or a database is missing:
-it needs a running server, so nothing about the server is read while the deploy is planned.
+it needs a running server, so nothing about the server is read while the deploy is planned. Its tenant
+statements are the ones every target runs (flops_mlops.stores.tenant_db, one template).
 """
 
 from __future__ import annotations
@@ -14,14 +15,12 @@ from pyinfra.facts.files import Directory
 from pyinfra.facts.server import Command
 from pyinfra.operations import apt, files, server
 
+from flops_mlops.stores import tenant_db
+
 from . import services, settings
 from .settings import TEMPLATES, TRIM, HostSettings
 
 SERVER = "/usr/sbin/mariadbd"
-
-
-def _sql_literal(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("'", "''")
 
 
 class Layout:
@@ -50,12 +49,12 @@ def cnf_data(s: HostSettings, layout: Layout) -> dict:
 
 
 def tenants_data(s: HostSettings) -> dict:
-    """What tenants.sql.j2 is rendered with: names from validated tenant ids, passwords as SQL literals."""
+    """What tenants.sql.j2 is rendered with: the admin account (a validated name, its password as an SQL
+    literal) and the tenants' statements from the one template."""
     config, secrets = s.config, s.secrets
     return {"stack": config.name, "admin_user": config.backend_store.admin_user,
-            "admin_password": _sql_literal(secrets.mysql_admin_password),
-            "tenants": [{"database": t.database, "user": t.db_user,
-                         "password": _sql_literal(secrets.db_password(t.id))} for t in config.tenants]}
+            "admin_password": tenant_db.sql_literal(secrets.mysql_admin_password),
+            "tenants_sql": tenant_db.render(tenant_db.with_secrets(config, secrets))}
 
 
 def service(s: HostSettings) -> services.Service:

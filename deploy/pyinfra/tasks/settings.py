@@ -23,7 +23,6 @@ from flops_mlops.values import AccountName, Host, problem
 
 PYINFRA_DIR = Path(__file__).resolve().parent.parent
 TEMPLATES = PYINFRA_DIR / "templates"
-FILES = PYINFRA_DIR / "files"
 # vsftpd's config and PAM service are the ones `flops-mlops up` renders: one definition of those settings.
 STACK_TEMPLATES = PYINFRA_DIR.parent / "flops_mlops" / "templates"
 TRIM = {"trim_blocks": True, "lstrip_blocks": True}  # Jinja2 options for our templates' {% %} lines

@@ -4,7 +4,8 @@ The servers point at the inventory's backend store and artifact store hosts. Sto
 admin password and the secret key reach a server only through its environment file (mode 0600, read by root),
 never its command line. The command line is the one `flops-mlops up` uses (flops_mlops.tracking_server.
 server_argv: MLflow's basic-auth app with our guards, so every server asks for a login), run by the venv's
-Python, which must have flops-mlops installed (its `flops-basic-auth` app).
+Python, which must have flops-mlops installed (its `flops-basic-auth` app). Before each start the same Python
+brings the schema up to date: `python -m flops_mlops.tracking_server upgrade-schema`, as `flops-mlops up` does.
 
 Servers run as flops_service_user, never root. Each has a working folder (its HOME) and, inside it, an auth
 folder with its SQLite auth database (MLflow's auth migrations fail on MySQL/MariaDB), both the account's own,
@@ -25,7 +26,7 @@ from flops_mlops import tracking_server as mlflow_server
 from flops_mlops.config import ConfigError, StackConfig, Tenant
 
 from . import services, settings
-from .settings import FILES, PYINFRA_DIR, TEMPLATES, TRIM, HostDataError, HostSettings
+from .settings import PYINFRA_DIR, TEMPLATES, TRIM, HostDataError, HostSettings
 
 REPOSITORY = PYINFRA_DIR.parent.parent
 # What building flops-mlops needs (pyproject.toml names README.md), and the lock it is installed with.
@@ -77,7 +78,7 @@ def service(s: HostSettings, tenant: Tenant, seen: StackConfig | None = None) ->
         env_file=f"{s.etc}/tracking/{tenant.id}.env",
         workdir=workdir(s, tenant),
         user=s.service_user,
-        before_start=[[python, f"{s.etc}/tracking/upgrade_schema.py"]],
+        before_start=[[python, "-m", "flops_mlops.tracking_server", "upgrade-schema"]],
     )
 
 
@@ -94,14 +95,15 @@ def tracking_server() -> None:
                      virtualenv=s.venv)
         package = install_flops_mlops(s)
     group = service_account(s)
-    # etc/tracking holds the schema upgrade script, which the service account runs (the environment files in
-    # it are root's, 0600); the other folders are shared with the store roles on one host.
+    # etc/tracking holds the environment files (root's, 0600); the other folders are shared with the store roles
+    # on one host.
     for path in (s.etc, f"{s.etc}/tracking", s.data, s.run, s.logs):
         files.directory(name=f"Folder {path}", path=path, user="root", group="root", mode="755")
     files.directory(name="Working folders (the service account's, 0700)", path=f"{s.data}/tracking",
                     user=s.service_user, group=group, mode="700")
-    upgrade = files.put(name="Schema upgrade script", src=str(FILES / "upgrade_schema.py"),
-                        dest=f"{s.etc}/tracking/upgrade_schema.py", user="root", group="root", mode="644")
+    # A schema upgrade script of earlier releases: the servers now run the package's module instead.
+    files.file(name="Remove the old schema upgrade script", path=f"{s.etc}/tracking/upgrade_schema.py",
+               present=False)
     for tenant in seen.tenants:
         svc = service(s, tenant, seen)
         for path, what in ((svc.workdir, "Working folder"), (auth_dir(s, tenant), "Auth database folder")):
@@ -112,7 +114,7 @@ def tracking_server() -> None:
             dest=svc.env_file, user="root", group="root", mode="600", jinja_env_kwargs=dict(TRIM),
             stack=seen.name, tenant=tenant.id, env=environment(s, seen, tenant),
         )
-        services.ensure_running(s, svc, triggers=[env, upgrade, *([package] if s.manage_venv else [])])
+        services.ensure_running(s, svc, triggers=[env, *([package] if s.manage_venv else [])])
 
 
 def install_flops_mlops(s: HostSettings) -> OperationMeta:

@@ -1,0 +1,254 @@
+"""One tenant-provisioning definition: the SQL template (stores/tenant_db.py) and the FTP users' routine
+(stores/ftp_users.py), and the same statements reaching all four targets.
+
+The compose initdb.d script is generated from the template for configs/compose.yaml; after an intended change
+regenerate it with FLOPS_UPDATE_GOLDEN=1 and review the diff.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from flops_mlops import config as config_module
+from flops_mlops.config import ConfigError
+from flops_mlops.oakestra import sla
+from flops_mlops.secrets import Secrets, db_password_key
+from flops_mlops.stores import ftp_users, mysql, tenant_db
+
+from conftest import ROOT
+
+PYINFRA_DIR = ROOT / "deploy" / "pyinfra"
+COMPOSE_INITDB = ROOT / "deploy" / "compose" / "backend-store" / "initdb.d" / "10-flops-tenants.sh"
+PASSWORDS = {"acme": "acme-db_1", "globex": "Globex-2"}
+
+
+def load_config(tmp_path: Path):
+    """configs/oakestra.yaml (tenants acme and globex, every target's settings) with its secrets."""
+    data = yaml.safe_load((ROOT / "configs" / "oakestra.yaml").read_text())
+    data["state_dir"] = str(tmp_path / "state")
+    data["secrets_file"] = str(tmp_path / "secrets.env")
+    path = tmp_path / "stack.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    config = config_module.load(path)
+    values = {"FLOPS_MYSQL_ADMIN_PASSWORD": "admin-pass",
+              **{db_password_key(tenant_id): password for tenant_id, password in PASSWORDS.items()}}
+    return config, Secrets(config.secrets_file, values)
+
+
+def as_seen_by(server: str, sql: str) -> str:
+    """The SQL as a server reads it: MariaDB runs /*M! ... */ and skips /*!80000 ... */ (it acts as MySQL 5.5
+    for /*!NNNNN */ comments); MySQL 8 skips /*M! ... */ (a plain comment) and runs /*!80000 ... */."""
+    mariadb = server == "mariadb"
+    sql = re.sub(r"/\*M!\d*\s(.*?)\*/", lambda m: m.group(1) if mariadb else "", sql)
+    return re.sub(r"/\*!80000\s(.*?)\*/", lambda m: "" if mariadb else m.group(1), sql)
+
+
+# --- the SQL template -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("server, collation", [("mariadb", "utf8mb4_nopad_bin"), ("mysql", "utf8mb4_0900_bin")])
+def test_one_template_gives_each_server_its_binary_no_pad_collation(tmp_path, server, collation):
+    config, secrets = load_config(tmp_path)
+    seen = as_seen_by(server, tenant_db.render(tenant_db.with_secrets(config, secrets)))
+    for tenant in config.tenants:
+        for verb in ("CREATE DATABASE IF NOT EXISTS", "ALTER DATABASE"):
+            clause = re.search(rf"{verb} `{tenant.database}` CHARACTER SET utf8mb4 COLLATE (.*);", seen).group(1)
+            assert clause.split() == [collation], (verb, clause)
+        assert (f"CREATE USER IF NOT EXISTS '{tenant.db_user}'@'%' IDENTIFIED BY '{PASSWORDS[tenant.id]}';"
+                in seen)
+        assert f"ALTER USER '{tenant.db_user}'@'%' IDENTIFIED BY '{PASSWORDS[tenant.id]}';" in seen
+        assert f"GRANT ALL PRIVILEGES ON `{tenant.database}`.* TO '{tenant.db_user}'@'%';" in seen
+    other = "utf8mb4_nopad_bin" if server == "mysql" else "utf8mb4_0900_bin"
+    assert other not in " ".join(tenant_db.statements(seen))
+
+
+@pytest.mark.parametrize("tenant_id", ["acme`; DROP DATABASE mysql; --", "acme'@'%", "a b", "ACME", "acme\n"])
+def test_an_injection_attempt_in_a_tenant_id_is_refused_before_rendering(tmp_path, monkeypatch, tenant_id):
+    def no_rendering(*args, **kwargs):
+        raise AssertionError("rendered")
+
+    monkeypatch.setattr(tenant_db._TEMPLATES, "get_template", no_rendering)
+    for database, user in ((f"mlflow_{tenant_id}", "mlflow_acme"), ("mlflow_acme", f"mlflow_{tenant_id}")):
+        with pytest.raises(ConfigError, match="is not a plain name"):
+            tenant_db.render([tenant_db.TenantDB(database, user, "pw")])
+    with pytest.raises(ConfigError, match="is not a plain name"):
+        tenant_db.sql_name(f"mlflow_{tenant_id}")
+    # And the configuration refuses such a tenant id when it is loaded.
+    path = tmp_path / "stack.yaml"
+    path.write_text(yaml.safe_dump({"name": "t", "state_dir": str(tmp_path / "state"), "tenants": [{"id": tenant_id}]}))
+    with pytest.raises(ConfigError):
+        config_module.load(path)
+
+
+def test_passwords_are_quoted_as_sql_string_literals():
+    sql = tenant_db.render([tenant_db.TenantDB("mlflow_acme", "mlflow_acme", "it's\\odd;\nDROP")])
+    assert "IDENTIFIED BY 'it''s\\\\odd;\\nDROP';" in sql
+    statements = tenant_db.statements(sql)
+    assert len(statements) == 5 and all(";" not in s.replace("odd;", "") for s in statements)
+
+
+def test_statements_are_the_template_without_comments():
+    sql = tenant_db.render([tenant_db.TenantDB("mlflow_acme", "mlflow_acme", "pw")])
+    statements = tenant_db.statements(sql)
+    assert [s.split(" `")[0].split(" '")[0] for s in statements] == [
+        "CREATE DATABASE IF NOT EXISTS", "ALTER DATABASE", "CREATE USER IF NOT EXISTS", "ALTER USER",
+        "GRANT ALL PRIVILEGES ON"]
+    assert not any(s.lstrip().startswith("--") for s in statements)
+
+
+def test_a_container_refuses_a_password_that_is_not_url_safe(tmp_path):
+    checks, printf = tenant_db.shell_commands([tenant_db.TenantDB(
+        "mlflow_acme", "mlflow_acme", tenant_db.FromEnvironment("FLOPS_TENANT_ACME_DB_PASSWORD"))])
+    script = "; ".join([*checks, f"{printf} > {tmp_path / 'out.sql'}"])
+    for bad in ("x'; DROP DATABASE mysql; --", "", "a b", "a\\b", "%s"):
+        result = subprocess.run(["sh", "-c", script], env={"FLOPS_TENANT_ACME_DB_PASSWORD": bad, "PATH": "/usr/bin:/bin"},
+                                capture_output=True, text=True)
+        assert result.returncode == 2 and "must be a URL-safe password" in result.stderr, bad
+        assert not (tmp_path / "out.sql").exists()
+
+
+def test_compose_initdb_script_is_generated_from_the_template():
+    config = config_module.load(ROOT / "configs" / "compose.yaml")
+    text = tenant_db.initdb_script(config, "configs/compose.yaml")
+    if os.environ.get("FLOPS_UPDATE_GOLDEN") == "1":
+        COMPOSE_INITDB.write_text(text, encoding="utf-8")
+    assert COMPOSE_INITDB.read_text(encoding="utf-8") == text
+    assert sorted(p.name for p in COMPOSE_INITDB.parent.iterdir()) == [COMPOSE_INITDB.name]
+
+
+# --- the same statements on every target ------------------------------------------------------------------
+
+
+def _native(config, secrets, tmp_path, monkeypatch) -> list[str]:
+    """`flops-mlops up`: what provision_tenants executes through pymysql."""
+    executed = []
+
+    class Cursor:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def execute(self, statement, args=None):
+            assert args is None
+            executed.append(statement)
+
+    class Connection(Cursor):
+        def cursor(self):
+            return Cursor()
+
+    monkeypatch.setattr(mysql.AdminConnection, "connect", lambda self, password=None, database=None: Connection())
+    mysql.provision_tenants(mysql.AdminConnection("127.0.0.1", 3306, "root", "admin-pass"), config, secrets)
+    return executed
+
+
+def _pyinfra(config, secrets, tmp_path, monkeypatch) -> list[str]:
+    """pyinfra: the tenants.sql file the backend store role writes (after its admin account statements)."""
+    sys.path.insert(0, str(PYINFRA_DIR))
+    try:
+        from pyinfra.api.util import get_template
+        from tasks import backend_store
+        from tasks.settings import TEMPLATES, TRIM, HostSettings
+    finally:
+        sys.path.remove(str(PYINFRA_DIR))
+    s = HostSettings(config=config, secrets=secrets, mode="native", init="systemd", root="", install_packages=False,
+                     service_user="flops-mlops", venv="/opt/venv", manage_venv=False, tracking_packages=())
+    text = get_template(str(TEMPLATES / "tenants.sql.j2"), jinja_env_kwargs=dict(TRIM)).render(
+        **backend_store.tenants_data(s))
+    statements = tenant_db.statements(text)
+    admin = [s for s in statements if "'root'@'localhost'" in s or "''@'localhost'" in s]
+    assert len(admin) == 4 and statements[:4] == admin
+    return statements[4:]
+
+
+def _shell_env() -> dict[str, str]:
+    return {"PATH": "/usr/bin:/bin", **{db_password_key(t): p for t, p in PASSWORDS.items()}}
+
+
+def _oakestra(config, secrets, tmp_path, monkeypatch) -> list[str]:
+    """Oakestra: the file the stores' mysql cmd writes into /docker-entrypoint-initdb.d (run here by sh)."""
+    service = next(s for r in sla.render_all(config) if r.application_name == "stores"
+                   for s in r.document["applications"][0]["microservices"] if s["microservice_name"] == "mysql")
+    shell, flag, script = service["cmd"]
+    out = tmp_path / "10-flops-tenants.sql"
+    script = (script.replace(sla.MYSQL_INIT_FILE, str(out)).replace(f"chown mysql:mysql {out}", "true")
+              .replace("exec docker-entrypoint.sh mysqld", "true"))
+    subprocess.run([shell, flag, script], env=_shell_env(), check=True)
+    return tenant_db.statements(out.read_text())
+
+
+def _compose(config, secrets, tmp_path, monkeypatch) -> list[str]:
+    """compose: the initdb.d script as the MySQL image's entrypoint sources it (docker_process_sql: its helper)."""
+    script = tmp_path / "10-flops-tenants.sh"
+    script.write_text(tenant_db.initdb_script(config, "test"))
+    out = tmp_path / "compose.sql"
+    subprocess.run(["bash", "-c", f'set -eo pipefail; docker_process_sql() {{ cat > {out}; }}; . {script}'],
+                   env=_shell_env(), check=True, capture_output=True)
+    return tenant_db.statements(out.read_text())
+
+
+@pytest.mark.parametrize("target", [_native, _pyinfra, _oakestra, _compose],
+                         ids=["native", "pyinfra", "oakestra", "compose"])
+def test_the_same_statements_reach_every_target(tmp_path, monkeypatch, target):
+    config, secrets = load_config(tmp_path)
+    expected = tenant_db.statements(tenant_db.render(tenant_db.with_secrets(config, secrets)))
+    assert len(expected) == 5 * len(config.tenants)
+    assert target(config, secrets, tmp_path, monkeypatch) == expected
+
+
+# --- the FTP users' routine -------------------------------------------------------------------------------
+
+
+def test_ftp_folders_owners_and_modes():
+    found = {f.path: (f.mode, f.owner) for f in ftp_users.folders("/h", "/e", "/ftp", ["flops_acme"], "ftp")}
+    assert found == {"/h": (0o700, None), "/e": (0o711, None), "/ftp": (0o711, None),
+                     "/ftp/flops_acme": (0o700, "ftp"), "/ftp/flops_acme/artifacts": (0o700, "ftp")}
+    with pytest.raises(ValueError):
+        ftp_users.folders("/h", "/e", "/ftp", ["../etc"], "ftp")
+
+
+def test_ftp_password_hash_on_stdin_and_salts_kept(monkeypatch):
+    calls = []
+    real_run = subprocess.run
+
+    def run(argv, **kwargs):
+        calls.append((argv, kwargs.get("input")))
+        return real_run(argv, **kwargs)
+
+    monkeypatch.setattr(ftp_users.subprocess, "run", run)
+    first = ftp_users.passwd_text([("flops_acme", "s3cret-pw")])
+    assert not any("s3cret-pw" in " ".join(argv) for argv, _ in calls)
+    assert calls[0][1] == "s3cret-pw\n"
+    assert re.fullmatch(r"flops_acme:\$6\$[A-Za-z0-9./]{16}\$\S+\n", first)
+    assert ftp_users.passwd_text([("flops_acme", "s3cret-pw")], first) == first
+    changed = ftp_users.passwd_text([("flops_acme", "other")], first)
+    assert changed != first and changed.split("$")[2] == first.split("$")[2]
+
+
+def test_ftp_users_command_writes_the_password_file_and_folders(tmp_path):
+    """What the artifact-store image's entrypoint runs (owner: this test's own account)."""
+    import pwd
+
+    owner = pwd.getpwuid(os.getuid()).pw_name
+    home, empty, root = tmp_path / "run", tmp_path / "run-empty", tmp_path / "ftp"
+    result = subprocess.run([sys.executable, str(Path(ftp_users.__file__)), "--home", str(home), "--empty", str(empty),
+                             "--ftp-root", str(root), "--owner", owner, "--user", "flops_default=THE_PASSWORD"],
+                            env={"PATH": os.environ["PATH"], "THE_PASSWORD": "pw-1"}, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    modes = {p: oct(p.stat().st_mode & 0o777) for p in (home, empty, root, root / "flops_default",
+                                                        root / "flops_default" / "artifacts", home / "passwd")}
+    assert modes == {home: "0o700", empty: "0o711", root: "0o711", root / "flops_default": "0o700",
+                     root / "flops_default" / "artifacts": "0o700", home / "passwd": "0o600"}
+    assert (home / "passwd").read_text().startswith("flops_default:$6$")
+    missing = subprocess.run([sys.executable, str(Path(ftp_users.__file__)), "--home", str(home), "--empty",
+                              str(empty), "--ftp-root", str(root), "--owner", owner, "--user", "flops_x=UNSET"],
+                             env={"PATH": os.environ["PATH"]}, capture_output=True, text=True)
+    assert missing.returncode == 2 and "no password" in missing.stderr
