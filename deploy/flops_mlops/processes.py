@@ -134,8 +134,13 @@ def as_account(account: pwd.struct_passwd | None) -> dict:
 
 
 def can_traverse(path: Path, account: pwd.struct_passwd) -> bool:
-    """Whether ``account`` may enter every folder above ``path`` (pytest's tmp dirs are root-only)."""
+    """Whether ``account`` may enter every folder above ``path`` (pytest's tmp dirs are root-only).
+
+    Folders that do not exist yet do not count: whoever creates them (the stack, with its own modes) decides.
+    """
     for folder in path.resolve().parents:
+        if not folder.exists():
+            continue
         st = folder.stat()
         if st.st_uid == account.pw_uid:
             continue

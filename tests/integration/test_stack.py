@@ -147,3 +147,21 @@ def test_no_password_in_process_arguments_or_logs(make_stack):
     for log in (config.state_dir / "logs").iterdir():
         text = log.read_text(errors="replace")
         assert not any(p in text for p in passwords), log
+
+
+def test_up_creates_a_state_dir_that_does_not_exist_yet(make_stack, tmp_path):
+    """As on a fresh machine (`make demo`): the state dir and the folders above it are made by `up`."""
+    import tempfile
+
+    outer = Path(tempfile.mkdtemp(prefix="flops-test-fresh-"))
+    outer.chmod(0o711)
+    try:
+        stack = make_stack("local", state_dir=str(outer / "new" / "state"))
+        stack.up()
+        report = status(stack)
+        assert report["tenants"][0]["healthy"]
+        stack.down("--purge")
+    finally:
+        import shutil
+
+        shutil.rmtree(outer, ignore_errors=True)
