@@ -1,6 +1,6 @@
 #!/bin/sh
-# Build-stage helper of our Python images: create /opt/venv and install flops-mlops (with the extras given as
-# $1, e.g. "fl" or "") pinned by /build/constraints.txt.
+# Build-stage helper of our Python images: create /opt/venv (or add to an existing one) and install flops-mlops
+# (with the extras given as $1, e.g. "fl" or "") pinned by /build/constraints.txt.
 #   - /build/wheelhouse holds wheels  -> offline: pip install --no-index --find-links /build/wheelhouse
 #   - /build/wheelhouse holds none    -> from the package index, our package built from /build/src
 set -eu
