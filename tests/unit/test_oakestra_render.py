@@ -448,9 +448,12 @@ def test_cmd_of_our_images_is_their_entrypoint(tmp_path):
     (for the artifact store: tini first, or vsftpd as PID 1 exits after an upload)."""
     entrypoints = {}
     for dockerfile in (ROOT / "deploy" / "images").glob("*/Dockerfile"):
+        image = dockerfile.parent.name  # a Dockerfile of one image, or a stage (build target) named after it
         for line in dockerfile.read_text().splitlines():
+            if line.startswith("FROM "):
+                image = line.split(" AS ")[1].strip() if " AS " in line else dockerfile.parent.name
             if line.startswith("ENTRYPOINT "):
-                entrypoints[dockerfile.parent.name] = json.loads(line.removeprefix("ENTRYPOINT "))
+                entrypoints[image] = json.loads(line.removeprefix("ENTRYPOINT "))
     assert set(entrypoints) == {"artifact-store", "tracking-server"}
     config = config_module.load(write_config(tmp_path))
     checked = set()
