@@ -16,6 +16,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from .config import ConfigError, StackConfig, validate_tenant_id
+from .processes import write_private
 from .values import PROJECT_RULE, ProjectName, problem
 
 MYSQL_ADMIN_KEY = "FLOPS_MYSQL_ADMIN_PASSWORD"
@@ -178,7 +179,7 @@ def init(config: StackConfig, force: bool = False) -> InitResult:
     for key in added:
         values[key] = new_password()
     body = HEADER + "".join(f"{key}={value}\n" for key, value in values.items())
-    _write_private(path, body)
+    write_private(path, body)
     return InitResult(path, added, kept, backup)
 
 
@@ -188,7 +189,7 @@ def replace_value(config: StackConfig, key: str, value: str) -> Path:
     values = read_env(path)
     backup = _backup(path)
     values[key] = value
-    _write_private(path, HEADER + "".join(f"{k}={v}\n" for k, v in values.items()))
+    write_private(path, HEADER + "".join(f"{k}={v}\n" for k, v in values.items()))
     return backup
 
 
@@ -205,20 +206,3 @@ def _backup(path: Path) -> Path:
             handle.write(path.read_text(encoding="utf-8"))
         return backup
     raise ConfigError(f"{path}: too many backups named {path.name}.bak-{stamp}*")
-
-
-def _write_private(path: Path, text: str) -> None:
-    """Write a file readable by its owner only, atomically (a crash leaves the old file intact)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

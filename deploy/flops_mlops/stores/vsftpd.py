@@ -16,7 +16,7 @@ from pathlib import Path
 import jinja2
 
 from ..config import ConfigError, StackConfig
-from ..processes import ManagedProcess, SERVICE_PATH, can_traverse, port_answers, wait_until
+from ..processes import ManagedProcess, SERVICE_PATH, can_traverse, port_answers, wait_until, write_private
 from ..secrets import Secrets
 from . import ftp_users
 
@@ -78,12 +78,12 @@ class ManagedVsftpd:
         ftp_users.install(str(self.home), str(empty), str(self.ftp_root), store.os_user,
                           [(t.ftp_user, self.secrets.ftp_password(t.id)) for t in self.config.tenants])
         passwd_file = Path(ftp_users.passwd_path(str(self.home)))
-        _write(self.home / "vsftpd.conf", TEMPLATES.get_template("vsftpd.conf.j2").render(
+        write_private(self.home / "vsftpd.conf", TEMPLATES.get_template("vsftpd.conf.j2").render(
             listen_address=store.host, listen_port=store.port, os_user=store.os_user, ftp_root=self.ftp_root,
             pam_service=self.pam_service, pasv_min_port=store.passive_ports[0],
             pasv_max_port=store.passive_ports[1], pasv_address=store.pasv_address, empty_dir=empty,
             log_file=self.config.state_dir / "logs" / "vsftpd-transfers.log"), 0o600)
-        _write(PAM_DIR / self.pam_service,
+        write_private(PAM_DIR / self.pam_service,
                TEMPLATES.get_template("vsftpd.pam.j2").render(passwd_file=passwd_file), 0o644)
 
     def stop(self) -> bool:
@@ -98,12 +98,3 @@ def pam_service_name(config: StackConfig) -> str:
 
 def remove_pam_service(config: StackConfig) -> None:
     (PAM_DIR / pam_service_name(config)).unlink(missing_ok=True)
-
-
-def _write(path: Path, text: str, mode: int) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
