@@ -91,7 +91,7 @@ class Target:
     answers: list[requests.Response] = field(default_factory=list)  # every answer seen, for the secrets scan
 
     def secrets(self) -> list[str]:
-        values = [v for v in conftest_secrets(self.stack) if len(v) >= 8]
+        values = [v for v in self.stack.secrets().values.values() if len(v) >= 8]
         values += [p for per in self.projects.values() for p in per.values()]
         return values
 
@@ -105,12 +105,6 @@ class Target:
 
     def admin(self, tenant: str) -> tuple[str, str]:
         return self.stack.admin(tenant)
-
-
-def conftest_secrets(stack: conftest.TestStack) -> list[str]:
-    from flops_mlops.secrets import read_env
-
-    return list(read_env(stack.load().secrets_file).values())
 
 
 @pytest.fixture(scope="module", params=["local", "native"])
@@ -410,8 +404,13 @@ def test_no_secret_in_any_answer_log_argument_or_environment(target):
                 found = _scan(answer.text, secrets)
                 ledger.attempt(f"{situation}: body of {route} ({answer.status_code})", bool(found), str(found))
 
+    # Every answer the attacks of the tests before this one got, too.
+    for answer in list(target.answers):
+        found = _scan(answer.text + " ".join(answer.headers.values()), secrets)
+        ledger.attempt(f"earlier answer to {answer.request.method} {answer.request.path_url[:80]} "
+                       f"({answer.status_code})", bool(found), str(found))
     provoke("normal")
-    ftp = conftest_managed(config, "artifact-store")
+    ftp = running_service(config, "artifact-store")
     os.kill(ftp.pid, signal.SIGSTOP)  # FTP hung: accepts TCP, never answers
     try:
         provoke("FTP hung", timeout=5)
@@ -421,7 +420,7 @@ def test_no_secret_in_any_answer_log_argument_or_environment(target):
     ftp.wait(10)
     provoke("FTP down")
     if target.kind == "native":
-        database = conftest_managed(config, "backend-store")
+        database = running_service(config, "backend-store")
         database.terminate()
         database.wait(60)
         provoke("DB down")
@@ -455,7 +454,7 @@ def test_no_secret_in_any_answer_log_argument_or_environment(target):
     ledger.verdict()
 
 
-def conftest_managed(config, name: str) -> psutil.Process:
+def running_service(config, name: str) -> psutil.Process:
     from flops_mlops.processes import ManagedProcess
 
     proc = ManagedProcess(name, config.state_dir).recorded()
