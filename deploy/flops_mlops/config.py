@@ -40,6 +40,7 @@ from .values import (
     FilePath,
     Host,
     HostPath,
+    Image,
     IPv4,
     Port,
     ProjectName,
@@ -113,7 +114,6 @@ NameLimit = Annotated[StrictInt, Field(ge=1, le=30),
 Registry = Annotated[Text, Field(pattern=r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:[0-9]{1,5})?(/[a-z0-9][a-z0-9._-]*)*$"),
                      explained("{value!r} is not a registry host[:port][/path]")]
 OAKESTRA_NAME = re.compile(r"^[A-Za-z0-9]+$")  # application and service names: letters and digits only
-IMAGE_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:-]*(:[A-Za-z0-9_][A-Za-z0-9._-]{0,127}|@sha256:[0-9a-f]{64})$")
 RESERVED_APPS = ("tracking", "stores")  # application names of our own; no project may take them
 
 
@@ -204,13 +204,14 @@ class OakestraResources(Model):
     storage: Amount = doc("disk in MB (0: no requirement)")
 
 
-class OakestraImages(Model):
-    """Container images, pinned by tag (never latest) or digest; ours are prefixed with oakestra.registry."""
+class Images(Model):
+    """Container images of compose and Oakestra, pinned by tag (never latest) or digest. Ours are built from
+    deploy/images (`docker compose build`); Oakestra prefixes them with oakestra.registry."""
 
-    tracking_server: Text = doc("our tracking server image (mlflow server)", "flops-mlops/tracking-server:0.1.0")
-    artifact_store: Text = doc("our vsftpd artifact store image", "flops-mlops/artifact-store:0.1.0")
-    fl_actor: Text = doc("our FL aggregator/learner image", "flops-mlops/fl-actor:0.1.0")
-    mysql: Text = doc("backend store image, a full reference (not prefixed)", "docker.io/library/mysql:8.4.6")
+    tracking_server: Image = doc("our tracking server image", "flops-mlops/tracking-server:0.1.0")
+    artifact_store: Image = doc("our vsftpd artifact store image", "flops-mlops/artifact-store:0.1.0")
+    fl_actor: Image = doc("our FL aggregator/learner image", "flops-mlops/fl-actor:0.1.0")
+    mysql: Image = doc("backend store image, a full reference (not prefixed)", "docker.io/library/mysql:8.4.6")
 
 
 class OakestraTarget(Model):
@@ -260,8 +261,8 @@ class Oakestra(Model):
                          "flops")
     name_limit: NameLimit = doc("longest allowed application/service name: 30, or 10 for releases up to v0.4.204 "
                           "or an unknown release", 30)
-    registry: Registry = doc("registry host[/path] the workers pull our images from", "docker.io")
-    images: OakestraImages = doc("container images", OakestraImages())
+    registry: Registry = doc("registry host[/path] the workers pull our images (images.*, but mysql) from",
+                             "docker.io")
     run_stores: bool = doc("true: render the stores application (MySQL, and one vsftpd per tenant) and point the "
                            "tracking servers at it; false: use backend_store.host/port and artifact_store.host/port",
                            True)
@@ -301,6 +302,7 @@ class StackConfig(Model):
     backend_store: BackendStore = doc("the backend store", BackendStore())
     artifact_store: ArtifactStore = doc("the artifact store", ArtifactStore())
     tracking: Tracking = doc("the tracking servers", Tracking())
+    images: Images = doc("container images (compose and Oakestra)", Images())
     oakestra: Oakestra = doc("Oakestra SLA rendering and push", Oakestra())
     _source: Path = PrivateAttr(default=Path("<memory>"))
 
@@ -374,14 +376,9 @@ def tracking_target(config: StackConfig) -> OakestraTarget:
 
 
 def image(config: StackConfig, key: str) -> str:
-    """The full reference of image ``key`` (ours prefixed with the registry), checked to be pinned."""
-    o = config.oakestra
-    reference = getattr(o.images, key)
-    full = reference if key == "mysql" else f"{o.registry}/{reference}"
-    if not IMAGE_PATTERN.fullmatch(full) or full.rsplit("/", 1)[-1].endswith(":latest"):
-        raise Broken(f"oakestra.images.{key}", f"{full!r} is not a pinned image reference "
-                                               "(name:tag with a tag other than latest, or name@sha256:digest)")
-    return full
+    """The full reference Oakestra workers pull for image ``key``: ours prefixed with oakestra.registry."""
+    reference = getattr(config.images, key)
+    return reference if key == "mysql" else f"{config.oakestra.registry}/{reference}"
 
 
 def oakestra_rules(config: StackConfig) -> None:
@@ -405,8 +402,6 @@ def oakestra_rules(config: StackConfig) -> None:
             if host in ("localhost", "0.0.0.0") or host.startswith("127."):
                 raise Broken(key, f"{host!r} is not reachable from Oakestra workers "
                                   "(oakestra.run_stores is false, so the tracking servers connect to it)")
-    for key in ("tracking_server", "artifact_store", "fl_actor", "mysql"):
-        image(config, key)
     tracking = tracking_target(config)
     if not (tracking.cluster and tracking.node):
         key = "tracking_target" if o.tracking_target is not None else "target"

@@ -100,6 +100,20 @@ ServiceAccount = Annotated[StrictStr, Field(pattern=r"^[a-z_][a-z0-9_-]{0,31}$")
                                      "as root)")]
 IPv4 = Annotated[StrictStr, AfterValidator(_ipv4), explained("expected an IPv4 address, got {value!r}")]
 Text = Annotated[StrictStr, Field(min_length=1)]  # any non-empty string
+
+
+def _pinned(value: str) -> str:
+    if value.rsplit("/", 1)[-1].endswith(":latest"):
+        raise ValueError("latest")
+    return value
+
+
+# A container image pinned by tag (any tag but latest) or by digest.
+Image = Annotated[StrictStr, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._/:-]*(:[A-Za-z0-9_][A-Za-z0-9._-]{0,127}"
+                                           r"|@sha256:[0-9a-f]{64})$"),
+                  AfterValidator(_pinned),
+                  explained("{value!r} is not a pinned image reference (name:tag with a tag other than latest, "
+                            "or name@sha256:digest)")]
 FilePath = Annotated[Path, BeforeValidator(_path)]
 # An absolute folder on a host, plain enough to go into an SLA, a mount and a shell line unquoted.
 HostPath = Annotated[StrictStr, Field(pattern=r"^(/[A-Za-z0-9._-]+)+$"), AfterValidator(_no_dot_parts),
