@@ -93,7 +93,8 @@ def make_tracker(settings: FLSettings) -> LocalOnly:
     best = BestModel(settings.model_dir, settings.better)
     if settings.tracking_uri == "off":
         return LocalOnly(best)
-    return RoundTracker(settings.tracking_uri, settings.project, best, strategy_params(settings), settings.alias)
+    return RoundTracker(settings.tracking_uri, settings.project, best, strategy_params(settings), settings.alias,
+                        ui_url=settings.ui_url or settings.tracking_uri)
 
 
 def quiet_network_defaults() -> None:

@@ -5,6 +5,9 @@ configured only through these; command-line flags override the environment.
 
     FLOPS_TRACKING_URI        aggregator only: the tenant's MLflow tracking server (http://host:port);
                               "off" keeps only the best model on disk (benchmark baseline)
+    FLOPS_UI_URL              aggregator only: the tracking server as a browser on the user's machine reaches it
+                              (http://host:port), for the links the summary prints (default: FLOPS_TRACKING_URI;
+                              set it where the aggregator's address is one only it can resolve, as in compose)
     FLOPS_PROJECT             FL project name = MLflow experiment = registered model (letters and digits)
     FLOPS_ROUNDS              number of training rounds (default 3)
     FLOPS_LEARNERS            number of learners the aggregator waits for (default 2)
@@ -49,6 +52,7 @@ def no_telemetry_defaults() -> None:
 
 ADDRESS_PATTERN = re.compile(r"^(?P<host>[A-Za-z0-9.-]+):(?P<port>[0-9]{1,5})$")
 BETTER_CHOICES = ("loss", "accuracy")
+URL_PATTERN = r"^https?://[A-Za-z0-9.:\[\]-]+/?$"
 
 
 class SettingsError(ValueError):
@@ -80,6 +84,8 @@ def _setting(default, roles: tuple[str, ...], text: str):
 class FLSettings:
     project: str = _setting("", A, "FL project = MLflow experiment = registered model name")
     tracking_uri: str = _setting("", A, "the tenant's tracking server, http://host:port; off: no tracking")
+    ui_url: str = _setting("", A, "the tracking server as a browser reaches it, for printed links "
+                                  "(default: the tracking URI)")
     rounds: int = _setting(3, A, "training rounds")
     learners: int = _setting(2, B, "number of learners (the aggregator waits for all; the data split)")
     seed: int = _setting(42, B, "seed of the synthetic data and its split")
@@ -95,10 +101,11 @@ class FLSettings:
     def check(self, role: str) -> "FLSettings":
         if role == "aggregator":
             validate_project(self.project, "FLOPS_PROJECT/--project")
-            if self.tracking_uri != "off" and not re.fullmatch(r"^https?://[A-Za-z0-9.:\[\]-]+/?$",
-                                                           self.tracking_uri or ""):
+            if self.tracking_uri != "off" and not re.fullmatch(URL_PATTERN, self.tracking_uri or ""):
                 raise SettingsError(f"FLOPS_TRACKING_URI/--tracking-uri: {self.tracking_uri!r} is not "
                                     "http(s)://host:port (or off)")
+            if self.ui_url and not re.fullmatch(URL_PATTERN, self.ui_url):
+                raise SettingsError(f"FLOPS_UI_URL/--ui-url: {self.ui_url!r} is not http(s)://host:port")
             if self.better not in BETTER_CHOICES:
                 raise SettingsError(f"FLOPS_BETTER/--better: {self.better!r} is not one of {', '.join(BETTER_CHOICES)}")
             if not re.fullmatch(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$", self.alias):
@@ -130,8 +137,9 @@ def environment(settings: FLSettings, role: str) -> dict[str, str]:
     """
     variables = {}
     for f in fields(FLSettings):
-        if role in f.metadata["roles"]:
-            variables[f"FLOPS_{f.name.upper()}"] = str(getattr(settings, f.name))
+        value = str(getattr(settings, f.name))
+        if role in f.metadata["roles"] and value != "":  # empty: unset, the reader's default
+            variables[f"FLOPS_{f.name.upper()}"] = value
     return variables
 
 

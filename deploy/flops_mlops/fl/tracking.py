@@ -166,9 +166,10 @@ class RoundTracker(LocalOnly):
     """The policy against a tracking server. Call open, then round_started/round_finished per round, finish."""
 
     def __init__(self, tracking_uri: str, project: str, best: BestModel, strategy_params: dict[str, Any],
-                 alias: str = "champion"):
+                 alias: str = "champion", ui_url: str | None = None):
         super().__init__(best)
         self.tracking_uri = tracking_uri.rstrip("/")
+        self.ui_url = (ui_url or tracking_uri).rstrip("/")  # what a browser opens, for the printed links
         self.project = validate_project(project)
         self.strategy_params = {key: str(value) for key, value in strategy_params.items()}
         self.alias = alias
@@ -278,7 +279,7 @@ class RoundTracker(LocalOnly):
             "logged_model_uri": info.model_uri,
             "register_seconds": time.monotonic() - started,
             "last_round_to_registered_s": time.monotonic() - self._last_round_logged,
-            "ui_url": f"{self.tracking_uri}/#/experiments/{self.experiment_id}",
+            "ui_url": f"{self.ui_url}/#/experiments/{self.experiment_id}",
         })
         return summary
 
