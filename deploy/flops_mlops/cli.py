@@ -67,8 +67,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_round_parser(commands).set_defaults(handler=cmd_round)
 
-    from .oakestra.commands import add_parsers as add_oakestra_parsers  # render, push, undeploy
+    from .oakestra.commands import add_parsers as add_oakestra_parsers  # push, undeploy
+    from .oakestra.commands import templates_option
 
+    render = commands.add_parser(
+        "render", help="write what a target runs, from the configuration: Oakestra SLA files or the compose project",
+        description="oakestra (default): one SLA v2.0 JSON file per application (stores, tracking, one per FL "
+                    "project) from sla_templates/ and the oakestra section, each checked against the SLA schema "
+                    "and the service IP plan first. compose: compose.yaml and the backend store's init script for "
+                    "every tenant (one tracking server each); the compose.yaml at the repository's root is this "
+                    "render of configs/compose.yaml. On any error nothing is written; no file holds a secret "
+                    "(placeholders and ${VARIABLE} references only).")
+    render.add_argument("--target", choices=["oakestra", "compose"], default="oakestra",
+                        help="what to render (default oakestra)")
+    render.add_argument("--out", required=True, type=Path, metavar="DIR", help="folder to write the files to")
+    render.add_argument("--check", action="store_true",
+                        help="write nothing; exit 1 if the files in DIR differ from what would be rendered")
+    templates_option(render)
+    render.set_defaults(handler=cmd_render)
     add_oakestra_parsers(commands)
 
     from .users import add_user_parser  # who may log in to a tenant's tracking server
@@ -162,6 +178,33 @@ def cmd_provision(args: argparse.Namespace) -> int:
     from .provision import provision_command
 
     return provision_command(load_config(args), args)
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from . import rendered
+
+    config = load_config(args)
+    if args.target == "oakestra":
+        from .oakestra import sla
+
+        slas = sla.render_all(config, args.templates)
+        for path in sla.strays(slas, args.out):
+            print(f"note: {path} is not rendered by this configuration (a removed application?); "
+                  "push ignores it, delete it if it is gone", file=sys.stderr)
+        files = [item.file for item in slas]
+    else:
+        if args.templates is not None:
+            raise ConfigError("--templates: only for --target oakestra (the SLA templates)")
+        from . import compose
+
+        files = compose.render(config, args.out)
+    rerun = f"flops-mlops --config {args.config} render --target {args.target} --out {args.out}"
+    code = rendered.write_or_check(files, args.out, args.check, rerun)
+    if args.target == "compose" and not args.check:
+        env = "" if config.secrets_file.resolve() == (args.out / ".env").resolve() else f" --env-file {config.secrets_file}"
+        print(f"next: flops-mlops --config {args.config} secrets init; docker compose -f {args.out / files[0].path}"
+              f"{env} up -d", file=sys.stderr)
+    return code
 
 
 def cmd_config(args: argparse.Namespace) -> int:

@@ -1,8 +1,7 @@
 """One tenant-provisioning definition: the SQL template (stores/tenant_db.py) and the FTP users' routine
 (stores/ftp_users.py), and the same statements reaching all four targets.
 
-The compose initdb.d script is generated from the template for configs/compose.yaml; after an intended change
-regenerate it with FLOPS_UPDATE_GOLDEN=1 and review the diff.
+Adding a tenant to the configuration adds that tenant's parts to all four targets and changes nothing else.
 """
 
 from __future__ import annotations
@@ -16,29 +15,41 @@ from pathlib import Path
 import pytest
 import yaml
 
+from flops_mlops import compose
 from flops_mlops import config as config_module
 from flops_mlops.config import ConfigError
 from flops_mlops.oakestra import sla
-from flops_mlops.secrets import Secrets, db_password_key
+from flops_mlops.secrets import Secrets, db_password_key, required_keys
+from flops_mlops.stack import Stack
 from flops_mlops.stores import ftp_users, mysql, tenant_db
+from flops_mlops.tracking_server import server_argv
 
 from conftest import ROOT
 
 PYINFRA_DIR = ROOT / "deploy" / "pyinfra"
-COMPOSE_INITDB = ROOT / "deploy" / "compose" / "backend-store" / "initdb.d" / "10-flops-tenants.sh"
+if str(PYINFRA_DIR) not in sys.path:
+    sys.path.insert(0, str(PYINFRA_DIR))  # pyinfra's tasks, as its deploy.py imports them (test_pyinfra_render.py too)
 PASSWORDS = {"acme": "acme-db_1", "globex": "Globex-2"}
 
 
-def load_config(tmp_path: Path):
-    """configs/oakestra.yaml (tenants acme and globex, every target's settings) with its secrets."""
+def load_config(tmp_path: Path, add_tenant: str | None = None):
+    """configs/oakestra.yaml (tenants acme and globex, every target's settings) with its secrets; with
+    ``add_tenant``, plus that tenant (and its Oakestra slot), as a user would add it."""
     data = yaml.safe_load((ROOT / "configs" / "oakestra.yaml").read_text())
+    passwords = dict(PASSWORDS)
+    if add_tenant:
+        data["tenants"].append({"id": add_tenant})
+        data["oakestra"]["tenants"].append({"id": add_tenant, "slot": len(data["oakestra"]["tenants"]) + 1})
+        passwords[add_tenant] = f"{add_tenant}-db_3"
+    tmp_path.mkdir(parents=True, exist_ok=True)
     data["state_dir"] = str(tmp_path / "state")
     data["secrets_file"] = str(tmp_path / "secrets.env")
     path = tmp_path / "stack.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     config = config_module.load(path)
-    values = {"FLOPS_MYSQL_ADMIN_PASSWORD": "admin-pass",
-              **{db_password_key(tenant_id): password for tenant_id, password in PASSWORDS.items()}}
+    values = {key: key.lower().replace("_", "-") for key in required_keys(config)}  # any other secret
+    values.update({"FLOPS_MYSQL_ADMIN_PASSWORD": "admin-pass",
+                   **{db_password_key(tenant_id): password for tenant_id, password in passwords.items()}})
     return config, Secrets(config.secrets_file, values)
 
 
@@ -114,15 +125,6 @@ def test_a_container_refuses_a_password_that_is_not_url_safe(tmp_path):
         assert not (tmp_path / "out.sql").exists()
 
 
-def test_compose_initdb_script_is_generated_from_the_template():
-    config = config_module.load(ROOT / "configs" / "compose.yaml")
-    text = tenant_db.initdb_script(config, "configs/compose.yaml")
-    if os.environ.get("FLOPS_UPDATE_GOLDEN") == "1":
-        COMPOSE_INITDB.write_text(text, encoding="utf-8")
-    assert COMPOSE_INITDB.read_text(encoding="utf-8") == text
-    assert sorted(p.name for p in COMPOSE_INITDB.parent.iterdir()) == [COMPOSE_INITDB.name]
-
-
 # --- the same statements on every target ------------------------------------------------------------------
 
 
@@ -150,17 +152,21 @@ def _native(config, secrets, tmp_path, monkeypatch) -> list[str]:
     return executed
 
 
+def _host_settings(config, secrets):
+    """pyinfra's view of a host with every role (its tasks are imported from deploy/pyinfra)."""
+    from tasks.settings import HostSettings
+
+    return HostSettings(config=config, secrets=secrets, mode="native", init="systemd", root="", install_packages=False,
+                        service_user="flops-mlops", venv="/opt/venv", manage_venv=False, tracking_packages=())
+
+
 def _pyinfra(config, secrets, tmp_path, monkeypatch) -> list[str]:
     """pyinfra: the tenants.sql file the backend store role writes (after its admin account statements)."""
-    sys.path.insert(0, str(PYINFRA_DIR))
-    try:
-        from pyinfra.api.util import get_template
-        from tasks import backend_store
-        from tasks.settings import TEMPLATES, TRIM, HostSettings
-    finally:
-        sys.path.remove(str(PYINFRA_DIR))
-    s = HostSettings(config=config, secrets=secrets, mode="native", init="systemd", root="", install_packages=False,
-                     service_user="flops-mlops", venv="/opt/venv", manage_venv=False, tracking_packages=())
+    from pyinfra.api.util import get_template
+    from tasks import backend_store
+    from tasks.settings import TEMPLATES, TRIM
+
+    s = _host_settings(config, secrets)
     text = get_template(str(TEMPLATES / "tenants.sql.j2"), jinja_env_kwargs=dict(TRIM)).render(
         **backend_store.tenants_data(s))
     statements = tenant_db.statements(text)
@@ -169,8 +175,8 @@ def _pyinfra(config, secrets, tmp_path, monkeypatch) -> list[str]:
     return statements[4:]
 
 
-def _shell_env() -> dict[str, str]:
-    return {"PATH": "/usr/bin:/bin", **{db_password_key(t): p for t, p in PASSWORDS.items()}}
+def _shell_env(secrets: Secrets) -> dict[str, str]:
+    return {"PATH": "/usr/bin:/bin", **{k: v for k, v in secrets.values.items() if k.endswith("_DB_PASSWORD")}}
 
 
 def _oakestra(config, secrets, tmp_path, monkeypatch) -> list[str]:
@@ -181,17 +187,18 @@ def _oakestra(config, secrets, tmp_path, monkeypatch) -> list[str]:
     out = tmp_path / "10-flops-tenants.sql"
     script = (script.replace(sla.MYSQL_INIT_FILE, str(out)).replace(f"chown mysql:mysql {out}", "true")
               .replace("exec docker-entrypoint.sh mysqld", "true"))
-    subprocess.run([shell, flag, script], env=_shell_env(), check=True)
+    subprocess.run([shell, flag, script], env=_shell_env(secrets), check=True)
     return tenant_db.statements(out.read_text())
 
 
 def _compose(config, secrets, tmp_path, monkeypatch) -> list[str]:
     """compose: the initdb.d script as the MySQL image's entrypoint sources it (docker_process_sql: its helper)."""
+    initdb = next(item for item in compose.render(config, tmp_path) if item.path == compose.INITDB_FILE)
     script = tmp_path / "10-flops-tenants.sh"
-    script.write_text(tenant_db.initdb_script(config, "test"))
+    script.write_text(initdb.text)
     out = tmp_path / "compose.sql"
     subprocess.run(["bash", "-c", f'set -eo pipefail; docker_process_sql() {{ cat > {out}; }}; . {script}'],
-                   env=_shell_env(), check=True, capture_output=True)
+                   env=_shell_env(secrets), check=True, capture_output=True)
     return tenant_db.statements(out.read_text())
 
 
@@ -202,6 +209,77 @@ def test_the_same_statements_reach_every_target(tmp_path, monkeypatch, target):
     expected = tenant_db.statements(tenant_db.render(tenant_db.with_secrets(config, secrets)))
     assert len(expected) == 5 * len(config.tenants)
     assert target(config, secrets, tmp_path, monkeypatch) == expected
+
+
+# --- adding a tenant ---------------------------------------------------------------------------------------
+
+
+def _flatten(value, path: str = ""):
+    """``path=value`` facts of a document; list items named by their service or application name."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key == "cmd" and path.endswith("[mysql]"):
+                continue  # the stores' init script: compared statement by statement
+            yield from _flatten(item, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, list):
+        for item in value:
+            name = isinstance(item, dict) and (item.get("microservice_name") or item.get("application_name"))
+            yield from _flatten(item, f"{path}[{name}]" if name else f"{path}[]")
+    elif isinstance(value, str) and path.endswith("FLOPS_FTP_USERS"):
+        yield from (f"{path}[]={word}" for word in value.split())
+    else:
+        yield f"{path}={value}"
+
+
+def _native_facts(config, secrets, tmp_path, monkeypatch) -> set[str]:
+    services = {f"service {s.name} {s.kind} {s.address}" for s in Stack(config).services()}
+    return services | {f"tenant {t.id}: {' '.join(server_argv(config, t))}" for t in config.tenants}
+
+
+def _pyinfra_facts(config, secrets, tmp_path, monkeypatch) -> set[str]:
+    from tasks import tracking_server
+
+    s = _host_settings(config, secrets)
+    facts = set()
+    for tenant in config.tenants:
+        service = tracking_server.service(s, tenant)
+        facts |= {f"{service.name} {' '.join(service.argv)}", *(f"{service.name} {k}={v}" for k, v in
+                                                                 tracking_server.environment(s, config, tenant).items())}
+    return facts
+
+
+def _oakestra_facts(config, secrets, tmp_path, monkeypatch) -> set[str]:
+    return set(_flatten({item.application_name: item.document for item in sla.render_all(config)}))
+
+
+def _compose_facts(config, secrets, tmp_path, monkeypatch) -> set[str]:
+    rendered = next(item for item in compose.render(config, tmp_path) if item.path == compose.COMPOSE_FILE)
+    document = yaml.safe_load(rendered.text)
+    return set(_flatten({"services": document["services"], "volumes": document["volumes"]}))
+
+
+@pytest.mark.parametrize("statements, facts", [(_native, _native_facts), (_pyinfra, _pyinfra_facts),
+                                               (_oakestra, _oakestra_facts), (_compose, _compose_facts)],
+                         ids=["native", "pyinfra", "oakestra", "compose"])
+def test_adding_a_tenant_adds_its_parts_to_every_target_and_changes_nothing_else(tmp_path, monkeypatch,
+                                                                                   statements, facts):
+    before_config, before_secrets = load_config(tmp_path / "before")
+    after_config, after_secrets = load_config(tmp_path / "after", add_tenant="initech")
+    before = set(statements(before_config, before_secrets, tmp_path / "before", monkeypatch))
+    after = set(statements(after_config, after_secrets, tmp_path / "after", monkeypatch))
+    # The same statements for the tenants there were, and the new tenant's database, user and grant.
+    assert before < after
+    assert {s for s in after - before if "initech" in s} == after - before
+    assert any("CREATE DATABASE IF NOT EXISTS `mlflow_initech`" in s for s in after - before)
+    # What runs: everything of the earlier tenants unchanged, plus parts that belong to the new tenant only.
+    seen_before = facts(before_config, before_secrets, tmp_path / "before", monkeypatch)
+    seen_after = facts(after_config, after_secrets, tmp_path / "after", monkeypatch)
+    old = {fact.replace(str(tmp_path / "before"), "<dir>") for fact in seen_before}
+    new = {fact.replace(str(tmp_path / "after"), "<dir>") for fact in seen_after}
+    assert old <= new, sorted(old - new)[:5]
+    added = new - old
+    assert added and all(re.search("initech", fact, re.IGNORECASE) for fact in added), \
+        [fact for fact in added if not re.search("initech", fact, re.IGNORECASE)][:5]
 
 
 # --- the FTP users' routine -------------------------------------------------------------------------------

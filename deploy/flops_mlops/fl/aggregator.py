@@ -98,9 +98,12 @@ def make_tracker(settings: FLSettings) -> LocalOnly:
 
 
 def quiet_network_defaults() -> None:
-    """No telemetry or update checks, and MLflow gives up within seconds instead of minutes."""
+    """No telemetry or update checks, MLflow gives up within seconds instead of minutes, and it prints no
+    "View run at" links of its own: they name the tracking URI, which in a container is an address only the
+    aggregator resolves; the summary's links use FLOPS_UI_URL."""
     no_telemetry_defaults()
-    for key, value in (("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2"), ("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")):
+    for key, value in (("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2"), ("MLFLOW_HTTP_REQUEST_TIMEOUT", "30"),
+                       ("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")):
         os.environ.setdefault(key, value)
 
 

@@ -1,4 +1,4 @@
-"""The `render`, `push` and `undeploy` commands: arguments, credentials and what they print.
+"""The `push` and `undeploy` commands: arguments, credentials and what they print.
 
 Credentials never come from the command line: the user name from --username or $FLOPS_OAKESTRA_USERNAME,
 the password from the first line of --password-file (or $FLOPS_OAKESTRA_PASSWORD_FILE), or else from
@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
 from .. import config as config_module
 from ..config import ConfigError
+from ..rendered import differences
 from ..secrets import Secrets, read_env
 from . import sla
 from .client import USER_ID_PATTERN, Client, check_url
@@ -21,18 +21,6 @@ from .push import ENVIRONMENT_WARNING, DeployState, Deployer
 
 
 def add_parsers(commands) -> None:
-    render = commands.add_parser(
-        "render", help="render the Oakestra SLA files (one JSON file per application) for review",
-        description="Render one SLA v2.0 JSON file per application (stores, tracking, one per FL project) from "
-                    "sla_templates/ and the oakestra section of the configuration. Every document is checked "
-                    "against the project's SLA schema and the service IP plan first; on any violation nothing "
-                    "is written. The files hold ${FLOPS_...} placeholders, never secrets.")
-    render.add_argument("--out", required=True, type=Path, metavar="DIR", help="folder to write the files to")
-    render.add_argument("--check", action="store_true",
-                        help="write nothing; exit 1 if the files in DIR differ from what would be rendered")
-    _templates_option(render)
-    render.set_defaults(handler=cmd_render)
-
     push = commands.add_parser(
         "push", help="deploy the rendered applications to an Oakestra root orchestrator and wait until running",
         description="Render in memory (the same bytes as `render`), fill the secret placeholders from the secrets "
@@ -57,7 +45,7 @@ def add_parsers(commands) -> None:
     undeploy.set_defaults(handler=cmd_undeploy)
 
 
-def _templates_option(parser: argparse.ArgumentParser) -> None:
+def templates_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--templates", type=Path, default=None, metavar="DIR",
                         help=f"SLA templates folder (default {sla.TEMPLATES_DIR})")
 
@@ -77,27 +65,7 @@ def _orchestrator_options(parser: argparse.ArgumentParser) -> None:
                         help="only this application (stores, tracking or a project name); repeatable")
     parser.add_argument("--http-timeout", type=float, default=30, metavar="SECONDS",
                         help="timeout of one API call (default 30)")
-    _templates_option(parser)
-
-
-def cmd_render(args: argparse.Namespace) -> int:
-    config = config_module.load(Path(args.config))
-    rendered = sla.render_all(config, args.templates)
-    for path in sla.strays(rendered, args.out):
-        print(f"note: {path} is not rendered by this configuration (a removed application?); "
-              "push ignores it, delete it if it is gone", file=sys.stderr)
-    if args.check:
-        stale = sla.differences(rendered, args.out)
-        for path in stale:
-            print(f"differs from the configuration: {path}", file=sys.stderr)
-        if stale:
-            print(f"re-run: flops-mlops --config {args.config} render --out {args.out}", file=sys.stderr)
-            return 1
-        print(f"{args.out}: all {len(rendered)} file(s) are up to date")
-        return 0
-    for path in sla.write(rendered, args.out):
-        print(path)
-    return 0
+    templates_option(parser)
 
 
 def _password(args: argparse.Namespace) -> str:
@@ -154,7 +122,7 @@ def cmd_push(args: argparse.Namespace) -> int:
     secrets = Secrets.load(config)
     rendered, deployer = _session(args, config, credentials, list(secrets.values.values()))
     if args.reviewed:
-        stale = sla.differences(rendered, args.reviewed)
+        stale = differences([item.file for item in rendered], args.reviewed)
         if stale:
             raise ConfigError(f"--reviewed: {', '.join(stale)} differ(s) from what {config.source} renders now; "
                               f"render again and review the change before pushing")

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
 import re
 from dataclasses import dataclass, replace
 from functools import cache
@@ -39,6 +38,7 @@ from .. import secrets as secrets_module
 from ..config import Broken, ConfigError, OakestraTarget, StackConfig, image, tracking_target
 from ..container import AUTH_DB
 from ..fl.settings import FLSettings, environment
+from ..rendered import RenderedFile
 from ..stores import tenant_db
 from ..users import project_user
 
@@ -68,6 +68,10 @@ class Rendered:
     namespace: str
     document: dict
     text: str
+
+    @property
+    def file(self) -> RenderedFile:
+        return RenderedFile(self.file_name, self.text)
 
 
 # --- the plan: names, addresses and images derived from the configuration ---------------------------
@@ -319,33 +323,10 @@ def render_all(config: StackConfig, templates_dir: Path | None = None) -> list[R
     return results
 
 
-def write(rendered: list[Rendered], out_dir: Path) -> list[Path]:
-    """Write every document (each atomically); returns the paths."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for item in rendered:
-        path = out_dir / item.file_name
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(item.text, encoding="utf-8")
-        os.replace(tmp, path)
-        paths.append(path)
-    return paths
-
-
 def strays(rendered: list[Rendered], out_dir: Path) -> list[str]:
     """JSON files in ``out_dir`` that the configuration no longer renders (a removed project, say)."""
     names = {item.file_name for item in rendered}
     return sorted(str(p) for p in out_dir.glob("*.json") if p.name not in names) if out_dir.is_dir() else []
-
-
-def differences(rendered: list[Rendered], out_dir: Path) -> list[str]:
-    """Files in ``out_dir`` that are missing or differ from what the configuration renders now."""
-    stale = []
-    for item in rendered:
-        path = out_dir / item.file_name
-        if not path.is_file() or path.read_text(encoding="utf-8") != item.text:
-            stale.append(str(path))
-    return stale
 
 
 # --- secrets at push time -------------------------------------------------------------------------

@@ -154,10 +154,10 @@ def initdb_script(config: StackConfig, label: str) -> str:
     entrypoint on the first start: every tenant's statements, passwords from FLOPS_TENANT_<ID>_DB_PASSWORD."""
     checks, printf = shell_commands(from_environment(config))
     lines = [
-        "# Generated from deploy/flops_mlops/templates/tenants.sql.j2 by flops_mlops.stores.tenant_db.initdb_script",
-        f"# for {label} (tenants: {', '.join(t.id for t in config.tenants)}); do not edit: "
-        "tests/unit/test_tenant_db.py",
-        "# checks it, and FLOPS_UPDATE_GOLDEN=1 rewrites it.",
+        "# Generated from deploy/flops_mlops/templates/tenants.sql.j2 for",
+        f"# {label} (tenants: {', '.join(t.id for t in config.tenants)}) by",
+        f"#     flops-mlops --config {label} render --target compose",
+        "# Do not edit.",
         "# The MySQL image's entrypoint sources it once, on an empty data directory: every tenant's database (utf8mb4,",
         "# binary NO PAD collation) and user, the passwords from this container's environment, never from argv.",
         "if ! command -v docker_process_sql >/dev/null 2>&1; then",

@@ -1,21 +1,31 @@
 #!/bin/sh
-# Start vsftpd for one virtual FTP user: FLOPS_FTP_USER / FLOPS_FTP_PASSWORD, chrooted to /srv/ftp/<user>,
+# Start vsftpd for the tenants' virtual FTP users. FLOPS_FTP_USERS lists them, separated by spaces, as
+# NAME=VARIABLE: the user name and the environment variable that holds its password (the names the secrets file
+# uses, e.g. flops_default=FLOPS_TENANT_DEFAULT_FTP_PASSWORD). Each user is chrooted to /srv/ftp/<user>, its
 # artifacts under /srv/ftp/<user>/artifacts. Passive ports FLOPS_PASV_MIN_PORT..FLOPS_PASV_MAX_PORT, announced
 # as FLOPS_PASV_ADDRESS (publish the same range on the host).
-set -eu
+set -euf  # -f: no globbing of the words of FLOPS_FTP_USERS
 fail() { echo "artifact-store: $*" >&2; exit 2; }
 # One line matching an extended regex: grep alone would accept a value if any one of its lines matched.
 valid() { case "$1" in *'
 '*) return 1 ;; esac; printf '%s\n' "$1" | grep -Eq "$2"; }
 
-user="${FLOPS_FTP_USER:-}"
-password="${FLOPS_FTP_PASSWORD:-}"
+users="${FLOPS_FTP_USERS:-}"
 pasv_min="${FLOPS_PASV_MIN_PORT:-30000}"
 pasv_max="${FLOPS_PASV_MAX_PORT:-30009}"
 pasv_address="${FLOPS_PASV_ADDRESS:-127.0.0.1}"
-valid "$user" '^[a-z_][a-z0-9_]{0,31}$' || fail "FLOPS_FTP_USER: '$user' is not a valid user name"
-[ -n "$password" ] || fail "FLOPS_FTP_PASSWORD: required (set by flops-mlops secrets init)"
-case "$password" in placeholder-*) fail "FLOPS_FTP_PASSWORD: still the .env.example placeholder; run flops-mlops secrets init" ;; esac
+[ -n "$users" ] || fail "FLOPS_FTP_USERS: required, e.g. flops_default=FLOPS_TENANT_DEFAULT_FTP_PASSWORD"
+user_args="" first="" first_password="" variables=""
+for entry in $users; do
+    user="${entry%%=*}" variable="${entry#*=}"
+    valid "$entry" '^[a-z_][a-z0-9_]{0,31}=[A-Z_][A-Z0-9_]{0,63}$' \
+        || fail "FLOPS_FTP_USERS: '$entry' is not NAME=VARIABLE (a user name of lowercase letters, digits and _, then the name of the variable that holds its password)"
+    eval "password=\${$variable:-}"
+    [ -n "$password" ] || fail "$variable: required: the password of FTP user $user (set by flops-mlops secrets init)"
+    case "$password" in placeholder-*) fail "$variable: still the .env.example placeholder; run flops-mlops secrets init" ;; esac
+    user_args="$user_args --user $entry" variables="$variables $variable"
+    [ -n "$first" ] || { first="$user"; first_password="$password"; }
+done
 for port in "$pasv_min" "$pasv_max"; do
     valid "$port" '^[0-9]{1,5}$' && [ "$port" -ge 1024 ] && [ "$port" -le 65535 ] \
         || fail "passive port '$port' is not a port 1024-65535"
@@ -33,15 +43,15 @@ chmod 0700 "$check"
 chown ftpcheck:ftpcheck "$check"
 
 # The FTP users' routine every target runs (flops_mlops/stores/ftp_users.py): vsftpd's folder with the
-# password hash for pam_pwdfile (hashed by openssl, the password on stdin, never in argv), its empty
-# secure_chroot_dir, and the user's chroot and artifacts folder on the volume, owned by the account the
-# virtual users map to (0700). The password is read from FLOPS_FTP_PASSWORD, not passed.
-python3 "$lib/ftp_users.py" --home "$run" --empty /run/vsftpd/empty --ftp-root /srv/ftp --owner ftp \
-    --user "$user=FLOPS_FTP_PASSWORD"
+# password hashes for pam_pwdfile (hashed by openssl, the passwords on stdin, never in argv), its empty
+# secure_chroot_dir, and each user's chroot and artifacts folder on the volume, owned by the account the
+# virtual users map to (0700). The passwords are read from the variables named, not passed.
+# shellcheck disable=SC2086 # user_args: validated NAME=VARIABLE words
+python3 "$lib/ftp_users.py" --home "$run" --empty /run/vsftpd/empty --ftp-root /srv/ftp --owner ftp $user_args
 
-# netrc for the healthcheck's login.
+# netrc for the healthcheck's login, as the first user.
 umask 077
-printf 'machine 127.0.0.1 login %s password %s\n' "$user" "$password" >"$check/netrc"
+printf 'machine 127.0.0.1 login %s password %s\n' "$first" "$first_password" >"$check/netrc"
 chown ftpcheck:ftpcheck "$check/netrc"
 umask 022
 
@@ -51,6 +61,7 @@ python3 "$lib/render.py" vsftpd.conf.j2 "$run/vsftpd.conf" 600 \
     "pasv_min_port=$pasv_min" "pasv_max_port=$pasv_max" "pasv_address=$pasv_address" \
     empty_dir=/run/vsftpd/empty log_file=/var/log/vsftpd/transfers.log
 
-unset FLOPS_FTP_PASSWORD password
-echo "artifact-store: vsftpd for $user, passive ports $pasv_min-$pasv_max announced as $pasv_address"
+# shellcheck disable=SC2086 # variables: validated names
+unset $variables password first_password
+echo "artifact-store: vsftpd for$(printf ' %s' $users | sed 's/=[A-Z0-9_]*//g'), passive ports $pasv_min-$pasv_max announced as $pasv_address"
 exec vsftpd "$run/vsftpd.conf"

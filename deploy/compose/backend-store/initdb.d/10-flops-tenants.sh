@@ -1,6 +1,7 @@
-# Generated from deploy/flops_mlops/templates/tenants.sql.j2 by flops_mlops.stores.tenant_db.initdb_script
-# for configs/compose.yaml (tenants: default); do not edit: tests/unit/test_tenant_db.py
-# checks it, and FLOPS_UPDATE_GOLDEN=1 rewrites it.
+# Generated from deploy/flops_mlops/templates/tenants.sql.j2 for
+# configs/compose.yaml (tenants: default) by
+#     flops-mlops --config configs/compose.yaml render --target compose
+# Do not edit.
 # The MySQL image's entrypoint sources it once, on an empty data directory: every tenant's database (utf8mb4,
 # binary NO PAD collation) and user, the passwords from this container's environment, never from argv.
 if ! command -v docker_process_sql >/dev/null 2>&1; then

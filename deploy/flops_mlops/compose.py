@@ -1,0 +1,119 @@
+"""The Docker Compose project of a configuration: compose.yaml and the backend store's init script, N tenants.
+
+`flops-mlops render --target compose --out DIR` writes them; the compose.yaml at the repository's root is this
+render of configs/compose.yaml (CI checks it for drift), and pyinfra's docker hosts get the render of their
+configuration. Every tenant's facts come from the configuration:
+
+- backend-store: one MySQL; its init script (stores/tenant_db.py) creates every tenant's database and user;
+- artifact-store: one vsftpd with every tenant's FTP user (FLOPS_FTP_USERS);
+- one tracking server per tenant: the first tenant's is ``tracking-server`` (its port variable
+  FLOPS_TRACKING_PORT, its login database on the volume ``tracking-auth``), tenant t's after it is
+  ``tracking-server-t`` (FLOPS_TENANT_T_TRACKING_PORT, volume ``tracking-auth-t``), so adding a tenant adds
+  services and changes nothing of the others;
+- profile ``fl``: an aggregator and two learners of one FL project of the first tenant.
+
+Ports, addresses and workers default to the configuration's values; .env may override them (.env.example). The
+passwords are read only from the secrets file, by name (``${KEY:?}``): nothing rendered holds a secret.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import jinja2
+
+from . import secrets as secrets_module
+from .config import ConfigError, StackConfig, Tenant
+from .rendered import RenderedFile
+from .stores import tenant_db
+
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+COMPOSE_FILE = "compose.yaml"
+INITDB_DIR = "deploy/compose/backend-store/initdb.d"
+INITDB_FILE = f"{INITDB_DIR}/10-flops-tenants.sh"
+FIRST_SERVICE, FIRST_PORT_VARIABLE, FIRST_AUTH_VOLUME = "tracking-server", "FLOPS_TRACKING_PORT", "tracking-auth"
+# A checkout has the Dockerfiles compose builds from; an installed package does not (images must exist then).
+CHECKOUT = Path(__file__).resolve().parents[2]
+
+
+def tenant_service(config: StackConfig, tenant: Tenant) -> dict[str, str | int]:
+    """Names compose uses for ``tenant``: service, port variable and login volume, and its secrets' keys."""
+    first = tenant is config.tenants[0]
+    suffix = tenant.id.upper()
+    return {
+        "id": tenant.id, "database": tenant.database, "db_user": tenant.db_user, "ftp_user": tenant.ftp_user,
+        "service": FIRST_SERVICE if first else f"{FIRST_SERVICE}-{tenant.id}",
+        "port_variable": FIRST_PORT_VARIABLE if first else f"FLOPS_TENANT_{suffix}_TRACKING_PORT",
+        "auth_volume": FIRST_AUTH_VOLUME if first else f"{FIRST_AUTH_VOLUME}-{tenant.id}",
+        "port": config.tracking_port(tenant),
+        "db_password_key": secrets_module.db_password_key(tenant.id),
+        "ftp_password_key": secrets_module.ftp_password_key(tenant.id),
+        "ftp_user_entry": f"{tenant.ftp_user}={secrets_module.ftp_password_key(tenant.id)}",
+        "admin_password_key": secrets_module.admin_password_key(tenant.id),
+        "secret_key_key": secrets_module.secret_key_key(tenant.id),
+        "fl_password_key": secrets_module.fl_password_key(tenant.id),
+    }
+
+
+def check(config: StackConfig) -> None:
+    """Compose runs MySQL and vsftpd itself; a configuration for other stores cannot describe it."""
+    if config.backend_store.kind != "mysql":
+        raise ConfigError(f"{config.source}: backend_store.kind: compose runs MySQL, so expected mysql, got "
+                          f"{config.backend_store.kind!r} (see configs/compose.yaml)")
+    if config.artifact_store.kind != "vsftpd":
+        raise ConfigError(f"{config.source}: artifact_store.kind: compose runs vsftpd, so expected vsftpd, got "
+                          f"{config.artifact_store.kind!r} (see configs/compose.yaml)")
+
+
+def _relative(path: Path, out: Path) -> str:
+    return os.path.relpath(path.resolve(), out.resolve())
+
+
+def _usage(config_label: str, env_label: str) -> list[str]:
+    env = "" if env_label == ".env" else f" --env-file {env_label}"
+    lines = [(f"flops-mlops --config {config_label} secrets init", f"writes the passwords to {env_label} (mode 0600)"),
+             (f"docker compose{env} up -d", "builds our images on first use; UI and API need a login"),
+             (f"docker compose{env} --profile fl up -d", "plus one FL project of a few rounds"),
+             (f"docker compose{env} --profile fl down", "stop all of it; the data stays in the volumes")]
+    width = max(len(command) for command, _ in lines) + 3
+    return [f"{command:<{width}}# {comment}" for command, comment in lines]
+
+
+def render(config: StackConfig, out: Path, checkout: Path = CHECKOUT) -> list[RenderedFile]:
+    """compose.yaml and the init script, for a compose project in folder ``out`` (paths relative to it).
+
+    ``checkout``: where the images' build contexts are (a checkout of this repository, or a copy of its
+    deploy/images and package, as pyinfra makes on a docker host); without Dockerfiles there, compose.yaml
+    has no build sections and the images must exist.
+    """
+    check(config)
+    tenants = [tenant_service(config, t) for t in config.tenants]
+    config_label = _relative(config.source, out)
+    env_label = _relative(config.secrets_file, out)
+    build_context = None
+    if checkout != CHECKOUT or (CHECKOUT / "deploy/images/python/Dockerfile").is_file():
+        build_context = _relative(checkout, out)
+    store, tracking = config.artifact_store, config.tracking
+    context = {
+        "config_label": config_label, "env_label": env_label, "usage": _usage(config_label, env_label),
+        "name": config.name, "tenants": tenants, "width": max(17, *(len(t["service"]) + 2 for t in tenants)), "fl": tenants[0], "images": config.images.model_dump(),
+        "build_context": build_context, "initdb_dir": INITDB_DIR,
+        "mysql_admin_key": secrets_module.MYSQL_ADMIN_KEY, "mysql_port": config.backend_store.port,
+        "ftp": {"port": store.port, "pasv_min": store.passive_ports[0], "pasv_max": store.passive_ports[1],
+                "pasv_address": store.pasv_address},
+        "tracking": {"bind_address": tracking.host, "public_host": tracking.public_host,
+                     "allowed_hosts": ",".join(tracking.allowed_hosts), "workers": tracking.workers},
+    }
+    environment = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), undefined=jinja2.StrictUndefined,
+                                     keep_trailing_newline=True, autoescape=False)
+    text = environment.get_template("compose.yaml.j2").render(context)
+    return [RenderedFile(COMPOSE_FILE, text), RenderedFile(INITDB_FILE, tenant_db.initdb_script(config, config_label))]
+
+
+def secret_keys(rendered: list[RenderedFile]) -> list[str]:
+    """The secrets file's keys the rendered compose.yaml reads (``${KEY:?...}``), in order of first use."""
+    text = next(item.text for item in rendered if item.path == COMPOSE_FILE)
+    lines = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
+    return list(dict.fromkeys(re.findall(r"\$\{([A-Z][A-Z0-9_]*):\?", "\n".join(lines))))

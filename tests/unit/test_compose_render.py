@@ -1,0 +1,153 @@
+"""Compose from the configuration: `flops-mlops render --target compose` for one tenant (the compose.yaml at the
+root) and for several, and the artifact-store image's list of FTP users. The rendered stacks run for real in
+tests/compose/."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import ROOT, run_cli
+
+ENTRYPOINT = ROOT / "deploy" / "images" / "artifact-store" / "entrypoint.sh"
+
+
+def write_config(folder: Path, tenants: list[dict], **changes) -> Path:
+    """configs/compose.yaml with other tenants, its secrets file in ``folder``."""
+    data = yaml.safe_load((ROOT / "configs" / "compose.yaml").read_text(encoding="utf-8"))
+    data.update(state_dir=str(folder / "state"), secrets_file=str(folder / "secrets.env"), tenants=tenants)
+    for key, value in changes.items():
+        section, _, name = key.partition(".")
+        data[section][name] = value
+    path = folder / "stack.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def render(tmp_path: Path, tenants: list[dict], **changes) -> dict:
+    config = write_config(tmp_path, tenants, **changes)
+    run_cli("render", "--target", "compose", "--out", str(tmp_path / "out"), config=config, check=True)
+    return yaml.safe_load((tmp_path / "out" / "compose.yaml").read_text(encoding="utf-8"))
+
+
+def test_the_root_compose_yaml_is_the_render_of_configs_compose_yaml():
+    result = run_cli("render", "--target", "compose", "--out", ".", "--check", config=ROOT / "configs" / "compose.yaml")
+    assert result.returncode == 0, result.stderr
+    assert "all 2 file(s) are up to date" in result.stdout
+
+
+def test_check_names_a_file_that_drifted(tmp_path):
+    config = write_config(tmp_path, [{"id": "default"}])
+    run_cli("render", "--target", "compose", "--out", str(tmp_path / "out"), config=config, check=True)
+    compose_file = tmp_path / "out" / "compose.yaml"
+    compose_file.write_text(compose_file.read_text() + "# edited by hand\n")
+    result = run_cli("render", "--target", "compose", "--out", str(tmp_path / "out"), "--check", config=config)
+    assert result.returncode == 1
+    assert f"differs from the configuration: {compose_file}" in result.stderr
+
+
+def test_every_tenant_gets_its_database_ftp_user_and_tracking_server(tmp_path):
+    document = render(tmp_path, [{"id": "default"}, {"id": "acme"}, {"id": "globex", "port": 5100}])
+    services = document["services"]
+    assert set(services) == {"backend-store", "artifact-store", "tracking-server", "tracking-server-acme",
+                             "tracking-server-globex", "fl-aggregator", "fl-learner-0", "fl-learner-1"}
+    assert set(document["volumes"]) == {"backend-store", "artifact-store", "tracking-auth", "tracking-auth-acme",
+                                        "tracking-auth-globex"}
+    backend = services["backend-store"]["environment"]
+    for tenant in ("DEFAULT", "ACME", "GLOBEX"):
+        assert backend[f"FLOPS_TENANT_{tenant}_DB_PASSWORD"] == \
+            f"${{FLOPS_TENANT_{tenant}_DB_PASSWORD:?set by flops-mlops secrets init}}"
+    initdb = (tmp_path / "out" / "deploy/compose/backend-store/initdb.d/10-flops-tenants.sh").read_text()
+    for database in ("mlflow_default", "mlflow_acme", "mlflow_globex"):
+        assert f"CREATE DATABASE IF NOT EXISTS `{database}`" in initdb
+    store = services["artifact-store"]["environment"]
+    assert store["FLOPS_FTP_USERS"].split() == ["flops_default=FLOPS_TENANT_DEFAULT_FTP_PASSWORD",
+                                                "flops_acme=FLOPS_TENANT_ACME_FTP_PASSWORD",
+                                                "flops_globex=FLOPS_TENANT_GLOBEX_FTP_PASSWORD"]
+    # Each server: its own tenant, stores logins, login database and published port (base_port + position,
+    # or the tenant's own port), overridable per tenant.
+    for service, tenant, variable, port in (("tracking-server", "default", "FLOPS_TRACKING_PORT", 5000),
+                                            ("tracking-server-acme", "acme", "FLOPS_TENANT_ACME_TRACKING_PORT", 5001),
+                                            ("tracking-server-globex", "globex", "FLOPS_TENANT_GLOBEX_TRACKING_PORT",
+                                             5100)):
+        environment = services[service]["environment"]
+        assert environment["FLOPS_TENANT"] == tenant
+        assert environment["FLOPS_DB_PASSWORD"].startswith(f"${{FLOPS_TENANT_{tenant.upper()}_DB_PASSWORD:?")
+        assert environment["FLOPS_FTP_PASSWORD"].startswith(f"${{FLOPS_TENANT_{tenant.upper()}_FTP_PASSWORD:?")
+        assert environment["FLOPS_ADMIN_PASSWORD"].startswith(f"${{FLOPS_TENANT_{tenant.upper()}_ADMIN_PASSWORD:?")
+        assert environment["FLOPS_PUBLIC_PORT"] == f"${{{variable}:-{port}}}"
+        assert services[service]["ports"] == [f"${{FLOPS_TRACKING_BIND_ADDRESS:-127.0.0.1}}:${{{variable}:-{port}}}:5000"]
+        volume = "tracking-auth" if tenant == "default" else f"tracking-auth-{tenant}"
+        assert services[service]["volumes"] == [f"{volume}:/srv/mlflow/auth"]
+        assert ("FLOPS_FL_USERS" in environment) == (tenant == "default")  # the fl profile's tenant: the first
+
+
+def test_the_fl_profile_prints_links_a_browser_on_this_machine_opens(tmp_path):
+    document = render(tmp_path, [{"id": "acme"}], **{"tracking.public_host": "mlflow.example.org",
+                                                     "tracking.base_port": 5500})
+    aggregator = document["services"]["fl-aggregator"]["environment"]
+    assert aggregator["FLOPS_TRACKING_URI"] == "http://tracking-server:5000"  # inside the compose network
+    assert aggregator["FLOPS_UI_URL"] == "http://${FLOPS_PUBLIC_HOST:-mlflow.example.org}:${FLOPS_TRACKING_PORT:-5500}"
+
+
+def test_nothing_rendered_holds_a_secret_value(tmp_path):
+    config = write_config(tmp_path, [{"id": "default"}, {"id": "acme"}])
+    run_cli("secrets", "init", config=config, check=True)
+    run_cli("render", "--target", "compose", "--out", str(tmp_path / "out"), config=config, check=True)
+    secrets = [line.split("=", 1)[1] for line in (tmp_path / "secrets.env").read_text().splitlines()
+               if "=" in line and not line.startswith("#")]
+    for path in (tmp_path / "out").rglob("*"):
+        if path.is_file():
+            text = path.read_text()
+            assert not [value for value in secrets if value in text], path
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"backend_store.kind": "sqlite"}, "backend_store.kind: compose runs MySQL, so expected mysql, got 'sqlite'"),
+    ({"artifact_store.kind": "embedded"},
+     "artifact_store.kind: compose runs vsftpd, so expected vsftpd, got 'embedded'"),
+])
+def test_a_configuration_compose_cannot_run_is_refused_and_nothing_is_written(tmp_path, changes, message):
+    config = write_config(tmp_path, [{"id": "default"}], **changes)
+    result = run_cli("render", "--target", "compose", "--out", str(tmp_path / "out"), config=config)
+    assert result.returncode == 2 and message in result.stderr and str(config) in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_sla_templates_are_an_oakestra_option(tmp_path):
+    config = write_config(tmp_path, [{"id": "default"}])
+    result = run_cli("render", "--target", "compose", "--out", str(tmp_path), "--templates", "sla_templates",
+                     config=config)
+    assert result.returncode == 2 and "--templates: only for --target oakestra" in result.stderr
+
+
+# --- the artifact-store image's FTP users (its checks run before it touches anything) ------------------------
+
+
+def run_entrypoint(**environment: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["sh", str(ENTRYPOINT)], env={"PATH": os.environ["PATH"], **environment},
+                          capture_output=True, text=True, timeout=30)
+
+
+@pytest.mark.parametrize("environment, message", [
+    ({}, "FLOPS_FTP_USERS: required"),
+    ({"FLOPS_FTP_USERS": "flops_acme"}, "'flops_acme' is not NAME=VARIABLE"),
+    ({"FLOPS_FTP_USERS": "Flops=P"}, "'Flops=P' is not NAME=VARIABLE"),
+    ({"FLOPS_FTP_USERS": "flops_acme=A;reboot"}, "'flops_acme=A;reboot' is not NAME=VARIABLE"),
+    ({"FLOPS_FTP_USERS": "flops_acme=$(id)"}, "is not NAME=VARIABLE"),
+    ({"FLOPS_FTP_USERS": "flops_acme=ACME flops_b=B", "ACME": "pw-1"},
+     "B: required: the password of FTP user flops_b"),
+    ({"FLOPS_FTP_USERS": "flops_acme=ACME", "ACME": "placeholder-run-flops-mlops-secrets-init"},
+     "ACME: still the .env.example placeholder"),
+    ({"FLOPS_FTP_USERS": "*=*"}, "'*=*' is not NAME=VARIABLE"),
+])
+def test_the_artifact_store_refuses_a_bad_user_list(environment, message):
+    result = run_entrypoint(**environment)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert not re.search(r"pw-1", result.stderr)
