@@ -33,8 +33,8 @@ DEFAULT_FL_PROJECT = "composedemo"
 QUIET = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
 
 
-def compose_files() -> list[str]:
-    files = ["-f", str(ROOT / "compose.yaml")]
+def compose_files(main: Path = ROOT / "compose.yaml") -> list[str]:
+    files = ["-f", str(main)]
     override = os.environ.get("FLOPS_COMPOSE_OVERRIDE", "").strip()
     if override:
         files += ["-f", str(ROOT / override)]
@@ -71,10 +71,11 @@ class ComposeStack:
     env: dict[str, str]
     ports: dict[str, int]
     secrets: dict[str, str]
+    files: list[str]  # -f arguments: compose.yaml (the root's, or one rendered for more tenants), the override
 
     def compose(self, *args: str, timeout: float = 900, check: bool = True,
                 extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-        argv = ["docker", "compose", *compose_files(), "--env-file", str(self.env_file), "-p", self.project, *args]
+        argv = ["docker", "compose", *self.files, "--env-file", str(self.env_file), "-p", self.project, *args]
         result = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, timeout=timeout,
                                 env={**self.env, **(extra_env or {})})
         if check and result.returncode != 0:
@@ -83,7 +84,7 @@ class ComposeStack:
         return result
 
     def logs(self) -> str:
-        argv = ["docker", "compose", *compose_files(), "--env-file", str(self.env_file), "-p", self.project,
+        argv = ["docker", "compose", *self.files, "--env-file", str(self.env_file), "-p", self.project,
                 "--profile", "fl", "logs", "--no-color", "--tail", "40"]
         result = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, env=self.env, timeout=120)
         return result.stdout[-8000:]
@@ -97,12 +98,19 @@ class ComposeStack:
 
     @property
     def tracking_uri(self) -> str:
-        return f"http://127.0.0.1:{self.ports['FLOPS_TRACKING_PORT']}"
+        return self.tenant_uri(TENANT)
+
+    def tenant_uri(self, tenant: str) -> str:
+        variable = "FLOPS_TRACKING_PORT" if tenant == TENANT else f"FLOPS_TENANT_{tenant.upper()}_TRACKING_PORT"
+        return f"http://127.0.0.1:{self.ports[variable]}"
 
     @property
     def admin(self) -> tuple[str, str]:
         """The tracking server's admin login (user admin, password from .env)."""
-        return "admin", self.secrets[f"FLOPS_TENANT_{TENANT.upper()}_ADMIN_PASSWORD"]
+        return self.tenant_admin(TENANT)
+
+    def tenant_admin(self, tenant: str) -> tuple[str, str]:
+        return "admin", self.secrets[f"FLOPS_TENANT_{tenant.upper()}_ADMIN_PASSWORD"]
 
     def fl_login(self, project: str = DEFAULT_FL_PROJECT) -> tuple[str, str]:
         """The login compose.yaml gives the fl profile's aggregator for ``project``."""
@@ -135,35 +143,48 @@ def images_missing(env_file: Path) -> list[str]:
                   if subprocess.run(["docker", "image", "inspect", image], capture_output=True).returncode != 0)
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory):
+def start_stack(tmp_path_factory, more_tenants: tuple[str, ...] = ()):
+    """A stack of configs/compose.yaml: compose.yaml at the root, or with ``more_tenants`` after tenant default,
+    the compose project `flops-mlops render --target compose` writes for them."""
     need_engine()
     folder = tmp_path_factory.mktemp("compose")
     data = yaml.safe_load((ROOT / "configs" / "compose.yaml").read_text(encoding="utf-8"))
     data.update(state_dir=str(folder / "state"), secrets_file=str(folder / ".env"))
+    data["tenants"] += [{"id": tenant} for tenant in more_tenants]
     config_path = folder / "compose-stack.yaml"
     config_path.write_text(yaml.safe_dump(data), encoding="utf-8")
     run_cli("secrets", "init", config=config_path, check=True)
+    files = compose_files()
+    if more_tenants:
+        run_cli("render", "--target", "compose", "--out", str(folder), config=config_path, check=True)
+        files = compose_files(folder / "compose.yaml")
     missing = images_missing(folder / ".env")
     if missing:
         missing_service(f"images not built: {', '.join(missing)} (run scripts/compose-ci.sh and set "
                         "FLOPS_COMPOSE_OVERRIDE=compose.ci.yaml, or docker compose build/pull)")
     pasv_min, pasv_max = free_port_range(5)
     ports = {"FLOPS_TRACKING_PORT": free_port(), "FLOPS_MYSQL_PORT": free_port(), "FLOPS_FTP_PORT": free_port(),
-             "FLOPS_FTP_PASV_MIN_PORT": pasv_min, "FLOPS_FTP_PASV_MAX_PORT": pasv_max}
+             "FLOPS_FTP_PASV_MIN_PORT": pasv_min, "FLOPS_FTP_PASV_MAX_PORT": pasv_max,
+             **{f"FLOPS_TENANT_{tenant.upper()}_TRACKING_PORT": free_port() for tenant in more_tenants}}
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLOPS_") or k == "FLOPS_COMPOSE_OVERRIDE"}
     env = {k: v for k, v in env.items() if not k.startswith("MLFLOW_TRACKING_")}
     env.update({k: str(v) for k, v in ports.items()})
     from flops_mlops.secrets import read_env
 
     project = f"flopstest-{uuid.uuid4().hex[:8]}"
-    stack = ComposeStack(project, folder / ".env", env, ports, read_env(folder / ".env"))
+    stack = ComposeStack(project, folder / ".env", env, ports, read_env(folder / ".env"), files)
     try:
         stack.up()
         yield stack
     finally:
         stack.compose("--profile", "fl", "down", "--volumes", "--remove-orphans", "--timeout", "20",
                       check=False, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    """The root compose.yaml, one tenant."""
+    yield from start_stack(tmp_path_factory)
 
 
 def db_password(stack: ComposeStack) -> str:

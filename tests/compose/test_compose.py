@@ -47,7 +47,7 @@ def test_compose_config_accepts_env_example():
         assert int(service["mem_limit"]) > 0, f"{name}: no memory limit"
         for port in service.get("ports", []):
             assert port["host_ip"] == "127.0.0.1", f"{name}: published beyond loopback by default"
-    assert config["services"]["backend-store"]["image"] == "mysql:8.4.6"
+    assert config["services"]["backend-store"]["image"] == "docker.io/library/mysql:8.4.6"
     assert config["services"]["backend-store"]["user"] == "mysql"  # not root (the image supports it)
     assert {v["name"] for v in config["volumes"].values()} == {"flops-mlops_backend-store", "flops-mlops_artifact-store",
                                                                "flops-mlops_tracking-auth"}
@@ -66,6 +66,8 @@ def test_only_the_aggregator_is_told_where_the_tracking_server_is():
     services = compose_config(ROOT / ".env.example", "--profile", "fl",
                               files=["-f", str(ROOT / "compose.yaml")])["services"]
     assert services["fl-aggregator"]["environment"]["FLOPS_TRACKING_URI"] == "http://tracking-server:5000"
+    # ... and prints links for a browser on the host: the published port.
+    assert services["fl-aggregator"]["environment"]["FLOPS_UI_URL"] == "http://127.0.0.1:5000"
     # ... and logs in as its project's user, with the FL password the tracking server created that user with.
     aggregator = services["fl-aggregator"]["environment"]
     tracking = services["tracking-server"]["environment"]
@@ -97,7 +99,8 @@ def test_compose_yaml_holds_no_password_and_names_match_the_config_model():
     services = yaml.safe_load(text)["services"]
     assert services["backend-store"]["environment"]["MYSQL_DATABASE"] == tenant.database
     assert services["backend-store"]["environment"]["MYSQL_USER"] == tenant.db_user
-    assert services["artifact-store"]["environment"]["FLOPS_FTP_USER"] == tenant.ftp_user
+    assert services["artifact-store"]["environment"]["FLOPS_FTP_USERS"] == \
+        f"{tenant.ftp_user}=FLOPS_TENANT_{TENANT.upper()}_FTP_PASSWORD"
     assert services["tracking-server"]["environment"]["FLOPS_TENANT"] == tenant.id
 
 

@@ -1,7 +1,11 @@
 """Issue 9 ("lock every door"), compose part: attacks on a running compose stack, each expected to fail.
 
 Every test counts its attempts and what got through ("successes"), and asserts that nothing did, listing each
-success. The stack is this module's own (compose_stack.stack): a fresh one with its own secrets.
+success. The stack is this module's own: a fresh one with its own secrets, rendered by `flops-mlops render
+--target compose` for two tenants, default (whose parts are those of the root compose.yaml: a unit test checks
+that adding a tenant changes nothing of the others) and acme.
+
+- One tenant reaches nothing of the other: not its tracking server, FTP folder or database.
 
 - Without a login, every route of the server (MLflow's REST API under /api and /ajax-api, the artifact routes,
   GraphQL, the UI page /) answers 401; /health answers 200. The route list comes from the installed MLflow,
@@ -28,11 +32,20 @@ from urllib.parse import quote
 
 import pytest
 
-from compose_stack import DEFAULT_FL_PROJECT, SERVICES, TENANT, ComposeStack, ftp_password, stack  # noqa: F401
+import pymysql
+import requests
+
+from compose_stack import DEFAULT_FL_PROJECT, SERVICES, TENANT, ComposeStack, ftp_password, start_stack
 
 pytestmark = [pytest.mark.docker, pytest.mark.services, pytest.mark.timeout(1800)]
 
 MISSING = "nothing-here"
+OTHER = "acme"  # the second tenant
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    yield from start_stack(tmp_path_factory, (OTHER,))
 # Public by MLflow's design (mlflow.server.auth: _UNPROTECTED_PATH_PREFIXES, _PUBLIC_ROUTE_SUFFIXES): the UI's
 # static files, the health check, and server-info (capability discovery, "no tenant data"). These must still
 # hold no secret (test_public_routes_hold_no_secret).
@@ -86,6 +99,71 @@ def leaks(text: str, secrets: dict[str, str]) -> list[str]:
 def report(what: str, attempts: int, successes: list[str]) -> str:
     return (f"{what}: {len(successes)} of {attempts} attempts succeeded, expected none:\n  "
             + "\n  ".join(successes))
+
+
+# --- tenants apart ---------------------------------------------------------------------------------------
+
+
+def test_one_tenant_reaches_nothing_of_the_other(stack, private):
+    import tracking_checks
+
+    # acme's own server works for acme's admin: a model lands in acme's store.
+    logged = tracking_checks.log_example(stack.tenant_uri(OTHER), experiment="acme-own",
+                                         login=stack.tenant_admin(OTHER))
+    attempts, successes = 0, []
+    # Each tenant's admin password opens only its own server (each has its own login database).
+    for tenant, uri in ((TENANT, stack.tenant_uri(OTHER)), (OTHER, stack.tenant_uri(TENANT))):
+        attempts += 1
+        answer = requests.get(f"{uri}/api/2.0/mlflow/experiments/search", auth=stack.tenant_admin(tenant),
+                              params={"max_results": 100}, timeout=30)
+        if answer.status_code != 401:
+            successes.append(f"{tenant}'s admin on the other server: HTTP {answer.status_code}")
+    # acme's server has no trace of default's experiment, and default's none of acme's.
+    for uri, login, foreign in ((stack.tenant_uri(OTHER), stack.tenant_admin(OTHER), private["name"]),
+                                (stack.tenant_uri(TENANT), stack.tenant_admin(TENANT), "acme-own")):
+        attempts += 1
+        names = {e["name"] for e in requests.get(f"{uri}/api/2.0/mlflow/experiments/search", auth=login,
+                                                 params={"max_results": 1000}, timeout=30).json()["experiments"]}
+        if foreign in names:
+            successes.append(f"{uri} lists the other tenant's experiment {foreign}")
+    # FTP: acme's user is chrooted to its own folder, and default's password is not acme's.
+    with ftplib.FTP() as ftp:
+        ftp.connect("127.0.0.1", stack.ports["FLOPS_FTP_PORT"], timeout=10)
+        ftp.login(f"flops_{OTHER}", stack.secrets[f"FLOPS_TENANT_{OTHER.upper()}_FTP_PASSWORD"])
+        own = [name.split("/")[-1] for name in ftp.nlst("artifacts")]
+        assert logged.experiment_id in own, own  # its own artifacts are there
+        for path in (f"/flops_{TENANT}", f"../flops_{TENANT}", f"/../flops_{TENANT}/artifacts"):
+            attempts += 1
+            try:
+                listing = ftp.nlst(path)
+            except ftplib.error_perm:
+                continue
+            if listing:
+                successes.append(f"FTP flops_{OTHER} lists {path}: {listing[:3]}")
+    attempts += 1
+    with ftplib.FTP() as ftp:
+        ftp.connect("127.0.0.1", stack.ports["FLOPS_FTP_PORT"], timeout=10)
+        try:
+            ftp.login(f"flops_{OTHER}", ftp_password(stack))
+            successes.append(f"FTP flops_{OTHER} logs in with default's password")
+        except ftplib.error_perm:
+            pass
+    # MySQL: acme's user sees its own database only and cannot use default's.
+    with pymysql.connect(host="127.0.0.1", port=stack.ports["FLOPS_MYSQL_PORT"], user=f"mlflow_{OTHER}",
+                         password=stack.secrets[f"FLOPS_TENANT_{OTHER.upper()}_DB_PASSWORD"]) as conn, \
+            conn.cursor() as cursor:
+        cursor.execute("SHOW DATABASES")
+        attempts += 1
+        visible = {row[0] for row in cursor.fetchall()} - {"information_schema"}
+        if visible != {f"mlflow_{OTHER}"}:
+            successes.append(f"mlflow_{OTHER} sees databases {sorted(visible)}")
+        attempts += 1
+        try:
+            cursor.execute(f"SELECT COUNT(*) FROM mlflow_{TENANT}.runs")
+            successes.append(f"mlflow_{OTHER} reads mlflow_{TENANT}.runs")
+        except pymysql.err.OperationalError:
+            pass
+    assert successes == [], report("one tenant at another's data", attempts, successes)
 
 
 # --- the front door: a login for everything ---------------------------------------------------------------
