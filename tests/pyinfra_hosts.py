@@ -91,8 +91,10 @@ def ftp_files(host: str, port: int, user: str, password: str, folder: str) -> li
         return sorted(Path(name).name for name in ftp.nlst(folder))
 
 
-def check_tenant_end_to_end(config_path: Path, tracking_host: str, backend_host: str, ftp_host: str) -> None:
-    """Log a model through the tenant's tracking server; find its files on FTP and its rows in MySQL."""
+def check_tenant_end_to_end(config_path: Path, tracking_host: str, backend_host: str, ftp_host: str,
+                            tenant_id: str | None = None) -> None:
+    """Log a model through the tenant's tracking server (default: the first tenant's); find its files on FTP
+    and its rows in MySQL, where its database user sees its own database only."""
     import pymysql
     from tracking_checks import log_example, mysql_counts
 
@@ -101,7 +103,7 @@ def check_tenant_end_to_end(config_path: Path, tracking_host: str, backend_host:
 
     config = config_module.load(config_path)
     secrets = Secrets.load(config)
-    tenant = config.tenants[0]
+    tenant = config.tenant(tenant_id) if tenant_id else config.tenants[0]
     logged = log_example(f"http://{tracking_host}:{config.tracking_port(tenant)}",
                          login=("admin", secrets.admin_password(tenant.id)))
 

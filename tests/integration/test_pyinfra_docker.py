@@ -1,4 +1,4 @@
-"""docker mode applied on this machine (@local sandbox): the compose bundle and its .env copied under a private
+"""docker mode applied on this machine (@local sandbox): compose.yaml rendered for two tenants, the image sources and .env copied under a private
 root folder, `docker compose up -d --wait` under a project name of its own, a second apply with 0 changes,
 the tenant end to end (as its admin) through the published ports, then stop; the test removes its project's containers and
 volumes at the end. Needs the Docker engine, Compose v2 and the stack's images (scripts/compose-ci.sh builds
@@ -12,7 +12,6 @@ import shutil
 import subprocess
 
 import pytest
-import yaml
 from conftest import ROOT, missing_service
 from pyinfra_hosts import (
     PYINFRA_DIR,
@@ -51,7 +50,7 @@ def need_engine_and_images(secrets_file) -> None:
 @pytest.fixture(scope="module")
 def docker_sandbox(tmp_path_factory):
     folder = tmp_path_factory.mktemp("pyinfra-docker")
-    config = write_stack(folder, ["default"])
+    config = write_stack(folder, ["default", "acme"])  # the compose project is rendered for both
     need_engine_and_images(folder / "secrets.env")
     with sandbox_root() as root_parent:
         root = root_parent / "root"
@@ -93,25 +92,38 @@ def test_apply_starts_the_compose_stack_and_second_apply_changes_nothing(docker_
     assert second["totals"]["success"] == 0, changed_operations(docker_sandbox["second"])
 
 
-def test_tenant_end_to_end_through_published_ports(docker_sandbox):
-    check_tenant_end_to_end(docker_sandbox["config"], "127.0.0.1", "127.0.0.1", "127.0.0.1")
+@pytest.mark.parametrize("tenant", ["default", "acme"])
+def test_each_tenant_end_to_end_through_published_ports(docker_sandbox, tenant):
+    check_tenant_end_to_end(docker_sandbox["config"], "127.0.0.1", "127.0.0.1", "127.0.0.1", tenant)
 
 
-def test_env_file_is_private_and_carries_the_configured_ports(docker_sandbox):
+def test_compose_file_is_the_render_of_the_configuration_with_its_ports(docker_sandbox):
+    from flops_mlops import compose
+    from flops_mlops import config as config_module
+    from flops_mlops.rendered import differences
+
+    folder = next(docker_sandbox["root"].glob("var/lib/flops-mlops/*/compose"))
+    config = config_module.load(docker_sandbox["config"])
+    rendered = compose.render(config, folder, checkout=folder)
+    assert differences(rendered, folder) == []
+    text = (folder / "compose.yaml").read_text()
+    assert f"${{FLOPS_MYSQL_PORT:-{config.backend_store.port}}}:3306" in text
+    for tenant in config.tenants:
+        assert f":-{config.tracking_port(tenant)}}}:5000" in text
+
+
+def test_env_file_is_private_and_carries_exactly_the_secrets_compose_reads(docker_sandbox):
+    from flops_mlops import config as config_module
+    from flops_mlops.secrets import Secrets, required_keys
+
+    config = config_module.load(docker_sandbox["config"])
+    secrets = Secrets.load(config)
     env_file = next(docker_sandbox["root"].glob("var/lib/flops-mlops/*/compose/.env"))
     assert oct(env_file.stat().st_mode & 0o777) == "0o600"
-    data = yaml.safe_load(docker_sandbox["config"].read_text())
-    assert f"FLOPS_MYSQL_PORT={data['backend_store']['port']}\n" in env_file.read_text()
-    assert f"FLOPS_TRACKING_PORT={data['tenants'][0]['port']}\n" in env_file.read_text()
-
-
-def test_env_file_carries_the_secrets_compose_reads(docker_sandbox):
-    from flops_mlops import config as config_module
-    from flops_mlops.secrets import Secrets
-
-    secrets = Secrets.load(config_module.load(docker_sandbox["config"]))
-    text = next(docker_sandbox["root"].glob("var/lib/flops-mlops/*/compose/.env")).read_text()
-    for key in ("FLOPS_MYSQL_ADMIN_PASSWORD", "FLOPS_TENANT_DEFAULT_DB_PASSWORD", "FLOPS_TENANT_DEFAULT_FTP_PASSWORD",
-                "FLOPS_TENANT_DEFAULT_ADMIN_PASSWORD", "FLOPS_TENANT_DEFAULT_SECRET_KEY",
-                "FLOPS_TENANT_DEFAULT_FL_PASSWORD"):
+    text = env_file.read_text()
+    written = {line.split("=", 1)[0] for line in text.splitlines() if "=" in line and not line.startswith("#")}
+    # Every tenant's store and login secrets; the FL password only of the fl profile's tenant (the first).
+    expected = set(required_keys(config)) - {"FLOPS_TENANT_ACME_FL_PASSWORD"}
+    assert written == expected | {"FLOPS_BIND_ADDRESS"}
+    for key in expected:
         assert f"\n{key}={secrets.values[key]}\n" in text, key

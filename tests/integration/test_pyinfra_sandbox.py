@@ -141,7 +141,7 @@ def test_managed_venv_plans_flops_mlops_itself(tmp_path):
 
 
 def test_docker_mode_plans_engine_bundle_and_compose_up(tmp_path):
-    """docker mode at plan level (--dry): the compose bundle and .env are copied, then `docker compose up -d`.
+    """docker mode at plan level (--dry): compose.yaml rendered, the image sources and .env copied, then `up -d`.
 
     Needs no Docker engine; test_pyinfra_docker.py applies it where the engine and the images are available.
     """
@@ -151,7 +151,10 @@ def test_docker_mode_plans_engine_bundle_and_compose_up(tmp_path):
         env = {"FLOPS_SANDBOX_ROOT": str(root), "FLOPS_SANDBOX_MODE": "docker"}
         names = [op["name"] for op in provision(config, INVENTORY, "--dry", env=env)["plan"]]
         assert not root.exists()
-    assert "FLOps docker host (Docker Engine + Compose) | Copy compose.yaml" in names
-    assert "FLOps docker host (Docker Engine + Compose) | Compose .env: passwords and ports (mode 0600)" in names
+    assert "FLOps docker host (Docker Engine + Compose) | Rendered compose.yaml" in names
+    assert ("FLOps docker host (Docker Engine + Compose) | Rendered "
+            "deploy/compose/backend-store/initdb.d/10-flops-tenants.sh") in names
+    assert "FLOps docker host (Docker Engine + Compose) | Copy deploy/images" in names
+    assert "FLOps docker host (Docker Engine + Compose) | Compose .env: the passwords compose.yaml reads (mode 0600)" in names
     assert names[-1] == "FLOps docker host (Docker Engine + Compose) | docker compose up -d"
     assert not any("MariaDB" in n or "vsftpd" in n for n in names)

@@ -23,6 +23,7 @@ from pyinfra.api.util import get_template  # noqa: E402
 from tasks import backend_store, docker_host, services, tracking_server  # noqa: E402
 from tasks.settings import TEMPLATES, TRIM, HostSettings  # noqa: E402
 
+from flops_mlops import compose  # noqa: E402
 from flops_mlops import config as config_module  # noqa: E402
 from flops_mlops.secrets import Secrets  # noqa: E402
 
@@ -141,22 +142,30 @@ def test_sandbox_schema_upgrade_and_server_run_as_the_service_account(tmp_path):
     assert "--chuid flops-mlops" in start
 
 
-def test_compose_env_carries_every_secret_compose_reads(tmp_path):
+def test_compose_env_carries_every_secret_the_rendered_compose_reads(tmp_path):
     data = {"name": "golden", "state_dir": "/unused", "secrets_file": str(tmp_path / "secrets.env"),
             "backend_store": {"kind": "mysql", "managed": False, "port": 3306},
             "artifact_store": {"kind": "vsftpd", "managed": False, "port": 2121},
-            "tenants": [{"id": "default"}]}
+            "tenants": [{"id": "default"}, {"id": "acme"}]}
     (tmp_path / "stack.yaml").write_text(yaml.safe_dump(data))
     config = config_module.load(tmp_path / "stack.yaml")
-    values = {key: f"value-of-{key.lower()}" for key in
-              ("FLOPS_MYSQL_ADMIN_PASSWORD", "FLOPS_TENANT_DEFAULT_DB_PASSWORD", "FLOPS_TENANT_DEFAULT_FTP_PASSWORD",
-               "FLOPS_TENANT_DEFAULT_ADMIN_PASSWORD", "FLOPS_TENANT_DEFAULT_SECRET_KEY",
-               "FLOPS_TENANT_DEFAULT_FL_PASSWORD")}
+    expected = ["FLOPS_MYSQL_ADMIN_PASSWORD", "FLOPS_TENANT_DEFAULT_DB_PASSWORD", "FLOPS_TENANT_ACME_DB_PASSWORD",
+                "FLOPS_TENANT_DEFAULT_FTP_PASSWORD", "FLOPS_TENANT_ACME_FTP_PASSWORD",
+                "FLOPS_TENANT_DEFAULT_ADMIN_PASSWORD", "FLOPS_TENANT_DEFAULT_SECRET_KEY",
+                "FLOPS_TENANT_DEFAULT_FL_PASSWORD", "FLOPS_TENANT_ACME_ADMIN_PASSWORD", "FLOPS_TENANT_ACME_SECRET_KEY"]
+    values = {key: f"value-of-{key.lower()}" for key in expected}
     s = HostSettings(config=config, secrets=Secrets(config.secrets_file, {**values, "FLOPS_OTHER": "x"}),
                      mode="docker", init="start-stop-daemon", root="/srv/sandbox", install_packages=False,
                      service_user="flops-mlops", venv="/opt/flops-mlops/venv", manage_venv=False,
                      tracking_packages=())
-    text = render(TEMPLATES / "compose.env.j2", docker_host.env_data(s))
+    rendered = compose.render(config, Path("/srv/compose"), checkout=Path("/srv/compose"))
+    assert sorted(compose.secret_keys(rendered)) == sorted(expected)
+    text = render(TEMPLATES / "compose.env.j2", docker_host.env_data(s, rendered))
     for key, value in values.items():
         assert f"\n{key}={value}\n" in text, key
     assert "FLOPS_OTHER" not in text
+    # The images build on the host from the copies beside compose.yaml.
+    assert "      context: .\n" in rendered[0].text
+    del s.secrets.values["FLOPS_TENANT_ACME_FTP_PASSWORD"]
+    with pytest.raises(config_module.ConfigError, match="compose.yaml needs FLOPS_TENANT_ACME_FTP_PASSWORD"):
+        docker_host.env_data(s, rendered)

@@ -48,11 +48,10 @@ def __pinned(*names: str) -> list[str]:
 
 flops_tracking_packages = __pinned("mlflow", "Flask-WTF", "PyMySQL", "cryptography", "psutil")
 
-# docker mode: Docker's apt repository suite and packages, and what is copied to the host (paths relative to
-# the repository: compose.yaml, what its images build from and what it mounts; wheels are left out, so the
-# images install from the package index there).
+# docker mode: Docker's apt repository suite and packages; compose.yaml (with the backend store's init script)
+# is rendered from the configuration, the other compose files and what the images build from are copied (paths
+# relative to the repository; wheels are left out, so the images install from the package index there).
 flops_debian_suite = "bookworm"
 flops_docker_packages = ["docker-ce", "docker-ce-cli", "containerd.io", "docker-compose-plugin"]
 flops_compose_files = ["compose.yaml"]
-flops_compose_paths = [".dockerignore", "pyproject.toml", "README.md", "deploy/flops_mlops", "deploy/compose",
-                       "deploy/images"]
+flops_compose_paths = [".dockerignore", "pyproject.toml", "README.md", "deploy/flops_mlops", "deploy/images"]

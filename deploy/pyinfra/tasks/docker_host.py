@@ -1,22 +1,27 @@
 """The docker_host role (mode docker): Docker Engine with the Compose plugin, and the compose stack running.
 
-The compose files (host data ``flops_compose_files``) and what they build from or mount (``flops_compose_paths``),
-relative to the repository, are copied to ``<data>/compose``; its ``.env`` (mode 0600) holds the secrets compose.yaml
-reads (store passwords, the tracking server's admin password and secret key, the FL project user's password)
-from the secrets file and compose.yaml's knobs (ports, addresses) from the stack configuration; and
-``docker compose up -d --wait`` runs when something changed or a service is not running.
+The compose project is the render of the stack configuration (flops_mlops.compose, as `flops-mlops render
+--target compose`), for every tenant in it, written to ``<data>/compose``. What its images build from
+(host data ``flops_compose_paths``) and extra compose files such as an override (``flops_compose_files`` after
+the first, ``compose.yaml``), relative to the repository, are copied beside it. Its ``.env`` (mode 0600) holds
+exactly the secrets the rendered compose.yaml reads, from the secrets file; ports and addresses are the
+configuration's, in compose.yaml. ``docker compose up -d --wait`` runs when something changed or a service is
+not running.
 """
 
 from __future__ import annotations
 
+import io
 import shlex
+from pathlib import Path
 
 from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.facts.server import Command
 from pyinfra.operations import apt, files, server, systemd
 
-from flops_mlops import secrets as secret_keys
+from flops_mlops import compose as compose_project
+from flops_mlops.rendered import RenderedFile
 from flops_mlops.config import ConfigError
 
 from . import settings
@@ -24,15 +29,6 @@ from .settings import PYINFRA_DIR, TEMPLATES, TRIM, HostDataError
 
 REPOSITORY = PYINFRA_DIR.parent.parent
 DOCKER_APT = "https://download.docker.com/linux/debian"
-COMPOSE_TENANT = "default"  # compose.yaml's one tenant
-
-
-def compose_secret_keys() -> list[str]:
-    """The secrets compose.yaml reads from .env (``${KEY:?}``): store passwords, and the tracking server's admin
-    password and secret key and the FL project user's password (its login)."""
-    return [secret_keys.MYSQL_ADMIN_KEY, secret_keys.db_password_key(COMPOSE_TENANT),
-            secret_keys.ftp_password_key(COMPOSE_TENANT), secret_keys.admin_password_key(COMPOSE_TENANT),
-            secret_keys.secret_key_key(COMPOSE_TENANT), secret_keys.fl_password_key(COMPOSE_TENANT)]
 
 
 def compose_dir(s: settings.HostSettings) -> str:
@@ -46,8 +42,9 @@ def project(s: settings.HostSettings) -> str:
 
 def compose_files() -> list[str]:
     value = host.data.get("flops_compose_files") or []
-    if isinstance(value, str) or not value:
-        raise HostDataError(f"host {host.name}: flops_compose_files: expected a list of compose files, got {value!r}")
+    if isinstance(value, str) or not value or value[0] != compose_project.COMPOSE_FILE:
+        raise HostDataError(f"host {host.name}: flops_compose_files: expected a list of compose files that starts "
+                            f"with {compose_project.COMPOSE_FILE} (rendered from the configuration), got {value!r}")
     return list(value)
 
 
@@ -56,34 +53,16 @@ def compose(s: settings.HostSettings, *args: str) -> str:
     return shlex.join(["docker", "compose", "--project-directory", compose_dir(s), "-p", project(s), *files, *args])
 
 
-def env_data(s: settings.HostSettings) -> dict:
-    """compose.yaml's .env: the passwords, and its knobs (ports, addresses) from the stack configuration."""
-    config = s.config
-    if [t.id for t in config.tenants] != [COMPOSE_TENANT]:
-        raise ConfigError(f"{config.source}: tenants: compose.yaml runs one tenant, {COMPOSE_TENANT!r}; "
-                          f"docker mode needs exactly that tenant (as in configs/compose.yaml)")
-    store, tracking = config.artifact_store, config.tracking
-    knobs = {
-        # The stores are reached inside the compose network: publish them on loopback only, whatever
-        # address the UI gets.
-        "FLOPS_BIND_ADDRESS": "127.0.0.1",
-        "FLOPS_TRACKING_BIND_ADDRESS": tracking.host,
-        "FLOPS_TRACKING_PORT": config.tracking_port(config.tenants[0]),
-        "FLOPS_PUBLIC_HOST": tracking.public_host,
-        "FLOPS_ALLOWED_HOSTS": ",".join(tracking.allowed_hosts),
-        "FLOPS_TRACKING_WORKERS": tracking.workers,
-        "FLOPS_MYSQL_PORT": config.backend_store.port,
-        "FLOPS_FTP_PORT": store.port,
-        "FLOPS_FTP_PASV_MIN_PORT": store.passive_ports[0],
-        "FLOPS_FTP_PASV_MAX_PORT": store.passive_ports[1],
-        "FLOPS_FTP_PASV_ADDRESS": store.pasv_address,
-    }
-    missing = [key for key in compose_secret_keys() if not s.secrets.values.get(key)]
+def env_data(s: settings.HostSettings, rendered: list[RenderedFile]) -> dict:
+    """The .env of the rendered compose.yaml: the secrets it reads, and the stores published on loopback only
+    (the tracking servers reach them inside the compose network), whatever address the UI gets."""
+    keys = compose_project.secret_keys(rendered)
+    missing = [key for key in keys if not s.secrets.values.get(key)]
     if missing:
-        raise ConfigError(f"{s.secrets.path}: compose.yaml needs {', '.join(missing)} (docker mode runs MySQL; "
-                          f"use a configuration like configs/compose.yaml and `flops-mlops secrets init`)")
-    secrets = {key: s.secrets.values[key] for key in compose_secret_keys()}
-    return {"stack": config.name, "secrets": secrets, "knobs": {k: str(v) for k, v in knobs.items()}}
+        raise ConfigError(f"{s.secrets.path}: compose.yaml needs {', '.join(missing)} (run `flops-mlops secrets "
+                          f"init` with this configuration)")
+    return {"stack": s.config.name, "secrets": {key: s.secrets.values[key] for key in keys},
+            "knobs": {"FLOPS_BIND_ADDRESS": "127.0.0.1"}}
 
 
 @deploy("FLOps docker host (Docker Engine + Compose)")
@@ -104,8 +83,14 @@ def docker_host() -> None:
 
     target = compose_dir(s)
     files.directory(name="Compose folder", path=target, mode="755")
+    rendered = compose_project.render(s.config, Path(target), checkout=Path(target))
     copied = []
-    for relative in dict.fromkeys([*compose_files(), *(host.data.get("flops_compose_paths") or [])]):
+    for item in rendered:
+        if "/" in item.path:
+            files.directory(name=f"Folder of {item.path}", path=f"{target}/{item.path.rsplit('/', 1)[0]}", mode="755")
+        copied.append(files.put(name=f"Rendered {item.path}", src=io.StringIO(item.text),
+                                dest=f"{target}/{item.path}", mode=f"{item.mode:o}"))
+    for relative in dict.fromkeys([*compose_files()[1:], *(host.data.get("flops_compose_paths") or [])]):
         source = (REPOSITORY / relative).resolve()
         if REPOSITORY not in source.parents or not source.exists():
             raise HostDataError(f"host {host.name}: flops_compose_paths: {relative!r} is not a file or folder "
@@ -118,8 +103,9 @@ def docker_host() -> None:
             copied.append(files.put(name=f"Copy {relative}", src=str(source), dest=f"{target}/{relative}",
                                     mode="644"))
     copied.append(files.template(
-        name="Compose .env: passwords and ports (mode 0600)", src=str(TEMPLATES / "compose.env.j2"),
-        dest=f"{target}/.env", user="root", group="root", mode="600", jinja_env_kwargs=dict(TRIM), **env_data(s)))
+        name="Compose .env: the passwords compose.yaml reads (mode 0600)", src=str(TEMPLATES / "compose.env.j2"),
+        dest=f"{target}/.env", user="root", group="root", mode="600", jinja_env_kwargs=dict(TRIM),
+        **env_data(s, rendered)))
 
     def not_all_running() -> bool:
         wanted = host.get_fact(Command, compose(s, "config", "--services") + " | wc -l")
