@@ -347,6 +347,14 @@ class StackConfig(Model):
             _claim(ports, self.artifact_store.port, "artifact_store.port")
         if self.backend_store.kind == "mysql" and self.backend_store.managed:
             _claim(ports, self.backend_store.port, "backend_store.port")
+        low, high = self.artifact_store.passive_ports
+        taken = {port: what for port, what in ports.items() if low <= port <= high}
+        if low <= self.artifact_store.port <= high:
+            taken[self.artifact_store.port] = "the FTP control port (artifact_store.port)"
+        if taken:
+            port = min(taken)
+            raise Broken("artifact_store.passive_ports", f"[{low}, {high}] includes port {port}, used by "
+                                                         f"{taken[port]}; choose a range apart from the other ports")
         if "oakestra" in self.model_fields_set:
             oakestra_rules(self)
         return self
@@ -464,6 +472,25 @@ def oakestra_rules(config: StackConfig) -> None:
 # --- loading -------------------------------------------------------------------------------------
 
 
+class DuplicateKey(yaml.YAMLError):
+    pass
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key written twice in one mapping is an error (YAML lets the last one win
+    silently, so a typo could undo a setting without a word)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise DuplicateKey(f"key {key!r} appears twice in one mapping (lines {seen[key] + 1} and "
+                                   f"{key_node.start_mark.line + 1}); remove one")
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
 def load(path: str | Path) -> StackConfig:
     """Read and check a configuration file; raise ConfigError naming the file and key on any problem."""
     path = Path(path)
@@ -473,8 +500,13 @@ def load(path: str | Path) -> StackConfig:
         raise ConfigError(f"{path}: configuration file not found") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.object[exc.start:exc.start + 1]!r})") \
+            from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
+    except DuplicateKey as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""

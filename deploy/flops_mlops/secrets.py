@@ -94,7 +94,12 @@ def new_password() -> str:
 def read_env(path: Path) -> dict[str, str]:
     """Parse KEY=VALUE lines; '#' starts a comment line; surrounding quotes are removed."""
     values: dict[str, str] = {}
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); the secrets file holds KEY=VALUE lines "
+                          "written by `flops-mlops secrets init`") from None
+    for number, line in enumerate(text.splitlines(), start=1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue

@@ -51,7 +51,14 @@ def _no_dot_parts(value: str) -> str:
 
 
 def _allowed_host(value: str) -> str:
-    if problem(Host, value.split(":")[0].replace("*", "a")) is not None:
+    """HOST, HOST:PORT or HOST:*; HOST may start with '*.' to match the subdomains of a domain of two or more
+    labels. MLflow matches the Host header with fnmatch, so '*' anywhere else (alone, '10.0.*') opens it to any
+    host, and the DNS-rebinding protection the check exists for is gone."""
+    host, _, port = value.partition(":")
+    if port and port != "*" and not (port.isdigit() and 1 <= int(port) <= 65535):
+        raise ValueError("port")
+    name = host[2:] if host.startswith("*.") else host
+    if "*" in name or problem(Host, name) is not None or (host.startswith("*.") and "." not in name):
         raise ValueError("not a host")
     return value
 
@@ -91,7 +98,9 @@ Host = Annotated[StrictStr, Field(pattern=r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-
 Port = Annotated[StrictInt, Field(ge=1, le=65535), explained("expected a TCP port 1-65535, got {value!r}")]
 # A Host header value MLflow accepts (--allowed-hosts): a host name, optionally with :port, '*' as a wildcard.
 AllowedHost = Annotated[StrictStr, AfterValidator(_allowed_host),
-                        explained("expected a host name or IP address, got {value!r}")]
+                        explained("expected a host name or IP address, optionally with :port or :*, where a "
+                                  "leading '*.' matches the subdomains of a domain such as '*.example.org' "
+                                  "('*' elsewhere would let any Host header in), got {value!r}")]
 AccountName = Annotated[StrictStr, Field(pattern=r"^[a-z_][a-z0-9_-]{0,31}$"),
                         explained("{value!r} is not a valid account name")]
 # An account a service runs as: never root.

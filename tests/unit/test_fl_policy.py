@@ -139,6 +139,8 @@ def test_learner_code_does_not_import_mlflow():
     (["--tenant", "acme", "--project", "demo", "--learners", "73"], "--learners: 73 learners would get too few"),
     (["--tenant", "acme", "--project", "demo", "--timeout", "inf"], "FLOPS_TIMEOUT/--timeout: expected seconds"),
     (["--tenant", "acme", "--project", "demo", "--timeout", "nan"], "FLOPS_TIMEOUT/--timeout: expected seconds"),
+    (["--tenant", "acme", "--project", "demo", "--seed", "-1"], "FLOPS_SEED/--seed: expected 0-4294967295 (a seed of the data generator), got -1"),
+    (["--tenant", "acme", "--project", "demo", "--seed", str(2**32)], "FLOPS_SEED/--seed: expected 0-4294967295"),
 ])
 def test_round_rejects_bad_input_before_starting_anything(args, message):
     done = run_cli("round", *args, config=ROOT / "configs" / "local.yaml")

@@ -113,3 +113,16 @@ def test_project_password_keys_refuse_names_that_are_not_projects():
     assert secrets.project_password_key("mnist") == "FLOPS_PROJECT_MNIST_PASSWORD"
     with pytest.raises(ConfigError, match="'a-b' is not a valid project name"):
         secrets.project_password_key("a-b")
+
+
+def test_a_secrets_file_that_is_not_utf8_exits_2_naming_it_and_stays_as_it_was(tmp_path):
+    from conftest import run_cli
+
+    config_path = make_config(tmp_path).source
+    bad = b"FLOPS_TENANT_ACME_FTP_PASSWORD=caf\xe9\n"
+    env_file = tmp_path / ".env"
+    env_file.write_bytes(bad)
+    result = run_cli("secrets", "init", config=config_path)
+    assert result.returncode == 2, result.stderr
+    assert f"{env_file}: not UTF-8 text (byte 34)" in result.stderr and "Traceback" not in result.stderr
+    assert env_file.read_bytes() == bad

@@ -38,6 +38,7 @@ from ..values import PROJECT_RULE, Host, Port, ProjectName, problem
 # training examples each (checked by a unit test); a longer run than a day is a mistake.
 MAX_LEARNERS = 72
 MAX_TIMEOUT = 86400.0
+MAX_SEED = 2**32 - 1  # scikit-learn's and NumPy's seeds are unsigned 32-bit
 
 # Flower and MLflow report telemetry and look for updates by default; FL processes never do (no internet at
 # the edge, and nothing about a project leaves it). Defaults only: an explicit setting wins.
@@ -117,6 +118,9 @@ class FLSettings:
             if getattr(self, name) < low:
                 raise SettingsError(f"FLOPS_{name.upper()}/--{name.replace('_', '-')}: expected at least {low}, "
                                     f"got {getattr(self, name)}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise SettingsError(f"FLOPS_SEED/--seed: expected 0-{MAX_SEED} (a seed of the data generator), "
+                                f"got {self.seed}")
         if self.learners > MAX_LEARNERS:
             raise SettingsError(f"FLOPS_LEARNERS/--learners: {self.learners} learners would get too few examples "
                                 f"each from the synthetic data set (at most {MAX_LEARNERS})")
