@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 from . import config as config_module
@@ -45,11 +46,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     up = commands.add_parser("up", help="start the stores and one tracking server per tenant",
                              description="Start the stack and wait until every tracking server answers /health. "
-                                         "Without --detach it runs in the foreground; Ctrl-C stops everything.")
+                                         "Without --detach it runs in the foreground; Ctrl-C stops everything. "
+                                         "On a stack that is partly running (a service crashed or was killed), "
+                                         "start only what is down and leave the rest running.")
     up.add_argument("--detach", action="store_true", help="return once healthy and leave the stack running")
     up.set_defaults(handler=cmd_up)
 
-    status = commands.add_parser("status", help="show which services are up, and each tenant's URIs")
+    restart = commands.add_parser("restart", help="restart one tenant's tracking server (the rest keeps running)",
+                                  description="Stop the tenant's tracking server, start it again (schema upgrade "
+                                              "first) and wait until it answers /health. No other service or "
+                                              "tenant is touched.")
+    restart.add_argument("--tenant", required=True, help="tenant id")
+    restart.set_defaults(handler=cmd_restart)
+
+    status = commands.add_parser("status", help="show which services are up or down, since when, and each tenant's "
+                                                "URIs")
     status.add_argument("--json", action="store_true", help="print machine-readable JSON (passwords masked)")
     status.set_defaults(handler=cmd_status)
 
@@ -117,10 +128,13 @@ def cmd_secrets_init(args: argparse.Namespace) -> int:
 def cmd_up(args: argparse.Namespace) -> int:
     config = load_config(args)
     stack = Stack(config)
-    started = stack.up()
+    outcome = stack.up()
     print_endpoints(config)
-    if not started:
+    if outcome == "running":
         return 0  # someone else's stack (for example `up --detach`): not ours to supervise or stop
+    if outcome == "healed":
+        print(f"stack {config.name} runs again; the services started now run detached like the others")
+        return 0
     if args.detach:
         print(f"stack {config.name} is up; stop it with: flops-mlops --config {args.config} down")
         return 0
@@ -142,13 +156,32 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 0
     print(f"stack {report['stack']} (state in {report['state_dir']})")
     for service in report["services"]:
-        state = f"up (pid {service['pid']})" if service["running"] else "down"
-        print(f"  {service['name']:<22} {service['kind']:<9} {service['address']:<22} {state}")
+        print(f"  {service['name']:<22} {service['kind']:<9} {service['address']:<22} {describe_state(service)}")
     for tenant in report["tenants"]:
         health = "healthy" if tenant["healthy"] else "not answering"
         print(f"  tenant {tenant['id']}: {tenant['tracking_uri']} ({health})")
         print(f"    backend store:  {tenant['backend_store']}")
         print(f"    artifacts:      {tenant['artifact_destination']}")
+    return 0
+
+
+def describe_state(service: dict) -> str:
+    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(service["since"])) if service["since"] else None
+    if service["state"] == "running":
+        return f"up since {since} (pid {service['pid']})"
+    if service["state"] == "down":
+        return (f"DOWN: exited on its own; last sign of life {since} (see {service['log']}); "
+                "`up` starts it again")
+    if service["state"] == "stopped":
+        return f"stopped since {since}"
+    return "never started"
+
+
+def cmd_restart(args: argparse.Namespace) -> int:
+    config = load_config(args)
+    Stack(config).restart(args.tenant)
+    tenant = config.tenant(args.tenant)
+    print(f"tenant {tenant.id}: tracking server restarted, {config.tracking_uri(tenant)}")
     return 0
 
 

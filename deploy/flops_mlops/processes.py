@@ -54,14 +54,36 @@ class ManagedProcess:
                 argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True, **as_account(account),
             )
-        record = {"pid": proc.pid, "start_ticks": start_ticks(proc.pid), "argv0": argv[0]}
+        record = {"pid": proc.pid, "start_ticks": start_ticks(proc.pid), "argv0": argv[0], "started_at": time.time()}
         write_private(self.pid_file, json.dumps(record) + "\n")
         return proc.pid
+
+    def _record(self) -> dict:
+        try:
+            return json.loads(self.pid_file.read_text(encoding="utf-8"))
+        except (FileNotFoundError, ValueError):
+            return {}
+
+    def condition(self) -> tuple[str, float | None]:
+        """(state, since): ``running`` since its start; ``stopped`` by `down` or `restart`, since then;
+        ``down``: it exited on its own (crashed, killed), since its last sign of life (the last write to its
+        log: it died then or a little later); ``never started``."""
+        record = self._record()
+        if self.recorded() is not None:
+            return "running", record.get("started_at")
+        if "stopped_at" in record:
+            return "stopped", record["stopped_at"]
+        if "pid" in record:
+            times = [record.get("started_at") or 0.0]
+            if self.log_file.exists():
+                times.append(self.log_file.stat().st_mtime)
+            return "down", max(times) or None
+        return "never started", None
 
     def recorded(self) -> psutil.Process | None:
         """The process we started, if it is still alive (a reused pid does not count)."""
         try:
-            record = json.loads(self.pid_file.read_text(encoding="utf-8"))
+            record = self._record()
             if start_ticks(record["pid"]) != record["start_ticks"]:
                 return None
             proc = psutil.Process(record["pid"])
@@ -76,7 +98,8 @@ class ManagedProcess:
         """Stop the process group we started: SIGTERM, then SIGKILL after ``timeout``. True if it was running."""
         proc = self.recorded()
         if proc is None:
-            self.pid_file.unlink(missing_ok=True)
+            if self.pid_file.exists():
+                self._mark_stopped()
             return False
         group = [proc, *proc.children(recursive=True)]
         signal_group(proc.pid, signal.SIGTERM)
@@ -89,8 +112,12 @@ class ManagedProcess:
                 except psutil.Error:
                     pass
             psutil.wait_procs(alive, timeout=5)
-        self.pid_file.unlink(missing_ok=True)
+        self._mark_stopped()
         return True
+
+    def _mark_stopped(self) -> None:
+        """Keep when it was stopped (for `status`) instead of the pid, which is no longer ours."""
+        write_private(self.pid_file, json.dumps({"stopped_at": time.time()}) + "\n")
 
     def log_tail(self, lines: int = 20) -> str:
         try:

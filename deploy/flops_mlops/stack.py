@@ -3,6 +3,8 @@
 Order on `up`: check everything that can be checked before starting anything (binaries, secrets, free
 ports), then backend store, tenant provisioning, artifact store, schema upgrades, tracking servers.
 If any step fails, whatever this call started is stopped again, so nothing is left half-started.
+On a stack that is partly running, `up` starts only the services that are down and leaves the others alone;
+`restart` stops and starts one tenant's tracking server.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from .tracking_server import (TrackingServer, artifacts_destination, backend_sto
                               service_account)
 
 Progress = Callable[[str], None]
+BACKEND, ARTIFACTS = "backend-store", "artifact-store"  # the stores' service names
 
 
 def _stderr(message: str) -> None:
@@ -57,12 +60,10 @@ class Stack:
         found = []
         b = c.backend_store
         if b.kind == "mysql" and b.managed:
-            found.append(Service("backend-store", "mysql", f"{b.host}:{b.port}",
-                                 ManagedProcess("backend-store", state)))
+            found.append(Service(BACKEND, "mysql", f"{b.host}:{b.port}", ManagedProcess(BACKEND, state)))
         a = c.artifact_store
         if a.managed:
-            found.append(Service("artifact-store", a.kind, f"{a.host}:{a.port}",
-                                 ManagedProcess("artifact-store", state)))
+            found.append(Service(ARTIFACTS, a.kind, f"{a.host}:{a.port}", ManagedProcess(ARTIFACTS, state)))
         for tracker in self.trackers:
             found.append(Service(tracker.process.name, "mlflow", tracker.local_uri.removeprefix("http://"),
                                  tracker.process))
@@ -70,54 +71,81 @@ class Stack:
 
     # --- up ---
 
-    def up(self) -> bool:
-        """Start the stack; False if it was already running (then nothing was started)."""
-        running = [s.name for s in self.services() if s.process.is_running()]
-        if running and len(running) == len(self.services()):
+    def up(self) -> str:
+        """Start what is not running: everything ("started"), only the services that are down, the others left
+        untouched ("healed"), or nothing ("running")."""
+        services = self.services()
+        running = {s.name for s in services if s.process.is_running()}
+        if len(running) == len(services):
             self.progress(f"stack {self.config.name} is already running")
-            return False
+            return "running"
+        down = [s.name for s in services if s.name not in running]
         if running:
-            raise StackError(f"stack {self.config.name} is partly running ({', '.join(running)}); "
-                             f"run `flops-mlops --config {self.config.source} down` first")
-        secrets, account = self.preflight()
+            self.progress(f"stack {self.config.name}: starting {', '.join(down)}; leaving {', '.join(sorted(running))} "
+                          "running")
+        secrets, account = self.preflight(running)
         # Closed to others; as root, service accounts (vsftpd's, the tracking servers') pass through to their
         # own folders (0711: they may enter, not list).
         private_dir(self.config.state_dir, 0o711 if os.geteuid() == 0 else 0o700)
         started: list[Callable[[], bool]] = []
         try:
-            self._start_stores(secrets, started)
-            for tracker in self.trackers:
-                self.progress(f"tracking server {tracker.tenant.id}: upgrading schema, starting on "
-                              f"{tracker.local_uri}" + (f" as {account.pw_name}" if account else ""))
-                started.append(tracker.stop)
-                tracker.start(secrets, account)
-            for tracker in self.trackers:
+            self._start_stores(secrets, started, running)
+            trackers = [t for t in self.trackers if t.process.name not in running]
+            for tracker in trackers:
+                self._start_tracker(tracker, secrets, account, started)
+            for tracker in trackers:
                 began = time.monotonic()
                 tracker.wait_healthy()
                 self.progress(f"tracking server {tracker.tenant.id}: healthy ({time.monotonic() - began:.0f} s)")
-            return True
+            return "healed" if running else "started"
         except BaseException:
-            self.progress("start failed; stopping what was started")
+            self.progress("start failed; stopping what this call started")
             for stop in reversed(started):
                 stop()
             raise
 
-    def preflight(self) -> tuple[Secrets, pwd.struct_passwd | None]:
-        """Everything that can fail before a process starts: secrets, accounts, binaries, ports."""
+    def _start_tracker(self, tracker: TrackingServer, secrets: Secrets, account: pwd.struct_passwd | None,
+                       started: list[Callable[[], bool]]) -> None:
+        self.progress(f"tracking server {tracker.tenant.id}: upgrading schema, starting on "
+                      f"{tracker.local_uri}" + (f" as {account.pw_name}" if account else ""))
+        started.append(tracker.stop)
+        tracker.start(secrets, account)
+
+    def restart(self, tenant_id: str) -> None:
+        """Stop one tenant's tracking server and start it again; every other service is left alone."""
+        tracker = next(t for t in self.trackers if t.tenant.id == self.config.tenant(tenant_id).id)
+        others = {s.name for s in self.services() if s.name != tracker.process.name and s.process.is_running()}
+        if tracker.stop():
+            self.progress(f"tracking server {tenant_id}: stopped")
+        secrets, account = self.preflight(others)
+        started: list[Callable[[], bool]] = []
+        self._start_tracker(tracker, secrets, account, started)
+        try:
+            began = time.monotonic()
+            tracker.wait_healthy()
+        except BaseException:
+            tracker.stop()
+            raise
+        self.progress(f"tracking server {tenant_id}: healthy ({time.monotonic() - began:.0f} s)")
+
+    def preflight(self, running: set[str] = frozenset()) -> tuple[Secrets, pwd.struct_passwd | None]:
+        """Everything that can fail before a process starts: secrets, accounts, binaries, ports (except those
+        of the services in ``running``, which hold their own ports)."""
         c = self.config
         secrets = Secrets.load(c)
         account = service_account(c)
-        if c.backend_store.kind == "mysql" and c.backend_store.managed:
+        if c.backend_store.kind == "mysql" and c.backend_store.managed and BACKEND not in running:
             mysql.ManagedMySQL(c, secrets).check_binaries()
-        if c.artifact_store.managed and c.artifact_store.kind == "vsftpd":
+        if c.artifact_store.managed and c.artifact_store.kind == "vsftpd" and ARTIFACTS not in running:
             ManagedVsftpd(c, secrets).check_binaries()
-        wanted = [(c.tracking.host, c.tracking_port(t), f"tracking server of tenant {t.id}") for t in c.tenants]
-        if c.artifact_store.managed:
+        wanted = [(c.tracking.host, c.tracking_port(t.tenant), f"tracking server of tenant {t.tenant.id}")
+                  for t in self.trackers if t.process.name not in running]
+        if c.artifact_store.managed and ARTIFACTS not in running:
             a = c.artifact_store
             wanted.append((a.host, a.port, "artifact_store.port"))
             wanted += [(a.host, p, "artifact_store.passive_ports")
                        for p in range(a.passive_ports[0], a.passive_ports[1] + 1)]
-        if c.backend_store.kind == "mysql" and c.backend_store.managed:
+        if c.backend_store.kind == "mysql" and c.backend_store.managed and BACKEND not in running:
             wanted.append((c.backend_store.host, c.backend_store.port, "backend_store.port"))
         for host, port, what in wanted:
             if not port_is_free(host, port):
@@ -125,10 +153,13 @@ class Stack:
                                   "stop what uses it or choose another port")
         return secrets, account
 
-    def _start_stores(self, secrets: Secrets, started: list[Callable[[], bool]]) -> None:
+    def _start_stores(self, secrets: Secrets, started: list[Callable[[], bool]], running: set[str]) -> None:
+        """The stores that are not ``running``; then every tenant's database and user (idempotent)."""
         c = self.config
         if c.backend_store.kind == "mysql":
-            if c.backend_store.managed:
+            if c.backend_store.managed and BACKEND in running:
+                admin = mysql.ManagedMySQL(c, secrets).admin
+            elif c.backend_store.managed:
                 server = mysql.ManagedMySQL(c, secrets)
                 self.progress(f"backend store: starting MySQL/MariaDB on {c.backend_store.host}:{c.backend_store.port}")
                 started.append(server.stop)  # before start: a server that never gets ready is stopped too
@@ -139,7 +170,7 @@ class Stack:
                                               c.backend_store.admin_user, secrets.mysql_admin_password)
             self.progress(f"backend store: provisioning {len(c.tenants)} tenant database(s)")
             mysql.provision_tenants(admin, c, secrets)
-        if c.artifact_store.managed:
+        if c.artifact_store.managed and ARTIFACTS not in running:
             a = c.artifact_store
             self.progress(f"artifact store: starting {a.kind} FTP on {a.host}:{a.port}")
             if a.kind == "vsftpd":
@@ -151,7 +182,7 @@ class Stack:
 
     def _start_embedded_ftp(self, started: list[Callable[[], bool]]) -> None:
         a = self.config.artifact_store
-        process = ManagedProcess("artifact-store", self.config.state_dir)
+        process = ManagedProcess(ARTIFACTS, self.config.state_dir)
         process.start([sys.executable, "-m", "flops_mlops.stores.embedded_ftp", str(self.config.source)],
                       env=_child_env())
         started.append(process.stop)
@@ -200,10 +231,13 @@ class Stack:
             secrets = Secrets.load(c)
         except ConfigError:
             secrets = Secrets(c.secrets_file, {key: "unknown" for key in required_keys(c)})
-        services = [{
-            "name": s.name, "kind": s.kind, "address": s.address, "running": s.process.is_running(),
-            "pid": (proc.pid if (proc := s.process.recorded()) else None), "log": str(s.process.log_file),
-        } for s in self.services()]
+        services = []
+        for s in self.services():
+            state, since = s.process.condition()
+            services.append({
+                "name": s.name, "kind": s.kind, "address": s.address, "running": state == "running",
+                "state": state, "since": since, "pid": (proc.pid if (proc := s.process.recorded()) else None),
+                "log": str(s.process.log_file)})
         tenants = []
         for tracker in self.trackers:
             t = tracker.tenant

@@ -23,7 +23,9 @@ def test_recorded_process_is_recognised_and_stopped_with_its_children(tmp_path):
     assert len(group) == 2
     assert process.stop(timeout=10)
     assert not [p for p in group if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-    assert not process.pid_file.exists()
+    # The pid is forgotten (no longer ours); when it was stopped is kept, for `status`.
+    assert json.loads(process.pid_file.read_text()).keys() == {"stopped_at"}
+    assert process.condition()[0] == "stopped"
     assert process.stop() is False  # nothing left to stop
 
 
