@@ -4,7 +4,7 @@ compose.yaml passes only plain settings and the tenant's passwords by environmen
 store URIs from them with the same code as the native stack (tracking_server.server_env/server_argv), so the
 passwords reach MLflow only through MLFLOW_BACKEND_STORE_URI / MLFLOW_ARTIFACTS_DESTINATION and never appear
 in a command line. It upgrades the schema (`mlflow db upgrade`, run in-process from the environment), then
-replaces itself with `mlflow server --serve-artifacts`.
+replaces itself with the tracking server: one process (tracking_runner.py, as natively), serving artifacts.
 
 Environment (defaults in brackets):
   FLOPS_TENANT [default]             tenant id; names the database, database user and FTP user
@@ -21,8 +21,8 @@ Environment (defaults in brackets):
   FLOPS_PUBLIC_HOST [127.0.0.1]      host name users put in the UI URL
   FLOPS_PUBLIC_PORT [5000]           port published on the host (accepted in the Host header)
   FLOPS_ALLOWED_HOSTS []             extra Host header values, comma-separated (--allowed-hosts)
-  FLOPS_WORKERS [1]                  uvicorn workers
-Arguments after `tracking-server` are appended to `mlflow server`.
+  FLOPS_WORKERS [1]                  uvicorn workers (1: the server is one process)
+Arguments after `tracking-server` are appended to the runner's (`python -m flops_mlops.tracking_runner --help`).
 
 `python -m flops_mlops.container healthcheck` (compose.yaml's healthcheck, same environment): healthy (exit 0)
 when the server, logged in as admin with FLOPS_ADMIN_PASSWORD, reads the default experiment (so its database
@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     if args and args[0] == "healthcheck":
         return healthcheck(dict(os.environ))
     if not args or args[0] != "tracking-server":
-        print("usage: python -m flops_mlops.container tracking-server [mlflow server arguments...]",
+        print("usage: python -m flops_mlops.container tracking-server [tracking_runner arguments...]",
               file=sys.stderr)
         return 2
     return run_tracking_server(args[1:])

@@ -1,9 +1,9 @@
 """The tracking server's web app: MLflow's basic-auth app, with our two guards around it.
 
-`mlflow server --app-name flops-basic-auth` (see tracking_server.server_argv) loads ``create_app`` from the
-``mlflow.app`` entry point group in its uvicorn worker. It returns MLflow's own basic-auth app
-(``mlflow.server.auth``: users, passwords and permissions in the tenant's auth database), configured from
-the environment, and adds:
+The tracking server's process builds it (tracking_runner.py; or `mlflow server --app-name flops-basic-auth`,
+which loads ``create_app`` from the ``mlflow.app`` entry point group in its uvicorn worker). It returns MLflow's
+own basic-auth app (``mlflow.server.auth``: users, passwords and permissions in the tenant's auth database),
+configured from the environment, and adds:
 
 - **No secret leaves the process.** Every store password and key this server holds is replaced by ``***`` in
   HTTP error answers (MLflow's FTP repository puts its whole URI, password included, into a 500) and in every
@@ -38,7 +38,7 @@ from urllib.parse import unquote, urlsplit
 from .secrets import redact
 
 ADMIN_USERNAME = "admin"
-# Which environment variables hold secrets in the worker (the `mlflow server` CLI renames the store URIs).
+# Which environment variables hold secrets in the server (the store URIs also under MLflow's internal names).
 SECRET_VARIABLES = ("MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY")
 URI_VARIABLES = ("MLFLOW_BACKEND_STORE_URI", "_MLFLOW_SERVER_FILE_STORE", "MLFLOW_ARTIFACTS_DESTINATION",
                  "_MLFLOW_SERVER_ARTIFACT_DESTINATION", "MLFLOW_REGISTRY_STORE_URI", "_MLFLOW_SERVER_REGISTRY_STORE")
@@ -283,7 +283,7 @@ def write_auth_config(database: Path) -> Path:
 
 
 def create_app():
-    """The `flops-basic-auth` app factory (uvicorn worker): login, then our guards, then MLflow."""
+    """The `flops-basic-auth` app factory (in the server's process): login, then our guards, then MLflow."""
     os.umask(0o077)  # everything this server creates (auth database, temporary files) is private
     clean = make_redactor(secrets_from_environment(dict(os.environ)))
     redact_process_output(clean)

@@ -6,6 +6,7 @@ to the tenant's FTP folder; there is no --default-artifact-root, so clients neve
 Every server asks for a login: it runs MLflow's basic-auth app with our guards (tracking_app.py, app name
 flops-basic-auth), with the tenant's admin password and secret key from the secrets file, and its users in a
 SQLite auth database (MLflow's auth migrations fail on MySQL and MariaDB: two foreign keys share one name).
+A server is one process (tracking_runner.py, no `mlflow server` parent), started after the schema upgrade.
 
 Under `flops-mlops up` a server never runs as root: started as root, it runs as tracking.os_user. Its private
 files (SQLite metadata and auth databases) live in ``<state_dir>/tenants/<tenant>/``, mode 0700.
@@ -85,14 +86,37 @@ def server_env(config: StackConfig, tenant: Tenant, secrets: Secrets, auth_db: P
     return env
 
 
-def server_argv(config: StackConfig, tenant: Tenant) -> list[str]:
+RUNNER = "flops_mlops.tracking_runner"  # one process per server (tracking_runner.py)
+
+
+def allowed_hosts(config: StackConfig, tenant: Tenant) -> list[str]:
+    """Host header values the server accepts: loopback and the public host, with and without its port."""
     t = config.tracking
     port = config.tracking_port(tenant)
     allowed = ["localhost", f"localhost:{port}", "127.0.0.1", f"127.0.0.1:{port}", t.public_host,
                f"{t.public_host}:{port}", *t.allowed_hosts]
-    return [sys.executable, "-m", "mlflow", "server", "--host", t.host, "--port", str(port),
+    return list(dict.fromkeys(allowed))
+
+
+def server_argv(config: StackConfig, tenant: Tenant) -> list[str]:
+    """The server's command line (no secret in it): our single-process runner.
+
+    With tracking.job_execution on it is `mlflow server` instead (mlflow_server_argv): only MLflow's CLI starts
+    and supervises the job runner's processes.
+    """
+    if config.tracking.job_execution:
+        return mlflow_server_argv(config, tenant)
+    t = config.tracking
+    return [sys.executable, "-m", RUNNER, "--host", t.host, "--port", str(config.tracking_port(tenant)),
+            "--workers", str(t.workers), "--allowed-hosts", ",".join(allowed_hosts(config, tenant))]
+
+
+def mlflow_server_argv(config: StackConfig, tenant: Tenant) -> list[str]:
+    """MLflow's own `mlflow server` with our login app: a CLI process that supervises its uvicorn child."""
+    t = config.tracking
+    return [sys.executable, "-m", "mlflow", "server", "--host", t.host, "--port", str(config.tracking_port(tenant)),
             "--serve-artifacts", "--app-name", APP_NAME, "--workers", str(t.workers),
-            "--allowed-hosts", ",".join(dict.fromkeys(allowed))]
+            "--allowed-hosts", ",".join(allowed_hosts(config, tenant))]
 
 
 def upgrade_schema(process: ManagedProcess, env: dict[str, str], account: pwd.struct_passwd | None = None) -> None:

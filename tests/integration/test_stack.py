@@ -165,3 +165,35 @@ def test_up_creates_a_state_dir_that_does_not_exist_yet(make_stack, tmp_path):
         import shutil
 
         shutil.rmtree(outer, ignore_errors=True)
+
+
+@pytest.mark.parametrize("kind", ["local", "native"])
+def test_a_tracking_server_is_one_process_without_secrets_in_its_arguments(make_stack, kind):
+    """No `mlflow server` parent and no uvicorn child: the recorded pid serves, alone, and stops on SIGTERM."""
+    from flops_mlops.processes import ManagedProcess
+
+    stack = make_stack(kind, tenants=["acme"])
+    stack.up()
+    config, secrets = stack.load(), stack.secrets()
+    acme = config.tenant("acme")
+    server = ManagedProcess("tracking-acme", config.state_dir)
+    proc = server.recorded()
+    assert proc is not None
+    assert proc.children(recursive=True) == []
+    assert proc.cmdline()[1:3] == ["-m", "flops_mlops.tracking_runner"]
+    assert not any(p in " ".join(proc.cmdline()) for p in secrets.values.values())
+
+    # That one process does all of it: login, metadata, a model through the artifact proxy and back.
+    uri = config.tracking_uri(acme)
+    with logged_in(None), pytest.raises(mlflow.exceptions.MlflowException, match="401|authenticat"):
+        mlflow.MlflowClient(uri).search_experiments()
+    logged = log_example(uri, experiment="one-process", login=stack.admin())
+    assert list(load_and_predict(uri, logged.model_uri, login=stack.admin())) == [1, 0]
+    assert proc.children(recursive=True) == []
+    # What MLflow imports only when installed, and a server never uses, stayed out of it.
+    maps = Path(f"/proc/{proc.pid}/maps").read_text()
+    assert "/scipy/" not in maps and "/pyarrow/" not in maps
+
+    stack.down()
+    assert not psutil.pid_exists(proc.pid) or proc.status() == psutil.STATUS_ZOMBIE
+    assert "Finished server process" in server.log_file.read_text(errors="replace")  # stopped gracefully

@@ -24,11 +24,12 @@ def test_uris_come_from_the_environment_and_stay_out_of_the_command_line():
     # The only setting of ours MLflow's worker gets is where its auth database is; no password under our names.
     assert {key for key in env if key.startswith("FLOPS_")} == {"FLOPS_AUTH_DB"}
     assert env["FLOPS_AUTH_DB"] == "/srv/mlflow/auth/auth.db"
-    assert argv[argv.index("--app-name") + 1] == "flops-basic-auth"
+    # The container runs the same single-process runner as the native stack.
+    assert argv[1:3] == ["-m", "flops_mlops.tracking_runner"]
     assert not any("secret" in arg for arg in argv)
     allowed = argv[argv.index("--allowed-hosts") + 1].split(",")
     assert {"127.0.0.1:15500", "localhost:15500", "tracking-server:5000"} <= set(allowed)
-    assert argv[argv.index("--port") + 1] == "5000" and "--serve-artifacts" in argv
+    assert argv[argv.index("--port") + 1] == "5000" and argv[argv.index("--host") + 1] == "0.0.0.0"
 
 
 @pytest.mark.parametrize("override, message", [

@@ -132,7 +132,9 @@ def test_tracking_environment_holds_the_login_settings_and_nothing_from_this_mac
     assert env["HOME"] == "/var/lib/flops-mlops/golden/tracking/acme"
     assert "FLOPS_SOMETHING_LOCAL" not in env and "PATH" not in env
     svc = tracking_server.service(s, s.config.tenants[0])
-    assert svc.user == "flops-mlops" and "--app-name flops-basic-auth" in " ".join(svc.argv)
+    # The venv's Python runs our single-process runner (MLflow's app with our login), as flops-mlops up does.
+    assert svc.user == "flops-mlops" and svc.argv[:3] == ["/opt/flops-mlops/venv/bin/python", "-m",
+                                                          "flops_mlops.tracking_runner"]
 
 
 def test_sandbox_schema_upgrade_and_server_run_as_the_service_account(tmp_path):
