@@ -168,6 +168,8 @@ def context(config: StackConfig) -> dict[str, Any]:
         "ftp_passive_ports": o.ftp_passive_ports,
         "tracking_port": o.tracking_port,
         "tracking_workers": config.tracking.workers,
+        "ftp_connect_timeout": config.artifact_store.connect_timeout,
+        "ftp_data_timeout": config.artifact_store.data_timeout,
         "tracking_public_host": config.tracking.public_host,
         "tracking_allowed_hosts": config.tracking.allowed_hosts,
         "aggregator_port": o.aggregator_port,

@@ -33,7 +33,7 @@ REPOSITORY = PYINFRA_DIR.parent.parent
 PACKAGE_FILES = ("pyproject.toml", "README.md", "deploy/images/constraints.txt")
 
 # What the environment file takes from flops_mlops.tracking_server.server_env (the rest is this machine's).
-ENV_KEYS = ("FLOPS_AUTH_DB", "DO_NOT_TRACK")
+ENV_KEYS = ("FLOPS_AUTH_DB", "DO_NOT_TRACK", "FLOPS_FTP_CONNECT_TIMEOUT", "FLOPS_FTP_DATA_TIMEOUT")
 
 
 def workdir(s: HostSettings, tenant: Tenant) -> str:
