@@ -307,7 +307,7 @@ def test_a_hung_store_fails_artifact_requests_in_time_and_nothing_else(make_stac
     assert search.status_code == 200 and "hung" in [e["name"] for e in search.json()["experiments"]]
     assert answer, "the artifact request did not end"
     assert answered < answer["done"]  # they answered while the artifact request was still waiting
-    assert answer["status"] in (500, 503, 504)
+    assert answer["status"] == 503  # TEMPORARILY_UNAVAILABLE
     assert answer["seconds"] < timeout + 10
     assert f"no answer within {timeout} s (artifact_store.connect_timeout)" in answer["body"]
     assert secrets.ftp_password("acme") not in answer["body"]
