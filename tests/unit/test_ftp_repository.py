@@ -59,3 +59,22 @@ def test_the_servers_environment_carries_the_configured_timeouts_and_tls():
     assert artifacts_destination(config, config.tenant("acme"), secrets).startswith("ftp://")
     tls = config.model_copy(update={"artifact_store": config.artifact_store.model_copy(update={"tls": True})})
     assert artifacts_destination(tls, tls.tenant("acme"), secrets).startswith("ftps://flops_acme:pw@")
+
+
+@pytest.mark.parametrize("name, check", [("compose.yaml", "flops_mlops.compose:check"),
+                                         ("oakestra.yaml", "flops_mlops.oakestra.sla:check")])
+def test_targets_without_ftps_refuse_tls(name, check):
+    """FTPS is for `flops-mlops up`: compose and Oakestra run plain-FTP stores, and say so instead of ignoring it."""
+    import importlib
+    from pathlib import Path
+
+    from flops_mlops import config as config_module
+    from flops_mlops.config import ConfigError
+
+    config = config_module.load(Path(__file__).resolve().parents[2] / "configs" / name)
+    store = config.artifact_store.model_copy(update={"kind": "vsftpd", "tls": True})
+    tls = config.model_copy(update={"artifact_store": store}).located(config.source)
+    module, function = check.split(":")
+    getattr(importlib.import_module(module), function)(config)  # as shipped: accepted
+    with pytest.raises(ConfigError, match="artifact_store.tls: FTPS is for `flops-mlops up`.*got true"):
+        getattr(importlib.import_module(module), function)(tls)

@@ -96,6 +96,9 @@ def check(config: StackConfig) -> None:
         config_module.oakestra_rules(config)
     except Broken as exc:
         raise ConfigError(f"{config.source}: {exc}") from None
+    if config.artifact_store.tls:
+        raise ConfigError(f"{config.source}: artifact_store.tls: FTPS is for `flops-mlops up` (native vsftpd); the "
+                          "Oakestra artifact stores speak plain FTP, so expected false, got true")
 
 
 def context(config: StackConfig) -> dict[str, Any]:
