@@ -65,6 +65,10 @@ def check(config: StackConfig) -> None:
     if config.artifact_store.kind != "vsftpd":
         raise ConfigError(f"{config.source}: artifact_store.kind: compose runs vsftpd, so expected vsftpd, got "
                           f"{config.artifact_store.kind!r} (see configs/compose.yaml)")
+    if config.artifact_store.tls:
+        raise ConfigError(f"{config.source}: artifact_store.tls: FTPS is for `flops-mlops up` (native vsftpd); "
+                          "compose's artifact store speaks plain FTP on its private network, so expected false, "
+                          "got true")
 
 
 def _relative(path: Path, out: Path) -> str:
@@ -102,7 +106,8 @@ def render(config: StackConfig, out: Path, checkout: Path = CHECKOUT) -> list[Re
         "build_context": build_context, "initdb_dir": INITDB_DIR,
         "mysql_admin_key": secrets_module.MYSQL_ADMIN_KEY, "mysql_port": config.backend_store.port,
         "ftp": {"port": store.port, "pasv_min": store.passive_ports[0], "pasv_max": store.passive_ports[1],
-                "pasv_address": store.pasv_address},
+                "pasv_address": store.pasv_address, "connect_timeout": store.connect_timeout,
+                "data_timeout": store.data_timeout},
         "tracking": {"bind_address": tracking.host, "public_host": tracking.public_host,
                      "allowed_hosts": ",".join(tracking.allowed_hosts), "workers": tracking.workers},
     }

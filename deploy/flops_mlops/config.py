@@ -150,6 +150,23 @@ class ArtifactStore(Model):
     os_user: AccountName = doc(
         "vsftpd only: local account that owns the tenants' folders; FTP users are virtual "
         "(no login shell, no system account)", "ftp")
+    connect_timeout: Seconds = doc(
+        "seconds a tracking server waits for the FTP server to accept, greet and log it in; an artifact request "
+        "to a hung store fails after this", 10)
+    data_timeout: Seconds = doc(
+        "seconds a tracking server waits for any one FTP command or data transfer to make progress after login",
+        60)
+    tls: bool = doc(
+        "vsftpd only: explicit FTPS (AUTH TLS, then PROT P) between the tracking servers and the store; "
+        "`secrets init` makes the certificate and key next to the secrets file (<secrets_file>.ftp-tls.crt "
+        "and .key, mode 0600), which the servers check the store against", False)
+
+    @model_validator(mode="after")
+    def _tls_needs_vsftpd(self) -> ArtifactStore:
+        if self.tls and self.kind != "vsftpd":
+            raise Broken("artifact_store.tls", f"FTPS needs kind vsftpd (the embedded server speaks plain FTP "
+                                               f"only), got kind {self.kind!r}")
+        return self
 
 
 class Tracking(Model):

@@ -12,6 +12,8 @@ Environment (defaults in brackets):
   FLOPS_DB_PASSWORD                  the tenant's database password (required)
   FLOPS_FTP_HOST / FLOPS_FTP_PORT    artifact store [artifact-store / 21]
   FLOPS_FTP_PASSWORD                 the tenant's FTP password (required)
+  FLOPS_FTP_CONNECT_TIMEOUT [10]     seconds to connect to and log in to the FTP store (artifact_store.connect_timeout)
+  FLOPS_FTP_DATA_TIMEOUT [60]        seconds any later FTP command or transfer may stall (artifact_store.data_timeout)
   FLOPS_ADMIN_PASSWORD               password of the server's admin user (MLflow basic auth; required)
   FLOPS_SECRET_KEY                   the server's Flask secret key (required)
   FLOPS_AUTH_DB [/srv/mlflow/auth/auth.db]  SQLite auth database (users, grants); keep it on a volume
@@ -70,6 +72,13 @@ def _port(env: dict[str, str], key: str, default: int) -> int:
     return int(value)
 
 
+def _seconds(env: dict[str, str], key: str, default: int) -> int:
+    value = _setting(env, key, str(default))
+    if not value.isdigit() or int(value) < 1:
+        raise ConfigError(f"environment: {key}: expected a whole number of seconds, at least 1, got {value!r}")
+    return int(value)
+
+
 def stack_from_env(env: dict[str, str]) -> tuple[StackConfig, Tenant, Secrets]:
     """The one-tenant stack a tracking-server container serves, from its environment."""
     tenant = Tenant(id=validate_tenant_id(_setting(env, "FLOPS_TENANT", "default"), "environment: FLOPS_TENANT"))
@@ -91,7 +100,9 @@ def stack_from_env(env: dict[str, str]) -> tuple[StackConfig, Tenant, Secrets]:
                                    port=_port(env, "FLOPS_DB_PORT", 3306)),
         artifact_store=ArtifactStore(kind="vsftpd", managed=False,
                                      host=_host(env, "FLOPS_FTP_HOST", "artifact-store"),
-                                     port=_port(env, "FLOPS_FTP_PORT", 21)),
+                                     port=_port(env, "FLOPS_FTP_PORT", 21),
+                                     connect_timeout=_seconds(env, "FLOPS_FTP_CONNECT_TIMEOUT", 10),
+                                     data_timeout=_seconds(env, "FLOPS_FTP_DATA_TIMEOUT", 60)),
         tracking=Tracking(host="0.0.0.0", base_port=port, public_host=public_host, workers=int(workers),
                           job_execution=False, allowed_hosts=allowed),
     ).located(Path("<environment>"))

@@ -26,7 +26,7 @@ import requests
 from .config import ConfigError, StackConfig, Tenant
 from .processes import ManagedProcess, as_account, can_traverse, open_log, private_dir, wait_until
 from .secrets import Secrets, redact
-from .stores import mysql
+from .stores import ftp_client, mysql
 
 APP_NAME = "flops-basic-auth"  # entry point of tracking_app.create_app (pyproject.toml, group mlflow.app)
 
@@ -58,7 +58,8 @@ def legacy_sqlite_path(config: StackConfig, tenant: Tenant) -> Path:
 def artifacts_destination(config: StackConfig, tenant: Tenant, secrets: Secrets) -> str:
     store = config.artifact_store
     password = quote(secrets.ftp_password(tenant.id), safe="")
-    return f"ftp://{tenant.ftp_user}:{password}@{store.host}:{store.port}{tenant.artifact_path}"
+    scheme = "ftps" if store.tls else "ftp"
+    return f"{scheme}://{tenant.ftp_user}:{password}@{store.host}:{store.port}{tenant.artifact_path}"
 
 
 def mask(uri: str) -> str:
@@ -82,6 +83,7 @@ def server_env(config: StackConfig, tenant: Tenant, secrets: Secrets, auth_db: P
         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "true" if config.tracking.job_execution else "false",
         "MLFLOW_DISABLE_TELEMETRY": "true",
         "DO_NOT_TRACK": "true",
+        **ftp_client.environment(config),  # our FTP artifact repository's timeouts (and FTPS certificate)
     })
     return env
 

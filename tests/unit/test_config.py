@@ -59,6 +59,10 @@ BAD = [
     ("artifact_store.passive_ports", [30010, 30000], "artifact_store.passive_ports: expected [min, max]"),
     ("artifact_store.pasv_address", "ftp.example", "artifact_store.pasv_address: expected an IPv4 address"),
     ("artifact_store.host", "bad host", "artifact_store.host: expected a host name or IP address"),
+    ("artifact_store.connect_timeout", 0, "artifact_store.connect_timeout: expected at least 1 second, got 0"),
+    ("artifact_store.data_timeout", "60", "artifact_store.data_timeout: expected an integer, got str '60'"),
+    ("artifact_store.tls", True, "artifact_store.tls: FTPS needs kind vsftpd (the embedded server speaks plain FTP "
+                                 "only), got kind 'embedded'"),
     ("tenants", [], "tenants: expected at least one tenant"),
     ("tenants", [{"id": "Acme"}], "tenants[0].id: 'Acme' is not a valid tenant id"),
     ("tenants", [{"id": "acme; DROP"}], "tenants[0].id: 'acme; DROP' is not a valid tenant id"),

@@ -21,15 +21,24 @@ def test_uris_come_from_the_environment_and_stay_out_of_the_command_line():
     assert env["MLFLOW_ARTIFACTS_DESTINATION"] == "ftp://flops_default:ftp%2Fsecret@artifact-store:21/artifacts"
     assert env["MLFLOW_AUTH_ADMIN_PASSWORD"] == "admin-secret-123"
     assert env["MLFLOW_FLASK_SERVER_SECRET_KEY"] == "key-secret-123"
-    # The only setting of ours MLflow's worker gets is where its auth database is; no password under our names.
-    assert {key for key in env if key.startswith("FLOPS_")} == {"FLOPS_AUTH_DB"}
-    assert env["FLOPS_AUTH_DB"] == "/srv/mlflow/auth/auth.db"
+    # The only settings of ours MLflow's worker gets are where its auth database is and our FTP repository's
+    # timeouts (defaults, as artifact_store's); no password under our names.
+    assert {key: value for key, value in env.items() if key.startswith("FLOPS_")} == {
+        "FLOPS_AUTH_DB": "/srv/mlflow/auth/auth.db", "FLOPS_FTP_CONNECT_TIMEOUT": "10",
+        "FLOPS_FTP_DATA_TIMEOUT": "60"}
     # The container runs the same single-process runner as the native stack.
     assert argv[1:3] == ["-m", "flops_mlops.tracking_runner"]
     assert not any("secret" in arg for arg in argv)
     allowed = argv[argv.index("--allowed-hosts") + 1].split(",")
     assert {"127.0.0.1:15500", "localhost:15500", "tracking-server:5000"} <= set(allowed)
     assert argv[argv.index("--port") + 1] == "5000" and argv[argv.index("--host") + 1] == "0.0.0.0"
+
+
+def test_ftp_timeouts_reach_the_server_from_the_container_environment():
+    config, tenant, secrets = container.stack_from_env(
+        {**BASE, "FLOPS_FTP_CONNECT_TIMEOUT": "7", "FLOPS_FTP_DATA_TIMEOUT": "90"})
+    env = server_env(config, tenant, secrets, container.auth_db(BASE))
+    assert (env["FLOPS_FTP_CONNECT_TIMEOUT"], env["FLOPS_FTP_DATA_TIMEOUT"]) == ("7", "90")
 
 
 @pytest.mark.parametrize("override, message", [
@@ -39,6 +48,10 @@ def test_uris_come_from_the_environment_and_stay_out_of_the_command_line():
     ({"FLOPS_PUBLIC_PORT": "70000"}, "FLOPS_PUBLIC_PORT: expected a TCP port"),
     ({"FLOPS_ALLOWED_HOSTS": "ok.example,bad host"}, "FLOPS_ALLOWED_HOSTS: 'bad host'"),
     ({"FLOPS_WORKERS": "0"}, "FLOPS_WORKERS: expected a positive integer"),
+    ({"FLOPS_FTP_CONNECT_TIMEOUT": "0"}, "FLOPS_FTP_CONNECT_TIMEOUT: expected a whole number of seconds, at least 1, "
+                                         "got '0'"),
+    ({"FLOPS_FTP_DATA_TIMEOUT": "1m"}, "FLOPS_FTP_DATA_TIMEOUT: expected a whole number of seconds, at least 1, "
+                                       "got '1m'"),
     ({"FLOPS_ADMIN_PASSWORD": ""}, "FLOPS_ADMIN_PASSWORD: required"),
     ({"FLOPS_SECRET_KEY": "placeholder-run-flops-mlops-secrets-init"}, "FLOPS_SECRET_KEY still holds"),
 ])

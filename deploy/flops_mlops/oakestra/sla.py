@@ -96,6 +96,9 @@ def check(config: StackConfig) -> None:
         config_module.oakestra_rules(config)
     except Broken as exc:
         raise ConfigError(f"{config.source}: {exc}") from None
+    if config.artifact_store.tls:
+        raise ConfigError(f"{config.source}: artifact_store.tls: FTPS is for `flops-mlops up` (native vsftpd); the "
+                          "Oakestra artifact stores speak plain FTP, so expected false, got true")
 
 
 def context(config: StackConfig) -> dict[str, Any]:
@@ -168,6 +171,8 @@ def context(config: StackConfig) -> dict[str, Any]:
         "ftp_passive_ports": o.ftp_passive_ports,
         "tracking_port": o.tracking_port,
         "tracking_workers": config.tracking.workers,
+        "ftp_connect_timeout": config.artifact_store.connect_timeout,
+        "ftp_data_timeout": config.artifact_store.data_timeout,
         "tracking_public_host": config.tracking.public_host,
         "tracking_allowed_hosts": config.tracking.allowed_hosts,
         "aggregator_port": o.aggregator_port,

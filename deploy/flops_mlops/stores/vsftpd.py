@@ -18,7 +18,7 @@ import jinja2
 from ..config import ConfigError, StackConfig
 from ..processes import ManagedProcess, SERVICE_PATH, can_traverse, port_answers, wait_until, write_private
 from ..secrets import Secrets
-from . import ftp_users
+from . import ftp_client, ftp_users
 
 PAM_DIR = Path("/etc/pam.d")
 PAM_MODULE_DIRS = [Path("/lib/x86_64-linux-gnu/security"), Path("/lib/aarch64-linux-gnu/security"),
@@ -82,9 +82,20 @@ class ManagedVsftpd:
             listen_address=store.host, listen_port=store.port, os_user=store.os_user, ftp_root=self.ftp_root,
             pam_service=self.pam_service, pasv_min_port=store.passive_ports[0],
             pasv_max_port=store.passive_ports[1], pasv_address=store.pasv_address, empty_dir=empty,
-            log_file=self.config.state_dir / "logs" / "vsftpd-transfers.log"), 0o600)
+            log_file=self.config.state_dir / "logs" / "vsftpd-transfers.log", **self._tls_settings()), 0o600)
         write_private(PAM_DIR / self.pam_service,
                TEMPLATES.get_template("vsftpd.pam.j2").render(passwd_file=passwd_file), 0o644)
+
+    def _tls_settings(self) -> dict:
+        """With artifact_store.tls: the deployment's certificate and key (made by `secrets init`)."""
+        if not self.config.artifact_store.tls:
+            return {"tls": False}
+        certificate, key = ftp_client.certificate_path(self.config), ftp_client.key_path(self.config)
+        ftp_client.ca_pem(self.config)  # names the missing file and the command that makes it
+        if not key.exists():
+            raise ConfigError(f"{key}: FTPS key not found (artifact_store.tls is true); make it with "
+                              f"`flops-mlops --config {self.config.source} secrets init`")
+        return {"tls": True, "tls_certificate": certificate, "tls_key": key}
 
     def stop(self) -> bool:
         return self.process.stop()

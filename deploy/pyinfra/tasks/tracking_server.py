@@ -33,7 +33,7 @@ REPOSITORY = PYINFRA_DIR.parent.parent
 PACKAGE_FILES = ("pyproject.toml", "README.md", "deploy/images/constraints.txt")
 
 # What the environment file takes from flops_mlops.tracking_server.server_env (the rest is this machine's).
-ENV_KEYS = ("FLOPS_AUTH_DB", "DO_NOT_TRACK")
+ENV_KEYS = ("FLOPS_AUTH_DB", "DO_NOT_TRACK", "FLOPS_FTP_CONNECT_TIMEOUT", "FLOPS_FTP_DATA_TIMEOUT")
 
 
 def workdir(s: HostSettings, tenant: Tenant) -> str:
@@ -53,6 +53,9 @@ def auth_db(s: HostSettings, tenant: Tenant) -> str:
 def environment(s: HostSettings, seen: StackConfig, tenant: Tenant) -> dict[str, str]:
     """The server's environment file: store URIs (with passwords), login settings (admin password, secret key,
     auth database) and MLflow switches, and HOME; nothing else from the machine running pyinfra."""
+    if seen.artifact_store.tls:
+        raise ConfigError(f"{seen.source}: artifact_store.tls: FTPS is for `flops-mlops up` (native vsftpd); the "
+                          "pyinfra artifact store speaks plain FTP, so expected false, got true")
     env = {key: value for key, value in mlflow_server.server_env(seen, tenant, s.secrets, auth_db(s, tenant)).items()
            if key.startswith("MLFLOW_") or key in ENV_KEYS}
     env["HOME"] = workdir(s, tenant)
