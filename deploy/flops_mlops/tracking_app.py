@@ -265,8 +265,17 @@ def refuse_user_listing_to_non_admins():
 # --- the app -------------------------------------------------------------------------------------------
 
 
+# How long a checked login is remembered. Without it every request pays the password hash check (tens of ms by
+# design, 0.5 s and more on a busy edge node), and a model download of a few files costs seconds. MLflow keys the
+# cache by an HMAC of the password with a per-process key and drops a user's entries when the user's password,
+# admin flag or existence changes through the API; the server is one process (tracking_runner), so those
+# changes take effect at once. Only a change made behind the server's back (its SQLite file) waits this long.
+AUTH_CACHE_SECONDS = 30
+
+
 def write_auth_config(database: Path) -> Path:
-    """basic_auth.ini beside the auth database: every user sees nothing until granted (NO_PERMISSIONS)."""
+    """basic_auth.ini beside the auth database: every user sees nothing until granted (NO_PERMISSIONS), and a
+    checked login is remembered for AUTH_CACHE_SECONDS."""
     folder = database.parent
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     path = folder / "basic_auth.ini"
@@ -274,7 +283,8 @@ def write_auth_config(database: Path) -> Path:
             "default_permission = NO_PERMISSIONS\n"
             f"database_uri = sqlite:///{database}\n"
             f"admin_username = {ADMIN_USERNAME}\n"
-            "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+            "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+            f"auth_cache_ttl_seconds = {AUTH_CACHE_SECONDS}\n")
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         handle.write(text)
