@@ -1,4 +1,5 @@
-"""The package's shape: no import cycles between its modules, lazy imports inside functions included."""
+"""The package's shape: no import cycles between its modules, lazy imports inside functions included; and test
+modules that pytest can tell apart."""
 
 from __future__ import annotations
 
@@ -46,3 +47,13 @@ def test_no_module_imports_itself_back():
     cycles = [" -> ".join(c) for name in sorted(graph) if (c := cycle_from(name))]
     assert not cycles, "import cycles:\n" + "\n".join(cycles)
     assert "flops_mlops.fl.events" in graph["flops_mlops.fl.aggregator"]  # the check sees real edges
+
+
+def test_test_modules_have_names_of_their_own():
+    """pytest imports test modules by their file name (tests/ folders are not packages): two with one name
+    stop the whole suite at collection."""
+    tests = PACKAGE.parents[1] / "tests"
+    names: dict[str, list[str]] = {}
+    for path in tests.rglob("test_*.py"):
+        names.setdefault(path.name, []).append(str(path.relative_to(tests)))
+    assert {name: paths for name, paths in names.items() if len(paths) > 1} == {}
