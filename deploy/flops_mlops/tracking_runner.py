@@ -51,8 +51,11 @@ def mlflow_environment(env: dict[str, str], allowed_hosts: list[str]) -> dict[st
     for key, value in (("MLFLOW_BACKEND_STORE_URI", backend), ("MLFLOW_ARTIFACTS_DESTINATION", destination)):
         if not value:
             raise UsageError(f"{key} is not set (the tracking server's store URIs come from its environment)")
-    if "*" in allowed_hosts:
-        raise UsageError("--allowed-hosts: '*' would accept any Host header; name the hosts")
+    from .values import AllowedHost, problem  # the rule the configuration's tracking.allowed_hosts follows
+
+    for host in allowed_hosts:
+        if (why := problem(AllowedHost, host)) is not None:
+            raise UsageError(f"--allowed-hosts: {why}")
     return {
         "_MLFLOW_SERVER_FILE_STORE": backend,
         "_MLFLOW_SERVER_REGISTRY_STORE": backend,

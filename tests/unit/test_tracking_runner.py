@@ -43,8 +43,10 @@ def test_a_missing_store_uri_exits_2_naming_the_variable(missing):
 
 
 def test_any_host_is_refused():
-    with pytest.raises(tracking_runner.UsageError, match="'\\*' would accept any Host header"):
+    with pytest.raises(tracking_runner.UsageError, match="would let any Host header in\\), got '\\*'"):
         tracking_runner.mlflow_environment(STORES, ["*"])
+    with pytest.raises(tracking_runner.UsageError, match="got '10.0.\\*'"):
+        tracking_runner.mlflow_environment(STORES, ["localhost:5000", "10.0.*"])
 
 
 def test_left_out_packages_cannot_be_imported_but_the_rest_can():
