@@ -90,13 +90,8 @@ class Stack:
         started: list[Callable[[], bool]] = []
         try:
             self._start_stores(secrets, started, running)
-            trackers = [t for t in self.trackers if t.process.name not in running]
-            for tracker in trackers:
-                self._start_tracker(tracker, secrets, account, started)
-            for tracker in trackers:
-                began = time.monotonic()
-                tracker.wait_healthy()
-                self.progress(f"tracking server {tracker.tenant.id}: healthy ({time.monotonic() - began:.0f} s)")
+            self._start_trackers([t for t in self.trackers if t.process.name not in running], secrets, account,
+                                 started)
             return "healed" if running else "started"
         except BaseException:
             self.progress("start failed; stopping what this call started")
@@ -104,29 +99,34 @@ class Stack:
                 stop()
             raise
 
-    def _start_tracker(self, tracker: TrackingServer, secrets: Secrets, account: pwd.struct_passwd | None,
-                       started: list[Callable[[], bool]]) -> None:
-        self.progress(f"tracking server {tracker.tenant.id}: upgrading schema, starting on "
-                      f"{tracker.local_uri}" + (f" as {account.pw_name}" if account else ""))
-        started.append(tracker.stop)
-        tracker.start(secrets, account)
-
-    def restart(self, tenant_id: str) -> None:
-        """Stop one tenant's tracking server and start it again; every other service is left alone."""
-        tracker = next(t for t in self.trackers if t.tenant.id == self.config.tenant(tenant_id).id)
-        others = {s.name for s in self.services() if s.name != tracker.process.name and s.process.is_running()}
-        if tracker.stop():
-            self.progress(f"tracking server {tenant_id}: stopped")
-        secrets, account = self.preflight(others)
-        started: list[Callable[[], bool]] = []
-        self._start_tracker(tracker, secrets, account, started)
-        try:
+    def _start_trackers(self, trackers: list[TrackingServer], secrets: Secrets, account: pwd.struct_passwd | None,
+                        started: list[Callable[[], bool]]) -> None:
+        """Start ``trackers`` (each added to ``started``), then wait until each answers /health."""
+        for tracker in trackers:
+            self.progress(f"tracking server {tracker.tenant.id}: upgrading schema, starting on "
+                          f"{tracker.local_uri}" + (f" as {account.pw_name}" if account else ""))
+            started.append(tracker.stop)
+            tracker.start(secrets, account)
+        for tracker in trackers:
             began = time.monotonic()
             tracker.wait_healthy()
+            self.progress(f"tracking server {tracker.tenant.id}: healthy ({time.monotonic() - began:.0f} s)")
+
+    def restart(self, tenant_id: str) -> None:
+        """Stop one tenant's tracking server and start it again; every other service is left alone. Everything
+        that can be checked (secrets, account, the other ports) is checked before it stops."""
+        tracker = next(t for t in self.trackers if t.tenant.id == self.config.tenant(tenant_id).id)
+        running = {s.name for s in self.services() if s.process.is_running()}
+        secrets, account = self.preflight(running | {tracker.process.name})
+        if tracker.stop():
+            self.progress(f"tracking server {tenant_id}: stopped")
+        started: list[Callable[[], bool]] = []
+        try:
+            self._start_trackers([tracker], secrets, account, started)
         except BaseException:
-            tracker.stop()
+            for stop in started:
+                stop()
             raise
-        self.progress(f"tracking server {tenant_id}: healthy ({time.monotonic() - began:.0f} s)")
 
     def preflight(self, running: set[str] = frozenset()) -> tuple[Secrets, pwd.struct_passwd | None]:
         """Everything that can fail before a process starts: secrets, accounts, binaries, ports (except those
