@@ -7,8 +7,13 @@ package is installed ours replaces MLflow's FTPArtifactRepository for ftp://, an
 tracking_server.server_env builds. A tracking server reaches its artifacts destination through it.
 
 Unlike MLflow's own, it:
-- logs in once per call (list_artifacts, download_artifacts, log_artifact(s), delete_artifacts) and does all of
-  that call's work over the one connection: the files of a listing or a download travel one after another;
+- does all of a call's work (list_artifacts, download_artifacts, log_artifact(s), delete_artifacts) over one
+  logged-in connection: the files of a listing or a download travel one after another;
+- keeps logged-in connections for the next calls (ConnectionPool): a tracking server answers a model download as
+  one HTTP request per listing and per file, and those share one login. A call waits briefly (GROW_AFTER) for a
+  busy connection before it logs in another, so a download of small files needs one login even when the client
+  fetches files in parallel, while large transfers still run side by side (up to POOL_SIZE connections);
+  connections idle for IDLE_SECONDS are closed;
 - waits at most ``connect_timeout`` seconds to connect, be greeted and log in, and at most ``data_timeout``
   seconds on any later command or transfer, so a hung store fails the request instead of hanging it;
 - deletes (files and folders, recursively), so `mlflow gc` removes the artifacts of deleted runs;
@@ -25,6 +30,8 @@ import posixpath
 import socket
 import ssl
 import threading
+import time
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from urllib.parse import unquote, urlsplit
@@ -58,32 +65,46 @@ class FTPRepository(ArtifactRepository):
         self.data_timeout = data_timeout
         self._ca_pem = ca_pem
         self._local = threading.local()  # the server shares one repository between its request threads
+        self._pool = ConnectionPool()
 
-    # --- the connection: one login per call ---------------------------------------------------------
+    # --- the connection: one login, reused by later calls --------------------------------------------
 
     @contextmanager
     def _session(self) -> Iterator[ftplib.FTP]:
-        """The calling thread's FTP connection, logged in; a nested use shares it, the outermost closes it."""
+        """The calling thread's FTP connection, logged in; a nested use shares it. The outermost use takes it from
+        the pool (or logs in) and gives it back when the call ends cleanly; after a failure it is closed."""
         current = getattr(self._local, "ftp", None)
         if current is not None:
             yield current
             return
         with self._errors("connect"):
-            ftp = self._login()
+            ftp = self._pool.take(self._login, self._alive)
         self._local.ftp = ftp
         clean = False
         try:
             with self._errors("transfer"):
-                yield ftp
+                try:
+                    yield ftp
+                except (ftplib.error_perm, MlflowException):
+                    clean = True  # refused or invalid, but answered: the connection is still in step
+                    raise
             clean = True
         finally:
             self._local.ftp = None
-            try:
-                if clean:
-                    ftp.quit()
-            except (*ftplib.all_errors, ssl.SSLError):
-                pass
-            ftp.close()
+            self._pool.give_back(ftp, reusable=clean)
+
+    def _alive(self, ftp: ftplib.FTP) -> bool:
+        """Whether a pooled connection still answers (NOOP); False when the server has closed it. A server that
+        does not answer within connect_timeout raises TimeoutError: it is hung, and a new login would hang too."""
+        ftp.sock.settimeout(self.connect_timeout)
+        try:
+            ftp.voidcmd("NOOP")
+        except (TimeoutError, socket.timeout):
+            raise
+        except (*ftplib.all_errors, ssl.SSLError):
+            return False
+        ftp.sock.settimeout(self.data_timeout)
+        return True
 
     def _login(self) -> ftplib.FTP:
         if self._tls:
@@ -268,3 +289,122 @@ class FTPRepository(ArtifactRepository):
                 ftp.rmd(full)
             else:
                 ftp.delete(full)
+
+
+# --- the pool of logged-in connections --------------------------------------------------------------------
+
+POOL_SIZE = 4  # connections per repository (tracking server): as many as MLflow's client fetches at once on 2 cores
+GROW_AFTER = 0.1  # seconds a call waits for a busy connection before it logs in another
+IDLE_SECONDS = 30.0  # an idle connection is closed after this (vsftpd and pyftpdlib drop theirs after 300 s)
+
+
+class ConnectionPool:
+    """Logged-in FTP connections of one repository, shared by the threads of the process; at most POOL_SIZE."""
+
+    def __init__(self, size: int = POOL_SIZE, grow_after: float = GROW_AFTER, idle_seconds: float = IDLE_SECONDS):
+        self.size, self.grow_after, self.idle_seconds = size, grow_after, idle_seconds
+        self._idle: list[tuple[ftplib.FTP, float]] = []  # (connection, when it was given back)
+        self._open = 0  # idle, in use, or logging in
+        self._changed = threading.Condition()
+        _pools.add(self)
+        _start_sweeper()
+
+    def take(self, login, alive) -> ftplib.FTP:
+        """An idle connection that is still ``alive``, or a new one from ``login()``. Waits up to grow_after for a
+        busy one to come back before it logs in another, and for as long as it takes when POOL_SIZE are open."""
+        while True:
+            pooled = self._reserve()
+            if pooled is None:
+                try:
+                    return login()
+                except BaseException:
+                    self._forget()
+                    raise
+            try:
+                if alive(pooled):
+                    return pooled
+            except BaseException:
+                self._discard(pooled)
+                raise
+            self._discard(pooled)  # closed by the server meanwhile: try the next, or log in
+
+    def _reserve(self) -> ftplib.FTP | None:
+        """A pooled connection, or None when the caller is to log in (counted as open already)."""
+        grow_at = time.monotonic() + self.grow_after
+        with self._changed:
+            while True:
+                self._close_expired()
+                if self._idle:
+                    return self._idle.pop()[0]
+                now = time.monotonic()
+                if self._open < self.size and (self._open == 0 or now >= grow_at):
+                    self._open += 1
+                    return None
+                self._changed.wait(max(grow_at - now, 0.01) if self._open < self.size else None)
+
+    def give_back(self, ftp: ftplib.FTP, reusable: bool) -> None:
+        if not reusable:
+            self._discard(ftp)
+            return
+        with self._changed:
+            self._idle.append((ftp, time.monotonic()))
+            self._changed.notify()
+
+    def _discard(self, ftp: ftplib.FTP) -> None:
+        ftp.close()
+        self._forget()
+
+    def _forget(self) -> None:
+        with self._changed:
+            self._open -= 1
+            self._changed.notify()
+
+    def _close_expired(self) -> None:
+        """Close the connections idle for longer than idle_seconds (called with the lock held)."""
+        oldest = time.monotonic() - self.idle_seconds
+        expired = [ftp for ftp, since in self._idle if since < oldest]
+        if expired:
+            self._idle = [(ftp, since) for ftp, since in self._idle if since >= oldest]
+            self._open -= len(expired)
+            for ftp in expired:
+                ftp.close()  # no QUIT: a hung server must not hold the lock; it sees the connection end
+
+    def sweep(self) -> None:
+        with self._changed:
+            self._close_expired()
+
+    def after_fork(self) -> None:
+        """In a forked child: the parent's connections are not ours to use (or to close)."""
+        self._idle, self._open, self._changed = [], 0, threading.Condition()
+
+
+_pools: weakref.WeakSet[ConnectionPool] = weakref.WeakSet()
+_sweeper: threading.Thread | None = None
+_sweeper_lock = threading.Lock()
+
+
+def _start_sweeper() -> None:
+    """One daemon thread per process closes idle connections, so none lingers on the FTP server after use."""
+    global _sweeper
+    with _sweeper_lock:
+        if _sweeper is not None and _sweeper.is_alive():
+            return
+
+        def sweep_forever() -> None:
+            while True:
+                time.sleep(IDLE_SECONDS / 3)
+                for pool in list(_pools):
+                    pool.sweep()
+
+        _sweeper = threading.Thread(target=sweep_forever, name="flops-ftp-pool-sweeper", daemon=True)
+        _sweeper.start()
+
+
+def _after_fork_in_child() -> None:
+    global _sweeper
+    _sweeper = None
+    for pool in list(_pools):
+        pool.after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
