@@ -33,6 +33,7 @@ from typing import Any
 import jinja2
 import jsonschema
 
+from .. import bundled
 from .. import config as config_module
 from .. import secrets as secrets_module
 from ..config import Broken, ConfigError, OakestraTarget, StackConfig, image, tracking_target
@@ -42,7 +43,7 @@ from ..rendered import RenderedFile
 from ..stores import tenant_db
 from ..users import project_user
 
-TEMPLATES_DIR = Path(__file__).resolve().parents[3] / "sla_templates"
+TEMPLATES_DIR = bundled.folder("sla_templates")
 SCHEMA_FILE = Path(__file__).with_name("sla-v2.0.schema.json")
 SERVICE_NETWORK = ipaddress.IPv4Network("10.30.0.0/16")
 PLACEHOLDER = re.compile(r"\$\{([A-Z][A-Z0-9_]*)\}")
