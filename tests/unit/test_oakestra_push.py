@@ -148,6 +148,10 @@ def test_push_fills_the_login_secrets_and_stores_the_auth_volume(deployment):
         "volume_id": "flops-acme-auth", "csi_driver": "csi.oakestra.io/hostpath", "mount_path": "/srv/mlflow/auth",
         "config": {"host_path": "/mnt/oakestra/hostpath/flops-mlops/auth/acme"}}]
     assert tracking["globex"]["constraints"] == [{"type": "direct", "cluster": "cluster1", "node": "worker1"}]
+    stores = d.fake.services_of("stores")  # the stores' data folders and their node reach the orchestrator
+    assert stores["mysql"]["volumes"][0]["config"] == {"host_path": "/mnt/oakestra/hostpath/flops-mlops/mysql"}
+    assert stores["ftpglobex"]["volumes"][0]["config"] == {"host_path": "/mnt/oakestra/hostpath/flops-mlops/ftp/globex"}
+    assert stores["mysql"]["target_node"] == stores["ftpacme"]["target_node"] == "worker1"
     # No secret in any cmd, and none of the new ones in the output either.
     for service in d.fake.services.values():
         cmd = json.dumps(service.get("cmd", []))
