@@ -327,6 +327,11 @@ def test_a_wrong_recorded_user_id_is_replaced_by_the_looked_up_one(deployment):
     assert json.loads(d.state_file.read_text())["user_id"] == d.fake.user_id()
     assert {p for m, p, _ in d.fake.calls if p.startswith("/api/applications/")} == \
            {f"/api/applications/{d.fake.user_id()}"}
+    # Undeploy used to delete one application, then fail with the same 401 and leave the others.
+    d.state_file.write_text(json.dumps({"user_id": "Admin", "apps": {}}))
+    removed = d.cli("undeploy")
+    assert removed.returncode == 0, removed.stderr
+    assert "removed 3 application(s)" in removed.stdout and d.fake.apps == {} and d.fake.services == {}
 
 
 def test_push_push_undeploy_undeploy_run_cleanly_in_sequence(deployment):
@@ -494,6 +499,10 @@ def test_client_decodes_json_strings_and_follows_documented_quirks():
             {"application_name": "demo", "application_namespace": "test", "microservices": []}]})[0]["userId"] \
             == "Admin"  # the user NAME, as register_app stores it
         assert client.user_id() == fake.user_id()
+        with pytest.raises(OakestraError) as info:
+            client.applications("Admin")  # the name: refused even after a fresh login
+        assert info.value.status == 401
+        assert "does not take Admin as the database id of user Admin" in str(info.value)
         app_id = next(iter(fake.apps))
         assert client.call("GET", f"/api/application/{app_id}") is None  # 200 null
         with pytest.raises(OakestraError) as info:
