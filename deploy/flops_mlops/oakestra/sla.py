@@ -18,6 +18,9 @@ auth migrations fail on MySQL). On Oakestra that file lives on a host-path volum
 SLA ``volumes``, only after Oakestra v0.4.410; older releases store the key and ignore it, so the file then
 dies with the container), so the tracking servers are pinned to one node (oakestra.tracking_target, cluster
 and node). The aggregator of a project logs in as ``fl-<project>``; learners get no credentials.
+
+Stores' data: with oakestra.stores.<store>.volume, MySQL's data directory and each tenant's FTP folder are
+host-path volumes of the store's target_node (``_store_placement``), so they outlive the container there.
 """
 
 from __future__ import annotations
