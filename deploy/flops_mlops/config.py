@@ -26,6 +26,7 @@ from pydantic import (
     Field,
     PrivateAttr,
     StrictInt,
+    StrictStr,
     ValidationError,
     model_validator,
 )
@@ -267,6 +268,39 @@ class OakestraProject(Model):
     rounds: Positive = doc("training rounds (FLOPS_ROUNDS)", 3)
 
 
+HOSTPATH_DRIVER = "csi.oakestra.io/hostpath"  # Oakestra's host-path CSI plugin (csi/hostpath in oakestra/oakestra)
+CsiDriver = Annotated[StrictStr, Field(pattern=r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?(/[a-z0-9._-]+)*$"),
+                      explained("{value!r} is not a CSI driver name such as " + HOSTPATH_DRIVER)]
+
+
+class OakestraVolume(Model):
+    """A folder of the store's node mounted into its container (SLA volumes[]; Oakestra after v0.4.410)."""
+
+    host_path: HostPath = doc("absolute folder on the node; it must be visible to the CSI driver's container "
+                              "(its documented run mounts /mnt/oakestra/hostpath)")
+    mount_path: HostPath | None = doc("where the container sees it (default: the store's data folder, "
+                                      "/var/lib/mysql for MySQL, /srv/ftp for vsftpd)", None)
+    csi_driver: CsiDriver = doc("CSI driver registered with the node engine", HOSTPATH_DRIVER)
+
+
+class OakestraStore(Model):
+    """Placement and data of one kind of store in the stores application."""
+
+    target_node: Text | None = doc("the worker node the store runs on (SLA target_node, and a direct constraint "
+                                   "with the cluster of stores_target or target); required with a volume", None)
+    volume: OakestraVolume | None = doc("keep the store's data in a folder of that node (none: the data lives "
+                                        "and dies with the container)", None)
+
+
+class OakestraStores(Model):
+    """The stores application's data: a volume per store and the node each store is pinned to."""
+
+    mysql: OakestraStore = doc("the MySQL backend store of all tenants: volume.host_path is its data directory",
+                               OakestraStore())
+    artifact_store: OakestraStore = doc("the vsftpd artifact stores, one per tenant: tenant t's files are in "
+                                        "<volume.host_path>/<t>", OakestraStore())
+
+
 def _resources(memory: int) -> OakestraResources:
     return OakestraResources(memory=memory, vcpus=1, storage=0)
 
@@ -288,6 +322,8 @@ class Oakestra(Model):
     projects: list[OakestraProject] = doc("FL projects, one application each", [])
     target: OakestraTarget = doc("placement of every service", OakestraTarget())
     stores_target: OakestraTarget | None = doc("placement of the stores (default: target)", None)
+    stores: OakestraStores = doc("persistent data of the stores (run_stores): a host-path volume and the node of "
+                                 "each store", OakestraStores())
     tracking_target: OakestraTarget | None = doc(
         "placement of the tracking servers (default: target); must name both the cluster and the node, because "
         "each server's login database lives on a host path of that node (auth_host_path)", None)
@@ -434,6 +470,25 @@ def oakestra_rules(config: StackConfig) -> None:
                         "databases live on a host path of that node (auth_host_path); set "
                         "oakestra.tracking_target: {cluster: ..., node: ...} (the root scheduler picks "
                         "the cluster by name, the cluster's scheduler the node)")
+
+    for key in ("mysql", "artifact_store"):
+        store = getattr(o.stores, key)
+        if store == OakestraStore():
+            continue
+        if not o.run_stores:
+            raise fail(f"stores.{key}", "applies to the stores application, which run_stores: false does not "
+                                        "render; remove it or set run_stores: true")
+        placement = o.stores_target or o.target
+        if store.volume is not None and not store.target_node:
+            raise fail(f"stores.{key}.target_node", "a volume's folder is on one node: name the node the store "
+                                                    "runs on (its data stays there)")
+        if store.target_node and placement.node and placement.node != store.target_node:
+            where = "stores_target" if o.stores_target is not None else "target"
+            raise fail(f"stores.{key}.target_node", f"{store.target_node!r} differs from {where}.node "
+                                                    f"{placement.node!r}; keep one of them")
+        if store.target_node and not placement.cluster:
+            raise fail(f"stores.{key}.target_node", "set the node's cluster too, in oakestra.stores_target.cluster "
+                                                    "(the root scheduler picks the cluster, the cluster the node)")
 
     known = {t.id for t in config.tenants}
     slots: dict[int, str] = {}

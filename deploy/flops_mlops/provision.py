@@ -11,11 +11,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+from . import bundled
 from .config import ConfigError, StackConfig
 from .processes import StackError
 from .secrets import Secrets
 
-PYINFRA_DIR = Path(__file__).resolve().parent.parent / "pyinfra"
+PYINFRA_DIR = bundled.folder("pyinfra")
 
 
 def add_provision_parser(commands) -> argparse.ArgumentParser:
@@ -24,13 +25,18 @@ def add_provision_parser(commands) -> argparse.ArgumentParser:
         description="Run deploy/pyinfra/deploy.py (or stop.py with --stop) with pyinfra against an inventory. "
                     "Applies without asking (-y); --dry only plans. Host roles, paths and modes come from the "
                     "inventory's host data; tenants and ports from --config; passwords from its secrets file.")
-    parser.add_argument("--inventory", required=True, metavar="FILE",
-                        help="pyinfra inventory, e.g. deploy/pyinfra/inventories/single_host.py")
+    parser.add_argument("--inventory", required=True, metavar="FILE|NAME",
+                        help="pyinfra inventory file, or the name of one shipped with flops-mlops: "
+                             + ", ".join(shipped_inventories()))
     parser.add_argument("--dry", action="store_true", help="plan only: show what would change, change nothing")
     parser.add_argument("--stop", action="store_true",
                         help="stop the services the deploy started (by systemd or their pid files); data stays")
     parser.add_argument("--json", action="store_true", help="print pyinfra's JSON results (counts of changes)")
     return parser
+
+
+def shipped_inventories() -> list[str]:
+    return sorted(path.stem for path in (PYINFRA_DIR / "inventories").glob("*.py"))
 
 
 def pyinfra_argv(config: StackConfig, inventory: Path, dry: bool, stop: bool, json_output: bool) -> list[str]:
@@ -43,12 +49,14 @@ def pyinfra_argv(config: StackConfig, inventory: Path, dry: bool, stop: bool, js
 
 def provision_command(config: StackConfig, args: argparse.Namespace) -> int:
     Secrets.load(config)  # every password the deploys need is there, and the file is private
-    inventory = Path(args.inventory).resolve()
-    if not inventory.is_file():
-        raise ConfigError(f"{args.inventory}: inventory file not found")
     if not (PYINFRA_DIR / "deploy.py").is_file():
-        raise ConfigError(f"{PYINFRA_DIR}: the pyinfra deploys are missing (provision runs from a repository "
-                          "checkout or an editable install)")
+        raise ConfigError(f"{PYINFRA_DIR}: the pyinfra deploys are missing (reinstall flops-mlops)")
+    inventory = Path(args.inventory).resolve()
+    if not inventory.is_file() and args.inventory in shipped_inventories():
+        inventory = PYINFRA_DIR / "inventories" / f"{args.inventory}.py"
+    if not inventory.is_file():
+        raise ConfigError(f"--inventory: {args.inventory}: no such file, nor an inventory shipped with flops-mlops "
+                          f"({', '.join(shipped_inventories())})")
     argv = pyinfra_argv(config, inventory, args.dry, args.stop, args.json)
     result = subprocess.run(argv, cwd=PYINFRA_DIR, stdin=subprocess.DEVNULL)
     if result.returncode != 0:

@@ -216,11 +216,42 @@ def test_each_tracking_server_keeps_its_logins_on_a_host_path_volume_of_its_pinn
     assert service["constraints"] == [{"type": "direct", "cluster": "cluster1", "node": "worker1"}]
 
 
+def test_the_stores_keep_their_data_on_a_host_path_of_their_pinned_node(tmp_path):
+    rendered = services(sla.render_all(config_module.load(write_config(tmp_path))))
+    pinned = [{"type": "direct", "cluster": "cluster1", "node": "worker1"}]
+    mysql = rendered["stores/mysql"]
+    assert mysql["volumes"] == [{"volume_id": "flops-mysql-data", "csi_driver": "csi.oakestra.io/hostpath",
+                                 "mount_path": "/var/lib/mysql",
+                                 "config": {"host_path": "/mnt/oakestra/hostpath/flops-mlops/mysql"}}]
+    assert mysql["target_node"] == "worker1" and mysql["constraints"] == pinned
+    for tenant in ("acme", "globex"):
+        ftp = rendered[f"stores/ftp{tenant}"]
+        assert ftp["volumes"] == [{"volume_id": f"flops-ftp{tenant}-data", "csi_driver": "csi.oakestra.io/hostpath",
+                                   "mount_path": "/srv/ftp",  # the image's FTP root (deploy/images/artifact-store)
+                                   "config": {"host_path": f"/mnt/oakestra/hostpath/flops-mlops/ftp/{tenant}"}}]
+        assert ftp["target_node"] == "worker1" and ftp["constraints"] == pinned
+    assert "VOLUME /srv/ftp" in (ROOT / "deploy" / "images" / "artifact-store" / "Dockerfile").read_text()
+
+
+def test_a_store_without_settings_keeps_its_data_only_in_its_container(tmp_path):
+    def edit(data):
+        data["oakestra"]["stores"] = {"artifact_store": {"target_node": "worker2"}}
+        data["oakestra"]["stores_target"] = {"cluster": "edge1"}
+    rendered = services(sla.render_all(config_module.load(write_config(tmp_path, edit))))
+    assert "volumes" not in rendered["stores/mysql"] and "target_node" not in rendered["stores/mysql"]
+    assert rendered["stores/mysql"]["constraints"] == [{"type": "direct", "cluster": "edge1"}]
+    assert "volumes" not in rendered["stores/ftpacme"]
+    assert rendered["stores/ftpacme"]["target_node"] == "worker2"
+    assert rendered["stores/ftpacme"]["constraints"] == [{"type": "direct", "cluster": "edge1", "node": "worker2"}]
+
+
 def test_the_tracking_servers_fall_back_to_target_and_use_their_own_host_path(tmp_path):
     def edit(data):
         data["oakestra"]["tracking_target"] = None
         data["oakestra"]["target"] = {"cluster": "edge1", "node": "disknode"}
         data["oakestra"]["auth_host_path"] = "/srv/flops/auth"
+        data["oakestra"]["stores"] = {}  # the stores' data only in their containers
+        data["oakestra"]["stores_target"] = None
     config = config_module.load(write_config(tmp_path, edit))
     rendered = services(sla.render_all(config))
     for name in ("tracking/acme", "tracking/globex", "mnist/aggregator"):
@@ -307,6 +338,23 @@ CONFIG_ERRORS = [
      "oakestra.auth_host_path: '/mnt/oakestra/hostpath/../../etc' must be an absolute path"),
     ("auth host path with a space", _set("oakestra.auth_host_path", "/mnt/my auth"),
      "oakestra.auth_host_path: '/mnt/my auth' must be"),
+    ("store volume without a node", _set("oakestra.stores.mysql.target_node", None),
+     "oakestra.stores.mysql.target_node: a volume's folder is on one node: name the node"),
+    ("store node without a cluster", _set("oakestra.stores_target", None),
+     "oakestra.stores.mysql.target_node: set the node's cluster too, in oakestra.stores_target.cluster"),
+    ("store node against stores_target", _set("oakestra.stores_target.node", "worker2"),
+     "oakestra.stores.mysql.target_node: 'worker1' differs from stores_target.node 'worker2'"),
+    ("relative store host path", _set("oakestra.stores.artifact_store.volume.host_path", "ftp"),
+     "oakestra.stores.artifact_store.volume.host_path: 'ftp' must be an absolute path"),
+    ("store mount path escaping", _set("oakestra.stores.mysql.volume.mount_path", "/var/lib/../../etc"),
+     "oakestra.stores.mysql.volume.mount_path: '/var/lib/../../etc' must be an absolute path"),
+    ("bad CSI driver", _set("oakestra.stores.mysql.volume.csi_driver", "Host Path"),
+     "oakestra.stores.mysql.volume.csi_driver: 'Host Path' is not a CSI driver name"),
+    ("unknown volume key", _set("oakestra.stores.mysql.volume.size", 10), "oakestra.stores.mysql.volume.size"),
+    ("stores settings without stores",
+     lambda d: d["oakestra"].update(run_stores=False) or d["backend_store"].update(host="db.example.org")
+     or d["artifact_store"].update(host="ftp.example.org"),
+     "oakestra.stores.mysql: applies to the stores application, which run_stores: false does not render"),
     ("loopback external store",
      lambda d: d["oakestra"].update(run_stores=False) or d["backend_store"].update(host="127.0.0.1"),
      "backend_store.host: '127.0.0.1' is not reachable from Oakestra workers"),
@@ -414,6 +462,7 @@ def test_placement_constraints_and_external_stores(tmp_path):
         data["oakestra"]["target"] = {"cluster": "edge1", "node": None}
         data["oakestra"]["stores_target"] = {"cluster": None, "node": "disknode"}
         data["oakestra"]["run_stores"] = False
+        data["oakestra"]["stores"] = {}
         data["oakestra"]["tracking_host_port_base"] = None
         data["backend_store"]["host"] = "db.example.org"
         data["artifact_store"]["host"] = "ftp.example.org"
@@ -433,6 +482,7 @@ def test_stores_can_be_placed_apart_from_the_other_services(tmp_path):
     def edit(data):
         data["oakestra"]["target"] = {"cluster": "edge1"}
         data["oakestra"]["stores_target"] = {"node": "disknode"}
+        data["oakestra"]["stores"] = {}
     config = config_module.load(write_config(tmp_path, edit))
     rendered = {r.application_name: r.document for r in sla.render_all(config)}
     for service in rendered["stores"]["applications"][0]["microservices"]:

@@ -7,11 +7,14 @@ Quirks of the API handled here, so callers see plain Python values:
 - every error becomes an OakestraError naming the call, the HTTP status and the body, with any secret
   value of this deployment replaced by ***.
 Ids that come from responses are checked before they are put into a URL path.
+
+The user id: ``GET /api/applications/<id>`` wants the user's database id, the ``_id.$oid`` of
+``GET /api/user/<username>``; the token's subject and an application's ``userId`` hold the user NAME, which
+that call answers with 401 (root_orchestrator/system-manager-python, applications and users blueprints).
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import re
 from typing import Any
@@ -24,7 +27,7 @@ from ..processes import StackError
 from ..secrets import redact as redact_secrets
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9]{1,64}$")
-USER_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$")
+USER_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$")
 BODY_LIMIT = 2000
 
 
@@ -58,12 +61,6 @@ def check_id(value: Any, what: str) -> str:
     if not isinstance(value, str) or not ID_PATTERN.fullmatch(value):
         raise OakestraError(what, None, f"the orchestrator returned {value!r}, which is not a plain id "
                                         "(letters and digits)")
-    return value
-
-
-def check_user_id(value: Any, what: str) -> str:
-    if not isinstance(value, str) or not USER_ID_PATTERN.fullmatch(value):
-        raise OakestraError(what, None, f"{value!r} is not a usable user id")
     return value
 
 
@@ -147,17 +144,15 @@ class Client:
                 return
         self.login()
 
-    def token_subject(self) -> str | None:
-        """The user identity in the access token when it is a JWT (best effort, not verified)."""
-        parts = (self._token or "").split(".")
-        if len(parts) != 3:
-            return None
-        try:
-            claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
-        except ValueError:
-            return None
-        subject = claims.get("sub") if isinstance(claims, dict) else None
-        return subject if isinstance(subject, str) and USER_ID_PATTERN.fullmatch(subject) else None
+    # --- the user ---
+
+    def user_id(self) -> str:
+        """The logged-in user's database id: ``_id.$oid`` of GET /api/user/<username>."""
+        path = f"/api/user/{self.username}"
+        record = self.call("GET", path)
+        oid = record.get("_id") if isinstance(record, dict) else None
+        value = oid.get("$oid") if isinstance(oid, dict) else oid
+        return check_id(value, f"GET {path}: _id")
 
     # --- applications ---
 
@@ -166,8 +161,15 @@ class Client:
         return _records(self.call("POST", "/api/application/", sla), "POST /api/application/")
 
     def applications(self, user_id: str) -> list[dict]:
-        path = f"/api/applications/{check_user_id(user_id, 'user id')}"
-        return _records(self.call("GET", path), f"GET {path}")
+        """The user's applications; ``user_id`` is the database id (``user_id()``), not the name."""
+        path = f"/api/applications/{check_id(user_id, 'user id')}"
+        try:
+            return _records(self.call("GET", path), f"GET {path}")
+        except OakestraError as exc:
+            if exc.status == 401:  # after a fresh token: the id is not this user's
+                raise OakestraError(exc.call, 401, f"{exc.body} (the orchestrator does not take {user_id} as the "
+                                                   f"database id of user {self.username})") from None
+            raise
 
     def delete_application(self, app_id: str) -> None:
         self.call("DELETE", f"/api/application/{check_id(app_id, 'applicationID')}")

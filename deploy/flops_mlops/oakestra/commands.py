@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import argparse
 import os
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from .. import config as config_module
 from ..config import ConfigError
 from ..rendered import differences
 from ..secrets import Secrets, read_env
 from . import sla
-from .client import USER_ID_PATTERN, Client, check_url
+from .client import USER_NAME_PATTERN, Client, OakestraError, check_url
 from .push import ENVIRONMENT_WARNING, DeployState, Deployer
 
 
@@ -25,8 +27,10 @@ def add_parsers(commands) -> None:
         "push", help="deploy the rendered applications to an Oakestra root orchestrator and wait until running",
         description="Render in memory (the same bytes as `render`), fill the secret placeholders from the secrets "
                     "file, then per application (stores, tracking, projects): create it if missing, add missing "
-                    "services, deploy an instance of each service without one, and follow the statuses to "
-                    "RUNNING. Re-running it creates nothing twice.")
+                    "services, request an instance of each service that has none and none waiting for a "
+                    "cluster, and follow the statuses to RUNNING. Re-running it creates nothing twice and reports "
+                    "what differs from the SLA. Ends with what exists on the orchestrator for this "
+                    "configuration (stdout).")
     _orchestrator_options(push)
     push.add_argument("--reviewed", type=Path, metavar="DIR",
                       help="refuse to push unless the files in DIR (the reviewed `render --out DIR`) are "
@@ -40,7 +44,8 @@ def add_parsers(commands) -> None:
     undeploy = commands.add_parser(
         "undeploy", help="remove the applications from the orchestrator (instances, services, applications)",
         description="In reverse deploy order: undeploy every instance one by one, delete the services, then the "
-                    "application. Applications that are not deployed are skipped.")
+                    "application. What is already gone is skipped, so it can be re-run after a partial failure. "
+                    "Ends with what exists on the orchestrator for this configuration (stdout).")
     _orchestrator_options(undeploy)
     undeploy.set_defaults(handler=cmd_undeploy)
 
@@ -59,8 +64,6 @@ def _orchestrator_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--password-file", type=Path, default=os.environ.get("FLOPS_OAKESTRA_PASSWORD_FILE") or None,
                         metavar="FILE", help="file whose first line is the password (default "
                                              "$FLOPS_OAKESTRA_PASSWORD_FILE, else $FLOPS_OAKESTRA_PASSWORD)")
-    parser.add_argument("--user-id", default=None,
-                        help="the Oakestra user id, when no earlier push from this machine recorded it")
     parser.add_argument("--app", action="append", default=None, metavar="NAME",
                         help="only this application (stores, tracking or a project name); repeatable")
     parser.add_argument("--http-timeout", type=float, default=30, metavar="SECONDS",
@@ -90,14 +93,18 @@ def _credentials(args: argparse.Namespace) -> tuple[str, str, str]:
     url = check_url(args.orchestrator)
     if not args.username:
         raise ConfigError("--username: give the Oakestra user (or set FLOPS_OAKESTRA_USERNAME)")
+    if not USER_NAME_PATTERN.fullmatch(args.username):
+        raise ConfigError(f"--username: {args.username!r} is not an Oakestra user name (letters, digits, '.', '_', "
+                          "'@', '-')")
     if args.http_timeout <= 0:
         raise ConfigError(f"--http-timeout: expected a positive number, got {args.http_timeout}")
     return url, args.username, _password(args)
 
 
 def _session(args: argparse.Namespace, config: config_module.StackConfig, credentials: tuple[str, str, str],
-             redact: list[str]) -> tuple[list[sla.Rendered], Deployer]:
-    rendered = sla.render_all(config, args.templates)
+             redact: list[str]) -> tuple[list[sla.Rendered], list[sla.Rendered], Deployer]:
+    """(every rendered application, the ones --app selects, the deployer)."""
+    everything = rendered = sla.render_all(config, args.templates)
     if args.app:
         known = [item.application_name for item in rendered]
         unknown = [name for name in args.app if name not in known]
@@ -106,12 +113,7 @@ def _session(args: argparse.Namespace, config: config_module.StackConfig, creden
                               f"(applications: {', '.join(known)})")
         rendered = [item for item in rendered if item.application_name in args.app]
     client = Client(*credentials, timeout=args.http_timeout, redact=redact)
-    state = DeployState.load(config, client.url)
-    if args.user_id:
-        if not USER_ID_PATTERN.fullmatch(args.user_id):
-            raise ConfigError(f"--user-id: {args.user_id!r} is not a user id (letters, digits, '.', '_', '@', '-')")
-        state.user_id = args.user_id
-    return rendered, Deployer(client, state)
+    return everything, rendered, Deployer(client, DeployState.load(config, client.url))
 
 
 def cmd_push(args: argparse.Namespace) -> int:
@@ -120,7 +122,7 @@ def cmd_push(args: argparse.Namespace) -> int:
         raise ConfigError("--timeout and --poll-interval must be positive")
     config = config_module.load(Path(args.config))
     secrets = Secrets.load(config)
-    rendered, deployer = _session(args, config, credentials, list(secrets.values.values()))
+    everything, rendered, deployer = _session(args, config, credentials, list(secrets.values.values()))
     if args.reviewed:
         stale = differences([item.file for item in rendered], args.reviewed)
         if stale:
@@ -128,10 +130,11 @@ def cmd_push(args: argparse.Namespace) -> int:
                               f"render again and review the change before pushing")
     documents = [sla.resolve_secrets(item.document, secrets.values, str(secrets.path)) for item in rendered]
     deployer.say(ENVIRONMENT_WARNING)
-    for item, document in zip(rendered, documents):
-        deployer.push(item, document, args.timeout, args.poll_interval)
-    print(f"pushed {len(rendered)} application(s) to {deployer.client.url}: "
-          + ", ".join(item.application_name for item in rendered))
+    with _reporting(deployer, everything):
+        for item, document in zip(rendered, documents):
+            deployer.push(item, document, args.timeout, args.poll_interval)
+        print(f"pushed {len(rendered)} application(s) to {deployer.client.url}: "
+              + ", ".join(item.application_name for item in rendered))
     return 0
 
 
@@ -140,8 +143,24 @@ def cmd_undeploy(args: argparse.Namespace) -> int:
     config = config_module.load(Path(args.config))
     # Only to mask them in error bodies: undeploy works without the secrets file.
     known = read_env(config.secrets_file) if config.secrets_file.is_file() else {}
-    rendered, deployer = _session(args, config, credentials, list(known.values()))
-    removed = [item.application_name for item in reversed(rendered) if deployer.undeploy(item)]
-    print(f"removed {len(removed)} application(s) from {deployer.client.url}"
-          + (": " + ", ".join(removed) if removed else ""))
+    everything, rendered, deployer = _session(args, config, credentials, list(known.values()))
+    with _reporting(deployer, everything):
+        removed = [item.application_name for item in reversed(rendered) if deployer.undeploy(item)]
+        print(f"removed {len(removed)} application(s) from {deployer.client.url}"
+              + (": " + ", ".join(removed) if removed else " (nothing to do)"))
     return 0
+
+
+@contextmanager
+def _reporting(deployer: Deployer, everything: list[sla.Rendered]) -> Iterator[None]:
+    """Print what exists for this configuration at the end, also after a failed call once the user is known."""
+    try:
+        yield
+    except OakestraError:
+        if deployer.knows_user():
+            try:
+                print("\n".join(deployer.report(everything)))
+            except OakestraError as exc:
+                print(f"(cannot list what exists: {exc})")
+        raise
+    print("\n".join(deployer.report(everything)))

@@ -1,16 +1,20 @@
 """Deploy rendered SLA documents to an Oakestra root orchestrator, and remove them again.
 
 push, per application in deploy order (stores, tracking, projects): find or create the application (created
-empty), append the services it does not have yet, deploy one instance of each service that has none, and
-follow the statuses until every service is RUNNING (or COMPLETED), printing each change. Re-running push on
-a deployment only finds what exists: nothing is created twice.
+empty), append the services it does not have yet, request one instance of each service that has none and
+none pending, and follow the statuses until every service is RUNNING (or COMPLETED), printing each change.
+Re-running push creates nothing twice and re-requests nothing that is still waiting for a cluster; what
+differs from the SLA (a changed service, a service or application the configuration no longer renders, more
+than one instance) is reported, never changed.
 
 undeploy, in reverse order: every instance one by one (the server skips some when a service with several
-instances is deleted at once), then the services, then the application.
+instances is deleted at once), then the services, then the application. Whatever is already gone is skipped,
+so it can be re-run after a partial failure; a second run finds nothing to do.
 
-The orchestrator lists a user's applications only by user id, which the API tells only in the answer to a
-create; push records it (with the application ids) in <state_dir>/oakestra/<orchestrator>.json. Without
-that file it tries the access token's subject, or takes --user-id.
+Both end with what exists on the orchestrator for this configuration (``report``).
+
+The user's applications are listed by the user's database id, looked up by name on every run
+(``Client.user_id``) and recorded with the application ids in <state_dir>/oakestra/<orchestrator>.json.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from pathlib import Path
 from typing import Callable, TextIO
 
 from ..config import ConfigError, StackConfig
-from .client import Client, OakestraError, check_id, check_user_id
+from .client import Client, OakestraError, check_id
 from .sla import Rendered
 
 PROGRESS = ("REQUESTED", "CLUSTER_SCHEDULED", "NODE_SCHEDULED")
@@ -54,7 +58,8 @@ class DeployState:
             data = json.loads(path.read_text(encoding="utf-8"))
             return cls(path, data.get("user_id"), dict(data.get("apps", {})))
         except (ValueError, AttributeError, TypeError):
-            raise ConfigError(f"{path}: not a valid push state file; delete it and pass --user-id") from None
+            raise ConfigError(f"{path}: not a valid push state file; delete it (push and undeploy look "
+                              "everything up again)") from None
 
     def save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -63,38 +68,54 @@ class DeployState:
 
 
 class Deployer:
-    def __init__(self, client: Client, state: DeployState, out: TextIO = sys.stderr,
+    def __init__(self, client: Client, state: DeployState, out: TextIO | None = None,
                  clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep):
+        """Progress goes to ``out`` (default: sys.stderr at the time of each line)."""
         self.client, self.state, self.out = client, state, out
         self.clock, self.sleep = clock, sleep
+        self._user_id: str | None = None
 
     def say(self, text: str) -> None:
-        print(text, file=self.out, flush=True)
+        print(text, file=self.out or sys.stderr, flush=True)
 
     # --- finding applications ---
 
-    def _user_id(self) -> str | None:
-        if self.state.user_id is None:
-            subject = self.client.token_subject()
-            if subject:
-                self.state.user_id = subject
-        return self.state.user_id
+    def user_id(self) -> str:
+        """The user's database id, looked up once per run (never a token subject or an application's userId)."""
+        if self._user_id is None:
+            self._user_id = self.client.user_id()
+            if self.state.user_id not in (None, self._user_id):
+                self.say(f"note: user {self.client.username} now has id {self._user_id} (recorded: "
+                         f"{self.state.user_id}); the orchestrator's user was recreated")
+            if self.state.user_id != self._user_id:
+                self.state.user_id = self._user_id
+                self.state.save()
+        return self._user_id
 
-    def _match(self, records: list[dict], item: Rendered) -> str | None:
+    def knows_user(self) -> bool:
+        return self._user_id is not None
+
+    def applications(self) -> list[dict]:
+        return self.client.applications(self.user_id())
+
+    @staticmethod
+    def _match(records: list[dict], item: Rendered) -> str | None:
         for record in records:
             if (record.get("application_name") == item.application_name
                     and record.get("application_namespace") == item.namespace):
-                if isinstance(record.get("userId"), str):
-                    self.state.user_id = check_user_id(record["userId"], "userId")
                 return check_id(record.get("applicationID"), f"applicationID of {item.application_name}")
         return None
 
     def find(self, item: Rendered) -> str | None:
         """The id of the application with this name and namespace, or None when there is none."""
-        user_id = self._user_id()
-        if user_id is None:
-            return None
-        return self._match(self.client.applications(user_id), item)
+        return self._match(self.applications(), item)
+
+    def _record(self, key: str, app_id: str | None) -> None:
+        if app_id is None:
+            self.state.apps.pop(key, None)
+        else:
+            self.state.apps[key] = app_id
+        self.state.save()
 
     def ensure_application(self, item: Rendered) -> str:
         key = f"{item.namespace}/{item.application_name}"
@@ -110,19 +131,12 @@ class Deployer:
             except OakestraError as exc:
                 if exc.status != 409:
                     raise
-                app_id = self.find(item)
-                if app_id is None:
-                    known = (f"the applications of user {self.state.user_id} do not include it" if self.state.user_id
-                             else f"no user id is recorded in {self.state.path}")
-                    raise OakestraError(exc.call, exc.status, f"{exc.body} -- application {key} exists, but its id "
-                                        f"is unknown here ({known}); pass --user-id") from None
-                self.say(f"{key}: application exists ({app_id})")
-            else:
-                if app_id is None:
-                    raise OakestraError("POST /api/application/", 200, f"the answer does not list {key}")
-                self.say(f"{key}: application created ({app_id})")
-        self.state.apps[key] = app_id
-        self.state.save()
+                app_id = self.find(item)  # created meanwhile by another push
+            if app_id is None:
+                raise OakestraError("POST /api/application/", 200, f"{key} is not among the user's applications "
+                                    "after creating it")
+            self.say(f"{key}: application created ({app_id})")
+        self._record(key, app_id)
         return app_id
 
     # --- push ---
@@ -131,9 +145,9 @@ class Deployer:
         """Deploy one application; ``document`` is ``item.document`` with its secrets filled in."""
         key = f"{item.namespace}/{item.application_name}"
         wanted = document["applications"][0]["microservices"]
+        names = [service["microservice_name"] for service in wanted]
         app_id = self.ensure_application(item)
         existing = {record.get("microservice_name"): record for record in self.client.services(app_id)}
-        missing = [service for service in wanted if service["microservice_name"] not in existing]
         for service in wanted:
             record = existing.get(service["microservice_name"])
             if record is not None:
@@ -141,6 +155,11 @@ class Deployer:
                 note = (f"; differs from the SLA in {', '.join(changed)} (push does not update services: "
                         f"undeploy --app {item.application_name}, then push)") if changed else ""
                 self.say(f"{key}/{service['microservice_name']}: service exists{note}")
+        for name in existing:
+            if name not in names:
+                self.say(f"{key}/{name}: service is not in the SLA (left as it is; undeploy --app "
+                         f"{item.application_name} removes it)")
+        missing = [service for service in wanted if service["microservice_name"] not in existing]
         if missing:
             app = dict(document["applications"][0], applicationID=app_id, microservices=missing)
             result = self.client.append_services({"sla_version": document["sla_version"],
@@ -152,17 +171,39 @@ class Deployer:
         ids = {}
         for record in self.client.services(app_id):
             name = record.get("microservice_name")
-            if any(s["microservice_name"] == name for s in wanted):
+            if name in names:
                 ids[name] = check_id(record.get("microserviceID"), f"microserviceID of {key}/{name}")
-        absent = [s["microservice_name"] for s in wanted if s["microservice_name"] not in ids]
+        absent = [name for name in names if name not in ids]
         if absent:
             raise OakestraError(f"GET /api/services/{app_id}", 200, f"services not listed after adding them: "
                                 f"{', '.join(absent)}")
         for name, service_id in ids.items():
-            if not _instances(self.client.service(service_id)):
-                self.client.deploy_instance(service_id)
-                self.say(f"{key}/{name}: instance requested")
+            self.ensure_instance(f"{key}/{name}", service_id)
         self.wait(key, ids, timeout, poll_interval)
+
+    def ensure_instance(self, label: str, service_id: str) -> None:
+        """Request an instance unless the service has one, or a request of it still waits for a cluster.
+
+        The instance list fills only once a cluster took the request; until then (or while no cluster has
+        capacity) the service is REQUESTED with an empty list, and another request would make a second instance.
+        """
+        record = self.client.service(service_id)
+        instances = _instances(record)
+        status = record.get("status")
+        if instances:
+            if len(instances) > 1:
+                self.say(f"{label}: {len(instances)} instances (the SLA asks for one; push leaves them)")
+            return
+        if status == "REQUESTED":
+            self.say(f"{label}: instance requested earlier, still waiting for a cluster (not requested again)")
+            return
+        self.client.deploy_instance(service_id)
+        if isinstance(status, str) and FAILURE_HINT.search(status):
+            detail = record.get("status_detail") or ""
+            self.say(f"{label}: the last request ended {status}" + (f" ({detail})" if detail else "")
+                     + "; instance requested again")
+        else:
+            self.say(f"{label}: instance requested")
 
     def wait(self, key: str, ids: dict[str, str], timeout: float, poll_interval: float) -> None:
         start = self.clock()
@@ -187,29 +228,24 @@ class Deployer:
                 return
             if self.clock() - start > timeout:
                 raise OakestraError("status", None, f"{key}: not running after {timeout:.0f}s: "
-                                    + ", ".join(f"{name} {seen[name]}" for name in pending))
+                                    + ", ".join(f"{name} {seen[name]}" for name in pending)
+                                    + " (push again later: it waits for these requests, it does not repeat them)")
             self.sleep(poll_interval)
 
     # --- undeploy ---
 
     def undeploy(self, item: Rendered) -> bool:
-        """Remove one application; False when it is not deployed."""
+        """Remove one application and whatever is left of it; False when nothing of it is deployed."""
         key = f"{item.namespace}/{item.application_name}"
         app_id = self.find(item)
-        if app_id is None and self.state.user_id is None:
-            app_id = self.state.apps.get(key)
-            if app_id is None:
-                raise ConfigError(f"{key}: cannot list the user's applications without the user id (none recorded "
-                                  f"in {self.state.path}); pass --user-id")
         if app_id is None:
-            self.say(f"{key}: not deployed")
-            self.state.apps.pop(key, None)
-            self.state.save()
+            self.say(f"{key}: not deployed, nothing to do")
+            self._record(key, None)
             return False
         for record in self.client.services(app_id):
             name = record.get("microservice_name")
             service_id = check_id(record.get("microserviceID"), f"microserviceID of {key}/{name}")
-            for number in _instance_numbers(self.client.service(service_id)):
+            for number in _instance_numbers(record):
                 self.client.undeploy_instance(service_id, number)
                 self.say(f"{key}/{name}: instance {number} undeployed")
             self.client.delete_service(service_id)
@@ -220,9 +256,41 @@ class Deployer:
             if exc.status != 501:  # 501: it is already gone
                 raise
         self.say(f"{key}: application deleted")
-        self.state.apps.pop(key, None)
-        self.state.save()
+        self._record(key, None)
         return True
+
+    # --- what exists ---
+
+    def report(self, rendered: list[Rendered]) -> list[str]:
+        """What exists on the orchestrator for this configuration: its applications (and any other of its
+        namespace), their services and instance counts."""
+        records = self.applications()
+        namespaces = {item.namespace for item in rendered}
+        names = [item.application_name for item in rendered]
+        lines = [f"on {self.client.url} (user {self.client.username}, namespace {', '.join(sorted(namespaces))}):"]
+        ours = [r for r in records if r.get("application_namespace") in namespaces]
+        strays = [r for r in ours if r.get("application_name") not in names]
+        for item in rendered:
+            app_id = self._match(records, item)
+            if app_id is None:
+                lines.append(f"  {item.application_name}: not deployed")
+                continue
+            lines.extend(self._describe(item.application_name, app_id, ""))
+        for record in strays:
+            app_id = check_id(record.get("applicationID"), f"applicationID of {record.get('application_name')}")
+            lines.extend(self._describe(str(record.get("application_name")), app_id,
+                                        " [not rendered by this configuration]"))
+        return lines
+
+    def _describe(self, name: str, app_id: str, note: str) -> list[str]:
+        services = self.client.services(app_id)
+        lines = [f"  {name} ({app_id}): {len(services)} service(s){note}"]
+        for record in services:
+            instances = _instances(record)
+            statuses = sorted({i.get("status") for i in instances if isinstance(i, dict)} - {None})
+            state = ", ".join(statuses) or str(record.get("status") or "no instance requested")
+            lines.append(f"    {record.get('microservice_name')}: {len(instances)} instance(s), {state}")
+        return lines
 
 
 def _instances(record: dict) -> list:
@@ -239,11 +307,15 @@ def _instance_numbers(record: dict) -> list[int]:
 
 
 def _status(record: dict) -> str:
-    """The service's status: its instances' (the least advanced one), else the record's."""
-    statuses = [i.get("status") for i in _instances(record) if isinstance(i, dict) and isinstance(i.get("status"), str)]
-    if not statuses:  # no instance listed yet: scheduling has not started, unless the record says it failed
+    """The service's status: its instances' (the least advanced one); with no instance listed yet, the request
+    is waiting (REQUESTED) unless the record says scheduling failed."""
+    instances = _instances(record)
+    statuses = [i.get("status") for i in instances if isinstance(i, dict) and isinstance(i.get("status"), str)]
+    if not statuses:  # releases before the src/ layout keep the status on the record only
         status = record.get("status")
-        if isinstance(status, str) and (status in PROGRESS + DONE or FAILURE_HINT.search(status)):
+        if not isinstance(status, str):
+            return "REQUESTED"
+        if instances or (status not in PROGRESS + DONE and FAILURE_HINT.search(status)):
             return status
         return "REQUESTED"
     for status in statuses:

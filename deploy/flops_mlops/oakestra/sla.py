@@ -18,6 +18,9 @@ auth migrations fail on MySQL). On Oakestra that file lives on a host-path volum
 SLA ``volumes``, only after Oakestra v0.4.410; older releases store the key and ignore it, so the file then
 dies with the container), so the tracking servers are pinned to one node (oakestra.tracking_target, cluster
 and node). The aggregator of a project logs in as ``fl-<project>``; learners get no credentials.
+
+Stores' data: with oakestra.stores.<store>.volume, MySQL's data directory and each tenant's FTP folder are
+host-path volumes of the store's target_node (``_store_placement``), so they outlive the container there.
 """
 
 from __future__ import annotations
@@ -33,16 +36,18 @@ from typing import Any
 import jinja2
 import jsonschema
 
+from .. import bundled
 from .. import config as config_module
 from .. import secrets as secrets_module
-from ..config import Broken, ConfigError, OakestraTarget, StackConfig, image, tracking_target
+from ..config import (HOSTPATH_DRIVER, Broken, ConfigError, OakestraStore, OakestraTarget, StackConfig,
+                      image, tracking_target)
 from ..container import AUTH_DB
 from ..fl.settings import FLSettings, environment
 from ..rendered import RenderedFile
 from ..stores import tenant_db
 from ..users import project_user
 
-TEMPLATES_DIR = Path(__file__).resolve().parents[3] / "sla_templates"
+TEMPLATES_DIR = bundled.folder("sla_templates")
 SCHEMA_FILE = Path(__file__).with_name("sla-v2.0.schema.json")
 SERVICE_NETWORK = ipaddress.IPv4Network("10.30.0.0/16")
 PLACEHOLDER = re.compile(r"\$\{([A-Z][A-Z0-9_]*)\}")
@@ -50,7 +55,8 @@ MYSQL_PORT = 3306
 # The official MySQL image runs this once, on an empty data directory (written by the stores' mysql cmd).
 MYSQL_INIT_FILE = "/docker-entrypoint-initdb.d/10-flops-tenants.sql"
 FTP_PORT = 21
-HOSTPATH_DRIVER = "csi.oakestra.io/hostpath"  # Oakestra's host-path CSI plugin (csi/hostpath in oakestra/oakestra)
+# The stores' data folders inside their images (the volumes' default mount paths).
+STORE_DATA = {"mysql": "/var/lib/mysql", "artifact_store": "/srv/ftp"}
 AUTH_MOUNT = str(PurePosixPath(AUTH_DB).parent)  # the tracking-server image's auth folder (flops_mlops.container)
 
 
@@ -84,6 +90,25 @@ def _constraints(target: OakestraTarget) -> list[dict]:
     if target.node:
         constraint["node"] = target.node
     return [constraint] if len(constraint) > 1 else []
+
+
+def _store_placement(config: StackConfig, key: str, tenant: str | None = None) -> dict[str, Any]:
+    """A store service's SLA fields for placement and data: constraints, target_node and volumes."""
+    o = config.oakestra
+    store: OakestraStore = getattr(o.stores, key)
+    placement = o.stores_target or o.target
+    if store.target_node:
+        placement = OakestraTarget(cluster=placement.cluster, node=store.target_node)
+    fields: dict[str, Any] = {"constraints": _constraints(placement)}
+    if store.target_node:
+        fields["target_node"] = store.target_node
+    if store.volume is not None:
+        name = "mysql" if tenant is None else f"ftp{tenant}"
+        host_path = store.volume.host_path if tenant is None else f"{store.volume.host_path}/{tenant}"
+        fields["volumes"] = [{"volume_id": f"{o.namespace}-{name}-data", "csi_driver": store.volume.csi_driver,
+                              "mount_path": store.volume.mount_path or STORE_DATA[key],
+                              "config": {"host_path": host_path}}]
+    return fields
 
 
 def _address(block: int, host: int) -> str:
@@ -125,6 +150,7 @@ def context(config: StackConfig) -> dict[str, Any]:
             "ftp_password_key": secrets_module.ftp_password_key(tenant.id),
             "admin_password_key": secrets_module.admin_password_key(tenant.id),
             "secret_key_key": secrets_module.secret_key_key(tenant.id),
+            "ftp_placement": _store_placement(config, "artifact_store", tenant.id),
             "auth_volume": {  # SLA volumes[] item: the login database's folder on the pinned node
                 "volume_id": f"{o.namespace}-{tenant.id}-auth", "csi_driver": HOSTPATH_DRIVER,
                 "mount_path": AUTH_MOUNT, "config": {"host_path": f"{o.auth_host_path}/{tenant.id}"},
@@ -162,7 +188,7 @@ def context(config: StackConfig) -> dict[str, Any]:
         "resources": {key: getattr(o, key).model_dump() for key in
                       ("tracking_server", "mysql", "artifact_store", "aggregator", "learner")},
         "constraints": _constraints(o.target),
-        "stores_constraints": _constraints(o.stores_target or o.target),
+        "mysql_placement": _store_placement(config, "mysql"),
         "tracking_constraints": _constraints(tracking_target(config)),
         "auth_db": AUTH_DB,
         "stores": stores,

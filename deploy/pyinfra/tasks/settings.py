@@ -24,7 +24,7 @@ from flops_mlops.values import AccountName, Host, problem
 PYINFRA_DIR = Path(__file__).resolve().parent.parent
 TEMPLATES = PYINFRA_DIR / "templates"
 # vsftpd's config and PAM service are the ones `flops-mlops up` renders: one definition of those settings.
-STACK_TEMPLATES = PYINFRA_DIR.parent / "flops_mlops" / "templates"
+STACK_TEMPLATES = Path(config_module.__file__).resolve().parent / "templates"
 TRIM = {"trim_blocks": True, "lstrip_blocks": True}  # Jinja2 options for our templates' {% %} lines
 
 ROLES = ("backend_store", "artifact_store", "tracking_server", "docker_host")

@@ -126,6 +126,11 @@ def install_flops_mlops(s: HostSettings) -> OperationMeta:
     Its sources are copied to <venv>/src/flops-mlops and installed with the lock as constraints when they
     changed or the venv lacks the package.
     """
+    if not (REPOSITORY / "pyproject.toml").is_file():
+        raise HostDataError(f"host {host.name}: flops_manage_venv: installing flops-mlops on a host copies its "
+                            f"sources from a repository checkout, and {REPOSITORY} is none (flops-mlops was "
+                            "installed from a wheel); run provision from a checkout, or set flops_manage_venv: "
+                            "False with a venv that has flops-mlops")
     src = f"{s.venv}/src/flops-mlops"
     for path in (f"{s.venv}/src", src, f"{src}/deploy", f"{src}/deploy/images"):
         files.directory(name=f"Folder {path}", path=path, user="root", group="root", mode="755")
