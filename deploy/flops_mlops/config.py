@@ -338,7 +338,9 @@ class Oakestra(Model):
         5000)
     aggregator_port: Port = doc("port the aggregator listens on (FLOPS_AGGREGATOR_ADDRESS)", 8080)
     ftp_passive_ports: OakestraPortRange = doc("passive data ports [min, max] of the FTP store", [30000, 30009])
-    tracking_server: OakestraResources = doc("resources of a tracking server", _resources(1024))
+    tracking_server: OakestraResources = doc(
+        "resources of a tracking server (one process; peak 295 MiB measured in bench/results/stack_footprint.md)",
+        _resources(384))
     mysql: OakestraResources = doc("resources of the MySQL backend store", _resources(1024))
     artifact_store: OakestraResources = doc("resources of the FTP artifact store", _resources(256))
     aggregator: OakestraResources = doc("resources of an FL aggregator", _resources(1024))
