@@ -3,7 +3,10 @@
 For each FTP store (embedded pyftpdlib, and vsftpd when run as root with vsftpd installed) it brings up a private
 one-tenant stack (SQLite metadata, free ports, a temporary folder) with `flops-mlops up --detach`, logs the test
 suite's scikit-learn model (7 files) through the tracking server, then times, after one warm-up each:
-  proxied      mlflow.artifacts.download_artifacts(models:/m-...) through the tracking server (our FTP repository)
+  proxied      mlflow.artifacts.download_artifacts(models:/m-...) through the tracking server (our FTP repository),
+               the server holding logged-in FTP connections from the download before
+  proxied cold the same right after `flops-mlops restart --tenant` (the server holds no FTP connection; the
+               restart is not timed)
   one metadata request   one logged-in API call without FTP (experiments/get): the fixed cost of each HTTP request
   raw ftplib   one login, NLST/CWD walk of the same folder, RETR of each file
   ours direct  our FTPRepository.download_artifacts in this process (no HTTP), for reference
@@ -128,6 +131,9 @@ def measure(kind: str, folder: Path, repeats: int) -> dict:
             with logged_in(login):
                 mlflow.artifacts.download_artifacts(logged.model_uri, dst_path=str(out))
 
+        def restart_server() -> None:
+            cli("restart", "--tenant", "bench")
+
         def one_metadata_request(out: Path) -> None:
             """One logged-in API call without FTP: what each of the proxied download's HTTP requests costs anyway."""
             requests.get(f"{uri}/api/2.0/mlflow/experiments/get", params={"experiment_id": logged.experiment_id},
@@ -141,6 +147,7 @@ def measure(kind: str, folder: Path, repeats: int) -> dict:
 
         ways = {
             "proxied": proxied,
+            "proxied_cold": proxied,
             "one_metadata_request": one_metadata_request,
             "raw_ftplib": lambda out: raw_download(store.host, store.port, tenant.ftp_user, password, remote, out),
             "ours_direct": lambda out: ftp_client.repository(destination).download_artifacts(relative, str(out)),
@@ -152,6 +159,8 @@ def measure(kind: str, folder: Path, repeats: int) -> dict:
             for attempt in range(repeats + 1):
                 out = folder / f"out-{name}-{attempt}"
                 out.mkdir()
+                if name == "proxied_cold":
+                    restart_server()
                 before, requests_before = logins(config.state_dir, kind), artifact_requests()
                 started = time.perf_counter()
                 way(out)
