@@ -111,6 +111,27 @@ debian_mirror() {
     echo "${mirror:-http://deb.debian.org/debian}"
 }
 
+debootstrap_root() {
+    # debootstrap --variant=minbase bookworm (plus the arguments after the first) into a new folder, whose path is
+    # printed; the log goes to $CACHE/<first argument>.
+    local log_file="$CACHE/$1" dir mirror
+    shift
+    dir="$(mktemp -d)"
+    mirror="$(debian_mirror)"
+    log "debootstrap --variant=minbase $* bookworm from $mirror" >&2
+    debootstrap --variant=minbase "$@" bookworm "$dir" "$mirror" >"$log_file" 2>&1 || {
+        tail -20 "$log_file" >&2; exit 1; }
+    echo "$dir"
+}
+
+pack_root() {
+    # The root folder $1 as the tarball $2, small and free of this machine's state (like debian:*-slim).
+    rm -rf "$1"/var/cache/apt/archives/*.deb "$1"/var/lib/apt/lists/* "$1"/tmp/*
+    tar -C "$1" -cf "$2.tmp" .
+    mv "$2.tmp" "$2"
+    rm -rf "$1"
+}
+
 build_base_image() {
     if docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
         log "base image $BASE_IMAGE already present"
@@ -120,17 +141,9 @@ build_base_image() {
     start=$(date +%s)
     mkdir -p "$CACHE"
     if [ ! -s "$tarball" ]; then
-        local dir mirror
-        dir="$(mktemp -d)"
-        mirror="$(debian_mirror)"
-        log "debootstrap --variant=minbase bookworm from $mirror"
-        debootstrap --variant=minbase bookworm "$dir" "$mirror" >"$CACHE/debootstrap.log" 2>&1 || {
-            tail -20 "$CACHE/debootstrap.log" >&2; exit 1; }
-        # Keep the image small and free of this machine's state, like debian:*-slim.
-        rm -rf "$dir"/var/cache/apt/archives/*.deb "$dir"/var/lib/apt/lists/* "$dir"/tmp/*
-        tar -C "$dir" -cf "$tarball.tmp" .
-        mv "$tarball.tmp" "$tarball"
-        rm -rf "$dir"
+        local dir
+        dir="$(debootstrap_root debootstrap.log)"
+        pack_root "$dir" "$tarball"
     fi
     docker import --change 'CMD ["bash"]' "$tarball" "$BASE_IMAGE" >/dev/null
     log "base image $BASE_IMAGE imported ($(elapsed "$start"))"
@@ -154,12 +167,8 @@ build_systemd_host_image() {
     start=$(date +%s)
     mkdir -p "$CACHE"
     if [ ! -s "$tarball" ]; then
-        local dir mirror
-        dir="$(mktemp -d)"
-        mirror="$(debian_mirror)"
-        log "debootstrap --variant=minbase --include=$SYSTEMD_HOST_PACKAGES bookworm from $mirror"
-        debootstrap --variant=minbase --include="$SYSTEMD_HOST_PACKAGES" bookworm "$dir" "$mirror" \
-            >"$CACHE/debootstrap-systemd.log" 2>&1 || { tail -20 "$CACHE/debootstrap-systemd.log" >&2; exit 1; }
+        local dir
+        dir="$(debootstrap_root debootstrap-systemd.log --include="$SYSTEMD_HOST_PACKAGES")"
         rm -f "$dir"/etc/ssh/ssh_host_*
         : >"$dir"/etc/machine-id
         cat >"$dir"/etc/systemd/system/ssh-host-keys.service <<'UNIT'
@@ -177,10 +186,7 @@ RequiredBy=ssh.service
 UNIT
         mkdir -p "$dir"/etc/systemd/system/ssh.service.requires
         ln -s ../ssh-host-keys.service "$dir"/etc/systemd/system/ssh.service.requires/ssh-host-keys.service
-        rm -rf "$dir"/var/cache/apt/archives/*.deb "$dir"/var/lib/apt/lists/* "$dir"/tmp/*
-        tar -C "$dir" -cf "$tarball.tmp" .
-        mv "$tarball.tmp" "$tarball"
-        rm -rf "$dir"
+        pack_root "$dir" "$tarball"
         find "$CACHE" -maxdepth 1 -name 'debootstrap-bookworm-systemd-*.tar' ! -name "${tarball##*/}" -delete
     fi
     docker import --change 'CMD ["/sbin/init"]' --change "LABEL flops.recipe=$recipe" "$tarball" \
