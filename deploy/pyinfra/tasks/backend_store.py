@@ -12,7 +12,7 @@ from __future__ import annotations
 from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.facts.server import Command
-from pyinfra.operations import apt, files, server
+from pyinfra.operations import apt, files, server, systemd
 
 from flops_mlops.stores import tenant_db
 
@@ -51,6 +51,10 @@ def backend_store() -> None:
     if s.install_packages:
         apt.packages(name="Install MariaDB", packages=["mariadb-server", "mariadb-client"],
                      update=True, cache_time=3600, no_recommends=True)
+    # The package enables socket activation: at boot that starts the server on the socket unit's port (3306)
+    # and ignores ours. The server starts as a service of its own instead.
+    systemd.service(name="MariaDB without socket activation", service=f"{PACKAGED_SERVICE}.socket",
+                    running=False, enabled=False)
     files.directory(name="Settings folder", path=s.etc, mode="755")
     client = f"mysql --defaults-file={cnf_path(s)}"
     cnf = files.template(name="MariaDB settings", src=str(TEMPLATES / "my.cnf.j2"), dest=cnf_path(s), mode="644",
