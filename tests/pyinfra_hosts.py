@@ -1,5 +1,5 @@
 """Helpers for the pyinfra tests: a stack configuration with free ports, real `flops-mlops provision` runs,
-the end-to-end check of a provisioned tenant, and cleanup by recorded pid files.
+and the end-to-end check of a provisioned tenant.
 """
 
 from __future__ import annotations
@@ -7,22 +7,13 @@ from __future__ import annotations
 import contextlib
 import ftplib
 import json
-import os
-import pwd
 import shutil
-import signal
-import stat
-import subprocess
 import tempfile
-import time
 import uuid
 from pathlib import Path
-from urllib.parse import quote
 
-import psutil
 import yaml
-import conftest
-from conftest import free_port, free_port_range, need_binary, run_cli
+from conftest import free_port, free_port_range, run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 PYINFRA_DIR = ROOT / "deploy" / "pyinfra"
@@ -38,13 +29,6 @@ def sandbox_root():
         yield root
     finally:
         shutil.rmtree(root, ignore_errors=True)
-
-
-def need_native_services() -> None:
-    """What the native stack needs, plus the tools the deploys call on the host."""
-    conftest.need_native_services()
-    for names in (("mariadb-install-db",), ("mysql",), ("start-stop-daemon",), ("openssl",), ("ss",)):
-        need_binary(*names)
 
 
 def write_stack(folder: Path, tenants: list[str]) -> Path:
@@ -125,109 +109,3 @@ def check_tenant_end_to_end(config_path: Path, tracking_host: str, backend_host:
                     "WHERE SCHEMA_NAME = %s", (tenant.database,))
         charset, collation = cur.fetchone()
         assert charset == "utf8mb4" and collation in ("utf8mb4_nopad_bin", "utf8mb4_0900_bin"), collation
-
-
-SERVICE_ACCOUNT = "flops-mlops"  # the inventories' flops_service_user
-
-
-def check_login_and_private_files(config_path: Path, tracking_host: str, root: Path) -> None:
-    """The tenant's tracking server on the host whose flops_root is ``root``: asks for a login, runs as the
-    service account (never root), keeps its files private, and lets no secret out in answers or its log."""
-    import requests
-
-    from flops_mlops import config as config_module
-    from flops_mlops.secrets import Secrets
-
-    config = config_module.load(config_path)
-    secrets = Secrets.load(config)
-    tenant = config.tenants[0]
-    port = config.tracking_port(tenant)
-    uri = f"http://{tracking_host}:{port}"
-
-    assert requests.get(f"{uri}/health", timeout=10).status_code == 200
-    anonymous = requests.get(f"{uri}/api/2.0/mlflow/experiments/search", params={"max_results": 1}, timeout=10)
-    assert anonymous.status_code == 401, (anonymous.status_code, anonymous.text[:300])
-
-    account = pwd.getpwnam(SERVICE_ACCOUNT)
-    assert account.pw_uid != 0
-    listening = {c.pid for c in psutil.net_connections(kind="inet")
-                 if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port and c.pid}
-    assert listening, f"no process listens on port {port}"
-    for pid in listening:
-        uids = next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("Uid:"))
-        assert uids.split()[1:] == [str(account.pw_uid)] * 4, (pid, uids)  # real, effective, saved, filesystem
-
-    etc, data, logs = (root / "etc" / "flops-mlops", root / "var" / "lib" / "flops-mlops",
-                       root / "var" / "log" / "flops-mlops")
-    env_file = one(etc.glob(f"*/tracking/{tenant.id}.env"))
-    workdir = one(data.glob(f"*/tracking/{tenant.id}"))
-    auth_db = workdir / "auth" / "auth.db"
-    log_file = one(logs.glob(f"*/*-tracking-{tenant.id}.log"))
-    for path in (env_file, auth_db, *logs.glob("*/*.log")):
-        assert stat.S_IMODE(path.stat().st_mode) == 0o600, (path, oct(path.stat().st_mode))
-    for path in (workdir, auth_db.parent, workdir.parent):
-        info = path.stat()
-        assert (stat.S_IMODE(info.st_mode), info.st_uid) == (0o700, account.pw_uid), (path, oct(info.st_mode))
-    assert auth_db.stat().st_uid == account.pw_uid and env_file.stat().st_uid == 0
-
-    values = [value for value in secrets.values.values() if value]
-    leaked = lambda text: [key for key, value in secrets.values.items()  # noqa: E731
-                           if value and (value in text or quote(value, safe="") in text)]
-    answer = requests.get(f"{uri}/api/2.0/mlflow-artifacts/artifacts/nothing-here",
-                          auth=("admin", secrets.admin_password(tenant.id)), timeout=60)
-    assert answer.status_code != 401, answer.text[:300]
-    assert values and leaked(answer.text) == [], (answer.status_code, leaked(answer.text))
-    assert leaked(log_file.read_text(errors="replace")) == [], log_file
-
-
-def one(paths) -> Path:
-    found = list(paths)
-    assert len(found) == 1, found
-    return found[0]
-
-
-def pid_files(root: Path) -> list[Path]:
-    return sorted(root.glob("**/run/flops-mlops/*/*.pid"))
-
-
-def stop_leftovers(root: Path, stack_name: str) -> list[int]:
-    """Last-resort cleanup after `provision --stop`: stop what the pid files under ``root`` record
-    (the daemon's own process group), and remove the deployment's PAM service. Returns the pids stopped."""
-    stopped = []
-    for pid_file in pid_files(root):
-        try:
-            proc = psutil.Process(int(pid_file.read_text().strip()))
-            group = os.getpgid(proc.pid)
-            if group in (0, 1, os.getpgrp()):
-                continue
-            os.killpg(group, signal.SIGTERM)
-            stopped.append(proc.pid)
-            proc.wait(timeout=30)
-        except (ValueError, psutil.Error, ProcessLookupError, subprocess.TimeoutExpired):
-            pass
-        pid_file.unlink(missing_ok=True)
-    for pam in Path("/etc/pam.d").glob(f"flops-mlops-{stack_name}-*"):
-        pam.unlink()
-    return stopped
-
-
-def recorded_processes(root: Path) -> list[psutil.Process]:
-    alive = []
-    for pid_file in pid_files(root):
-        try:
-            proc = psutil.Process(int(pid_file.read_text().strip()))
-            if proc.status() != psutil.STATUS_ZOMBIE:
-                alive.append(proc)
-        except (ValueError, psutil.Error):
-            pass
-    return alive
-
-
-def wait_gone(processes: list[psutil.Process], timeout: float = 30) -> list[psutil.Process]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        processes = [p for p in processes if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-        if not processes:
-            break
-        time.sleep(0.3)
-    return processes

@@ -1,7 +1,8 @@
 """`flops-mlops provision`: run the pyinfra deploys in deploy/pyinfra against an inventory, never interactively.
 
 The stack configuration given by --config is handed to the deploys as host data ``flops_config``; its secrets
-file is checked here first, so a missing password stops before any host is touched (exit 2).
+file and the inventory's host data (deploy/pyinfra/check_inventory.py) are checked here
+first, so a missing password or a wrong role name stops before any host is touched (exit 2).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ def add_provision_parser(commands) -> argparse.ArgumentParser:
                              + ", ".join(shipped_inventories()))
     parser.add_argument("--dry", action="store_true", help="plan only: show what would change, change nothing")
     parser.add_argument("--stop", action="store_true",
-                        help="stop the services the deploy started (by systemd or their pid files); data stays")
+                        help="stop and disable the units the deploy started (MariaDB keeps running); data stays")
     parser.add_argument("--json", action="store_true", help="print pyinfra's JSON results (counts of changes)")
     return parser
 
@@ -47,6 +48,17 @@ def pyinfra_argv(config: StackConfig, inventory: Path, dry: bool, stop: bool, js
     return argv
 
 
+def check_host_data(config: StackConfig, inventory: Path) -> None:
+    """deploy/pyinfra/check_inventory.py: every host's data, with no host contacted; its one-line message names
+    the host and the key."""
+    result = subprocess.run([sys.executable, "check_inventory.py", str(inventory), str(config.source.resolve())],
+                            cwd=PYINFRA_DIR, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    if result.returncode == 2:
+        raise ConfigError(result.stderr.strip())
+    if result.returncode != 0:
+        raise StackError(f"checking {inventory} failed (exit {result.returncode}): {result.stderr.strip()[-2000:]}")
+
+
 def provision_command(config: StackConfig, args: argparse.Namespace) -> int:
     Secrets.load(config)  # every password the deploys need is there, and the file is private
     if not (PYINFRA_DIR / "deploy.py").is_file():
@@ -57,6 +69,7 @@ def provision_command(config: StackConfig, args: argparse.Namespace) -> int:
     if not inventory.is_file():
         raise ConfigError(f"--inventory: {args.inventory}: no such file, nor an inventory shipped with flops-mlops "
                           f"({', '.join(shipped_inventories())})")
+    check_host_data(config, inventory)
     argv = pyinfra_argv(config, inventory, args.dry, args.stop, args.json)
     result = subprocess.run(argv, cwd=PYINFRA_DIR, stdin=subprocess.DEVNULL)
     if result.returncode != 0:

@@ -5,6 +5,7 @@
 or `flops-mlops --config FILE provision --inventory FILE [--dry]`. Each role lives in tasks/<role>.py.
 """
 
+from pyinfra import inventory
 from pyinfra.operations import server
 
 from tasks import settings
@@ -13,6 +14,7 @@ from tasks.backend_store import backend_store
 from tasks.docker_host import docker_host
 from tasks.tracking_server import tracking_server
 
+settings.check_inventory(inventory)  # `flops-mlops provision` checked it already; plain pyinfra runs too
 roles = settings.roles()
 if "backend_store" in roles:
     backend_store()

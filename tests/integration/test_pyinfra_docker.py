@@ -54,7 +54,7 @@ def docker_sandbox(tmp_path_factory):
     need_engine_and_images(folder / "secrets.env")
     with sandbox_root() as root_parent:
         root = root_parent / "root"
-        env = {"FLOPS_SANDBOX_ROOT": str(root), "FLOPS_SANDBOX_MODE": "docker"}
+        env = {"FLOPS_SANDBOX_ROOT": str(root)}
         state = {"config": config, "root": root, "env": env}
         project = None
         try:

@@ -1,8 +1,9 @@
 """What the pyinfra deploys write on a host, pinned by golden files (tests/unit/golden/pyinfra/).
 
-Rendered with pyinfra's own template loader and the data the deploys pass, for a sandbox host (no systemd,
-everything under a root folder) and a real host (systemd, FHS paths). After an intended change regenerate
-them with FLOPS_UPDATE_GOLDEN=1 and review the diff.
+Rendered with pyinfra's own template loader and the data the deploys pass, for a host with systemd and FHS
+paths: a tracking server's unit alone on its host and beside the stores (ordered after them), MariaDB's
+drop-in, a tracking server's environment and the tenants' SQL. After an intended change regenerate them with
+FLOPS_UPDATE_GOLDEN=1 and review the diff.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ GOLDEN = Path(__file__).parent / "golden" / "pyinfra"
 sys.path.insert(0, str(PYINFRA_DIR))
 
 from pyinfra.api.util import get_template  # noqa: E402
-from tasks import backend_store, docker_host, services, tracking_server  # noqa: E402
+from tasks import artifact_store, backend_store, docker_host, services, tracking_server  # noqa: E402
 from tasks.settings import TEMPLATES, TRIM, HostSettings  # noqa: E402
 
 from flops_mlops import compose  # noqa: E402
@@ -42,7 +43,7 @@ FAKE_SECRETS = {
 }
 
 
-def host_settings(tmp_path: Path, init: str, root: str) -> HostSettings:
+def host_settings(tmp_path: Path) -> HostSettings:
     data = {
         "name": "golden", "state_dir": "/unused", "secrets_file": str(tmp_path / "secrets.env"),
         "backend_store": {"kind": "mysql", "managed": False, "host": "10.0.0.11", "port": 3306},
@@ -55,7 +56,7 @@ def host_settings(tmp_path: Path, init: str, root: str) -> HostSettings:
     path.write_text(yaml.safe_dump(data))
     config = config_module.load(path)
     return HostSettings(config=config, secrets=Secrets(config.secrets_file, dict(FAKE_SECRETS)), mode="native",
-                        init=init, root=root, install_packages=False, service_user="flops-mlops",
+                        root="", install_packages=False, service_user="flops-mlops",
                         venv="/opt/flops-mlops/venv", manage_venv=True, tracking_packages=())
 
 
@@ -64,24 +65,20 @@ def render(template: Path, data: dict) -> str:
 
 
 def rendered_files(tmp_path: Path) -> dict[str, str]:
-    out = {}
-    for label, init, root in (("sandbox", "start-stop-daemon", "/srv/sandbox"), ("host", "systemd", "")):
-        s = host_settings(tmp_path, init, root)
-        acme = s.config.tenants[0]
-        svc = tracking_server.service(s, acme)
-        out[f"{label}-tracking-acme.service"] = render(services.UNIT_TEMPLATE, services.unit_data(svc))
-        out[f"{label}-my.cnf"] = render(TEMPLATES / "my.cnf.j2",
-                                        backend_store.cnf_data(s, backend_store.Layout(s)))
-        if init == "start-stop-daemon":
-            out[f"{label}-tracking-acme.start.sh"] = services.start_command(s, svc) + "\n"
-            out[f"{label}-tracking-acme.stop.sh"] = services.stop_command(s, svc) + "\n"
-            out[f"{label}-mariadb.service"] = render(services.UNIT_TEMPLATE,
-                                                     services.unit_data(backend_store.service(s)))
-    s = host_settings(tmp_path, "systemd", "")
-    out["tracking-acme.env"] = render(TEMPLATES / "tracking-server.env.j2", {
-        "stack": s.config.name, "tenant": "acme", "env": tracking_server.environment(s, s.config, s.config.tenants[0])})
-    out["tenants.sql"] = render(TEMPLATES / "tenants.sql.j2", backend_store.tenants_data(s))
-    return out
+    s = host_settings(tmp_path)
+    acme = s.config.tenants[0]
+    all_roles = tracking_server.local_store_units(s, ["backend_store", "artifact_store", "tracking_server"])
+    return {
+        "host-tracking-acme.service": render(services.UNIT_TEMPLATE,
+                                             services.unit_data(tracking_server.service(s, acme))),
+        "all-roles-tracking-acme.service": render(services.UNIT_TEMPLATE,
+                                                  services.unit_data(tracking_server.service(s, acme, None, all_roles))),
+        "host-vsftpd.service": render(services.UNIT_TEMPLATE, services.unit_data(artifact_store.service(s))),
+        "host-my.cnf": render(TEMPLATES / "my.cnf.j2", backend_store.cnf_data(s)),
+        "tracking-acme.env": render(TEMPLATES / "tracking-server.env.j2", {
+            "stack": s.config.name, "tenant": "acme", "env": tracking_server.environment(s, s.config, acme)}),
+        "tenants.sql": render(TEMPLATES / "tenants.sql.j2", backend_store.tenants_data(s)),
+    }
 
 
 def test_rendered_files_match_golden_files(tmp_path):
@@ -95,27 +92,23 @@ def test_rendered_files_match_golden_files(tmp_path):
         assert text == (GOLDEN / name).read_text(encoding="utf-8"), f"{name} differs from the golden file"
 
 
-@pytest.mark.parametrize("init", ["start-stop-daemon", "systemd"])
-def test_store_passwords_stay_out_of_command_lines_and_units(tmp_path, init):
-    s = host_settings(tmp_path, init, "/srv/sandbox" if init != "systemd" else "")
-    visible = []
-    for tenant in s.config.tenants:
-        svc = tracking_server.service(s, tenant)
-        visible += [services.start_command(s, svc), services.stop_command(s, svc),
-                    render(services.UNIT_TEMPLATE, services.unit_data(svc))]
-    visible.append(render(services.UNIT_TEMPLATE, services.unit_data(backend_store.service(s))))
+def test_store_passwords_stay_out_of_units(tmp_path):
+    s = host_settings(tmp_path)
+    visible = [render(services.UNIT_TEMPLATE, services.unit_data(tracking_server.service(s, tenant)))
+               for tenant in s.config.tenants]
+    visible.append(render(services.UNIT_TEMPLATE, services.unit_data(artifact_store.service(s))))
     for value in FAKE_SECRETS.values():
         assert not any(value in text for text in visible), value
 
 
 def test_sql_literals_escape_quotes_and_backslashes(tmp_path):
-    sql = render(TEMPLATES / "tenants.sql.j2", backend_store.tenants_data(host_settings(tmp_path, "systemd", "")))
+    sql = render(TEMPLATES / "tenants.sql.j2", backend_store.tenants_data(host_settings(tmp_path)))
     assert "IDENTIFIED BY 'it''s\\\\odd'" in sql
     assert "`mlflow_globex`.* TO 'mlflow_globex'@'%'" in sql
 
 
 def test_tracking_environment_holds_store_uris_with_url_safe_passwords(tmp_path):
-    s = host_settings(tmp_path, "systemd", "")
+    s = host_settings(tmp_path)
     env = tracking_server.environment(s, s.config, s.config.tenants[0])
     assert env["MLFLOW_BACKEND_STORE_URI"] == "mysql+pymysql://mlflow_acme:acme-db@10.0.0.11:3306/mlflow_acme?charset=utf8mb4"
     assert env["MLFLOW_ARTIFACTS_DESTINATION"] == "ftp://flops_acme:acme-ftp@10.0.0.12:2121/artifacts"
@@ -124,7 +117,7 @@ def test_tracking_environment_holds_store_uris_with_url_safe_passwords(tmp_path)
 def test_tracking_environment_holds_the_login_settings_and_nothing_from_this_machine(tmp_path, monkeypatch):
     monkeypatch.setenv("FLOPS_SOMETHING_LOCAL", "x")
     monkeypatch.setenv("PATH", "/somewhere/local")
-    s = host_settings(tmp_path, "systemd", "")
+    s = host_settings(tmp_path)
     env = tracking_server.environment(s, s.config, s.config.tenants[0])
     assert env["MLFLOW_AUTH_ADMIN_PASSWORD"] == "acme-admin-pass"
     assert env["MLFLOW_FLASK_SERVER_SECRET_KEY"] == "acme-secret-key"
@@ -135,13 +128,6 @@ def test_tracking_environment_holds_the_login_settings_and_nothing_from_this_mac
     # The venv's Python runs our single-process runner (MLflow's app with our login), as flops-mlops up does.
     assert svc.user == "flops-mlops" and svc.argv[:3] == ["/opt/flops-mlops/venv/bin/python", "-m",
                                                           "flops_mlops.tracking_runner"]
-
-
-def test_sandbox_schema_upgrade_and_server_run_as_the_service_account(tmp_path):
-    s = host_settings(tmp_path, "start-stop-daemon", "/srv/sandbox")
-    start = services.start_command(s, tracking_server.service(s, s.config.tenants[0]))
-    assert "runuser -m -u flops-mlops -- /opt/flops-mlops/venv/bin/python " in start
-    assert "--chuid flops-mlops" in start
 
 
 def test_compose_env_carries_every_secret_the_rendered_compose_reads(tmp_path):
@@ -157,7 +143,7 @@ def test_compose_env_carries_every_secret_the_rendered_compose_reads(tmp_path):
                 "FLOPS_TENANT_DEFAULT_FL_PASSWORD", "FLOPS_TENANT_ACME_ADMIN_PASSWORD", "FLOPS_TENANT_ACME_SECRET_KEY"]
     values = {key: f"value-of-{key.lower()}" for key in expected}
     s = HostSettings(config=config, secrets=Secrets(config.secrets_file, {**values, "FLOPS_OTHER": "x"}),
-                     mode="docker", init="start-stop-daemon", root="/srv/sandbox", install_packages=False,
+                     mode="docker", root="/srv/sandbox", install_packages=False,
                      service_user="flops-mlops", venv="/opt/flops-mlops/venv", manage_venv=False,
                      tracking_packages=())
     rendered = compose.render(config, Path("/srv/compose"), checkout=Path("/srv/compose"))

@@ -10,7 +10,8 @@ flops_config = "../../configs/native.yaml"
 flops_roles = []
 flops_mode = "native"
 
-# systemd units on real hosts; start-stop-daemon with pid files where systemd is not PID 1 (containers, tests).
+# The deploys run services as systemd units (the only value). Hosts without systemd as PID 1 run the stack with
+# `flops-mlops up` instead (docs/native.md).
 flops_init = "systemd"
 
 # Prefix of every path a deploy writes (etc/flops-mlops, var/lib/flops-mlops, var/log/flops-mlops, run/...).
@@ -47,6 +48,10 @@ def __pinned(*names: str) -> list[str]:
 
 
 flops_tracking_packages = __pinned("mlflow", "Flask-WTF", "PyMySQL", "cryptography", "psutil")
+# Extra arguments of every pip install into that venv: an internal index (["--index-url", URL]) or, on hosts
+# without internet access, a folder of wheels on the host (["--no-index", "--find-links", "/srv/wheels"]; it
+# needs the packages above, their dependencies and setuptools, which builds flops-mlops from its sources).
+flops_pip_args = []
 
 # docker mode: Docker's apt repository suite and packages; compose.yaml (with the backend store's init script)
 # is rendered from the configuration, the other compose files and what the images build from are copied (paths

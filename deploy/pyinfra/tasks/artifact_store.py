@@ -45,8 +45,8 @@ def artifact_store() -> None:
     if s.install_packages:
         apt.packages(name="Install vsftpd and pam_pwdfile", packages=["vsftpd", "libpam-pwdfile"],
                      update=True, cache_time=3600, no_recommends=True)
-        if s.systemd:  # the packaged instance serves local accounts on port 21; ours runs as its own unit
-            systemd.service(name="Stop the packaged vsftpd", service="vsftpd.service", running=False, enabled=False)
+        # The packaged instance serves local accounts on port 21; ours runs as a unit of its own.
+        systemd.service(name="Stop the packaged vsftpd", service="vsftpd.service", running=False, enabled=False)
 
     home = f"{s.etc}/vsftpd"
     ftp_root = f"{s.data}/ftp"
@@ -54,7 +54,7 @@ def artifact_store() -> None:
     # Folders shared with the other roles on one host; then the store's own, as ftp_users lays them out.
     # Tenants cannot change modes (chmod_enable=NO in the shared template) and create private files
     # (local_umask=077).
-    for path in (s.etc, s.data, s.run, s.logs):
+    for path in (s.etc, s.data, s.logs):
         files.directory(name=f"Folder {path}", path=path, user="root", group="root", mode="755")
     for folder in ftp_users.folders(home, empty, ftp_root, [t.ftp_user for t in config.tenants], store.os_user):
         owner = folder.owner or "root"
@@ -77,12 +77,12 @@ def artifact_store() -> None:
         pam_service=pam_service(s), pasv_min_port=store.passive_ports[0], pasv_max_port=store.passive_ports[1],
         pasv_address=store.pasv_address, empty_dir=empty, log_file=f"{s.logs}/vsftpd-transfers.log",
     )
-    services.ensure_running(s, service(s), triggers=[conf])
+    services.ensure_running(service(s), triggers=[conf])
 
 
 @deploy("Stop FLOps artifact store")
 def stop_artifact_store(remove_pam_service: bool = True) -> None:
     s = settings.current()
-    services.ensure_stopped(s, service(s))
+    services.ensure_stopped(service(s))
     if remove_pam_service:
         files.file(name="Remove the PAM service", path=f"/etc/pam.d/{pam_service(s)}", present=False)

@@ -1,51 +1,37 @@
 """The backend store role: MariaDB with one database (utf8mb4, binary NO PAD collation) and one user per tenant.
 
-With systemd the Debian package's server runs, with our settings as a drop-in; without systemd a private
-server with its data under flops_root is started by start-stop-daemon. Tenants are provisioned by an SQL file
-(mode 0600, so passwords never appear in a command line) that runs when it changed or a database is missing:
-it needs a running server, so nothing about the server is read while the deploy is planned. Its tenant
-statements are the ones every target runs (flops_mlops.stores.tenant_db, one template).
+The Debian package's server runs, with our settings as a drop-in (port, bind address, character set).
+Tenants are provisioned by an SQL file (mode 0600, so passwords never appear in a command line) that runs when
+it changed or a database is missing: it needs a running server, so nothing about the server is read while the
+deploy is planned. Its tenant statements are the ones every target runs (flops_mlops.stores.tenant_db, one
+template).
 """
 
 from __future__ import annotations
 
 from pyinfra import host
 from pyinfra.api import deploy
-from pyinfra.facts.files import Directory
 from pyinfra.facts.server import Command
-from pyinfra.operations import apt, files, server
+from pyinfra.operations import apt, files, server, systemd
 
 from flops_mlops.stores import tenant_db
 
 from . import services, settings
 from .settings import TEMPLATES, TRIM, HostSettings
 
-SERVER = "/usr/sbin/mariadbd"
+PACKAGED_SERVICE = "mariadb"  # the Debian package's unit
+SOCKET = "/run/mysqld/mysqld.sock"
 
 
-class Layout:
-    """Where the server keeps its settings, data and socket on this host."""
-
-    def __init__(self, s: HostSettings):
-        self.private = not s.systemd
-        if self.private:
-            self.cnf = f"{s.etc}/my.cnf"
-            self.datadir = f"{s.data}/mysql"
-            self.rundir = f"{s.run}/mysql"
-            self.socket = f"{self.rundir}/mysqld.sock"
-        else:
-            self.cnf = f"/etc/mysql/mariadb.conf.d/90-flops-mlops-{s.config.name}.cnf"
-            self.datadir = None
-            self.rundir = None
-            self.socket = "/run/mysqld/mysqld.sock"
-        self.client = f"mysql --defaults-file={self.cnf}"
+def cnf_path(s: HostSettings) -> str:
+    """Our drop-in; the client reads it too (its [client] socket)."""
+    return f"/etc/mysql/mariadb.conf.d/90-flops-mlops-{s.config.name}.cnf"
 
 
-def cnf_data(s: HostSettings, layout: Layout) -> dict:
+def cnf_data(s: HostSettings) -> dict:
     """What my.cnf.j2 is rendered with."""
     b = s.config.backend_store
-    return {"stack": s.config.name, "port": b.port, "bind_address": b.host, "datadir": layout.datadir,
-            "socket": layout.socket, "server_pid_file": f"{layout.rundir}/mariadbd.pid"}
+    return {"stack": s.config.name, "port": b.port, "bind_address": b.host, "socket": SOCKET}
 
 
 def tenants_data(s: HostSettings) -> dict:
@@ -57,45 +43,24 @@ def tenants_data(s: HostSettings) -> dict:
             "tenants_sql": tenant_db.render(tenant_db.with_secrets(config, secrets))}
 
 
-def service(s: HostSettings) -> services.Service:
-    layout = Layout(s)
-    return services.Service(
-        name=f"{s.service_prefix}-mariadb",
-        description=f"MariaDB backend store of FLOps MLOps stack {s.config.name}",
-        argv=[SERVER, f"--defaults-file={layout.cnf}", "--user=mysql"],
-        ready=f"mysqladmin --defaults-file={layout.cnf} ping >/dev/null 2>&1",
-        timeout=120,
-    )
-
-
 @deploy("FLOps backend store (MariaDB)")
 def backend_store() -> None:
     s = settings.current()
     config = s.config
     settings.require_kind(config, "backend_store.kind", config.backend_store.kind, "mysql")
-    layout = Layout(s)
     if s.install_packages:
         apt.packages(name="Install MariaDB", packages=["mariadb-server", "mariadb-client"],
                      update=True, cache_time=3600, no_recommends=True)
+    # The package enables socket activation: at boot that starts the server on the socket unit's port (3306)
+    # and ignores ours. The server starts as a service of its own instead.
+    systemd.service(name="MariaDB without socket activation", service=f"{PACKAGED_SERVICE}.socket",
+                    running=False, enabled=False)
     files.directory(name="Settings folder", path=s.etc, mode="755")
-
-    cnf = files.template(name="MariaDB settings", src=str(TEMPLATES / "my.cnf.j2"), dest=layout.cnf, mode="644",
-                         jinja_env_kwargs=dict(TRIM), **cnf_data(s, layout))
-
-    if layout.private:
-        for path, owner, mode in ((s.data, "root", "755"), (layout.datadir, "mysql", "750"),
-                                  (s.run, "root", "755"), (layout.rundir, "mysql", "755"),
-                                  (s.logs, "root", "755")):
-            files.directory(name=f"Folder {path}", path=path, user=owner, group=owner, mode=mode)
-        # Read while planning: the data folder either exists before this run or is created by it.
-        if not host.get_fact(Directory, path=f"{layout.datadir}/mysql"):
-            server.shell(name="Create the MariaDB system tables",
-                         commands=[f"mariadb-install-db --defaults-file={layout.cnf} --user=mysql "
-                                   "--skip-test-db --auth-root-authentication-method=socket >/dev/null"])
-        services.ensure_running(s, service(s), triggers=[cnf])
-    else:
-        services.ensure_running_packaged("mariadb", triggers=[cnf],
-                                         ready=f"mysqladmin --defaults-file={layout.cnf} ping >/dev/null 2>&1")
+    client = f"mysql --defaults-file={cnf_path(s)}"
+    cnf = files.template(name="MariaDB settings", src=str(TEMPLATES / "my.cnf.j2"), dest=cnf_path(s), mode="644",
+                         jinja_env_kwargs=dict(TRIM), **cnf_data(s))
+    services.ensure_running_packaged(PACKAGED_SERVICE, triggers=[cnf],
+                                     ready=f"mysqladmin --defaults-file={cnf_path(s)} ping >/dev/null 2>&1")
 
     sql = files.template(name="Tenants' databases and users (SQL, mode 0600)", src=str(TEMPLATES / "tenants.sql.j2"),
                          dest=f"{s.etc}/tenants.sql", mode="600", jinja_env_kwargs=dict(TRIM), **tenants_data(s))
@@ -103,17 +68,9 @@ def backend_store() -> None:
     count_query = f"SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME IN ({names})"
 
     def databases_missing() -> bool:
-        found = host.get_fact(Command, f'{layout.client} -N -B -e "{count_query}"')
+        found = host.get_fact(Command, f'{client} -N -B -e "{count_query}"')
         return str(found).strip() != str(len(config.tenants))
 
     server.shell(name="Create or update tenants' databases and users",
-                 commands=[f"{layout.client} < {s.etc}/tenants.sql"],
+                 commands=[f"{client} < {s.etc}/tenants.sql"],
                  _if=lambda: sql.did_change() or databases_missing())
-
-
-@deploy("Stop FLOps backend store")
-def stop_backend_store() -> None:
-    s = settings.current()
-    if s.systemd:
-        return  # the packaged server may serve others too: leave it running
-    services.ensure_stopped(s, service(s))

@@ -78,8 +78,7 @@ def docker_host() -> None:
                      f"{host.data.get('flops_debian_suite')} stable")
         apt.packages(name="Docker Engine and the Compose plugin", packages=list(host.data.get("flops_docker_packages")),
                      update=True, cache_time=3600)
-        if s.systemd:
-            systemd.service(name="Docker Engine running", service="docker.service", running=True, enabled=True)
+        systemd.service(name="Docker Engine running", service="docker.service", running=True, enabled=True)
 
     target = compose_dir(s)
     files.directory(name="Compose folder", path=target, mode="755")

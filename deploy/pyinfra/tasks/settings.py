@@ -29,7 +29,7 @@ TRIM = {"trim_blocks": True, "lstrip_blocks": True}  # Jinja2 options for our te
 
 ROLES = ("backend_store", "artifact_store", "tracking_server", "docker_host")
 MODES = ("native", "docker")
-INITS = ("systemd", "start-stop-daemon")
+INITS = ("systemd",)  # hosts without systemd run the stack with `flops-mlops up` (docs/native.md)
 SAFE_PATH = re.compile(r"^/[A-Za-z0-9._/+-]*$")
 
 
@@ -50,10 +50,11 @@ def _path(key: str, value: object) -> str:
     return value.rstrip("/")
 
 
-def _choice(key: str, allowed: tuple[str, ...]) -> str:
-    value = host.data.get(key)
+def _choice(key: str, allowed: tuple[str, ...], of_host=None) -> str:
+    target = of_host or host
+    value = target.data.get(key)
     if value not in allowed:
-        raise HostDataError(f"host {host.name}: {key}: expected one of {', '.join(allowed)}, got {value!r}")
+        raise HostDataError(f"host {target.name}: {key}: expected one of {', '.join(allowed)}, got {value!r}")
     return value
 
 
@@ -67,18 +68,25 @@ def _flag(key: str) -> bool:
     raise HostDataError(f"host {host.name}: {key}: expected true or false, got {value!r}")
 
 
+def _strings(key: str) -> tuple[str, ...]:
+    value = host.data.get(key) or []
+    if isinstance(value, str) or not all(isinstance(item, str) and "\n" not in item for item in value):
+        raise HostDataError(f"host {host.name}: {key}: expected a list of strings, got {value!r}")
+    return tuple(value)
+
+
 @dataclass(frozen=True)
 class HostSettings:
     config: StackConfig
     secrets: Secrets
     mode: str
-    init: str
     root: str
     install_packages: bool
     service_user: str
     venv: str
     manage_venv: bool
     tracking_packages: tuple[str, ...]
+    pip_args: tuple[str, ...] = ()   # extra pip install arguments for the managed venv (index, wheelhouse)
 
     # Folders under flops_root; on a real host (root "/") these are the usual FHS places.
     @property
@@ -92,14 +100,6 @@ class HostSettings:
     @property
     def logs(self) -> str:
         return f"{self.root}/var/log/flops-mlops/{self.config.name}"
-
-    @property
-    def run(self) -> str:
-        return f"{self.root}/run/flops-mlops/{self.config.name}"
-
-    @property
-    def systemd(self) -> bool:
-        return self.init == "systemd"
 
     @property
     def service_prefix(self) -> str:
@@ -134,13 +134,13 @@ def current() -> HostSettings:
         config=config,
         secrets=secrets,
         mode=_choice("flops_mode", MODES),
-        init=_choice("flops_init", INITS),
         root=root,
         install_packages=_flag("flops_install_packages"),
         service_user=service_user,
         venv=_path("flops_venv", host.data.get("flops_venv")),
         manage_venv=_flag("flops_manage_venv"),
         tracking_packages=tuple(host.data.get("flops_tracking_packages") or ()),
+        pip_args=_strings("flops_pip_args"),
     )
 
 
@@ -166,23 +166,42 @@ def roles(of_host=None) -> list[str]:
 
 
 def address(of_host) -> str:
-    """How other hosts reach ``of_host``: host data ``flops_address``, else its SSH host name or inventory name."""
+    """How other hosts reach ``of_host``: host data ``flops_address``, else its SSH host name or inventory name
+    (a connector such as @local or @docker/NAME is no address)."""
     value = of_host.data.get("flops_address") or of_host.data.get("ssh_hostname") or of_host.name
-    if value.startswith("@"):  # @local and other connectors without a network name
-        return "127.0.0.1"
+    if not isinstance(value, str) or value.startswith("@"):
+        raise HostDataError(f"host {of_host.name}: flops_address: missing; other hosts connect to its stores, and "
+                            "its name is a pyinfra connector, not an address (set flops_address to the address "
+                            "they reach it at)")
     if problem(Host, value) is not None:
         raise HostDataError(f"host {of_host.name}: flops_address: {value!r} is not a host name or IP address "
                             "(it goes into the store URIs of the tracking servers)")
     return value
 
 
+def check_inventory(hosts) -> None:
+    """What the deploys need from every host's data, checked before any host is contacted (`flops-mlops
+    provision` runs this): known roles that fit the mode, a known mode and init system, each store role on one
+    host, and an address for a store host that a tracking server on another host connects to."""
+    hosts = list(hosts)
+    for target in hosts:
+        _choice("flops_mode", MODES, target)
+        _choice("flops_init", INITS, target)
+        roles(target)
+    trackers = [target for target in hosts if "tracking_server" in roles(target)]
+    for role in ("backend_store", "artifact_store"):
+        holders = [target for target in hosts if role in roles(target)]
+        if len(holders) > 1:
+            names = ", ".join(target.name for target in holders)
+            raise HostDataError(f"inventory: role {role} is given to several hosts ({names}); give it to one")
+        if holders and any(tracker.name != holders[0].name for tracker in trackers):
+            address(holders[0])
+
+
 def peer_address(role: str, fallback: str) -> str:
     """Address of the inventory host that has ``role``. ``fallback`` (the configuration's address) when no host
     has it (a store run elsewhere) or this host has it itself (the store listens on that address here)."""
-    holders = [other for other in inventory if role in roles(other)]
-    if len(holders) > 1:
-        names = ", ".join(h.name for h in holders)
-        raise HostDataError(f"inventory: role {role} is given to several hosts ({names}); give it to one")
+    holders = [other for other in inventory if role in roles(other)]  # one at most (check_inventory)
     if not holders:
         return fallback
     if holders[0].name == host.name:

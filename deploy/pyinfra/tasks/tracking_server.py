@@ -25,7 +25,7 @@ from pyinfra.operations import apt, files, pip, server
 from flops_mlops import tracking_server as mlflow_server
 from flops_mlops.config import ConfigError, StackConfig, Tenant
 
-from . import services, settings
+from . import artifact_store, backend_store, services, settings
 from .settings import PYINFRA_DIR, TEMPLATES, TRIM, HostDataError, HostSettings
 
 REPOSITORY = PYINFRA_DIR.parent.parent
@@ -66,7 +66,19 @@ def environment(s: HostSettings, seen: StackConfig, tenant: Tenant) -> dict[str,
     return env
 
 
-def service(s: HostSettings, tenant: Tenant, seen: StackConfig | None = None) -> services.Service:
+def local_store_units(s: HostSettings, roles: list[str]) -> tuple[str, ...]:
+    """The systemd units of the stores on the tracking server's own host: its unit starts after them (a server
+    upgrades its schema before it starts, so the database must be up; after a reboot too)."""
+    units = []
+    if "backend_store" in roles:
+        units.append(f"{backend_store.PACKAGED_SERVICE}.service")
+    if "artifact_store" in roles:
+        units.append(f"{artifact_store.service(s).name}.service")
+    return tuple(units)
+
+
+def service(s: HostSettings, tenant: Tenant, seen: StackConfig | None = None,
+            after: tuple[str, ...] = ()) -> services.Service:
     config = seen or s.config
     python = f"{s.venv}/bin/python"
     listen = "127.0.0.1" if config.tracking.host in ("0.0.0.0", "::") else config.tracking.host
@@ -82,6 +94,7 @@ def service(s: HostSettings, tenant: Tenant, seen: StackConfig | None = None) ->
         workdir=workdir(s, tenant),
         user=s.service_user,
         before_start=[[python, "-m", "flops_mlops.tracking_server", "upgrade-schema"]],
+        after=after,
     )
 
 
@@ -94,21 +107,24 @@ def tracking_server() -> None:
             apt.packages(name="Install Python venv support", packages=["python3-venv"],
                          update=True, cache_time=3600, no_recommends=True)
         pip.venv(name="Python venv for MLflow", path=s.venv, python="/usr/bin/python3")  # what python3-venv serves
-        pip.packages(name="MLflow and store drivers (pinned)", packages=list(s.tracking_packages),
-                     virtualenv=s.venv)
-        package = install_flops_mlops(s)
+        drivers = pip.packages(name="MLflow and store drivers (pinned)", packages=list(s.tracking_packages),
+                               virtualenv=s.venv, extra_install_args=shlex.join(s.pip_args) or None)
+        package = [drivers, *install_flops_mlops(s)]
+    else:
+        package = []
     group = service_account(s)
     # etc/tracking holds the environment files (root's, 0600); the other folders are shared with the store roles
     # on one host.
-    for path in (s.etc, f"{s.etc}/tracking", s.data, s.run, s.logs):
+    for path in (s.etc, f"{s.etc}/tracking", s.data):
         files.directory(name=f"Folder {path}", path=path, user="root", group="root", mode="755")
     files.directory(name="Working folders (the service account's, 0700)", path=f"{s.data}/tracking",
                     user=s.service_user, group=group, mode="700")
     # A schema upgrade script of earlier releases: the servers now run the package's module instead.
     files.file(name="Remove the old schema upgrade script", path=f"{s.etc}/tracking/upgrade_schema.py",
                present=False)
+    after = local_store_units(s, settings.roles())
     for tenant in seen.tenants:
-        svc = service(s, tenant, seen)
+        svc = service(s, tenant, seen, after)
         for path, what in ((svc.workdir, "Working folder"), (auth_dir(s, tenant), "Auth database folder")):
             files.directory(name=f"{what} of {tenant.id} (0700)", path=path, user=s.service_user, group=group,
                             mode="700")
@@ -117,14 +133,14 @@ def tracking_server() -> None:
             dest=svc.env_file, user="root", group="root", mode="600", jinja_env_kwargs=dict(TRIM),
             stack=seen.name, tenant=tenant.id, env=environment(s, seen, tenant),
         )
-        services.ensure_running(s, svc, triggers=[env, *([package] if s.manage_venv else [])])
+        services.ensure_running(svc, triggers=[env, *package])
 
 
-def install_flops_mlops(s: HostSettings) -> OperationMeta:
+def install_flops_mlops(s: HostSettings) -> list[OperationMeta]:
     """flops-mlops itself in the managed venv: its `flops-basic-auth` app (the login) is what the servers run.
 
     Its sources are copied to <venv>/src/flops-mlops and installed with the lock as constraints when they
-    changed or the venv lacks the package.
+    changed or the venv lacks the package. Returns the copies: when one of them changes, the servers restart.
     """
     if not (REPOSITORY / "pyproject.toml").is_file():
         raise HostDataError(f"host {host.name}: flops_manage_venv: installing flops-mlops on a host copies its "
@@ -139,7 +155,7 @@ def install_flops_mlops(s: HostSettings) -> OperationMeta:
     copied.append(files.sync(name="Copy deploy/flops_mlops", src=str(REPOSITORY / "deploy" / "flops_mlops"),
                              dest=f"{src}/deploy/flops_mlops", delete=True, exclude=["*.pyc"],
                              exclude_dir=["__pycache__"]))
-    pip_cmd = shlex.join([f"{s.venv}/bin/pip", "install", "--quiet", "--constraint",
+    pip_cmd = shlex.join([f"{s.venv}/bin/pip", "install", "--quiet", *s.pip_args, "--constraint",
                           f"{src}/deploy/images/constraints.txt"])
     check = shlex.join([f"{s.venv}/bin/python", "-c", "import importlib.metadata as m; m.version('flops-mlops')"])
 
@@ -149,10 +165,11 @@ def install_flops_mlops(s: HostSettings) -> OperationMeta:
         return host.get_fact(Command, f"if {check} 2>/dev/null; then echo yes; else echo no; fi") != "yes"
 
     # The same version number on changed sources: reinstall the package itself, then add what it needs.
-    return server.shell(name="flops-mlops in the venv (pinned by the lock)",
+    server.shell(name="flops-mlops in the venv (pinned by the lock)",
                         commands=[f"{pip_cmd} --force-reinstall --no-deps {shlex.quote(src)}",
                                   f"{pip_cmd} {shlex.quote(src)}"],
                         _if=needed)
+    return copied
 
 
 def service_account(s: HostSettings) -> str:
@@ -173,4 +190,4 @@ def service_account(s: HostSettings) -> str:
 def stop_tracking_server() -> None:
     s = settings.current()
     for tenant in s.config.tenants:
-        services.ensure_stopped(s, service(s, tenant))
+        services.ensure_stopped(service(s, tenant))
