@@ -109,7 +109,9 @@ def test_push_help_and_provision_dry_with_a_shipped_inventory(installed, tmp_pat
                env={"FLOPS_SANDBOX_ROOT": str(root)})
     assert plan.returncode == 0, plan.stdout[-3000:] + plan.stderr[-3000:]
     output = plan.stdout + plan.stderr
-    assert "FLOps tracking servers (MLflow) | Start" in output and "tracking-acme" in output
+    # Docker mode from an installed package: the compose project without build sections (nothing to copy).
+    assert "FLOps docker host (Docker Engine + Compose) | Rendered compose.yaml" in output, output[-3000:]
+    assert "| Copy " not in output
     assert not root.exists()  # a plan changes nothing
     unknown = run([command, "--config", "stack.yaml", "provision", "--inventory", "nowhere", "--dry"], folder)
     assert unknown.returncode == 2 and "--inventory: nowhere: no such file, nor an inventory shipped" in unknown.stderr

@@ -156,7 +156,7 @@ def _host_settings(config, secrets):
     """pyinfra's view of a host with every role (its tasks are imported from deploy/pyinfra)."""
     from tasks.settings import HostSettings
 
-    return HostSettings(config=config, secrets=secrets, mode="native", init="systemd", root="", install_packages=False,
+    return HostSettings(config=config, secrets=secrets, mode="native", root="", install_packages=False,
                         service_user="flops-mlops", venv="/opt/venv", manage_venv=False, tracking_packages=())
 
 

@@ -3,7 +3,8 @@
 The compose project is the render of the stack configuration (flops_mlops.compose, as `flops-mlops render
 --target compose`), for every tenant in it, written to ``<data>/compose``. What its images build from
 (host data ``flops_compose_paths``) and extra compose files such as an override (``flops_compose_files`` after
-the first, ``compose.yaml``), relative to the repository, are copied beside it. Its ``.env`` (mode 0600) holds
+the first, ``compose.yaml``), relative to the repository, are copied beside it (from a checkout only; see
+FROM_CHECKOUT). Its ``.env`` (mode 0600) holds
 exactly the secrets the rendered compose.yaml reads, from the secrets file; ports and addresses are the
 configuration's, in compose.yaml. ``docker compose up -d --wait`` runs when something changed or a service is
 not running.
@@ -28,6 +29,10 @@ from . import settings
 from .settings import PYINFRA_DIR, TEMPLATES, TRIM, HostDataError
 
 REPOSITORY = PYINFRA_DIR.parent.parent
+# Run from a checkout, the host builds our images from copies of their build contexts (flops_compose_paths). Run
+# from an installed flops-mlops, there are none: compose.yaml has no build sections, and the images come from
+# images.* (a registry, or loaded on the host beforehand).
+FROM_CHECKOUT = (REPOSITORY / "deploy/images/python/Dockerfile").is_file()
 DOCKER_APT = "https://download.docker.com/linux/debian"
 
 
@@ -82,17 +87,20 @@ def docker_host() -> None:
 
     target = compose_dir(s)
     files.directory(name="Compose folder", path=target, mode="755")
-    rendered = compose_project.render(s.config, Path(target), checkout=Path(target))
+    rendered = (compose_project.render(s.config, Path(target), checkout=Path(target)) if FROM_CHECKOUT
+                else compose_project.render(s.config, Path(target)))
     copied = []
     for item in rendered:
         if "/" in item.path:
             files.directory(name=f"Folder of {item.path}", path=f"{target}/{item.path.rsplit('/', 1)[0]}", mode="755")
         copied.append(files.put(name=f"Rendered {item.path}", src=io.StringIO(item.text),
                                 dest=f"{target}/{item.path}", mode=f"{item.mode:o}"))
-    for relative in dict.fromkeys([*compose_files()[1:], *(host.data.get("flops_compose_paths") or [])]):
+    build_paths = (host.data.get("flops_compose_paths") or []) if FROM_CHECKOUT else []
+    for relative in dict.fromkeys([*compose_files()[1:], *build_paths]):
         source = (REPOSITORY / relative).resolve()
         if REPOSITORY not in source.parents or not source.exists():
-            raise HostDataError(f"host {host.name}: flops_compose_paths: {relative!r} is not a file or folder "
+            key = "flops_compose_paths" if relative in build_paths else "flops_compose_files"
+            raise HostDataError(f"host {host.name}: {key}: {relative!r} is not a file or folder "
                                 f"inside {REPOSITORY}")
         if source.is_dir():
             copied.append(files.sync(name=f"Copy {relative}", src=str(source), dest=f"{target}/{relative}",
