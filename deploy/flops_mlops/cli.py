@@ -102,6 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_user_parser(commands).set_defaults(handler=cmd_user)
 
+    from .serving import add_serve_parser  # a tenant's registered model over HTTP (MLflow's scoring server)
+
+    add_serve_parser(commands).set_defaults(handler=cmd_serve)
+
     from .provision import add_provision_parser  # pyinfra deploys for hosts (deploy/pyinfra)
 
     add_provision_parser(commands).set_defaults(handler=cmd_provision)
@@ -205,6 +209,12 @@ def cmd_user(args: argparse.Namespace) -> int:
     from .users import user_command
 
     return user_command(load_config(args), args)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .serving import serve_command
+
+    return serve_command(load_config(args), args)
 
 
 def cmd_provision(args: argparse.Namespace) -> int:
