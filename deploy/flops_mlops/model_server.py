@@ -7,7 +7,8 @@ conda or virtualenv is created (MLflow's env_manager "local"). The model's requi
 environment; if not, the server does not start (exit 2, each unmet requirement named).
 
 Where the model comes from (environment):
-  FLOPS_SERVE_MODEL_DIR     a model folder on disk (an image with a baked version): served as is, offline; or
+  FLOPS_SERVE_MODEL_DIR     a model folder on disk (an image with a baked version): served as is, offline
+                            (FLOPS_SERVE_MODEL_NAME and FLOPS_SERVE_VERSION, if set, only say what it is); or
   MLFLOW_TRACKING_URI, MLFLOW_TRACKING_USERNAME, MLFLOW_TRACKING_PASSWORD
                             the tenant's tracking server and a user with READ on the registered model only
   FLOPS_SERVE_MODEL_NAME    registered model (= FL project)
@@ -230,13 +231,8 @@ def fetch_and_load(settings: Settings, version: str) -> Served:
 
 
 def first_model(settings: Settings) -> Served:
-    if settings.model_dir is not None:
-        import yaml
-
-        info = yaml.safe_load((settings.model_dir / "MLmodel").read_text(encoding="utf-8")) or {}
-        baked = info.get("flops_served") or {}
-        return load(settings.model_dir, str(baked.get("name", settings.name)), str(baked.get("version", "")), None,
-                    str(settings.model_dir))
+    if settings.model_dir is not None:  # baked: FLOPS_SERVE_MODEL_NAME and FLOPS_SERVE_VERSION only describe it
+        return load(settings.model_dir, settings.name, settings.version or "", None, str(settings.model_dir))
     assert settings.registry is not None
     version = settings.version or settings.registry.version_of(settings.name, settings.alias or "champion")
     return fetch_and_load(settings, version)

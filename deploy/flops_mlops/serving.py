@@ -136,11 +136,13 @@ def serve_command(config: StackConfig, args) -> int:
     print(f"serving models:/{args.project}/{started['version']}"
           + (f" (alias {alias}; followed every {args.poll:g} s)" if alias and args.poll else "")
           + f" of tenant {tenant.id} at {url} (pid {service.process.recorded().pid})")
-    print(f"predict:  curl -s -X POST {url}/invocations -H 'Content-Type: application/json' --data @{example}")
+    curl = f"predict:  curl -s -X POST {url}/invocations -H 'Content-Type: application/json' --data @{example}"
     if args.detach:
         print(f"stop it with: flops-mlops --config {args.config} serve --tenant {tenant.id} --project {args.project} "
               "--stop (or down)")
+        print(curl)
         return 0
+    print(curl)
     print("running in the foreground; press Ctrl-C to stop", flush=True)
     try:
         while service.process.is_running():
