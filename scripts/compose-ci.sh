@@ -170,8 +170,8 @@ build_wheelhouse() {
 build_images() {
     local start
     start=$(date +%s)
-    log "building images: ${COMPOSE[*]} --profile fl build (log: $CACHE/images-build.log)"
-    "${COMPOSE[@]}" --progress plain --profile fl build >"$CACHE/images-build.log" 2>&1 || {
+    log "building images: ${COMPOSE[*]} --profile fl --profile serve build (log: $CACHE/images-build.log)"
+    "${COMPOSE[@]}" --progress plain --profile fl --profile serve build >"$CACHE/images-build.log" 2>&1 || {
         tail -60 "$CACHE/images-build.log" >&2; echo "image build failed; see $CACHE/images-build.log" >&2; exit 1; }
     log "images built ($(elapsed "$start")): $(docker image ls --format '{{.Repository}}:{{.Tag}} {{.Size}}' \
         'flops-mlops/*' | tr '\n' ' ')"

@@ -175,12 +175,15 @@ def ensure_project_user(admin: AuthAdmin, project: str, password: str) -> str:
     return name
 
 
-def ensure_serving_user(admin: AuthAdmin, project: str, password: str) -> str:
+def ensure_serving_user(admin: AuthAdmin, project: str, password: str, create: bool = False) -> str:
     """Create (or re-key) ``serve-<project>`` with READ on the project's registered model only: it may resolve the
-    model's aliases and download its versions' files, and sees no experiment, run or other model."""
+    model's aliases and download its versions' files, and sees no experiment, run or other model. ``create``: an
+    empty registered model is created if the project has none yet (containers, before the first round)."""
     name = serving_user(validate_project(project))
     status, _ = admin.call("GET", "/api/2.0/mlflow/registered-models/get", ok=(200, 404), params={"name": project})
-    if status == 404:
+    if status == 404 and create:
+        admin.ensure_registered_model(project)
+    elif status == 404:
         raise UserError(f"no registered model {project!r} on {admin.tracking_uri}: run the FL project first "
                         f"(flops-mlops round --project {project})")
     add_or_rekey(admin, name, password)
