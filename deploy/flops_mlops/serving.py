@@ -155,27 +155,18 @@ def serve_command(config: StackConfig, args) -> int:
 
 def start(config: StackConfig, tenant: Tenant, service: ModelService, alias: str | None, args) -> dict:
     """Start the model server, wait until it answers /ping; return what GET /model says it serves."""
-    from .secrets import Secrets, new_password
-    from .tracking_server import TrackingServer, is_healthy, service_account
-    from .users import AuthAdmin, ensure_serving_user
+    from .tracking_server import service_account
 
-    tracker = TrackingServer(config, tenant)
-    if not is_healthy(tracker.local_uri):
-        raise StackError(f"tracking server of tenant {tenant.id} at {tracker.local_uri} is not answering; start the "
-                         f"stack first: flops-mlops --config {args.config} up --detach")
-    secrets = Secrets.load(config)
     account = service_account(config)
-    password = new_password()
-    user = ensure_serving_user(AuthAdmin(tracker.local_uri, secrets.admin_password(tenant.id)), args.project,
-                               password)
+    registry = serving_registry(config, tenant, args.project, args)
     private_dir(service.folder.parent, 0o711 if account else 0o700)
     private_dir(service.folder)
     if account:
         os.chown(service.folder, account.pw_uid, account.pw_gid)
     env = {key: value for key, value in os.environ.items() if not key.startswith(("MLFLOW_", "FLOPS_"))}
     env.update({
-        "MLFLOW_TRACKING_URI": tracker.local_uri, "MLFLOW_TRACKING_USERNAME": user,
-        "MLFLOW_TRACKING_PASSWORD": password, "MLFLOW_DISABLE_TELEMETRY": "true",
+        "MLFLOW_TRACKING_URI": registry.tracking_uri, "MLFLOW_TRACKING_USERNAME": registry.username,
+        "MLFLOW_TRACKING_PASSWORD": registry.password, "MLFLOW_DISABLE_TELEMETRY": "true",
         "FLOPS_SERVE_MODEL_NAME": args.project, "FLOPS_SERVE_HOST": config.tracking.host,
         "FLOPS_SERVE_PORT": str(args.port), "FLOPS_SERVE_POLL_SECONDS": str(args.poll),
         "FLOPS_SERVE_CACHE": str(service.folder / "models"), "PYTHONUNBUFFERED": "1",
@@ -207,3 +198,90 @@ def answers(url: str) -> bool:
         return requests.get(url, timeout=2).status_code == 200
     except requests.RequestException:
         return False
+
+
+# --- `flops-mlops build-model-image` ----------------------------------------------------------------------
+
+IMAGE_TAG = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*(?::[0-9]+)?(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*"
+                       r":[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+BAKED_DIR = "/srv/model/baked"  # where the image keeps the model (FLOPS_SERVE_MODEL_DIR)
+
+
+def add_build_image_parser(commands):
+    parser = commands.add_parser(
+        "build-model-image", help="build an image that serves one version of a tenant's registered model, offline",
+        description="Fetch one version of models:/<project> (the one --alias points at, default champion, or "
+                    "--version) from the tenant's tracking server as serve-<project> (READ on that model only), "
+                    "check its requirements against the pinned environment, and build an image FROM the "
+                    "model-server image (images.model_server) with the model's files in it: it serves without a "
+                    "tracking server and holds no credential. Needs a Docker engine; the model-server image is "
+                    "built from deploy/images/model-server/Dockerfile (multi-platform: see docs/serving.md).")
+    parser.add_argument("--tenant", required=True, help="tenant id (its tracking server must be up)")
+    parser.add_argument("--project", required=True, help="FL project = registered model name")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--alias", default=None, help="bake the version this alias points at (default champion)")
+    which.add_argument("--version", type=int, default=None, help="bake this version")
+    parser.add_argument("--tag", default=None,
+                        help="image name:tag (default flops-mlops/model-<tenant>-<project>:<version>, lowercase)")
+    return parser
+
+
+def build_image_command(config: StackConfig, args) -> int:
+    import subprocess
+    import tempfile
+
+    from .model_fetch import FetchError, unmet_requirements
+
+    args.port, args.poll = DEFAULT_PORT, 0.0
+    tenant, alias = check_arguments(config, args)
+    if args.tag is not None and not IMAGE_TAG.fullmatch(args.tag):
+        raise ConfigError(f"--tag: {args.tag!r} is not an image name:tag (lowercase name, explicit tag; no latest "
+                          "is implied)")
+    if shutil.which("docker") is None:
+        raise ConfigError("build-model-image: no docker command on this machine")
+    registry = serving_registry(config, tenant, args.project, args)
+    try:
+        version = str(args.version) if args.version is not None else registry.version_of(args.project, alias)
+        with tempfile.TemporaryDirectory(prefix="flops-model-image-") as context:
+            model = registry.fetch(args.project, version, Path(context) / "model")
+            problems = unmet_requirements(model)
+            if problems:
+                raise StackError(f"models:/{args.project}/{version} needs what the model-server image does not have "
+                                 "(its environment is deploy/images/constraints.txt):\n  " + "\n  ".join(problems))
+            tag = args.tag or f"flops-mlops/model-{tenant.id}-{args.project}:{version}".lower()
+            (Path(context) / "Dockerfile").write_text(baked_dockerfile(config.images.model_server, tenant.id,
+                                                                      args.project, version), encoding="utf-8")
+            print(f"building {tag}: models:/{args.project}/{version} of tenant {tenant.id} on "
+                  f"{config.images.model_server}", flush=True)
+            built = subprocess.run(["docker", "build", "--tag", tag, context], capture_output=True, text=True)
+    except FetchError as exc:
+        raise StackError(str(exc)) from None
+    if built.returncode != 0:
+        tail = "\n".join("    " + line for line in (built.stdout + built.stderr).strip().splitlines()[-15:])
+        raise StackError(f"docker build of {tag} failed (exit {built.returncode}):\n{tail}")
+    print(f"built {tag}; run it with: docker run --rm -p 8080:8080 {tag}")
+    return 0
+
+
+def serving_registry(config: StackConfig, tenant: Tenant, project: str, args):
+    """The tenant's registry as serve-<project>, re-keyed now (the password stays in this process)."""
+    from .model_fetch import Registry
+    from .secrets import Secrets, new_password
+    from .tracking_server import TrackingServer, is_healthy
+    from .users import AuthAdmin, ensure_serving_user
+
+    tracker = TrackingServer(config, tenant)
+    if not is_healthy(tracker.local_uri):
+        raise StackError(f"tracking server of tenant {tenant.id} at {tracker.local_uri} is not answering; start the "
+                         f"stack first: flops-mlops --config {args.config} up --detach")
+    password = new_password()
+    admin = AuthAdmin(tracker.local_uri, Secrets.load(config).admin_password(tenant.id))
+    return Registry(tracker.local_uri, ensure_serving_user(admin, project, password), password)
+
+
+def baked_dockerfile(base: str, tenant: str, project: str, version: str) -> str:
+    """The Dockerfile of a baked model image: the model's files on top of the model-server image, nothing else."""
+    return (f"FROM {base}\n"
+            f"COPY --chown=model:model model/ {BAKED_DIR}/\n"
+            f"ENV FLOPS_SERVE_MODEL_DIR={BAKED_DIR} FLOPS_SERVE_MODEL_NAME={project} FLOPS_SERVE_VERSION={version}\n"
+            f'LABEL io.flops.tenant="{tenant}" io.flops.model="{project}" io.flops.model-version="{version}"\n')

@@ -4,6 +4,10 @@ to, followed to a new champion, refused bad payloads, listed by `status`, stoppe
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+import time
+import uuid
 
 import pytest
 import requests
@@ -124,6 +128,63 @@ def test_bad_serve_arguments_exit_2(stack, served):
                            (["--project", "Shop", "--port", served[1].rsplit(":", 1)[1]], "already served")):
         done = stack.cli("serve", "--tenant", "acme", *args, "--detach")
         assert done.returncode == 2 and expected in done.stderr, (args, done.stderr)
+
+
+POST_FROM_INSIDE = """
+import json, sys, urllib.request
+body = open('/srv/model/baked/serving_input_example.json', 'rb').read()
+request = urllib.request.Request('http://127.0.0.1:8080/invocations', data=body,
+                                 headers={'Content-Type': 'application/json'})
+print(urllib.request.urlopen(request, timeout=30).read().decode())
+"""
+
+
+def docker(*args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+    done = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout)
+    assert not check or done.returncode == 0, f"docker {' '.join(args[:3])}: {done.stderr[-2000:]}"
+    return done
+
+
+def test_build_model_image_serves_offline_and_holds_no_secret(stack, served, tmp_path):
+    """build-model-image bakes the champion into an image FROM the model-server image: with no network at all it
+    serves what pyfunc predicts; no layer, history entry or environment variable holds a secret."""
+    import mlflow
+    from mlflow.models import Model
+
+    need_model_server_image(stack.load().images.model_server)
+    tag = f"flops-mlops/model-test-{uuid.uuid4().hex[:8]}:1"
+    done = stack.cli("build-model-image", "--tenant", "acme", "--project", "Shop", "--tag", tag, timeout=600)
+    assert done.returncode == 0, done.stderr + done.stdout
+    container = None
+    try:
+        container = docker("run", "--detach", "--network", "none", tag).stdout.strip()
+        deadline = time.monotonic() + 120
+        while docker("inspect", "--format", "{{.State.Health.Status}}", container).stdout.strip() != "healthy":
+            assert time.monotonic() < deadline, docker("logs", container).stderr[-3000:]
+            time.sleep(1)
+        answer = json.loads(docker("exec", container, "python", "-c", POST_FROM_INSIDE).stdout)
+        version = mlflow.MlflowClient().get_model_version_by_alias("Shop", "champion").version
+        local = mlflow.artifacts.download_artifacts(f"models:/Shop/{version}")
+        expected = mlflow.pyfunc.load_model(local).predict(Model.load(local).load_input_example(local))
+        assert answer["predictions"] == list(expected)
+        # What the build added: the model's files, and ENV/LABEL lines naming it; none holds a secret.
+        docker("cp", f"{container}:/srv/model/baked", str(tmp_path / "baked"))
+        added = "".join(p.read_text(errors="replace") for p in (tmp_path / "baked").rglob("*") if p.is_file())
+        added += docker("history", "--no-trunc", tag).stdout + docker("image", "inspect", tag).stdout
+        secrets = [value for value in stack.secrets().values.values() if len(value) >= 8]
+        assert secrets and not [value for value in secrets if value in added]
+        assert "PASSWORD" not in docker("image", "inspect", "--format", "{{json .Config.Env}}", tag).stdout
+    finally:
+        if container:
+            docker("rm", "--force", container, check=False)
+        docker("image", "rm", "--force", tag, check=False)
+
+
+def need_model_server_image(image: str) -> None:
+    if shutil.which("docker") is None or subprocess.run(["docker", "info"], capture_output=True).returncode:
+        conftest.missing_service("no Docker engine (build-model-image needs one)")
+    if subprocess.run(["docker", "image", "inspect", image], capture_output=True).returncode:
+        conftest.missing_service(f"image {image} is missing (scripts/compose-ci.sh builds it)")
 
 
 def test_stop_and_down_stop_the_model_server(stack, served):
