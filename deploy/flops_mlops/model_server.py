@@ -33,6 +33,7 @@ import asyncio
 import json
 import logging
 import os
+import socket
 import sys
 import threading
 from dataclasses import dataclass
@@ -257,6 +258,14 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         settings = Settings.from_environment(dict(os.environ))
+        # The port is taken before the model is fetched and loaded: no one else takes it meanwhile.
+        listener = socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            listener.bind((settings.host, settings.port))
+        except OSError as exc:
+            raise ServeError(f"FLOPS_SERVE_HOST/FLOPS_SERVE_PORT: cannot listen on {settings.host}:{settings.port} "
+                             f"({exc.strerror})") from None
         served = first_model(settings)
     except (ServeError, FetchError) as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
@@ -272,7 +281,7 @@ def main() -> int:
              settings.port)
     server = uvicorn.Server(uvicorn.Config(guard, host=settings.host, port=settings.port, lifespan="off",
                                            log_level="info", access_log=False))
-    server.run()
+    server.run(sockets=[listener])
     stop.set()
     return 0
 
