@@ -223,6 +223,7 @@ def add_build_image_parser(commands):
     which.add_argument("--version", type=int, default=None, help="bake this version")
     parser.add_argument("--tag", default=None,
                         help="image name:tag (default flops-mlops/model-<tenant>-<project>:<version>, lowercase)")
+    parser.set_defaults(port=DEFAULT_PORT, poll=0.0)  # what check_arguments checks; the image listens on 8080
     return parser
 
 
@@ -232,7 +233,6 @@ def build_image_command(config: StackConfig, args) -> int:
 
     from .model_fetch import FetchError, unmet_requirements
 
-    args.port, args.poll = DEFAULT_PORT, 0.0
     tenant, alias = check_arguments(config, args)
     if args.tag is not None and not IMAGE_TAG.fullmatch(args.tag):
         raise ConfigError(f"--tag: {args.tag!r} is not an image name:tag (lowercase name, explicit tag; no latest "
