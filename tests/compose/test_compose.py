@@ -255,9 +255,11 @@ def test_serve_profile_serves_the_fl_projects_champion(stack, monkeypatch):
     url = f"http://127.0.0.1:{port}"
     assert_serves(url, f"models:/{project}@champion")
     assert_bad_payloads_refused(url)
-    logs = stack.compose("--profile", "serve", "logs", "--no-color", "model-server", extra_env=serve_env).stdout
+    logs = stack.compose("--profile", "fl", "--profile", "serve", "logs", "--no-color", "model-server",
+                         extra_env=serve_env).stdout
     assert not [key for key, value in stack.secrets.items() if value and value in logs]
-    stack.compose("--profile", "serve", "rm", "--stop", "--force", "model-server", extra_env=serve_env)
+    stack.compose("--profile", "fl", "--profile", "serve", "rm", "--stop", "--force", "model-server",
+                  extra_env=serve_env)
 
 
 def test_down_then_up_keeps_the_data(stack, monkeypatch):
