@@ -126,10 +126,12 @@ def mlflow_models_serve(config: Path, folder: Path, count: int) -> dict:
 
     stack = config_module.load(config)
     port = free_port()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": stack.tracking_uri(stack.tenant(TENANT)),
+    bin_dir = str(Path(sys.executable).parent)  # mlflow starts `uvicorn` by name: the venv's, first on PATH
+    env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
+           "MLFLOW_TRACKING_URI": stack.tracking_uri(stack.tenant(TENANT)),
            "MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": Secrets.load(stack).admin_password(TENANT),
            "MLFLOW_DISABLE_TELEMETRY": "true"}
-    argv = [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", f"models:/{PROJECT}@champion",
+    argv = [f"{bin_dir}/mlflow", "models", "serve", "-m", f"models:/{PROJECT}@champion",
             "-p", str(port), "-h", "127.0.0.1", "--env-manager", "local"]
     started = time.monotonic()
     with open(folder / "mlflow-models-serve.log", "wb") as log:
