@@ -8,6 +8,7 @@ CONFIG ?= configs/local.yaml
 FLOPS  := $(BIN)/flops-mlops --config $(CONFIG)
 DEMO_TENANT  ?= acme
 DEMO_PROJECT ?= demo
+DEMO_PORT    ?= 8080
 
 .PHONY: venv account test demo down status clean
 
@@ -30,12 +31,15 @@ account:
 test: venv account
 	$(BIN)/pytest
 
-## make demo: bring the embedded stack up (detached), run a 3-round FL project with 2 learners, print the summary
+## make demo: bring the embedded stack up (detached), run a 3-round FL project with 2 learners, print the summary,
+## serve its champion; the last line is a curl command that gets predictions from it
 demo: venv account
 	$(FLOPS) secrets init
 	$(FLOPS) up --detach
 	$(FLOPS) round --tenant $(DEMO_TENANT) --project $(DEMO_PROJECT) --rounds 3 --learners 2
-	@echo "The stack keeps running (MLflow UI above). Stop it with: make down"
+	@$(FLOPS) serve --tenant $(DEMO_TENANT) --project $(DEMO_PROJECT) --stop >/dev/null
+	@echo "The stack and the model server keep running (MLflow UI above). Stop them with: make down"
+	$(FLOPS) serve --tenant $(DEMO_TENANT) --project $(DEMO_PROJECT) --port $(DEMO_PORT) --detach
 
 ## make down: stop the stack started by make demo (data stays; add ARGS=--purge to delete it)
 down: venv

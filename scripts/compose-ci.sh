@@ -232,8 +232,12 @@ build_wheelhouse() {
 build_images() {
     local start
     start=$(date +%s)
-    log "building images: ${COMPOSE[*]} --profile fl build (log: $CACHE/images-build.log)"
-    "${COMPOSE[@]}" --progress plain --profile fl build >"$CACHE/images-build.log" 2>&1 || {
+    log "building images: ${COMPOSE[*]} --profile fl build, then model-server (log: $CACHE/images-build.log)"
+    # model-server after the others: its first stages are fl-actor's, so it reuses their layers instead of
+    # installing the same venv a second time in parallel.
+    { "${COMPOSE[@]}" --progress plain --profile fl build \
+        && "${COMPOSE[@]}" --progress plain --profile fl --profile serve build model-server; } \
+        >"$CACHE/images-build.log" 2>&1 || {
         tail -60 "$CACHE/images-build.log" >&2; echo "image build failed; see $CACHE/images-build.log" >&2; exit 1; }
     log "images built ($(elapsed "$start")): $(docker image ls --format '{{.Repository}}:{{.Tag}} {{.Size}}' \
         'flops-mlops/*' | tr '\n' ' ')"

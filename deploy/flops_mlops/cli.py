@@ -102,6 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_user_parser(commands).set_defaults(handler=cmd_user)
 
+    from .serving import add_build_image_parser, add_serve_parser  # a tenant's registered model over HTTP (MLflow's scoring server)
+
+    add_serve_parser(commands).set_defaults(handler=cmd_serve)
+    add_build_image_parser(commands).set_defaults(handler=cmd_build_model_image)
+
     from .provision import add_provision_parser  # pyinfra deploys for hosts (deploy/pyinfra)
 
     add_provision_parser(commands).set_defaults(handler=cmd_provision)
@@ -205,6 +210,18 @@ def cmd_user(args: argparse.Namespace) -> int:
     from .users import user_command
 
     return user_command(load_config(args), args)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .serving import serve_command
+
+    return serve_command(load_config(args), args)
+
+
+def cmd_build_model_image(args: argparse.Namespace) -> int:
+    from .serving import build_image_command
+
+    return build_image_command(load_config(args), args)
 
 
 def cmd_provision(args: argparse.Namespace) -> int:

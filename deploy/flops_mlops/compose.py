@@ -54,6 +54,7 @@ def tenant_service(config: StackConfig, tenant: Tenant) -> dict[str, str | int]:
         "admin_password_key": secrets_module.admin_password_key(tenant.id),
         "secret_key_key": secrets_module.secret_key_key(tenant.id),
         "fl_password_key": secrets_module.fl_password_key(tenant.id),
+        "serve_password_key": secrets_module.serve_password_key(tenant.id),
     }
 
 
@@ -80,7 +81,9 @@ def _usage(config_label: str, env_label: str) -> list[str]:
     lines = [(f"flops-mlops --config {config_label} secrets init", f"writes the passwords to {env_label} (mode 0600)"),
              (f"docker compose{env} up -d", "builds our images on first use; UI and API need a login"),
              (f"docker compose{env} --profile fl up -d", "plus one FL project of a few rounds"),
-             (f"docker compose{env} --profile fl down", "stop all of it; the data stays in the volumes")]
+             (f"docker compose{env} --profile fl --profile serve up -d", "plus a server of its champion model"),
+             (f"docker compose{env} --profile fl --profile serve down", "stop all of it; the data stays in the "
+                                                                         "volumes")]
     width = max(len(command) for command, _ in lines) + 3
     return [f"{command:<{width}}# {comment}" for command, comment in lines]
 

@@ -115,7 +115,7 @@ NameLimit = Annotated[StrictInt, Field(ge=1, le=30),
 Registry = Annotated[Text, Field(pattern=r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:[0-9]{1,5})?(/[a-z0-9][a-z0-9._-]*)*$"),
                      explained("{value!r} is not a registry host[:port][/path]")]
 OAKESTRA_NAME = re.compile(r"^[A-Za-z0-9]+$")  # application and service names: letters and digits only
-RESERVED_APPS = ("tracking", "stores")  # application names of our own; no project may take them
+RESERVED_APPS = ("tracking", "stores", "serving")  # application names of our own; no project may take them
 
 
 class BackendStore(Model):
@@ -229,6 +229,8 @@ class Images(Model):
     tracking_server: Image = doc("our tracking server image", "flops-mlops/tracking-server:0.1.0")
     artifact_store: Image = doc("our vsftpd artifact store image", "flops-mlops/artifact-store:0.1.0")
     fl_actor: Image = doc("our FL aggregator/learner image", "flops-mlops/fl-actor:0.1.0")
+    model_server: Image = doc("our model server image (MLflow's scoring server; `serve` profile, build-model-image)",
+                              "flops-mlops/model-server:0.1.0")
     mysql: Image = doc("backend store image, a full reference (not prefixed)", "docker.io/library/mysql:8.4.6")
 
 
@@ -248,6 +250,8 @@ class OakestraIpPlan(Model):
     tracking_block: Block = doc("third octet of the tracking servers: tenant slot s gets 10.30.<b>.<s>", 101)
     projects_block: Block = doc("third octet of project slot 1; project slot p uses 10.30.<b+p-1>.0/24: "
                               "aggregator .1, learner i .<i+2>", 110)
+    serving_block: Block = doc("third octet of the model servers (serving application): the champion of project "
+                               "slot p is served at 10.30.<b>.<p>", 103)
 
 
 class OakestraTenant(Model):
@@ -266,6 +270,7 @@ class OakestraProject(Model):
     slot: StrictInt = doc("stable number from 1: the project's service IPs are 10.30.<projects_block+slot-1>.x")
     learners: Learners = doc("number of learner services (FLOPS_LEARNERS)", 2)
     rounds: Positive = doc("training rounds (FLOPS_ROUNDS)", 3)
+    serve: bool = doc("also serve the project's champion: a model server in the serving application", False)
 
 
 HOSTPATH_DRIVER = "csi.oakestra.io/hostpath"  # Oakestra's host-path CSI plugin (csi/hostpath in oakestra/oakestra)
@@ -345,6 +350,7 @@ class Oakestra(Model):
     artifact_store: OakestraResources = doc("resources of the FTP artifact store", _resources(256))
     aggregator: OakestraResources = doc("resources of an FL aggregator", _resources(1024))
     learner: OakestraResources = doc("resources of an FL learner", _resources(1024))
+    model_server: OakestraResources = doc("resources of a model server (serving application)", _resources(768))
 
 
 class StackConfig(Model):
@@ -541,6 +547,9 @@ def oakestra_rules(config: StackConfig) -> None:
         if block in blocks:
             raise fail(f"{where}.slot", f"its addresses 10.30.{block}.x overlap {blocks[block]}")
         blocks[block] = f"{where}"
+    serving = o.ip_plan.serving_block
+    if any(project.serve for project in o.projects) and serving in blocks:
+        raise fail("ip_plan.serving_block", f"block {serving} is also {blocks[serving]}")
 
 
 # --- loading -------------------------------------------------------------------------------------

@@ -19,6 +19,8 @@ Environment (defaults in brackets):
   FLOPS_AUTH_DB [/srv/mlflow/auth/auth.db]  SQLite auth database (users, grants); keep it on a volume
   FLOPS_FL_USERS []                  FL project users to ensure, "project:password,...": user fl-<project>
                                      gets EDIT on that project's experiment and registered model only
+  FLOPS_SERVE_USERS []               model server users to ensure, "project:password,...": user serve-<project>
+                                     gets READ on that project's registered model only
   FLOPS_PORT [5000]                  port the server listens on inside the container
   FLOPS_PUBLIC_HOST [127.0.0.1]      host name users put in the UI URL
   FLOPS_PUBLIC_PORT [5000]           port published on the host (accepted in the Host header)
@@ -116,14 +118,15 @@ def stack_from_env(env: dict[str, str]) -> tuple[StackConfig, Tenant, Secrets]:
     return config, tenant, secrets
 
 
-def fl_users(env: dict[str, str]) -> str:
-    """FLOPS_FL_USERS checked: "project:password" items, comma-separated (project names as FL projects)."""
-    value = env.get("FLOPS_FL_USERS", "").strip()
+def fl_users(env: dict[str, str], key: str = "FLOPS_FL_USERS") -> str:
+    """FLOPS_FL_USERS (or FLOPS_SERVE_USERS) checked: "project:password" items, comma-separated (project names as
+    FL projects)."""
+    value = env.get(key, "").strip()
     for item in filter(None, value.split(",")):
         match = FL_USER.fullmatch(item)
         if not match or problem(ProjectName, match["project"]) is not None:
             shown = item.split(":", 1)[0]
-            raise ConfigError(f"environment: FLOPS_FL_USERS: item for {shown!r} is not project:password (a project "
+            raise ConfigError(f"environment: {key}: item for {shown!r} is not project:password (a project "
                               "name of letters and digits, a URL-safe password of at least 12 characters)")
     return value
 
@@ -139,12 +142,14 @@ def run_tracking_server(extra_args: list[str]) -> int:
     try:
         config, tenant, secrets = stack_from_env(dict(os.environ))
         users, database = fl_users(dict(os.environ)), auth_db(dict(os.environ))
+        readers = fl_users(dict(os.environ), "FLOPS_SERVE_USERS")
     except ConfigError as exc:
         print(f"tracking-server: {exc}", file=sys.stderr)
         return 2
     env = server_env(config, tenant, secrets, database)  # drops FLOPS_* (the passwords) from what MLflow sees
-    if users:
-        env.update({"FLOPS_FL_USERS": users, "FLOPS_LOCAL_URI": f"http://127.0.0.1:{config.tracking.base_port}"})
+    if users or readers:
+        env.update({"FLOPS_FL_USERS": users, "FLOPS_SERVE_USERS": readers,
+                    "FLOPS_LOCAL_URI": f"http://127.0.0.1:{config.tracking.base_port}"})
     print(f"tracking-server: tenant {tenant.id}; backend {mask(env['MLFLOW_BACKEND_STORE_URI'])}; "
           f"artifacts {mask(env['MLFLOW_ARTIFACTS_DESTINATION'])}", flush=True)
     upgrade = subprocess.run([sys.executable, "-m", "flops_mlops.tracking_server", "upgrade-schema"], env=env)

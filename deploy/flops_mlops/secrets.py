@@ -50,6 +50,12 @@ def fl_password_key(tenant_id: str) -> str:
     return f"FLOPS_TENANT_{validate_tenant_id(tenant_id).upper()}_FL_PASSWORD"
 
 
+def serve_password_key(tenant_id: str) -> str:
+    """Password of serve-<project>, the READ-only user container deployments give their model server (compose's
+    serve profile); `flops-mlops serve` on this machine sets a new random one at every start instead."""
+    return f"FLOPS_TENANT_{validate_tenant_id(tenant_id).upper()}_SERVE_PASSWORD"
+
+
 def project_password_key(project: str) -> str:
     """Password of an Oakestra FL project's user (oakestra.projects[]); its aggregator logs in with it."""
     if problem(ProjectName, project) is not None:
@@ -65,7 +71,7 @@ def required_keys(config: StackConfig) -> list[str]:
         if config.backend_store.kind == "mysql":
             keys.append(db_password_key(tenant.id))
         keys += [ftp_password_key(tenant.id), admin_password_key(tenant.id), secret_key_key(tenant.id),
-                 fl_password_key(tenant.id)]
+                 fl_password_key(tenant.id), serve_password_key(tenant.id)]
     keys += [project_password_key(project.name) for project in config.oakestra.projects]
     return keys
 

@@ -209,9 +209,15 @@ class Stack:
 
     # --- down ---
 
+    def served(self) -> list[Service]:
+        """The model servers `serve` started here (not part of `up`: stopped by `down`, shown by `status`)."""
+        from .serving import recorded_services
+
+        return [Service(s.name, "model", s.address, s.process) for s in recorded_services(self.config)]
+
     def down(self, purge: bool = False) -> list[str]:
         stopped = []
-        for service in reversed(self.services()):
+        for service in [*self.served(), *reversed(self.services())]:
             if service.process.stop():
                 stopped.append(service.name)
                 self.progress(f"stopped {service.name}")
@@ -232,7 +238,7 @@ class Stack:
         except ConfigError:
             secrets = Secrets(c.secrets_file, {key: "unknown" for key in required_keys(c)})
         services = []
-        for s in self.services():
+        for s in [*self.services(), *self.served()]:
             state, since = s.process.condition()
             services.append({
                 "name": s.name, "kind": s.kind, "address": s.address, "running": state == "running",

@@ -20,6 +20,7 @@ answers: ``fl-<project>`` with EDIT on that project's experiment and registered 
 Environment (besides MLflow's own: MLFLOW_AUTH_ADMIN_PASSWORD, MLFLOW_FLASK_SERVER_SECRET_KEY):
   FLOPS_AUTH_DB    absolute path of the SQLite auth database; its folder also gets basic_auth.ini (no secret in it)
   FLOPS_FL_USERS   optional "project:password,...": FL project users to ensure
+  FLOPS_SERVE_USERS optional "project:password,...": model server users (serve-<project>, READ on the model)
   FLOPS_LOCAL_URI  with FLOPS_FL_USERS: how this process reaches its own server (http://127.0.0.1:<port>)
 """
 
@@ -224,26 +225,32 @@ def refuse_foreign_artifact_locations():
 # --- FL project users the deployment declared ----------------------------------------------------------
 
 
-def ensure_fl_users_when_up(spec: str, local_uri: str, admin_password: str, timeout: float = 600) -> None:
-    """In a background thread: once the server answers, create or re-key each declared project user."""
+def ensure_fl_users_when_up(spec: str, local_uri: str, admin_password: str, timeout: float = 600,
+                            serve_spec: str = "") -> None:
+    """In a background thread: once the server answers, create or re-key each declared project user (``spec``:
+    fl-<project>, EDIT on the project) and model server user (``serve_spec``: serve-<project>, READ on its
+    registered model)."""
     import threading
 
     from .config import ConfigError
-    from .users import AuthAdmin, UserError, ensure_project_user, wait_until_healthy
+    from .users import AuthAdmin, UserError, ensure_project_user, ensure_serving_user, wait_until_healthy
 
     def work() -> None:
         if not wait_until_healthy(local_uri, timeout):
             logging.getLogger("flops_mlops").error("FL project users: %s did not answer; none ensured", local_uri)
             return
         admin = AuthAdmin(local_uri, admin_password)
-        for item in filter(None, spec.split(",")):
-            project, _, password = item.partition(":")
-            try:
-                user = ensure_project_user(admin, project, password)
-            except (UserError, ConfigError) as exc:
-                logging.getLogger("flops_mlops").error("FL project user for %s: %s", project, exc)
-                continue
-            print(f"FL project user {user}: EDIT on project {project}", flush=True)
+        for items, ensure, grant in ((spec, ensure_project_user, "EDIT on project"),
+                                     (serve_spec, lambda a, p, w: ensure_serving_user(a, p, w, create=True),
+                                      "READ on the registered model")):
+            for item in filter(None, items.split(",")):
+                project, _, password = item.partition(":")
+                try:
+                    user = ensure(admin, project, password)
+                except (UserError, ConfigError) as exc:
+                    logging.getLogger("flops_mlops").error("project user for %s: %s", project, exc)
+                    continue
+                print(f"project user {user}: {grant} {project}", flush=True)
 
     threading.Thread(target=work, name="flops-fl-users", daemon=True).start()
 
@@ -312,7 +319,8 @@ def create_app():
     flask_app.before_request(refuse_foreign_artifact_locations)
     flask_app.before_request(refuse_user_listing_to_non_admins)
     redact_process_output(clean)  # handlers MLflow's auth module added while loading
-    if os.environ.get("FLOPS_FL_USERS"):
-        ensure_fl_users_when_up(os.environ["FLOPS_FL_USERS"], os.environ.get("FLOPS_LOCAL_URI", ""),
-                                os.environ.get("MLFLOW_AUTH_ADMIN_PASSWORD", ""))
+    if os.environ.get("FLOPS_FL_USERS") or os.environ.get("FLOPS_SERVE_USERS"):
+        ensure_fl_users_when_up(os.environ.get("FLOPS_FL_USERS", ""), os.environ.get("FLOPS_LOCAL_URI", ""),
+                                os.environ.get("MLFLOW_AUTH_ADMIN_PASSWORD", ""),
+                                serve_spec=os.environ.get("FLOPS_SERVE_USERS", ""))
     return RedactErrorAnswers(app, clean)

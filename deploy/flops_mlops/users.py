@@ -40,6 +40,11 @@ def project_user(project: str) -> str:
     return f"fl-{project}"
 
 
+def serving_user(project: str) -> str:
+    """The MLflow user a model server of an FL project reads the registered model as (READ on it, nothing else)."""
+    return f"serve-{project}"
+
+
 def validate_username(value: str, where: str = "--name") -> str:
     if not USERNAME_PATTERN.fullmatch(value or ""):
         raise ConfigError(f"{where}: {value!r} is not a valid user name ({USERNAME_RULE})")
@@ -110,6 +115,14 @@ class AuthAdmin:
                          params={"username": name})[1].get("permissions", [])
 
     def grant(self, name: str, resource_type: str, resource_id: str, permission: str) -> None:
+        """``permission`` on the resource, whatever ``name`` had on it before (MLflow refuses a second grant on
+        one resource: an existing other permission is revoked first, the same one is kept)."""
+        for held in self.permissions(name):
+            if (held["resource_type"], held["resource_pattern"]) == (resource_type, resource_id):
+                if held["permission"] == permission:
+                    return
+                self.call("POST", "/api/3.0/mlflow/users/permissions/revoke",
+                          json={"username": name, "resource_type": resource_type, "resource_id": resource_id})
         self.call("POST", "/api/3.0/mlflow/users/permissions/grant",
                   json={"username": name, "resource_type": resource_type, "resource_id": resource_id,
                         "permission": permission})
@@ -144,16 +157,37 @@ class AuthAdmin:
         self.grant(name, "registered_model", project, permission)
 
 
-def ensure_project_user(admin: AuthAdmin, project: str, password: str) -> str:
-    """Create (or re-key) ``fl-<project>`` with EDIT on the project's experiment and registered model only."""
-    name = project_user(validate_project(project))
+def add_or_rekey(admin: AuthAdmin, name: str, password: str) -> None:
+    """User ``name`` with ``password``: created, or given the new password if it exists."""
     try:
         admin.add_user(name, password)
     except UserError:
         if not admin.has_user(name):  # not refused for existing (another worker may have just created it)
             raise
         admin.set_password(name, password)
+
+
+def ensure_project_user(admin: AuthAdmin, project: str, password: str) -> str:
+    """Create (or re-key) ``fl-<project>`` with EDIT on the project's experiment and registered model only."""
+    name = project_user(validate_project(project))
+    add_or_rekey(admin, name, password)
     admin.grant_project(name, project, "EDIT", create=True)
+    return name
+
+
+def ensure_serving_user(admin: AuthAdmin, project: str, password: str, create: bool = False) -> str:
+    """Create (or re-key) ``serve-<project>`` with READ on the project's registered model only: it may resolve the
+    model's aliases and download its versions' files, and sees no experiment, run or other model. ``create``: an
+    empty registered model is created if the project has none yet (containers, before the first round)."""
+    name = serving_user(validate_project(project))
+    status, _ = admin.call("GET", "/api/2.0/mlflow/registered-models/get", ok=(200, 404), params={"name": project})
+    if status == 404 and create:
+        admin.ensure_registered_model(project)
+    elif status == 404:
+        raise UserError(f"no registered model {project!r} on {admin.tracking_uri}: run the FL project first "
+                        f"(flops-mlops round --project {project})")
+    add_or_rekey(admin, name, password)
+    admin.grant(name, "registered_model", project, "READ")
     return name
 
 

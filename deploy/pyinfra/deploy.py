@@ -12,6 +12,7 @@ from tasks import settings
 from tasks.artifact_store import artifact_store
 from tasks.backend_store import backend_store
 from tasks.docker_host import docker_host
+from tasks.model_server import model_server
 from tasks.tracking_server import tracking_server
 
 settings.check_inventory(inventory)  # `flops-mlops provision` checked it already; plain pyinfra runs too
@@ -26,5 +27,7 @@ if "artifact_store" in roles:
 server.shell(name="Stores ready on every host", commands=[])
 if "tracking_server" in roles:
     tracking_server()
+if "model_server" in roles:
+    model_server()
 if "docker_host" in roles:
     docker_host()

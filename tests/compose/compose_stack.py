@@ -85,7 +85,7 @@ class ComposeStack:
 
     def logs(self) -> str:
         argv = ["docker", "compose", *self.files, "--env-file", str(self.env_file), "-p", self.project,
-                "--profile", "fl", "logs", "--no-color", "--tail", "40"]
+                "--profile", "fl", "--profile", "serve", "logs", "--no-color", "--tail", "40"]
         result = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, env=self.env, timeout=120)
         return result.stdout[-8000:]
 
@@ -137,7 +137,7 @@ class ComposeStack:
 
 
 def images_missing(env_file: Path) -> list[str]:
-    config = compose_config(env_file, "--profile", "fl")
+    config = compose_config(env_file, "--profile", "fl", "--profile", "serve")
     images = {service["image"] for service in config["services"].values()}
     return sorted(image for image in images
                   if subprocess.run(["docker", "image", "inspect", image], capture_output=True).returncode != 0)

@@ -27,7 +27,7 @@ import yaml
 import tracking_checks
 from compose_stack import (DEFAULT_FL_PROJECT, FL_SERVICES, QUIET, SERVICES, TENANT, VOLUMES, compose_config,
                            db_password, ftp_password, need_compose, stack)  # noqa: F401 (stack: the fixture)
-from conftest import ROOT, run_cli
+from conftest import ROOT, free_port, run_cli
 
 pytestmark = [pytest.mark.docker, pytest.mark.services, pytest.mark.timeout(1800)]
 
@@ -231,6 +231,35 @@ def test_fl_profile_runs_a_project_in_containers(stack, monkeypatch):
     model_files = stack.exec("artifact-store", "find", f"/srv/ftp/flops_{TENANT}/artifacts/{experiment.experiment_id}",
                              "-name", "MLmodel").stdout.split()
     assert len(model_files) == 1
+
+
+def test_serve_profile_serves_the_fl_projects_champion(stack, monkeypatch):
+    """The project trained by the test above, served by the serve profile's model server, which reads it as
+    serve-<project> (READ on that model only); the same assertions as the embedded stack's (serving_checks)."""
+    from serving_checks import assert_bad_payloads_refused, assert_serves
+
+    for key, value in QUIET.items():
+        monkeypatch.setenv(key, value)
+    project, port = "ComposeFL", free_port()
+    serve_env = {"FLOPS_FL_PROJECT": project, "FLOPS_SERVE_PORT": str(port)}
+    # --no-deps: the aggregator of the test above has finished; its project's champion is what is served.
+    stack.compose("--profile", "fl", "--profile", "serve", "up", "--detach", "--wait", "--wait-timeout", "180",
+                  "--pull", "never", "--no-build", "--no-deps", "model-server", extra_env=serve_env)
+    grant = stack.api("GET", "/api/3.0/mlflow/users/permissions/list", login=stack.admin,
+                      params={"username": f"serve-{project}"})
+    assert [(p["resource_type"], p["resource_pattern"], p["permission"]) for p in grant.json()["permissions"]] == [
+        ("registered_model", project, "READ")], grant.text
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", stack.admin[0])
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", stack.admin[1])
+    __import__("mlflow").set_tracking_uri(stack.tracking_uri)
+    url = f"http://127.0.0.1:{port}"
+    assert_serves(url, f"models:/{project}@champion")
+    assert_bad_payloads_refused(url)
+    logs = stack.compose("--profile", "fl", "--profile", "serve", "logs", "--no-color", "model-server",
+                         extra_env=serve_env).stdout
+    assert not [key for key, value in stack.secrets.items() if value and value in logs]
+    stack.compose("--profile", "fl", "--profile", "serve", "rm", "--stop", "--force", "model-server",
+                  extra_env=serve_env)
 
 
 def test_down_then_up_keeps_the_data(stack, monkeypatch):

@@ -504,8 +504,12 @@ def test_cmd_of_our_images_is_their_entrypoint(tmp_path):
                 image = line.split(" AS ")[1].strip() if " AS " in line else dockerfile.parent.name
             if line.startswith("ENTRYPOINT "):
                 entrypoints[image] = json.loads(line.removeprefix("ENTRYPOINT "))
-    assert set(entrypoints) == {"artifact-store", "tracking-server"}
-    config = config_module.load(write_config(tmp_path))
+    assert set(entrypoints) == {"artifact-store", "tracking-server", "model-server"}
+
+    def serve_mnist(data):
+        data["oakestra"]["projects"][0]["serve"] = True
+
+    config = config_module.load(write_config(tmp_path, serve_mnist))
     checked = set()
     for rendered in sla.render_all(config):
         for service in rendered.document["applications"][0]["microservices"]:

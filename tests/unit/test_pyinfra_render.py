@@ -140,7 +140,8 @@ def test_compose_env_carries_every_secret_the_rendered_compose_reads(tmp_path):
     expected = ["FLOPS_MYSQL_ADMIN_PASSWORD", "FLOPS_TENANT_DEFAULT_DB_PASSWORD", "FLOPS_TENANT_ACME_DB_PASSWORD",
                 "FLOPS_TENANT_DEFAULT_FTP_PASSWORD", "FLOPS_TENANT_ACME_FTP_PASSWORD",
                 "FLOPS_TENANT_DEFAULT_ADMIN_PASSWORD", "FLOPS_TENANT_DEFAULT_SECRET_KEY",
-                "FLOPS_TENANT_DEFAULT_FL_PASSWORD", "FLOPS_TENANT_ACME_ADMIN_PASSWORD", "FLOPS_TENANT_ACME_SECRET_KEY"]
+                "FLOPS_TENANT_DEFAULT_FL_PASSWORD", "FLOPS_TENANT_DEFAULT_SERVE_PASSWORD",
+                "FLOPS_TENANT_ACME_ADMIN_PASSWORD", "FLOPS_TENANT_ACME_SECRET_KEY"]
     values = {key: f"value-of-{key.lower()}" for key in expected}
     s = HostSettings(config=config, secrets=Secrets(config.secrets_file, {**values, "FLOPS_OTHER": "x"}),
                      mode="docker", root="/srv/sandbox", install_packages=False,

@@ -24,10 +24,10 @@ def test_init_writes_every_needed_password_privately(tmp_path):
     result = secrets.init(cfg)
     assert stat.S_IMODE(cfg.secrets_file.stat().st_mode) == 0o600
     values = secrets.read_env(cfg.secrets_file)
-    per_tenant = ("DB_PASSWORD", "FTP_PASSWORD", "ADMIN_PASSWORD", "SECRET_KEY", "FL_PASSWORD")
+    per_tenant = ("DB_PASSWORD", "FTP_PASSWORD", "ADMIN_PASSWORD", "SECRET_KEY", "FL_PASSWORD", "SERVE_PASSWORD")
     assert set(result.added) == set(values) == {"FLOPS_MYSQL_ADMIN_PASSWORD"} | {
         f"FLOPS_TENANT_{t}_{key}" for t in ("ACME", "GLOBEX") for key in per_tenant}
-    assert len(set(values.values())) == 11 and all(len(v) >= 32 for v in values.values())
+    assert len(set(values.values())) == 13 and all(len(v) >= 32 for v in values.values())
     loaded = secrets.Secrets.load(cfg)
     assert loaded.db_password("acme") == values["FLOPS_TENANT_ACME_DB_PASSWORD"]
     assert loaded.admin_password("globex") == values["FLOPS_TENANT_GLOBEX_ADMIN_PASSWORD"]
@@ -44,7 +44,7 @@ def test_init_keeps_existing_values_and_adds_only_missing_ones(tmp_path):
     assert {k: after[k] for k in before} == before
     assert sorted(result.added) == ["FLOPS_TENANT_GLOBEX_ADMIN_PASSWORD", "FLOPS_TENANT_GLOBEX_DB_PASSWORD",
                                     "FLOPS_TENANT_GLOBEX_FL_PASSWORD", "FLOPS_TENANT_GLOBEX_FTP_PASSWORD",
-                                    "FLOPS_TENANT_GLOBEX_SECRET_KEY"]
+                                    "FLOPS_TENANT_GLOBEX_SECRET_KEY", "FLOPS_TENANT_GLOBEX_SERVE_PASSWORD"]
     assert secrets.init(bigger).added == []
 
 
@@ -79,7 +79,8 @@ def test_load_names_missing_file_missing_keys_and_open_mode(tmp_path):
 def test_sqlite_stacks_need_no_database_passwords(tmp_path):
     cfg = make_config(tmp_path, kind="sqlite", tenants=("acme",))
     assert secrets.required_keys(cfg) == ["FLOPS_TENANT_ACME_FTP_PASSWORD", "FLOPS_TENANT_ACME_ADMIN_PASSWORD",
-                                          "FLOPS_TENANT_ACME_SECRET_KEY", "FLOPS_TENANT_ACME_FL_PASSWORD"]
+                                          "FLOPS_TENANT_ACME_SECRET_KEY", "FLOPS_TENANT_ACME_FL_PASSWORD",
+                                          "FLOPS_TENANT_ACME_SERVE_PASSWORD"]
 
 
 def test_the_env_example_placeholders_are_refused(tmp_path):

@@ -2,8 +2,9 @@
 
 One JSON file per application, in deploy order: ``stores.json`` (MySQL, and one vsftpd per tenant; when
 oakestra.run_stores),
-``tracking.json`` (one MLflow tracking server per tenant) and ``<project>.json`` per FL project (an
-aggregator and N learners). The output is a pure function of the configuration and the templates, so it
+``tracking.json`` (one MLflow tracking server per tenant), ``<project>.json`` per FL project (an
+aggregator and N learners) and ``serving.json`` (one model server per project with serve: true). The
+output is a pure function of the configuration and the templates, so it
 is byte-for-byte the same on every run and can be reviewed as a diff.
 
 Service IPs (addresses.rr_ip) come from stable slots in the configuration, never from list positions:
@@ -45,7 +46,7 @@ from ..container import AUTH_DB
 from ..fl.settings import FLSettings, environment
 from ..rendered import RenderedFile
 from ..stores import tenant_db
-from ..users import project_user
+from ..users import project_user, serving_user
 
 TEMPLATES_DIR = bundled.folder("sla_templates")
 SCHEMA_FILE = Path(__file__).with_name("sla-v2.0.schema.json")
@@ -181,12 +182,17 @@ def context(config: StackConfig) -> dict[str, Any]:
         }
         projects.append(entry)
         tracking["projects"].append(entry)
+    serving = [{  # the serving application: one model server per project with serve: true
+        "name": p.name, "tenant": p.tenant, "rr_ip": _address(o.ip_plan.serving_block, p.slot),
+        "tracking_uri": f"http://{by_id[p.tenant]['rr_ip']}:{o.tracking_port}", "user": serving_user(p.name),
+        "password_key": secrets_module.serve_password_key(p.tenant)} for p in o.projects if p.serve]
     return {
         "customer_id": config.name,
         "app_namespace": o.namespace,
-        "images": {key: image(config, key) for key in ("tracking_server", "artifact_store", "fl_actor", "mysql")},
+        "images": {key: image(config, key) for key in ("tracking_server", "artifact_store", "fl_actor", "mysql",
+                                                         "model_server")},
         "resources": {key: getattr(o, key).model_dump() for key in
-                      ("tracking_server", "mysql", "artifact_store", "aggregator", "learner")},
+                      ("tracking_server", "mysql", "artifact_store", "aggregator", "learner", "model_server")},
         "constraints": _constraints(o.target),
         "mysql_placement": _store_placement(config, "mysql"),
         "tracking_constraints": _constraints(tracking_target(config)),
@@ -204,6 +210,7 @@ def context(config: StackConfig) -> dict[str, Any]:
         "aggregator_port": o.aggregator_port,
         "tenants": tenants,
         "projects": projects,
+        "serving": serving,
     }
 
 
@@ -305,6 +312,8 @@ def _templates(ctx: dict[str, Any], run_stores: bool) -> list[tuple[str, str, di
     jobs = [("stores.json.j2", "stores.json", {})] if run_stores else []
     jobs.append(("tracking.json.j2", "tracking.json", {}))
     jobs.extend(("project.json.j2", f"{p['name']}.json", {"project": p}) for p in ctx["projects"])
+    if ctx["serving"]:
+        jobs.append(("serving.json.j2", "serving.json", {}))
     return jobs
 
 

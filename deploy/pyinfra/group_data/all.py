@@ -60,3 +60,10 @@ flops_debian_suite = "bookworm"
 flops_docker_packages = ["docker-ce", "docker-ce-cli", "containerd.io", "docker-compose-plugin"]
 flops_compose_files = ["compose.yaml"]
 flops_compose_paths = [".dockerignore", "pyproject.toml", "README.md", "deploy/flops_mlops", "deploy/images"]
+
+# Role model_server: what a host serves ("<tenant>/<project>": that project's champion), where (item i on
+# flops_serve_base_port + i), and what the models need in the venv beyond MLflow (pinned by the lock).
+flops_served_models = []
+flops_serve_host = "127.0.0.1"
+flops_serve_base_port = 8080
+flops_model_packages = __pinned("scikit-learn", "skops")

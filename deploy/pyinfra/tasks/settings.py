@@ -27,7 +27,7 @@ TEMPLATES = PYINFRA_DIR / "templates"
 STACK_TEMPLATES = Path(config_module.__file__).resolve().parent / "templates"
 TRIM = {"trim_blocks": True, "lstrip_blocks": True}  # Jinja2 options for our templates' {% %} lines
 
-ROLES = ("backend_store", "artifact_store", "tracking_server", "docker_host")
+ROLES = ("backend_store", "artifact_store", "tracking_server", "model_server", "docker_host")
 MODES = ("native", "docker")
 INITS = ("systemd",)  # hosts without systemd run the stack with `flops-mlops up` (docs/native.md)
 SAFE_PATH = re.compile(r"^/[A-Za-z0-9._/+-]*$")

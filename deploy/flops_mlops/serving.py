@@ -1,0 +1,287 @@
+"""`flops-mlops serve`: a tenant's registered model served on this machine, recorded like the stack's services.
+
+One model server per (tenant, project): ``python -m flops_mlops.model_server`` (MLflow's scoring server in our
+own process, no conda/virtualenv), started in a session of its own as the tracking servers' account, with its
+pid in ``<state_dir>/pids/model-<tenant>-<project>.pid`` and its log in ``logs/``. Its folder
+``<state_dir>/serving/<tenant>-<project>/`` holds the record (``service.json``: address and model) that `status`
+and `down` read, and the fetched model versions.
+
+It reads the model as ``serve-<project>``, a user with READ on that registered model only, re-keyed with a new
+password at every start and given to the process by environment only. Served by alias (default champion), the
+server asks every ``--poll`` seconds where the alias points and swaps in a new version without a restart: a later
+`flops-mlops round` that registers a new champion moves the service.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+
+from .config import ConfigError, StackConfig, Tenant
+from .processes import ManagedProcess, StackError, port_is_free, private_dir, wait_until, write_private
+
+ALIAS_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,254}$")
+DEFAULT_PORT = 8080
+DEFAULT_POLL = 15.0
+
+
+@dataclass(frozen=True)
+class ModelService:
+    """One served model of the native stack: its process and its record."""
+
+    config: StackConfig
+    tenant_id: str
+    project: str
+
+    @property
+    def name(self) -> str:
+        return f"model-{self.tenant_id}-{self.project}"
+
+    @property
+    def folder(self) -> Path:
+        return self.config.state_dir / "serving" / f"{self.tenant_id}-{self.project}"
+
+    @property
+    def process(self) -> ManagedProcess:
+        return ManagedProcess(self.name, self.config.state_dir)
+
+    def record(self) -> dict:
+        try:
+            return json.loads((self.folder / "service.json").read_text(encoding="utf-8"))
+        except (FileNotFoundError, ValueError):
+            return {}
+
+    @property
+    def address(self) -> str:
+        record = self.record()
+        return f"{record.get('host', '?')}:{record.get('port', '?')}"
+
+
+def recorded_services(config: StackConfig) -> list[ModelService]:
+    """The model servers `serve` has started in this state dir (running or not), for `status` and `down`."""
+    services = []
+    for record in sorted((config.state_dir / "serving").glob("*/service.json")):
+        try:
+            data = json.loads(record.read_text(encoding="utf-8"))
+            services.append(ModelService(config, data["tenant"], data["project"]))
+        except (ValueError, KeyError):
+            continue
+    return services
+
+
+def add_serve_parser(commands):
+    parser = commands.add_parser(
+        "serve", help="serve a tenant's registered model (the FL project's champion) over HTTP",
+        description="Serve models:/<project>@<alias> (or a fixed --version) of a tenant with MLflow's scoring "
+                    "server: POST /invocations, GET /ping, /version, and /model (what is served). It runs on "
+                    "this machine's Python environment (no conda or virtualenv); the model's requirements must be "
+                    "met by it, or it does not start. It reads the model as serve-<project>, a user with READ on "
+                    "that registered model only. Served by alias, it follows the alias: every --poll seconds it "
+                    "asks where the alias points and swaps in the new version, so a later `round` moves it. "
+                    "`status` lists it, `down` (or serve --stop) stops it.")
+    parser.add_argument("--tenant", required=True, help="tenant id (its tracking server must be up)")
+    parser.add_argument("--project", required=True, help="FL project = registered model name")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--alias", default=None, help="serve the version this alias points at (default champion)")
+    which.add_argument("--version", type=int, default=None, help="serve this fixed version (no reload)")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port to listen on (default {DEFAULT_PORT})")
+    parser.add_argument("--poll", type=float, default=DEFAULT_POLL,
+                        help=f"seconds between alias checks (default {DEFAULT_POLL:.0f}; 0: never reload)")
+    parser.add_argument("--detach", action="store_true", help="return once it answers /ping and leave it running")
+    parser.add_argument("--stop", action="store_true", help="stop this project's model server instead")
+    return parser
+
+
+def check_arguments(config: StackConfig, args) -> tuple[Tenant, str | None]:
+    from .users import validate_project
+
+    tenant = config.tenant(args.tenant)
+    validate_project(args.project)
+    alias = None if args.version is not None else (args.alias or "champion")
+    if alias is not None and not ALIAS_PATTERN.fullmatch(alias):
+        raise ConfigError(f"--alias: {alias!r} is not an alias (a letter or '_', then letters, digits, '_' or '-')")
+    if args.version is not None and args.version < 1:
+        raise ConfigError(f"--version: expected a version number >= 1, got {args.version}")
+    if not 1 <= args.port <= 65535:
+        raise ConfigError(f"--port: expected a TCP port (1-65535), got {args.port}")
+    if args.poll < 0:
+        raise ConfigError(f"--poll: expected seconds >= 0, got {args.poll}")
+    return tenant, alias
+
+
+def serve_command(config: StackConfig, args) -> int:
+    tenant, alias = check_arguments(config, args)
+    service = ModelService(config, tenant.id, args.project)
+    if args.stop:
+        stopped = service.process.stop()
+        print(f"{service.name}: {'stopped' if stopped else 'was not running'}")
+        return 0
+    if service.process.is_running():
+        raise ConfigError(f"--project: {args.project} of tenant {tenant.id} is already served at "
+                          f"http://{service.address} (stop it first: serve --stop, or down)")
+    host = config.tracking.host
+    if not port_is_free(host, args.port):
+        raise ConfigError(f"--port: port {args.port} on {host} is already in use; choose another one")
+    started = start(config, tenant, service, alias, args)
+    url = f"http://{config.tracking.public_host}:{args.port}"
+    example = service.folder / "example.json"
+    print(f"serving models:/{args.project}/{started['version']}"
+          + (f" (alias {alias}; followed every {args.poll:g} s)" if alias and args.poll else "")
+          + f" of tenant {tenant.id} at {url} (pid {service.process.recorded().pid})")
+    curl = f"predict:  curl -s -X POST {url}/invocations -H 'Content-Type: application/json' --data @{example}"
+    if args.detach:
+        print(f"stop it with: flops-mlops --config {args.config} serve --tenant {tenant.id} --project {args.project} "
+              "--stop (or down)")
+        print(curl)
+        return 0
+    print(curl)
+    print("running in the foreground; press Ctrl-C to stop", flush=True)
+    try:
+        while service.process.is_running():
+            time.sleep(1)
+    except KeyboardInterrupt:
+        service.process.stop()
+        return 0
+    raise service.process.failure(f"{service.name} exited")
+
+
+def start(config: StackConfig, tenant: Tenant, service: ModelService, alias: str | None, args) -> dict:
+    """Start the model server, wait until it answers /ping; return what GET /model says it serves."""
+    from .tracking_server import service_account
+
+    account = service_account(config)
+    registry = serving_registry(config, tenant, args.project, args)
+    private_dir(service.folder.parent, 0o711 if account else 0o700)
+    private_dir(service.folder)
+    if account:
+        os.chown(service.folder, account.pw_uid, account.pw_gid)
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("MLFLOW_", "FLOPS_"))}
+    env.update({
+        "MLFLOW_TRACKING_URI": registry.tracking_uri, "MLFLOW_TRACKING_USERNAME": registry.username,
+        "MLFLOW_TRACKING_PASSWORD": registry.password, "MLFLOW_DISABLE_TELEMETRY": "true",
+        "FLOPS_SERVE_MODEL_NAME": args.project, "FLOPS_SERVE_HOST": config.tracking.host,
+        "FLOPS_SERVE_PORT": str(args.port), "FLOPS_SERVE_POLL_SECONDS": str(args.poll),
+        "FLOPS_SERVE_CACHE": str(service.folder / "models"), "PYTHONUNBUFFERED": "1",
+        **({"FLOPS_SERVE_ALIAS": alias} if alias else {"FLOPS_SERVE_VERSION": str(args.version)}),
+    })
+    if account:
+        env["HOME"] = str(service.folder)
+    write_private(service.folder / "service.json", json.dumps({
+        "tenant": tenant.id, "project": args.project, "host": config.tracking.host, "port": args.port,
+        "alias": alias, "version": args.version}) + "\n", 0o644)
+    service.process.start([sys.executable, "-m", "flops_mlops.model_server"], env=env, cwd=service.folder,
+                          account=account)
+    base = f"http://{config.tracking.host}:{args.port}"
+    try:
+        wait_until(lambda: answers(f"{base}/ping"), service.process, f"{service.name} did not come up", 180)
+        served = requests.get(f"{base}/model", timeout=5).json()
+    except BaseException:
+        service.process.stop()
+        raise
+    example = service.folder / "models" / f"{args.project}-v{served['version']}" / "serving_input_example.json"
+    if example.exists():
+        shutil.copyfile(example, service.folder / "example.json")
+        os.chmod(service.folder / "example.json", 0o644)
+    return served
+
+
+def answers(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=2).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+# --- `flops-mlops build-model-image` ----------------------------------------------------------------------
+
+IMAGE_TAG = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*(?::[0-9]+)?(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*"
+                       r":[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+BAKED_DIR = "/srv/model/baked"  # where the image keeps the model (FLOPS_SERVE_MODEL_DIR)
+
+
+def add_build_image_parser(commands):
+    parser = commands.add_parser(
+        "build-model-image", help="build an image that serves one version of a tenant's registered model, offline",
+        description="Fetch one version of models:/<project> (the one --alias points at, default champion, or "
+                    "--version) from the tenant's tracking server as serve-<project> (READ on that model only), "
+                    "check its requirements against the pinned environment, and build an image FROM the "
+                    "model-server image (images.model_server) with the model's files in it: it serves without a "
+                    "tracking server and holds no credential. Needs a Docker engine; the model-server image is "
+                    "built from deploy/images/model-server/Dockerfile (multi-platform: see docs/serving.md).")
+    parser.add_argument("--tenant", required=True, help="tenant id (its tracking server must be up)")
+    parser.add_argument("--project", required=True, help="FL project = registered model name")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--alias", default=None, help="bake the version this alias points at (default champion)")
+    which.add_argument("--version", type=int, default=None, help="bake this version")
+    parser.add_argument("--tag", default=None,
+                        help="image name:tag (default flops-mlops/model-<tenant>-<project>:<version>, lowercase)")
+    parser.set_defaults(port=DEFAULT_PORT, poll=0.0)  # what check_arguments checks; the image listens on 8080
+    return parser
+
+
+def build_image_command(config: StackConfig, args) -> int:
+    import subprocess
+    import tempfile
+
+    from .model_fetch import FetchError, unmet_requirements
+
+    tenant, alias = check_arguments(config, args)
+    if args.tag is not None and not IMAGE_TAG.fullmatch(args.tag):
+        raise ConfigError(f"--tag: {args.tag!r} is not an image name:tag (lowercase name, explicit tag; no latest "
+                          "is implied)")
+    if shutil.which("docker") is None:
+        raise ConfigError("build-model-image: no docker command on this machine")
+    registry = serving_registry(config, tenant, args.project, args)
+    try:
+        version = str(args.version) if args.version is not None else registry.version_of(args.project, alias)
+        with tempfile.TemporaryDirectory(prefix="flops-model-image-") as context:
+            model = registry.fetch(args.project, version, Path(context) / "model")
+            problems = unmet_requirements(model)
+            if problems:
+                raise StackError(f"models:/{args.project}/{version} needs what the model-server image does not have "
+                                 "(its environment is deploy/images/constraints.txt):\n  " + "\n  ".join(problems))
+            tag = args.tag or f"flops-mlops/model-{tenant.id}-{args.project}:{version}".lower()
+            (Path(context) / "Dockerfile").write_text(baked_dockerfile(config.images.model_server, tenant.id,
+                                                                      args.project, version), encoding="utf-8")
+            print(f"building {tag}: models:/{args.project}/{version} of tenant {tenant.id} on "
+                  f"{config.images.model_server}", flush=True)
+            built = subprocess.run(["docker", "build", "--tag", tag, context], capture_output=True, text=True)
+    except FetchError as exc:
+        raise StackError(str(exc)) from None
+    if built.returncode != 0:
+        tail = "\n".join("    " + line for line in (built.stdout + built.stderr).strip().splitlines()[-15:])
+        raise StackError(f"docker build of {tag} failed (exit {built.returncode}):\n{tail}")
+    print(f"built {tag}; run it with: docker run --rm -p 8080:8080 {tag}")
+    return 0
+
+
+def serving_registry(config: StackConfig, tenant: Tenant, project: str, args):
+    """The tenant's registry as serve-<project>, re-keyed now (the password stays in this process)."""
+    from .model_fetch import Registry
+    from .secrets import Secrets, new_password
+    from .tracking_server import TrackingServer, is_healthy
+    from .users import AuthAdmin, ensure_serving_user
+
+    tracker = TrackingServer(config, tenant)
+    if not is_healthy(tracker.local_uri):
+        raise StackError(f"tracking server of tenant {tenant.id} at {tracker.local_uri} is not answering; start the "
+                         f"stack first: flops-mlops --config {args.config} up --detach")
+    password = new_password()
+    admin = AuthAdmin(tracker.local_uri, Secrets.load(config).admin_password(tenant.id))
+    return Registry(tracker.local_uri, ensure_serving_user(admin, project, password), password)
+
+
+def baked_dockerfile(base: str, tenant: str, project: str, version: str) -> str:
+    """The Dockerfile of a baked model image: the model's files on top of the model-server image, nothing else."""
+    return (f"FROM {base}\n"
+            f"COPY --chown=model:model model/ {BAKED_DIR}/\n"
+            f"ENV FLOPS_SERVE_MODEL_DIR={BAKED_DIR} FLOPS_SERVE_MODEL_NAME={project} FLOPS_SERVE_VERSION={version}\n"
+            f'LABEL io.flops.tenant="{tenant}" io.flops.model="{project}" io.flops.model-version="{version}"\n')
