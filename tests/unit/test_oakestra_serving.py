@@ -38,6 +38,10 @@ def test_one_model_server_per_served_project_logged_in_as_its_reader(tmp_path):
     assert environment["MLFLOW_TRACKING_USERNAME"] == "serve-mnist"
     assert environment["MLFLOW_TRACKING_PASSWORD"] == "${FLOPS_TENANT_ACME_SERVE_PASSWORD}"
     assert environment["FLOPS_SERVE_MODEL_NAME"] == "mnist" and environment["FLOPS_SERVE_ALIAS"] == "champion"
+    # The tenant's tracking server creates that reader (with the same placeholder); globex serves nothing.
+    tracking = dict(item.split("=", 1) for item in rendered["tracking/acme"]["environment"])
+    assert tracking["FLOPS_SERVE_USERS"] == "mnist:${FLOPS_TENANT_ACME_SERVE_PASSWORD}"
+    assert not any(item.startswith("FLOPS_SERVE_USERS=") for item in rendered["tracking/globex"]["environment"])
 
 
 def test_no_serving_application_without_a_served_project(tmp_path):

@@ -11,8 +11,8 @@ from tasks import model_server, services  # noqa: E402
 SERVE_PASSWORD = "acme-serve-pass"
 
 
-def settings(tmp_path, init="systemd", root=""):
-    s = host_settings(tmp_path, init, root)
+def settings(tmp_path):
+    s = host_settings(tmp_path)
     s.secrets.values.update({**FAKE_SECRETS, "FLOPS_TENANT_ACME_SERVE_PASSWORD": SERVE_PASSWORD})
     return s
 
@@ -42,3 +42,25 @@ def test_environment_file_reads_the_champion_as_its_reader(tmp_path):
     assert f"MLFLOW_TRACKING_PASSWORD='{SERVE_PASSWORD}'" in text
     # Only the tenant's serving password: no admin, store or FL password reaches a model server.
     assert not [key for key, value in FAKE_SECRETS.items() if value in text]
+
+
+def test_tracking_server_creates_the_readers_of_the_models_served_anywhere_in_the_inventory(tmp_path):
+    """A model server on one host reads as serve-<project> from the tracking server on another: the tracking
+    server's environment names that user (with the tenant's serving password), found in every host's data."""
+    from pyinfra.api import Inventory
+    from pyinfra.context import ctx_inventory
+
+    from tasks import tracking_server
+
+    s = settings(tmp_path)
+    acme = s.config.tenant("acme")
+    hosts = Inventory(([("mlflow.example.org", {}),
+                        ("serve-1.example.org", {"flops_served_models": ["acme/mnist", "acme/cifar"]}),
+                        ("serve-2.example.org", {"flops_served_models": ["acme/mnist"]})], {}))
+    with ctx_inventory.use(hosts):
+        readers = tracking_server.served_projects(s.config, acme)
+    assert readers == ["mnist", "cifar"]
+    env = tracking_server.environment(s, s.config, acme, readers)
+    assert env["FLOPS_SERVE_USERS"] == f"mnist:{SERVE_PASSWORD},cifar:{SERVE_PASSWORD}"
+    assert env["FLOPS_LOCAL_URI"] == f"http://127.0.0.1:{s.config.tracking_port(acme)}"
+    assert "FLOPS_SERVE_USERS" not in tracking_server.environment(s, s.config, acme)

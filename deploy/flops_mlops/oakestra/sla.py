@@ -157,6 +157,7 @@ def context(config: StackConfig) -> dict[str, Any]:
                 "mount_path": AUTH_MOUNT, "config": {"host_path": f"{o.auth_host_path}/{tenant.id}"},
             },
             "projects": [],  # filled below: the FL projects whose aggregators log in to this server
+            "served": [],  # filled below: the projects whose model servers read their models from this server
         })
     by_id = {t["id"]: t for t in tenants}
     projects = []
@@ -186,6 +187,8 @@ def context(config: StackConfig) -> dict[str, Any]:
         "name": p.name, "tenant": p.tenant, "rr_ip": _address(o.ip_plan.serving_block, p.slot),
         "tracking_uri": f"http://{by_id[p.tenant]['rr_ip']}:{o.tracking_port}", "user": serving_user(p.name),
         "password_key": secrets_module.serve_password_key(p.tenant)} for p in o.projects if p.serve]
+    for served in serving:
+        by_id[served["tenant"]]["served"].append(served)
     return {
         "customer_id": config.name,
         "app_namespace": o.namespace,

@@ -6,7 +6,8 @@ stack's venv (flops-mlops with scikit-learn and skops, pinned by the lock: no co
 as flops_service_user, and reads its model from the tenant's tracking server (the inventory's tracking_server host)
 as serve-<project>, a user with READ on that registered model only. Its password (the secrets file's
 FLOPS_TENANT_<ID>_SERVE_PASSWORD) reaches it only through its environment file (mode 0600, read by root); the
-tracking server must have that user (tracking servers given FLOPS_SERVE_USERS create it, as compose's do).
+tracking server creates that user: the tracking_server role gives each server FLOPS_SERVE_USERS for the projects
+of its tenant that any host of the inventory serves (tracking_server.environment).
 The server follows the champion alias, so a new champion is served without a redeploy.
 """
 
@@ -26,9 +27,10 @@ from . import services, settings
 from .settings import TEMPLATES, TRIM, HostDataError, HostSettings
 
 
-def served_models(config: StackConfig) -> list[tuple[Tenant, str]]:
-    """Host data flops_served_models, checked: (tenant, project) pairs."""
-    items = host.data.get("flops_served_models") or []
+def served_models(config: StackConfig, of=None) -> list[tuple[Tenant, str]]:
+    """Host data flops_served_models of ``of`` (default: the current host), checked: (tenant, project) pairs."""
+    of = of or host
+    items = of.data.get("flops_served_models") or []
     if isinstance(items, str):
         items = [items]
     served = []
@@ -37,7 +39,7 @@ def served_models(config: StackConfig) -> list[tuple[Tenant, str]]:
         try:
             served.append((config.tenant(tenant_id), validate_project(project, "flops_served_models")))
         except ConfigError:
-            raise HostDataError(f"host {host.name}: flops_served_models: {item!r} is not <tenant>/<project> with a "
+            raise HostDataError(f"host {of.name}: flops_served_models: {item!r} is not <tenant>/<project> with a "
                                 f"tenant of {config.source} and a project name") from None
     return served
 

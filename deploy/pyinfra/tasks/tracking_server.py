@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import shlex
 
-from pyinfra import host
+from pyinfra import host, inventory
 from pyinfra.api import deploy
 from pyinfra.api.operation import OperationMeta
 from pyinfra.facts.server import Command, Users
@@ -24,8 +24,9 @@ from pyinfra.operations import apt, files, pip, server
 
 from flops_mlops import tracking_server as mlflow_server
 from flops_mlops.config import ConfigError, StackConfig, Tenant
+from flops_mlops.secrets import serve_password_key
 
-from . import artifact_store, backend_store, services, settings
+from . import artifact_store, backend_store, model_server, services, settings
 from .settings import PYINFRA_DIR, TEMPLATES, TRIM, HostDataError, HostSettings
 
 REPOSITORY = PYINFRA_DIR.parent.parent
@@ -50,20 +51,41 @@ def auth_db(s: HostSettings, tenant: Tenant) -> str:
     return f"{auth_dir(s, tenant)}/auth.db"
 
 
-def environment(s: HostSettings, seen: StackConfig, tenant: Tenant) -> dict[str, str]:
+def environment(s: HostSettings, seen: StackConfig, tenant: Tenant, readers: list[str] | tuple = ()) -> dict[str, str]:
     """The server's environment file: store URIs (with passwords), login settings (admin password, secret key,
-    auth database) and MLflow switches, and HOME; nothing else from the machine running pyinfra."""
+    auth database) and MLflow switches, and HOME; nothing else from the machine running pyinfra. ``readers``:
+    the tenant's projects that model servers read (served_projects); the server creates their users."""
     if seen.artifact_store.tls:
         raise ConfigError(f"{seen.source}: artifact_store.tls: FTPS is for `flops-mlops up` (native vsftpd); the "
                           "pyinfra artifact store speaks plain FTP, so expected false, got true")
     env = {key: value for key, value in mlflow_server.server_env(seen, tenant, s.secrets, auth_db(s, tenant)).items()
            if key.startswith("MLFLOW_") or key in ENV_KEYS}
     env["HOME"] = workdir(s, tenant)
+    if readers:  # the server creates serve-<project> (READ on that model only) for each, as in compose
+        password = s.secrets.values[serve_password_key(tenant.id)]
+        env["FLOPS_SERVE_USERS"] = ",".join(f"{project}:{password}" for project in readers)
+        env["FLOPS_LOCAL_URI"] = local_uri(seen, tenant)
     for key, value in env.items():
         if "'" in value or "\n" in value:
             raise ConfigError(f"{s.secrets.path}: a value for tenant {tenant.id} ends up in {key} and contains "
                               "a quote or line break; use URL-safe passwords (`flops-mlops secrets init`)")
     return env
+
+
+def local_uri(config: StackConfig, tenant: Tenant) -> str:
+    """How the server's own host reaches it."""
+    listen = "127.0.0.1" if config.tracking.host in ("0.0.0.0", "::") else config.tracking.host
+    return f"http://{listen}:{config.tracking_port(tenant)}"
+
+
+def served_projects(config: StackConfig, tenant: Tenant) -> list[str]:
+    """The projects of ``tenant`` that a host of the inventory serves (host data flops_served_models)."""
+    found: list[str] = []
+    for other in inventory:
+        for served_tenant, project in model_server.served_models(config, other):
+            if served_tenant.id == tenant.id and project not in found:
+                found.append(project)
+    return found
 
 
 def local_store_units(s: HostSettings, roles: list[str]) -> tuple[str, ...]:
@@ -81,8 +103,7 @@ def service(s: HostSettings, tenant: Tenant, seen: StackConfig | None = None,
             after: tuple[str, ...] = ()) -> services.Service:
     config = seen or s.config
     python = f"{s.venv}/bin/python"
-    listen = "127.0.0.1" if config.tracking.host in ("0.0.0.0", "::") else config.tracking.host
-    health = f"http://{listen}:{config.tracking_port(tenant)}/health"
+    health = f"{local_uri(config, tenant)}/health"
     probe = shlex.join([python, "-c", f"import urllib.request; urllib.request.urlopen({health!r}, timeout=2)"])
     return services.Service(
         name=f"{s.service_prefix}-tracking-{tenant.id}",
@@ -131,7 +152,8 @@ def tracking_server() -> None:
         env = files.template(
             name=f"Environment of {tenant.id}'s server (mode 0600)", src=str(TEMPLATES / "tracking-server.env.j2"),
             dest=svc.env_file, user="root", group="root", mode="600", jinja_env_kwargs=dict(TRIM),
-            stack=seen.name, tenant=tenant.id, env=environment(s, seen, tenant),
+            stack=seen.name, tenant=tenant.id,
+            env=environment(s, seen, tenant, served_projects(seen, tenant)),
         )
         services.ensure_running(svc, triggers=[env, *package])
 
