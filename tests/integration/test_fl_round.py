@@ -133,8 +133,18 @@ def test_one_run_per_round_with_aggregated_metrics(local, corrupted_run):
         # only aggregates: no key or value names a learner, node or client
         names = " ".join([*metrics, *run.data.params, *run.data.tags, *map(str, run.data.params.values())]).lower()
         assert not any(word in names for word in ("learner_", "node", "client", "cid", "partition"))
+        # the description the UI shows on the run's page
+        assert run.data.tags["mlflow.note.content"].startswith(
+            f"Round {run.data.tags['flops.round']} of 3 of FL project Fraud: FedAvg over 2 learners")
+    experiment = mlflow.get_experiment_by_name("Fraud")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI opens it on its runs
     by_round = {int(r.data.tags["flops.round"]): r for r in runs}
     assert [e["round"] for e in summary["rounds"]] == [1, 2, 3]
+    # the printed links: the runs view, the best round's run, the registered model's version
+    ui = tracking_uri(local)
+    assert summary["ui_url"] == f"{ui}/#/experiments/{experiment.experiment_id}/runs"
+    assert summary["best_run_url"] == f"{summary['ui_url']}/{by_round[summary['best_round']].info.run_id}"
+    assert summary["model_url"] == f"{ui}/#/models/Fraud/versions/{summary['model_version']}"
     assert by_round[2].data.metrics["loss"] == pytest.approx(summary["rounds"][1]["loss"])
 
 

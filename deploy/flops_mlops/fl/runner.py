@@ -384,7 +384,8 @@ def round_command(config, args) -> int:
     summary = run_project(settings, work_dir, on_round, engine=args.engine, env=login)
     if args.json:
         keys = ("project", "experiment_id", "run_ids", "best_round", "better", "model_uri", "model_version",
-                "logged_model_uri", "ui_url", "model_dir", "aggregator_address", "rounds")
+                "logged_model_uri", "ui_url", "best_run_url", "model_url", "model_dir", "aggregator_address",
+                "rounds")
         print(json.dumps({key: summary.get(key) for key in keys}, indent=2))
         return 0
     print(f"\nsummary of {settings.project} (best = {BETTER[settings.better]}):")
@@ -395,7 +396,10 @@ def round_command(config, args) -> int:
     print(f"model:            {summary['model_uri']} (version {summary['model_version']}, "
           f"{summary['logged_model_uri']})")
     print(f"best model file:  {settings.model_dir / 'best.npz'}")
-    print(f"MLflow UI:        {summary['ui_url']}")
+    print(f"MLflow UI, the runs round-1..{settings.rounds} (table, or the Chart view for loss and accuracy):")
+    print(f"                  {summary['ui_url']}")
+    print(f"best run:         {summary['best_run_url']}")
+    print(f"registered model: {summary['model_url']} (alias {settings.alias})")
     print(f"log in as:        admin, password {admin_password_key(tenant.id)} in {config.secrets_file} "
           f"(or a user of your own: flops-mlops user add --tenant {tenant.id} --name NAME)")
     return 0

@@ -5,10 +5,13 @@
   ``loss`` and ``accuracy``, ``train_examples`` and ``eval_examples`` (sums over learners), and
   ``round_time_s`` (wall time of the round), and one end-of-round sample of the aggregator process
   (``system/aggregator_cpu_percent``, ``system/aggregator_rss_megabytes``, ``system/aggregator_threads``);
-  tags ``flops.project``, ``flops.round``, ``flops.code_version``. MLflow's system metrics of the
+  tags ``flops.project``, ``flops.round``, ``flops.code_version``, and a description (``mlflow.note.content``:
+  round n of N, learners, strategy), which the UI shows on the run's page. MLflow's system metrics of the
   aggregator's host (``system/...``) are sampled while the round's run is open; the sampling interval
   adapts to the previous round's length (a quarter of it, between 0.2 s and 10 s; 0.5 s for the first),
   so that rounds of a few seconds still get several samples.
+- The experiment carries ``mlflow.experimentKind = custom_model_development`` (``TRAINING_EXPERIMENT``), so that
+  the MLflow UI opens it on its training runs rather than on its GenAI (traces) overview.
 - Only the aggregator logs. Nothing that identifies a learner (address, node id, index, per-learner
   numbers) is logged: only aggregates.
 - Exactly one best global model is kept on the aggregator's disk (``best.npz`` + ``best.json`` in the
@@ -36,6 +39,8 @@ import numpy as np
 from .settings import validate_project
 
 BETTER = {"loss": "lowest aggregated evaluation loss", "accuracy": "highest aggregated accuracy"}
+# Experiment tags of every FL project: the UI opens an experiment of this kind on its training runs.
+TRAINING_EXPERIMENT = {"mlflow.experimentKind": "custom_model_development"}
 
 
 class TrackingError(RuntimeError):
@@ -195,15 +200,27 @@ class RoundTracker(LocalOnly):
         mlflow.set_tracking_uri(self.tracking_uri)
         experiment = self._step(f"opening experiment {self.project!r}", mlflow.set_experiment, self.project)
         self.experiment_id = experiment.experiment_id
-        self._step("tagging the experiment", mlflow.MlflowClient().set_experiment_tag,
-                   self.experiment_id, "flops.project", self.project)
+        for key, value in {"flops.project": self.project, **TRAINING_EXPERIMENT}.items():
+            if experiment.tags.get(key) != value:  # `round` creates the experiment with these tags already
+                self._step(f"tagging the experiment ({key})", mlflow.MlflowClient().set_experiment_tag,
+                           self.experiment_id, key, value)
+
+    def description(self, server_round: int) -> str:
+        """The run's description (``mlflow.note.content``), shown on its page in the UI."""
+        p = self.strategy_params
+        return (f"Round {server_round} of {p.get('rounds', '?')} of FL project {self.project}: "
+                f"{p.get('strategy', '?')} over {p.get('min_learners', '?')} learners (each trains "
+                f"{p.get('local_epochs', '?')} local epochs at learning rate {p.get('learning_rate', '?')}, "
+                f"then all evaluate the new global model). Metrics are aggregates over the learners; the best "
+                f"round ({BETTER.get(p.get('better', 'loss'), '?')}) holds the registered model.")
 
     def round_started(self, server_round: int) -> None:
         import mlflow
 
         mlflow.set_system_metrics_sampling_interval(sampling_interval(self._previous_round_seconds))
         mlflow.set_system_metrics_samples_before_logging(1)
-        tags = {"flops.project": self.project, "flops.round": str(server_round), "flops.code_version": self.version}
+        tags = {"flops.project": self.project, "flops.round": str(server_round), "flops.code_version": self.version,
+                "mlflow.note.content": self.description(server_round)}
         run = self._step(f"starting the run of round {server_round}", mlflow.start_run,
                          experiment_id=self.experiment_id, run_name=f"round-{server_round}", tags=tags,
                          log_system_metrics=True)
@@ -279,9 +296,15 @@ class RoundTracker(LocalOnly):
             "logged_model_uri": info.model_uri,
             "register_seconds": time.monotonic() - started,
             "last_round_to_registered_s": time.monotonic() - self._last_round_logged,
-            "ui_url": f"{self.ui_url}/#/experiments/{self.experiment_id}",
+            **self.links(self.run_ids[best_round], version),
         })
         return summary
+
+    def links(self, best_run_id: str, version: str) -> dict[str, str]:
+        """What a browser opens: the runs view of the experiment, the best round's run, the registered model."""
+        runs = f"{self.ui_url}/#/experiments/{self.experiment_id}/runs"
+        return {"ui_url": runs, "best_run_url": f"{runs}/{best_run_id}",
+                "model_url": f"{self.ui_url}/#/models/{self.project}/versions/{version}"}
 
     def fail(self) -> None:
         """Mark an open round's run as FAILED (best effort: the server may be the thing that failed)."""
