@@ -142,8 +142,11 @@ def test_one_run_per_round_with_aggregated_metrics(local, corrupted_run):
     assert [e["round"] for e in summary["rounds"]] == [1, 2, 3]
     # the printed links: the runs view, the best round's run, the registered model's version
     ui = tracking_uri(local)
-    assert summary["ui_url"] == f"{ui}/#/experiments/{experiment.experiment_id}/runs"
-    assert summary["best_run_url"] == f"{summary['ui_url']}/{by_round[summary['best_round']].info.run_id}"
+    runs_view = f"{ui}/#/experiments/{experiment.experiment_id}/runs"
+    assert summary["ui_url"] == f"{runs_view}?viewStateShareKey=flops-rounds"
+    view = json.loads(experiment.tags["mlflow.sharedViewState.flops-rounds"])  # the view that link opens
+    assert {"metrics.`loss`", "metrics.`accuracy`"} <= set(view["selectedColumns"])
+    assert summary["best_run_url"] == f"{runs_view}/{by_round[summary['best_round']].info.run_id}"
     assert summary["model_url"] == f"{ui}/#/models/Fraud/versions/{summary['model_version']}"
     assert by_round[2].data.metrics["loss"] == pytest.approx(summary["rounds"][1]["loss"])
 

@@ -11,7 +11,8 @@
   adapts to the previous round's length (a quarter of it, between 0.2 s and 10 s; 0.5 s for the first),
   so that rounds of a few seconds still get several samples.
 - The experiment carries ``mlflow.experimentKind = custom_model_development`` (``TRAINING_EXPERIMENT``), so that
-  the MLflow UI opens it on its training runs rather than on its GenAI (traces) overview.
+  the MLflow UI opens it on its training runs rather than on its GenAI (traces) overview, and a shared runs
+  view (``RUNS_VIEW``: rounds in order with loss and accuracy columns) that the printed link opens.
 - Only the aggregator logs. Nothing that identifies a learner (address, node id, index, per-learner
   numbers) is logged: only aggregates.
 - Exactly one best global model is kept on the aggregator's disk (``best.npz`` + ``best.json`` in the
@@ -39,8 +40,16 @@ import numpy as np
 from .settings import validate_project
 
 BETTER = {"loss": "lowest aggregated evaluation loss", "accuracy": "highest aggregated accuracy"}
-# Experiment tags of every FL project: the UI opens an experiment of this kind on its training runs.
-TRAINING_EXPERIMENT = {"mlflow.experimentKind": "custom_model_development"}
+# The runs view the printed link opens (a view the UI shares through an experiment tag, `?viewStateShareKey=`):
+# the rounds in order, with their loss, accuracy and the registered model version as columns (by default the
+# table shows neither metric).
+RUNS_VIEW = "flops-rounds"
+RUNS_VIEW_STATE = {"selectedColumns": ["metrics.`loss`", "metrics.`accuracy`", "attributes.`Models`"],
+                   "orderByKey": "attributes.start_time", "orderByAsc": True}
+# Experiment tags of every FL project: the UI opens an experiment of this kind on its training runs, and knows
+# the runs view above.
+TRAINING_EXPERIMENT = {"mlflow.experimentKind": "custom_model_development",
+                       f"mlflow.sharedViewState.{RUNS_VIEW}": json.dumps(RUNS_VIEW_STATE)}
 
 
 class TrackingError(RuntimeError):
@@ -303,7 +312,7 @@ class RoundTracker(LocalOnly):
     def links(self, best_run_id: str, version: str) -> dict[str, str]:
         """What a browser opens: the runs view of the experiment, the best round's run, the registered model."""
         runs = f"{self.ui_url}/#/experiments/{self.experiment_id}/runs"
-        return {"ui_url": runs, "best_run_url": f"{runs}/{best_run_id}",
+        return {"ui_url": f"{runs}?viewStateShareKey={RUNS_VIEW}", "best_run_url": f"{runs}/{best_run_id}",
                 "model_url": f"{self.ui_url}/#/models/{self.project}/versions/{version}"}
 
     def fail(self) -> None:
