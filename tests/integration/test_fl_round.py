@@ -291,7 +291,9 @@ def test_tracking_server_going_down_fails_the_run_and_keeps_the_best_model(local
     assert f"tracking server http://127.0.0.1:{proxy.port}: starting the run of round 2 failed" in done.stderr
     assert "round 1/4" in done.stdout
     best = model_dir(local, "Outage")
-    assert json.loads((best / "best.json").read_text())["round"] == 1
+    # Round 2 trains while its run is being started in the background: the best model of the rounds that
+    # trained stays on disk (round 2's when it finished before the failure surfaced); no later round ran.
+    assert json.loads((best / "best.json").read_text())["round"] in (1, 2)
     assert (best / "best.npz").exists()
 
 
@@ -328,6 +330,7 @@ def test_mlflow_system_metrics_appear_for_a_round_of_a_few_seconds(local, tmp_pa
     tracker.round_started(1)
     time.sleep(2)
     tracker.round_finished(RoundResult(1, 0.5, 0.8, 10, 5, 2.0), [np.zeros((3, 8)), np.zeros(3)])
+    tracker.flush()  # rounds are logged in the background
     run = mlflow.MlflowClient(tracking_uri(local)).get_run(tracker.run_ids[1])
     assert "system/cpu_utilization_percentage" in run.data.metrics
     assert "system/system_memory_usage_megabytes" in run.data.metrics

@@ -30,7 +30,10 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import tempfile
 import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -157,7 +160,7 @@ class LocalOnly:
         self.best = best
         self.rounds: list[dict[str, Any]] = []
 
-    def open(self) -> None:
+    def open(self, on_failure: Callable[[str], None] | None = None) -> None:
         self.best.reset()
 
     def round_started(self, server_round: int) -> None:
@@ -169,6 +172,9 @@ class LocalOnly:
         self.rounds.append(entry)
         return entry
 
+    def flush(self) -> None:
+        pass
+
     def finish(self, x_example: np.ndarray) -> dict[str, Any]:
         return {"best_round": self.best.result.round if self.best.result else None, "rounds": self.rounds}
 
@@ -177,7 +183,15 @@ class LocalOnly:
 
 
 class RoundTracker(LocalOnly):
-    """The policy against a tracking server. Call open, then round_started/round_finished per round, finish."""
+    """The policy against a tracking server. Call open, then round_started/round_finished per round, finish.
+
+    Tracking calls run on one background thread, in order, so that training never waits for the server:
+    ``open`` returns at once (importing MLflow and opening the experiment overlap with Flower waiting for its
+    learners), a round's run is started and, after the round, logged and ended while the next round trains.
+    ``round_finished`` waits only for its run's id; ``flush`` (called by ``finish``) waits for everything and
+    raises the first failure. A second thread gets model logging ready meanwhile (its imports, and MLflow's
+    map of installed packages), so that the end costs little more than the upload.
+    """
 
     def __init__(self, tracking_uri: str, project: str, best: BestModel, strategy_params: dict[str, Any],
                  alias: str = "champion", ui_url: str | None = None):
@@ -189,8 +203,11 @@ class RoundTracker(LocalOnly):
         self.alias = alias
         self.version = code_version()
         self.experiment_id: str | None = None
-        self.run_id: str | None = None
         self.run_ids: dict[int, str] = {}
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tracking")
+        self._pending: list[Future] = []
+        self._open_round: tuple[int, Future] | None = None  # the round whose run is open, and its start
+        self._model_logging_ready: Future | None = None
         self._previous_round_seconds: float | None = None
         self._round_started_at = 0.0
         self._last_round_logged = time.monotonic()
@@ -202,10 +219,29 @@ class RoundTracker(LocalOnly):
             raise TrackingError(f"tracking server {self.tracking_uri}: {what} failed: "
                                 f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
 
-    def open(self) -> None:
+    def _submit(self, call, *args) -> Future:
+        """Queue a tracking call; a failure is raised by the next round_started/round_finished or flush."""
+        future = self._worker.submit(call, *args)
+        self._pending.append(future)
+        return future
+
+    def _raise_failures(self) -> None:
+        for future in [f for f in self._pending if f.done()]:
+            self._pending.remove(future)
+            future.result()  # the TrackingError of a failed call
+
+    def open(self, on_failure: Callable[[str], None] | None = None) -> None:
+        """Start opening the experiment in the background; ``on_failure(message)`` hears at once if it fails."""
+        super().open()
+        opening = self._submit(self._open)
+        if on_failure is not None:
+            opening.add_done_callback(lambda f: f.exception() is not None and on_failure(str(f.exception())))
+        self._model_logging_ready = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model").submit(
+            _prepare_model_logging)
+
+    def _open(self) -> None:
         import mlflow
 
-        super().open()
         mlflow.set_tracking_uri(self.tracking_uri)
         experiment = self._step(f"opening experiment {self.project!r}", mlflow.set_experiment, self.project)
         self.experiment_id = experiment.experiment_id
@@ -224,20 +260,32 @@ class RoundTracker(LocalOnly):
                 f"round ({BETTER.get(p.get('better', 'loss'), '?')}) holds the registered model.")
 
     def round_started(self, server_round: int) -> None:
+        self._raise_failures()
+        self._round_started_at = time.monotonic()
+        interval = sampling_interval(self._previous_round_seconds)
+        self._open_round = (server_round, self._submit(self._start_run, server_round, interval))
+
+    def _start_run(self, server_round: int, interval: float) -> str:
         import mlflow
 
-        mlflow.set_system_metrics_sampling_interval(sampling_interval(self._previous_round_seconds))
+        if self.experiment_id is None:
+            raise TrackingError(f"tracking server {self.tracking_uri}: starting the run of round {server_round} "
+                                "failed: the experiment is not open")
+        mlflow.set_system_metrics_sampling_interval(interval)
         mlflow.set_system_metrics_samples_before_logging(1)
         tags = {"flops.project": self.project, "flops.round": str(server_round), "flops.code_version": self.version,
                 "mlflow.note.content": self.description(server_round)}
         run = self._step(f"starting the run of round {server_round}", mlflow.start_run,
                          experiment_id=self.experiment_id, run_name=f"round-{server_round}", tags=tags,
                          log_system_metrics=True)
-        self.run_id = run.info.run_id
-        self._round_started_at = time.monotonic()
+        return run.info.run_id
+
+    @property
+    def run_id(self) -> str | None:
+        """The run of the round in progress (waits until the server has created it), or None between rounds."""
+        return self._open_round[1].result() if self._open_round else None
 
     def round_finished(self, result: RoundResult, params: list[np.ndarray]) -> dict[str, Any]:
-        import mlflow
         from mlflow.entities import Metric, Param
 
         entry = super().round_finished(result, params)  # the best model reaches the disk first
@@ -249,14 +297,27 @@ class RoundTracker(LocalOnly):
             ("eval_examples", result.eval_examples), ("round_time_s", result.wall_time),
             *self._process_sample())]
         params_ = [Param(key, value) for key, value in sorted(self.strategy_params.items())]
-        self._step(f"logging round {result.round}", mlflow.MlflowClient().log_batch, self.run_id,
-                   metrics=metrics, params=params_)
-        self._step(f"ending the run of round {result.round}", mlflow.end_run)
-        self.run_ids[result.round] = self.run_id
-        entry["run_id"] = self.run_id
-        self.run_id = None
+        run_id = self.run_id
+        self._open_round = None
+        self._submit(self._log_round, result.round, run_id, metrics, params_)
+        self._raise_failures()
+        self.run_ids[result.round] = run_id
+        entry["run_id"] = run_id
         self._last_round_logged = time.monotonic()
         return entry
+
+    def _log_round(self, server_round: int, run_id: str, metrics: list, params: list) -> None:
+        import mlflow
+
+        self._step(f"logging round {server_round}", mlflow.MlflowClient().log_batch, run_id,
+                   metrics=metrics, params=params)
+        self._step(f"ending the run of round {server_round}", mlflow.end_run)
+
+    def flush(self) -> None:
+        """Wait until every queued tracking call is done; raise the first failure."""
+        for future in list(self._pending):
+            future.result()
+        self._pending.clear()
 
     def _process_sample(self) -> list[tuple[str, float]]:
         """One end-of-round sample of the aggregator process itself, so even rounds shorter than the
@@ -270,10 +331,14 @@ class RoundTracker(LocalOnly):
 
     def finish(self, x_example: np.ndarray) -> dict[str, Any]:
         """Log the best model once (into the best round's run), register it, point the alias at it."""
+        self.flush()
+        self._worker.shutdown()
+        try:
+            self._model_logging_ready.result()
+        except Exception:
+            pass  # only a head start: logging the model below reports what is wrong
         import mlflow
         import mlflow.sklearn
-        import sklearn
-        import skops
         from mlflow.models import infer_signature
 
         from .model import to_sklearn
@@ -285,8 +350,7 @@ class RoundTracker(LocalOnly):
         model = to_sklearn(self.best.load())
         example = np.asarray(x_example[:5])
         signature = infer_signature(example, model.predict(example))
-        requirements = [f"scikit-learn=={sklearn.__version__}", f"numpy=={np.__version__}",
-                        f"skops=={skops.__version__}"]
+        requirements = model_requirements()
         started = time.monotonic()
         with self._step("reopening the best round's run", mlflow.start_run, run_id=self.run_ids[best_round]):
             info = self._step("logging the best model", mlflow.sklearn.log_model, model, name="model",
@@ -319,11 +383,34 @@ class RoundTracker(LocalOnly):
         """Mark an open round's run as FAILED (best effort: the server may be the thing that failed)."""
         import mlflow
 
-        if self.run_id is not None:
-            try:
-                # By run id, not mlflow.end_run(): the active run is thread-local, and the timeout watchdog
-                # calls this from its own thread.
-                mlflow.MlflowClient(self.tracking_uri).set_terminated(self.run_id, status="FAILED")
-            except Exception:
-                pass
-            self.run_id = None
+        if self._open_round is None:
+            return
+        try:
+            run_id = self._open_round[1].result(timeout=10)
+            # By run id, not mlflow.end_run(): the active run is thread-local (the tracking thread's), and the
+            # timeout watchdog calls this from its own thread.
+            mlflow.MlflowClient(self.tracking_uri).set_terminated(run_id, status="FAILED")
+        except Exception:
+            pass
+        self._open_round = None
+
+
+def model_requirements() -> list[str]:
+    """The logged model's pip requirements, explicit (inferring them costs about 20 s)."""
+    import sklearn
+    import skops
+
+    return [f"scikit-learn=={sklearn.__version__}", f"numpy=={np.__version__}", f"skops=={skops.__version__}"]
+
+
+def _prepare_model_logging() -> None:
+    """Save a model of the same kind once, to a folder thrown away: what logging the best model at the end would
+    otherwise spend seconds on happens now, while the rounds run (importing MLflow's sklearn flavour and skops,
+    MLflow's map of installed packages that it checks the requirements against, skops' type lookups)."""
+    import mlflow.sklearn
+
+    from .model import initial_parameters, to_sklearn
+
+    with tempfile.TemporaryDirectory(prefix="flops-model-") as folder:
+        mlflow.sklearn.save_model(to_sklearn(initial_parameters()), f"{folder}/model",
+                                  pip_requirements=model_requirements())
