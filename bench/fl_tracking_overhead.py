@@ -69,6 +69,7 @@ def main() -> int:
     from flops_mlops.fl.runner import project_login, run_project
     from flops_mlops.fl.settings import FLSettings
 
+    machine_at_start = machine()
     with tempfile.TemporaryDirectory(prefix="flops-bench-") as tmp:
         folder = Path(tmp)
         low = free_port()
@@ -109,7 +110,7 @@ def main() -> int:
 
     report = {
         "benchmark": "fl_tracking_overhead", "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "machine": machine(), "rounds": args.rounds, "learners": args.learners, "repeats": args.repeats,
+        "machine": {**machine_at_start, "load_average_at_end": os.getloadavg()}, "rounds": args.rounds, "learners": args.learners, "repeats": args.repeats,
         "median_wall_s": {"off": median("off", "wall_s"), "on": median("on", "wall_s")},
         "median_rounds_s": {"off": median("off", "rounds_s"), "on": median("on", "rounds_s")},
         "overhead_ratio_wall": median("on", "wall_s") / median("off", "wall_s"),
@@ -121,7 +122,8 @@ def main() -> int:
           f"{report['overhead_ratio_wall']:.2f}")
     print(f"median time in rounds: {report['median_rounds_s']['off']:.2f} s without, "
           f"{report['median_rounds_s']['on']:.2f} s with tracking")
-    print(f"last round logged -> model registered with alias: {report['median_last_round_to_registered_s']:.2f} s")
+    print(f"last round -> model registered with alias: {report['median_last_round_to_registered_s']:.2f} s")
+    print(f"load average: {machine_at_start['load_average_at_start']} at start, {os.getloadavg()} at the end")
     write_report(report, Path(args.out))
     return 0
 

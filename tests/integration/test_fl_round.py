@@ -291,9 +291,10 @@ def test_tracking_server_going_down_fails_the_run_and_keeps_the_best_model(local
     assert f"tracking server http://127.0.0.1:{proxy.port}: starting the run of round 2 failed" in done.stderr
     assert "round 1/4" in done.stdout
     best = model_dir(local, "Outage")
-    # Round 2 trains while its run is being started in the background: the best model of the rounds that
-    # trained stays on disk (round 2's when it finished before the failure surfaced); no later round ran.
-    assert json.loads((best / "best.json").read_text())["round"] in (1, 2)
+    # Rounds train while their runs are logged in the background, so the failure may surface only after the
+    # last round: the best model of the rounds that trained stays on disk.
+    kept = json.loads((best / "best.json").read_text())
+    assert 1 <= kept["round"] <= 4 and np.isfinite(kept["loss"])
     assert (best / "best.npz").exists()
 
 

@@ -374,9 +374,9 @@ def round_command(config, args) -> int:
 
     def on_round(event: dict[str, Any]) -> None:
         best = "  (new best)" if event.get("best") else ""
+        run = f"  run {event['run_id']}" if event.get("run_id") else ""  # logged in the background: often unknown yet
         print(f"round {event['round']}/{event['rounds']}: loss {event['loss']:.4f}  accuracy "
-              f"{event['accuracy']:.4f}  {event['wall_time']:.2f} s  run {event.get('run_id')}{best}",
-              file=progress, flush=True)
+              f"{event['accuracy']:.4f}  {event['wall_time']:.2f} s{run}{best}", file=progress, flush=True)
 
     print(f"FL project {settings.project} for tenant {tenant.id}: {settings.rounds} rounds, {settings.learners} "
           f"learners ({args.engine} engine), tracking at {settings.tracking_uri}", file=progress, flush=True)

@@ -286,32 +286,32 @@ class RoundTracker(LocalOnly):
         return self._open_round[1].result() if self._open_round else None
 
     def round_finished(self, result: RoundResult, params: list[np.ndarray]) -> dict[str, Any]:
-        from mlflow.entities import Metric, Param
-
+        """Keep the model if best, queue the round's logging; the entry's ``run_id`` is filled in once logged
+        (None until then: the round does not wait for the server)."""
         entry = super().round_finished(result, params)  # the best model reaches the disk first
         self._previous_round_seconds = time.monotonic() - self._round_started_at
-        now = int(time.time() * 1000)
-        step = result.round
-        metrics = [Metric(key, float(value), now, step) for key, value in (
-            ("loss", result.loss), ("accuracy", result.accuracy), ("train_examples", result.train_examples),
-            ("eval_examples", result.eval_examples), ("round_time_s", result.wall_time),
-            *self._process_sample())]
-        params_ = [Param(key, value) for key, value in sorted(self.strategy_params.items())]
-        run_id = self.run_id
-        self._open_round = None
-        self._submit(self._log_round, result.round, run_id, metrics, params_)
+        values = [("loss", result.loss), ("accuracy", result.accuracy), ("train_examples", result.train_examples),
+                  ("eval_examples", result.eval_examples), ("round_time_s", result.wall_time),
+                  *self._process_sample()]
+        started, self._open_round = self._open_round, None
+        self._submit(self._log_round, entry, started[1], values, int(time.time() * 1000))
         self._raise_failures()
-        self.run_ids[result.round] = run_id
-        entry["run_id"] = run_id
         self._last_round_logged = time.monotonic()
         return entry
 
-    def _log_round(self, server_round: int, run_id: str, metrics: list, params: list) -> None:
+    def _log_round(self, entry: dict[str, Any], started: Future, values: list[tuple[str, float]],
+                   timestamp: int) -> None:
         import mlflow
+        from mlflow.entities import Metric, Param
 
+        server_round = entry["round"]
+        run_id = started.result()  # queued before this call: done (or failed, which fails this round too)
+        metrics = [Metric(key, float(value), timestamp, server_round) for key, value in values]
+        params = [Param(key, value) for key, value in sorted(self.strategy_params.items())]
         self._step(f"logging round {server_round}", mlflow.MlflowClient().log_batch, run_id,
                    metrics=metrics, params=params)
         self._step(f"ending the run of round {server_round}", mlflow.end_run)
+        self.run_ids[server_round] = entry["run_id"] = run_id
 
     def flush(self) -> None:
         """Wait until every queued tracking call is done; raise the first failure."""
