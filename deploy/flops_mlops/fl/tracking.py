@@ -19,6 +19,8 @@
   model folder). "Better" is configurable: ``loss`` (default) means a strictly lower aggregated
   evaluation loss, ``accuracy`` a strictly higher aggregated accuracy. The file is replaced (atomically)
   only by a better round, and written before the round is logged, so a tracking failure leaves it there.
+- Logging happens on a background thread (``RoundTracker``): rounds do not wait for the server; everything
+  is flushed before the model is logged, and the first failure fails the run.
 - After the last round the best model is logged once, into the best round's run, with a signature, an
   input example and explicit pip requirements, through the tracking server (which proxies it to the
   FTP artifact store); it is registered under the project's name and the alias (default ``champion``)
