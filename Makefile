@@ -10,7 +10,7 @@ DEMO_TENANT  ?= acme
 DEMO_PROJECT ?= demo
 DEMO_PORT    ?= 8080
 
-.PHONY: venv account test demo down status clean
+.PHONY: venv account test demo down status clean ui-screenshots
 
 LOCK   := deploy/images/constraints.txt
 
@@ -30,6 +30,11 @@ account:
 ## make test: the whole test suite (tests needing a missing service skip, or fail with FLOPS_REQUIRE_SERVICES=1)
 test: venv account
 	$(BIN)/pytest
+
+## make ui-screenshots: the browser test (tests/ui: a real round, then the MLflow UI in Debian's chromium), with its
+## screenshots written to docs/images/ui/ (the README shows them) instead of test-artifacts/ui/
+ui-screenshots: venv account
+	FLOPS_UI_SCREENSHOTS=docs/images/ui $(BIN)/pytest tests/ui
 
 ## make demo: bring the embedded stack up (detached), run a 3-round FL project with 2 learners, print the summary,
 ## serve its champion; the last line is a curl command that gets predictions from it

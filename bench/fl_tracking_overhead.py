@@ -4,7 +4,8 @@ Brings up a private embedded stack (SQLite + embedded FTP, free ports, a tempora
 FL project (legacy Flower API, same seed) alternately with tracking off (only the best model kept on disk) and
 on (one MLflow run per round, best model logged and registered), REPEATS times each, in one run. Prints the
 median wall times, the overhead ratio (tracked / untracked), and the time from the last round being logged to
-the model version being registered and aliased. Writes bench/results/fl_tracking_overhead.json.
+the model version being registered and aliased, and the CPU time the FL processes used (aggregator + learners:
+the figure a busy machine distorts least). Writes bench/results/fl_tracking_overhead.json.
 
     .venv/bin/python bench/fl_tracking_overhead.py [--rounds 5] [--learners 2] [--repeats 3]
 """
@@ -15,6 +16,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import socket
 import statistics
 import subprocess
@@ -47,6 +49,12 @@ def machine() -> dict:
             "load_average_at_start": os.getloadavg()}
 
 
+def children_cpu_seconds() -> float:
+    """User + system CPU seconds of this process's finished children (the FL processes run_project waited for)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def service_account(folder: Path) -> dict:
     """As root, tracking servers run as the flops-mlops account (`make account`): let it into ``folder``."""
     if os.geteuid() != 0:
@@ -69,6 +77,7 @@ def main() -> int:
     from flops_mlops.fl.runner import project_login, run_project
     from flops_mlops.fl.settings import FLSettings
 
+    machine_at_start = machine()
     with tempfile.TemporaryDirectory(prefix="flops-bench-") as tmp:
         folder = Path(tmp)
         low = free_port()
@@ -93,14 +102,16 @@ def main() -> int:
                                           rounds=args.rounds, learners=args.learners, seed=42, timeout=600,
                                           model_dir=folder / project / "model").check("aggregator")
                     login = project_login(loaded, loaded.tenant("bench"), project) if mode == "on" else {}
+                    cpu_before = children_cpu_seconds()
                     started = time.monotonic()
                     summary = run_project(settings, folder / project, env=login)
                     wall = time.monotonic() - started
+                    cpu = children_cpu_seconds() - cpu_before  # aggregator + learners, user + system
                     rounds_s = sum(e["wall_time"] for e in summary["rounds"])
-                    results[mode].append({"wall_s": wall, "rounds_s": rounds_s,
+                    results[mode].append({"wall_s": wall, "rounds_s": rounds_s, "cpu_s": cpu,
                                           "last_round_to_registered_s": summary.get("last_round_to_registered_s")})
                     print(f"repeat {repeat + 1}/{args.repeats} tracking {mode:>3}: {wall:6.2f} s wall, "
-                          f"rounds {rounds_s:5.2f} s", flush=True)
+                          f"rounds {rounds_s:5.2f} s, {cpu:5.2f} s CPU", flush=True)
         finally:
             subprocess.run([*CLI, "--config", str(config_path), "down", "--purge"], cwd=ROOT, capture_output=True)
 
@@ -109,9 +120,10 @@ def main() -> int:
 
     report = {
         "benchmark": "fl_tracking_overhead", "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "machine": machine(), "rounds": args.rounds, "learners": args.learners, "repeats": args.repeats,
+        "machine": {**machine_at_start, "load_average_at_end": os.getloadavg()}, "rounds": args.rounds, "learners": args.learners, "repeats": args.repeats,
         "median_wall_s": {"off": median("off", "wall_s"), "on": median("on", "wall_s")},
         "median_rounds_s": {"off": median("off", "rounds_s"), "on": median("on", "rounds_s")},
+        "median_cpu_s": {"off": median("off", "cpu_s"), "on": median("on", "cpu_s")},
         "overhead_ratio_wall": median("on", "wall_s") / median("off", "wall_s"),
         "median_last_round_to_registered_s": median("on", "last_round_to_registered_s"),
         "runs": results,
@@ -119,9 +131,12 @@ def main() -> int:
     print(f"\nmedian wall time: {report['median_wall_s']['off']:.2f} s without tracking, "
           f"{report['median_wall_s']['on']:.2f} s with tracking -> overhead ratio "
           f"{report['overhead_ratio_wall']:.2f}")
+    print(f"median CPU time of the FL processes: {report['median_cpu_s']['off']:.2f} s without, "
+          f"{report['median_cpu_s']['on']:.2f} s with tracking")
     print(f"median time in rounds: {report['median_rounds_s']['off']:.2f} s without, "
           f"{report['median_rounds_s']['on']:.2f} s with tracking")
-    print(f"last round logged -> model registered with alias: {report['median_last_round_to_registered_s']:.2f} s")
+    print(f"last round -> model registered with alias: {report['median_last_round_to_registered_s']:.2f} s")
+    print(f"load average: {machine_at_start['load_average_at_start']} at start, {os.getloadavg()} at the end")
     write_report(report, Path(args.out))
     return 0
 

@@ -90,8 +90,8 @@ class TestStack:
     def cli(self, *args: str, **kwargs) -> subprocess.CompletedProcess:
         return run_cli(*args, config=self.config_path, **kwargs)
 
-    def up(self) -> None:
-        self.cli("up", "--detach", check=True)
+    def up(self) -> subprocess.CompletedProcess:
+        return self.cli("up", "--detach", check=True)
 
     def down(self, *extra: str) -> None:
         self.cli("down", *extra, check=True)

@@ -223,12 +223,28 @@ def port_answers(host: str, port: int) -> bool:
         return False
 
 
+REPORT_EVERY = 5.0  # seconds between "still waiting" lines
+
+
 def wait_until(ready: Callable[[], bool], process: ManagedProcess, what: str, timeout: float,
-               interval: float = 0.3) -> None:
-    """Poll ``ready`` until it is true; fail early if ``process`` dies, or after ``timeout`` seconds."""
+               interval: float = 0.3, progress: Callable[[str], None] | None = None, waiting_for: str = "",
+               since: float | None = None) -> None:
+    """Poll ``ready`` until it is true; fail early if ``process`` dies, or after ``timeout`` seconds.
+
+    With ``progress``: tell it which service (``waiting_for``) is awaited, every REPORT_EVERY seconds, with the
+    seconds elapsed since ``since`` (a time.monotonic() value, such as the service's start; default: now), and
+    when it is ready.
+    """
+    began = time.monotonic() if since is None else since
     deadline = time.monotonic() + timeout
+    next_report = time.monotonic()  # the first line comes before the first poll: it names the service
     while time.monotonic() < deadline:
+        if progress and time.monotonic() >= next_report:
+            progress(f"waiting for {waiting_for}: {time.monotonic() - began:.0f} s (gives up at {timeout:.0f} s)")
+            next_report += REPORT_EVERY
         if ready():
+            if progress:
+                progress(f"{waiting_for}: ready after {time.monotonic() - began:.1f} s")
             return
         if not process.is_running():
             raise process.failure(f"{what}: the process exited")

@@ -15,7 +15,6 @@ import shutil
 import signal
 import sys
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -108,9 +107,7 @@ class Stack:
             started.append(tracker.stop)
             tracker.start(secrets, account)
         for tracker in trackers:
-            began = time.monotonic()
-            tracker.wait_healthy()
-            self.progress(f"tracking server {tracker.tenant.id}: healthy ({time.monotonic() - began:.0f} s)")
+            tracker.wait_healthy(self.progress)
 
     def restart(self, tenant_id: str) -> None:
         """Stop one tenant's tracking server and start it again; every other service is left alone. Everything
@@ -163,7 +160,7 @@ class Stack:
                 server = mysql.ManagedMySQL(c, secrets)
                 self.progress(f"backend store: starting MySQL/MariaDB on {c.backend_store.host}:{c.backend_store.port}")
                 started.append(server.stop)  # before start: a server that never gets ready is stopped too
-                server.start()
+                server.start(self.progress)
                 admin = server.admin
             else:
                 admin = mysql.AdminConnection(c.backend_store.host, c.backend_store.port,
@@ -176,7 +173,7 @@ class Stack:
             if a.kind == "vsftpd":
                 ftp = ManagedVsftpd(c, secrets)
                 started.append(ftp.stop)
-                ftp.start()
+                ftp.start(self.progress)
             else:
                 self._start_embedded_ftp(started)
 
@@ -186,7 +183,8 @@ class Stack:
         process.start([sys.executable, "-m", "flops_mlops.stores.embedded_ftp", str(self.config.source)],
                       env=_child_env())
         started.append(process.stop)
-        wait_until(lambda: port_answers(a.host, a.port), process, "artifact store (embedded FTP) did not come up", 30)
+        wait_until(lambda: port_answers(a.host, a.port), process, "artifact store (embedded FTP) did not come up", 30,
+                   progress=self.progress, waiting_for=f"artifact store (embedded FTP, {a.host}:{a.port})")
 
     # --- foreground supervision ---
 

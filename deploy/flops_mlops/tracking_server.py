@@ -18,6 +18,8 @@ import os
 import pwd
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit
 
@@ -175,6 +177,7 @@ class TrackingServer:
         self.config = config
         self.tenant = tenant
         self.process = ManagedProcess(f"tracking-{tenant.id}", config.state_dir)
+        self.started_at: float | None = None  # time.monotonic() of the last start
         self.local_uri = f"http://{'127.0.0.1' if config.tracking.host in ('0.0.0.0', '::') else config.tracking.host}:{config.tracking_port(tenant)}"
 
     def start(self, secrets: Secrets, account: pwd.struct_passwd | None = None) -> None:
@@ -192,6 +195,7 @@ class TrackingServer:
                "HOME": str(workdir)}
         upgrade_schema(self.process, env, account)
         self.process.start(server_argv(self.config, self.tenant), env=env, cwd=workdir, account=account)
+        self.started_at = time.monotonic()
 
     def _move_legacy_sqlite(self, account: pwd.struct_passwd | None) -> None:
         old, new = legacy_sqlite_path(self.config, self.tenant), sqlite_path(self.config, self.tenant)
@@ -202,10 +206,13 @@ class TrackingServer:
         if account:
             os.chown(new, account.pw_uid, account.pw_gid)
 
-    def wait_healthy(self) -> None:
+    def wait_healthy(self, progress: Callable[[str], None] | None = None) -> None:
+        """Until /health answers; ``progress`` hears the seconds since this server was started."""
         wait_until(lambda: is_healthy(self.local_uri), self.process,
                    f"tracking server of tenant {self.tenant.id} did not become healthy",
-                   self.config.tracking.startup_timeout)
+                   self.config.tracking.startup_timeout, progress=progress,
+                   waiting_for=f"tracking server {self.tenant.id} ({self.local_uri}/health)",
+                   since=self.started_at)
 
     def stop(self) -> bool:
         return self.process.stop()

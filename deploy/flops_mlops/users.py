@@ -21,6 +21,7 @@ from pathlib import Path
 import requests
 
 from .config import ConfigError
+from .fl.tracking import TRAINING_EXPERIMENT
 from .processes import StackError
 from .values import PROJECT_RULE, ProjectName, problem
 
@@ -137,7 +138,9 @@ class AuthAdmin:
         if not create:
             return None
         status, body = self.call("POST", "/api/2.0/mlflow/experiments/create", ok=(200, 400),
-                                 json={"name": project})
+                                 json={"name": project, "tags": [  # an FL project: opens on its runs
+                                     {"key": key, "value": value} for key, value in
+                                     {"flops.project": project, **TRAINING_EXPERIMENT}.items()]})
         if status == 400:  # created meanwhile by someone else
             return self.experiment_id(project)
         return body["experiment_id"]

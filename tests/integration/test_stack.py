@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ftplib
 import json
+import re
 from pathlib import Path
 import sqlite3
 
@@ -31,7 +32,11 @@ def stack_pids(stack) -> list[int]:
 @pytest.mark.parametrize("kind", ["local", "native"])
 def test_two_tenants_log_to_their_own_stores_and_see_only_their_own(make_stack, kind):
     stack = make_stack(kind, tenants=["acme", "globex"])
-    stack.up()
+    started = stack.up()
+    # `up` says which service it waits for, with the seconds since that service started, and when it is ready.
+    for service in ("tracking server acme", "tracking server globex", "artifact store"):
+        assert re.search(rf"^waiting for {service} \(.+\): \d+ s", started.stderr, re.MULTILINE), started.stderr
+        assert re.search(rf"^{service} \(.+\): ready after \d+\.\d s", started.stderr, re.MULTILINE)
     config, secrets = stack.load(), stack.secrets()
     acme, globex = config.tenant("acme"), config.tenant("globex")
     store = config.artifact_store

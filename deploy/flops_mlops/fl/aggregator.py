@@ -129,10 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         f"the training did not finish within {settings.timeout:.0f} s (FLOPS_TIMEOUT)", tracker))
     watchdog.daemon = True
     watchdog.start()
-    try:
-        tracker.open()
-    except TrackingError as exc:
-        events.fatal(str(exc))
+    tracker.open(on_failure=events.fatal)  # in the background, while Flower starts and waits for the learners
     from . import legacy
 
     rounds = Rounds(settings, tracker, events)

@@ -374,9 +374,9 @@ def round_command(config, args) -> int:
 
     def on_round(event: dict[str, Any]) -> None:
         best = "  (new best)" if event.get("best") else ""
+        run = f"  run {event['run_id']}" if event.get("run_id") else ""  # logged in the background: often unknown yet
         print(f"round {event['round']}/{event['rounds']}: loss {event['loss']:.4f}  accuracy "
-              f"{event['accuracy']:.4f}  {event['wall_time']:.2f} s  run {event.get('run_id')}{best}",
-              file=progress, flush=True)
+              f"{event['accuracy']:.4f}  {event['wall_time']:.2f} s{run}{best}", file=progress, flush=True)
 
     print(f"FL project {settings.project} for tenant {tenant.id}: {settings.rounds} rounds, {settings.learners} "
           f"learners ({args.engine} engine), tracking at {settings.tracking_uri}", file=progress, flush=True)
@@ -384,7 +384,8 @@ def round_command(config, args) -> int:
     summary = run_project(settings, work_dir, on_round, engine=args.engine, env=login)
     if args.json:
         keys = ("project", "experiment_id", "run_ids", "best_round", "better", "model_uri", "model_version",
-                "logged_model_uri", "ui_url", "model_dir", "aggregator_address", "rounds")
+                "logged_model_uri", "ui_url", "best_run_url", "model_url", "model_dir", "aggregator_address",
+                "rounds")
         print(json.dumps({key: summary.get(key) for key in keys}, indent=2))
         return 0
     print(f"\nsummary of {settings.project} (best = {BETTER[settings.better]}):")
@@ -395,7 +396,10 @@ def round_command(config, args) -> int:
     print(f"model:            {summary['model_uri']} (version {summary['model_version']}, "
           f"{summary['logged_model_uri']})")
     print(f"best model file:  {settings.model_dir / 'best.npz'}")
-    print(f"MLflow UI:        {summary['ui_url']}")
+    print(f"MLflow UI, the runs round-1..{settings.rounds} (table, or the Chart view for loss and accuracy):")
+    print(f"                  {summary['ui_url']}")
+    print(f"best run:         {summary['best_run_url']}")
+    print(f"registered model: {summary['model_url']} (alias {settings.alias})")
     print(f"log in as:        admin, password {admin_password_key(tenant.id)} in {config.secrets_file} "
           f"(or a user of your own: flops-mlops user add --tenant {tenant.id} --name NAME)")
     return 0

@@ -5,16 +5,22 @@
   ``loss`` and ``accuracy``, ``train_examples`` and ``eval_examples`` (sums over learners), and
   ``round_time_s`` (wall time of the round), and one end-of-round sample of the aggregator process
   (``system/aggregator_cpu_percent``, ``system/aggregator_rss_megabytes``, ``system/aggregator_threads``);
-  tags ``flops.project``, ``flops.round``, ``flops.code_version``. MLflow's system metrics of the
+  tags ``flops.project``, ``flops.round``, ``flops.code_version``, and a description (``mlflow.note.content``:
+  round n of N, learners, strategy), which the UI shows on the run's page. MLflow's system metrics of the
   aggregator's host (``system/...``) are sampled while the round's run is open; the sampling interval
   adapts to the previous round's length (a quarter of it, between 0.2 s and 10 s; 0.5 s for the first),
   so that rounds of a few seconds still get several samples.
+- The experiment carries ``mlflow.experimentKind = custom_model_development`` (``TRAINING_EXPERIMENT``), so that
+  the MLflow UI opens it on its training runs rather than on its GenAI (traces) overview, and a shared runs
+  view (``RUNS_VIEW``: rounds in order with loss and accuracy columns) that the printed link opens.
 - Only the aggregator logs. Nothing that identifies a learner (address, node id, index, per-learner
   numbers) is logged: only aggregates.
 - Exactly one best global model is kept on the aggregator's disk (``best.npz`` + ``best.json`` in the
   model folder). "Better" is configurable: ``loss`` (default) means a strictly lower aggregated
   evaluation loss, ``accuracy`` a strictly higher aggregated accuracy. The file is replaced (atomically)
   only by a better round, and written before the round is logged, so a tracking failure leaves it there.
+- Logging happens on a background thread (``RoundTracker``): rounds do not wait for the server; everything
+  is flushed before the model is logged, and the first failure fails the run.
 - After the last round the best model is logged once, into the best round's run, with a signature, an
   input example and explicit pip requirements, through the tracking server (which proxies it to the
   FTP artifact store); it is registered under the project's name and the alias (default ``champion``)
@@ -26,7 +32,10 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import tempfile
 import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +45,16 @@ import numpy as np
 from .settings import validate_project
 
 BETTER = {"loss": "lowest aggregated evaluation loss", "accuracy": "highest aggregated accuracy"}
+# The runs view the printed link opens (a view the UI shares through an experiment tag, `?viewStateShareKey=`):
+# the rounds in order, with their loss, accuracy and the registered model version as columns (by default the
+# table shows neither metric).
+RUNS_VIEW = "flops-rounds"
+RUNS_VIEW_STATE = {"selectedColumns": ["metrics.`loss`", "metrics.`accuracy`", "attributes.`Models`"],
+                   "orderByKey": "attributes.start_time", "orderByAsc": True}
+# Experiment tags of every FL project: the UI opens an experiment of this kind on its training runs, and knows
+# the runs view above.
+TRAINING_EXPERIMENT = {"mlflow.experimentKind": "custom_model_development",
+                       f"mlflow.sharedViewState.{RUNS_VIEW}": json.dumps(RUNS_VIEW_STATE)}
 
 
 class TrackingError(RuntimeError):
@@ -143,7 +162,7 @@ class LocalOnly:
         self.best = best
         self.rounds: list[dict[str, Any]] = []
 
-    def open(self) -> None:
+    def open(self, on_failure: Callable[[str], None] | None = None) -> None:
         self.best.reset()
 
     def round_started(self, server_round: int) -> None:
@@ -155,6 +174,9 @@ class LocalOnly:
         self.rounds.append(entry)
         return entry
 
+    def flush(self) -> None:
+        pass
+
     def finish(self, x_example: np.ndarray) -> dict[str, Any]:
         return {"best_round": self.best.result.round if self.best.result else None, "rounds": self.rounds}
 
@@ -163,7 +185,15 @@ class LocalOnly:
 
 
 class RoundTracker(LocalOnly):
-    """The policy against a tracking server. Call open, then round_started/round_finished per round, finish."""
+    """The policy against a tracking server. Call open, then round_started/round_finished per round, finish.
+
+    Tracking calls run on one background thread, in order, so that training never waits for the server:
+    ``open`` returns at once (importing MLflow and opening the experiment overlap with Flower waiting for its
+    learners), a round's run is started and, after the round, logged and ended while the next round trains.
+    ``round_finished`` waits only for its run's id; ``flush`` (called by ``finish``) waits for everything and
+    raises the first failure. A second thread gets model logging ready meanwhile (its imports, and MLflow's
+    map of installed packages), so that the end costs little more than the upload.
+    """
 
     def __init__(self, tracking_uri: str, project: str, best: BestModel, strategy_params: dict[str, Any],
                  alias: str = "champion", ui_url: str | None = None):
@@ -175,8 +205,11 @@ class RoundTracker(LocalOnly):
         self.alias = alias
         self.version = code_version()
         self.experiment_id: str | None = None
-        self.run_id: str | None = None
         self.run_ids: dict[int, str] = {}
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tracking")
+        self._pending: list[Future] = []
+        self._open_round: tuple[int, Future] | None = None  # the round whose run is open, and its start
+        self._model_logging_ready: Future | None = None
         self._previous_round_seconds: float | None = None
         self._round_started_at = 0.0
         self._last_round_logged = time.monotonic()
@@ -188,49 +221,105 @@ class RoundTracker(LocalOnly):
             raise TrackingError(f"tracking server {self.tracking_uri}: {what} failed: "
                                 f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
 
-    def open(self) -> None:
+    def _submit(self, call, *args) -> Future:
+        """Queue a tracking call; a failure is raised by the next round_started/round_finished or flush."""
+        future = self._worker.submit(call, *args)
+        self._pending.append(future)
+        return future
+
+    def _raise_failures(self) -> None:
+        for future in [f for f in self._pending if f.done()]:
+            self._pending.remove(future)
+            future.result()  # the TrackingError of a failed call
+
+    def open(self, on_failure: Callable[[str], None] | None = None) -> None:
+        """Start opening the experiment in the background; ``on_failure(message)`` hears at once if it fails."""
+        super().open()
+        opening = self._submit(self._open)
+        if on_failure is not None:
+            opening.add_done_callback(lambda f: f.exception() is not None and on_failure(str(f.exception())))
+        self._model_logging_ready = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model").submit(
+            _prepare_model_logging)
+
+    def _open(self) -> None:
         import mlflow
 
-        super().open()
         mlflow.set_tracking_uri(self.tracking_uri)
         experiment = self._step(f"opening experiment {self.project!r}", mlflow.set_experiment, self.project)
         self.experiment_id = experiment.experiment_id
-        self._step("tagging the experiment", mlflow.MlflowClient().set_experiment_tag,
-                   self.experiment_id, "flops.project", self.project)
+        for key, value in {"flops.project": self.project, **TRAINING_EXPERIMENT}.items():
+            if experiment.tags.get(key) != value:  # `round` creates the experiment with these tags already
+                self._step(f"tagging the experiment ({key})", mlflow.MlflowClient().set_experiment_tag,
+                           self.experiment_id, key, value)
+
+    def description(self, server_round: int) -> str:
+        """The run's description (``mlflow.note.content``), shown on its page in the UI."""
+        p = self.strategy_params
+        return (f"Round {server_round} of {p.get('rounds', '?')} of FL project {self.project}: "
+                f"{p.get('strategy', '?')} over {p.get('min_learners', '?')} learners (each trains "
+                f"{p.get('local_epochs', '?')} local epochs at learning rate {p.get('learning_rate', '?')}, "
+                f"then all evaluate the new global model). Metrics are aggregates over the learners; the best "
+                f"round ({BETTER.get(p.get('better', 'loss'), '?')}) holds the registered model.")
 
     def round_started(self, server_round: int) -> None:
+        self._raise_failures()
+        self._round_started_at = time.monotonic()
+        interval = sampling_interval(self._previous_round_seconds)
+        self._open_round = (server_round, self._submit(self._start_run, server_round, interval))
+
+    def _start_run(self, server_round: int, interval: float) -> str:
         import mlflow
 
-        mlflow.set_system_metrics_sampling_interval(sampling_interval(self._previous_round_seconds))
+        if self.experiment_id is None:
+            raise TrackingError(f"tracking server {self.tracking_uri}: starting the run of round {server_round} "
+                                "failed: the experiment is not open")
+        mlflow.set_system_metrics_sampling_interval(interval)
         mlflow.set_system_metrics_samples_before_logging(1)
-        tags = {"flops.project": self.project, "flops.round": str(server_round), "flops.code_version": self.version}
+        tags = {"flops.project": self.project, "flops.round": str(server_round), "flops.code_version": self.version,
+                "mlflow.note.content": self.description(server_round)}
         run = self._step(f"starting the run of round {server_round}", mlflow.start_run,
                          experiment_id=self.experiment_id, run_name=f"round-{server_round}", tags=tags,
                          log_system_metrics=True)
-        self.run_id = run.info.run_id
-        self._round_started_at = time.monotonic()
+        return run.info.run_id
+
+    @property
+    def run_id(self) -> str | None:
+        """The run of the round in progress (waits until the server has created it), or None between rounds."""
+        return self._open_round[1].result() if self._open_round else None
 
     def round_finished(self, result: RoundResult, params: list[np.ndarray]) -> dict[str, Any]:
+        """Keep the model if best, queue the round's logging; the entry's ``run_id`` is filled in once logged
+        (None until then: the round does not wait for the server)."""
+        entry = super().round_finished(result, params)  # the best model reaches the disk first
+        self._previous_round_seconds = time.monotonic() - self._round_started_at
+        values = [("loss", result.loss), ("accuracy", result.accuracy), ("train_examples", result.train_examples),
+                  ("eval_examples", result.eval_examples), ("round_time_s", result.wall_time),
+                  *self._process_sample()]
+        started, self._open_round = self._open_round, None
+        self._submit(self._log_round, entry, started[1], values, int(time.time() * 1000))
+        self._raise_failures()
+        self._last_round_logged = time.monotonic()
+        return entry
+
+    def _log_round(self, entry: dict[str, Any], started: Future, values: list[tuple[str, float]],
+                   timestamp: int) -> None:
         import mlflow
         from mlflow.entities import Metric, Param
 
-        entry = super().round_finished(result, params)  # the best model reaches the disk first
-        self._previous_round_seconds = time.monotonic() - self._round_started_at
-        now = int(time.time() * 1000)
-        step = result.round
-        metrics = [Metric(key, float(value), now, step) for key, value in (
-            ("loss", result.loss), ("accuracy", result.accuracy), ("train_examples", result.train_examples),
-            ("eval_examples", result.eval_examples), ("round_time_s", result.wall_time),
-            *self._process_sample())]
-        params_ = [Param(key, value) for key, value in sorted(self.strategy_params.items())]
-        self._step(f"logging round {result.round}", mlflow.MlflowClient().log_batch, self.run_id,
-                   metrics=metrics, params=params_)
-        self._step(f"ending the run of round {result.round}", mlflow.end_run)
-        self.run_ids[result.round] = self.run_id
-        entry["run_id"] = self.run_id
-        self.run_id = None
-        self._last_round_logged = time.monotonic()
-        return entry
+        server_round = entry["round"]
+        run_id = started.result()  # queued before this call: done (or failed, which fails this round too)
+        metrics = [Metric(key, float(value), timestamp, server_round) for key, value in values]
+        params = [Param(key, value) for key, value in sorted(self.strategy_params.items())]
+        self._step(f"logging round {server_round}", mlflow.MlflowClient().log_batch, run_id,
+                   metrics=metrics, params=params)
+        self._step(f"ending the run of round {server_round}", mlflow.end_run)
+        self.run_ids[server_round] = entry["run_id"] = run_id
+
+    def flush(self) -> None:
+        """Wait until every queued tracking call is done; raise the first failure."""
+        for future in list(self._pending):
+            future.result()
+        self._pending.clear()
 
     def _process_sample(self) -> list[tuple[str, float]]:
         """One end-of-round sample of the aggregator process itself, so even rounds shorter than the
@@ -244,10 +333,14 @@ class RoundTracker(LocalOnly):
 
     def finish(self, x_example: np.ndarray) -> dict[str, Any]:
         """Log the best model once (into the best round's run), register it, point the alias at it."""
+        self.flush()
+        self._worker.shutdown()
+        try:
+            self._model_logging_ready.result()
+        except Exception:
+            pass  # only a head start: logging the model below reports what is wrong
         import mlflow
         import mlflow.sklearn
-        import sklearn
-        import skops
         from mlflow.models import infer_signature
 
         from .model import to_sklearn
@@ -259,8 +352,7 @@ class RoundTracker(LocalOnly):
         model = to_sklearn(self.best.load())
         example = np.asarray(x_example[:5])
         signature = infer_signature(example, model.predict(example))
-        requirements = [f"scikit-learn=={sklearn.__version__}", f"numpy=={np.__version__}",
-                        f"skops=={skops.__version__}"]
+        requirements = model_requirements()
         started = time.monotonic()
         with self._step("reopening the best round's run", mlflow.start_run, run_id=self.run_ids[best_round]):
             info = self._step("logging the best model", mlflow.sklearn.log_model, model, name="model",
@@ -279,19 +371,48 @@ class RoundTracker(LocalOnly):
             "logged_model_uri": info.model_uri,
             "register_seconds": time.monotonic() - started,
             "last_round_to_registered_s": time.monotonic() - self._last_round_logged,
-            "ui_url": f"{self.ui_url}/#/experiments/{self.experiment_id}",
+            **self.links(self.run_ids[best_round], version),
         })
         return summary
+
+    def links(self, best_run_id: str, version: str) -> dict[str, str]:
+        """What a browser opens: the runs view of the experiment, the best round's run, the registered model."""
+        runs = f"{self.ui_url}/#/experiments/{self.experiment_id}/runs"
+        return {"ui_url": f"{runs}?viewStateShareKey={RUNS_VIEW}", "best_run_url": f"{runs}/{best_run_id}",
+                "model_url": f"{self.ui_url}/#/models/{self.project}/versions/{version}"}
 
     def fail(self) -> None:
         """Mark an open round's run as FAILED (best effort: the server may be the thing that failed)."""
         import mlflow
 
-        if self.run_id is not None:
-            try:
-                # By run id, not mlflow.end_run(): the active run is thread-local, and the timeout watchdog
-                # calls this from its own thread.
-                mlflow.MlflowClient(self.tracking_uri).set_terminated(self.run_id, status="FAILED")
-            except Exception:
-                pass
-            self.run_id = None
+        if self._open_round is None:
+            return
+        try:
+            run_id = self._open_round[1].result(timeout=10)
+            # By run id, not mlflow.end_run(): the active run is thread-local (the tracking thread's), and the
+            # timeout watchdog calls this from its own thread.
+            mlflow.MlflowClient(self.tracking_uri).set_terminated(run_id, status="FAILED")
+        except Exception:
+            pass
+        self._open_round = None
+
+
+def model_requirements() -> list[str]:
+    """The logged model's pip requirements, explicit (inferring them costs about 20 s)."""
+    import sklearn
+    import skops
+
+    return [f"scikit-learn=={sklearn.__version__}", f"numpy=={np.__version__}", f"skops=={skops.__version__}"]
+
+
+def _prepare_model_logging() -> None:
+    """Save a model of the same kind once, to a folder thrown away: what logging the best model at the end would
+    otherwise spend seconds on happens now, while the rounds run (importing MLflow's sklearn flavour and skops,
+    MLflow's map of installed packages that it checks the requirements against, skops' type lookups)."""
+    import mlflow.sklearn
+
+    from .model import initial_parameters, to_sklearn
+
+    with tempfile.TemporaryDirectory(prefix="flops-model-") as folder:
+        mlflow.sklearn.save_model(to_sklearn(initial_parameters()), f"{folder}/model",
+                                  pip_requirements=model_requirements())

@@ -11,6 +11,7 @@ import os
 import pwd
 import shutil
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -103,7 +104,8 @@ class ManagedMySQL:
         return AdminConnection(self.config.backend_store.host, self.config.backend_store.port, "root",
                                self.secrets.mysql_admin_password, unix_socket=str(self.socket))
 
-    def start(self) -> None:
+    def start(self, progress: Callable[[str], None] | None = None) -> None:
+        """Start and wait until it accepts connections (``progress``: see processes.wait_until)."""
         binary = self.check_binaries()
         first_start = not (self.datadir / "mysql").is_dir()
         if first_start:
@@ -119,7 +121,8 @@ class ManagedMySQL:
         if os.geteuid() == 0:
             argv.append(f"--user={self._run_user()}")
         self.process.start(argv, env=_plain_env())
-        wait_until(self._accepts_connections, self.process, "backend store (MySQL) did not come up", 120)
+        wait_until(self._accepts_connections, self.process, "backend store (MySQL) did not come up", 120,
+                   progress=progress, waiting_for=f"backend store (MySQL/MariaDB, {b.host}:{b.port})")
         self._secure_accounts()
 
     def _secure_accounts(self) -> None:

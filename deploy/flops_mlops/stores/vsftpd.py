@@ -11,6 +11,7 @@ import hashlib
 import os
 import pwd
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import jinja2
@@ -63,13 +64,15 @@ class ManagedVsftpd:
                               "folders as that account: choose a state_dir it can reach, or allow it in (chmod o+x)")
         return binary
 
-    def start(self) -> None:
+    def start(self, progress: Callable[[str], None] | None = None) -> None:
+        """Start and wait until it answers (``progress``: see processes.wait_until)."""
         binary = self.check_binaries()
         self._write_files()
         self.process.start([binary, str(self.home / "vsftpd.conf")], env={"PATH": SERVICE_PATH})
         store = self.config.artifact_store
         wait_until(lambda: port_answers(store.host, store.port), self.process,
-                   "artifact store (vsftpd) did not come up", 30)
+                   "artifact store (vsftpd) did not come up", 30, progress=progress,
+                   waiting_for=f"artifact store (vsftpd, {store.host}:{store.port})")
 
     def _write_files(self) -> None:
         store = self.config.artifact_store
