@@ -17,7 +17,7 @@ TRACKING = '("mlflow.example.org", {"flops_roles": ["tracking_server"]})'
 CASES = {
     "wrong role name": (f'hosts = [("db.example.org", {{"flops_roles": ["backend"]}}), {TRACKING}]',
                         "host db.example.org: flops_roles: expected a list of backend_store, artifact_store, "
-                        "tracking_server, docker_host, got ['backend']"),
+                        "tracking_server, model_server, docker_host, got ['backend']"),
     "store host without an address": (f'hosts = [("@local", {{"flops_roles": ["backend_store"]}}), {TRACKING}]',
                                       "host @local: flops_address: missing"),
     "address that is no host name": ('hosts = [("db", {"flops_roles": ["artifact_store"], '
