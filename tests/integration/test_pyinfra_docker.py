@@ -122,8 +122,9 @@ def test_env_file_is_private_and_carries_exactly_the_secrets_compose_reads(docke
     assert oct(env_file.stat().st_mode & 0o777) == "0o600"
     text = env_file.read_text()
     written = {line.split("=", 1)[0] for line in text.splitlines() if "=" in line and not line.startswith("#")}
-    # Every tenant's store and login secrets; the FL password only of the fl profile's tenant (the first).
-    expected = set(required_keys(config)) - {"FLOPS_TENANT_ACME_FL_PASSWORD"}
+    # Every tenant's store and login secrets; the FL and serving passwords only of the fl and serve profiles'
+    # tenant (the first).
+    expected = set(required_keys(config)) - {"FLOPS_TENANT_ACME_FL_PASSWORD", "FLOPS_TENANT_ACME_SERVE_PASSWORD"}
     assert written == expected | {"FLOPS_BIND_ADDRESS"}
     for key in expected:
         assert f"\n{key}={secrets.values[key]}\n" in text, key
