@@ -233,8 +233,8 @@ build_images() {
     local start
     start=$(date +%s)
     log "building images: ${COMPOSE[*]} --profile fl build, then model-server (log: $CACHE/images-build.log)"
-    # model-server after the others: its first stages are fl-actor's, so it reuses their layers instead of
-    # installing the same venv a second time in parallel.
+    # model-server after the others: its stages build on fl-actor's (deploy/images/python/Dockerfile), so it
+    # reuses their layers instead of installing the same venv a second time in parallel.
     { "${COMPOSE[@]}" --progress plain --profile fl build \
         && "${COMPOSE[@]}" --progress plain --profile fl --profile serve build model-server; } \
         >"$CACHE/images-build.log" 2>&1 || {

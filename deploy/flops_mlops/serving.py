@@ -215,7 +215,7 @@ def add_build_image_parser(commands):
                     "check its requirements against the pinned environment, and build an image FROM the "
                     "model-server image (images.model_server) with the model's files in it: it serves without a "
                     "tracking server and holds no credential. Needs a Docker engine; the model-server image is "
-                    "built from deploy/images/model-server/Dockerfile (multi-platform: see docs/serving.md).")
+                    "built from deploy/images/python/Dockerfile, target model-server (multi-platform: see docs/serving.md).")
     parser.add_argument("--tenant", required=True, help="tenant id (its tracking server must be up)")
     parser.add_argument("--project", required=True, help="FL project = registered model name")
     which = parser.add_mutually_exclusive_group()
