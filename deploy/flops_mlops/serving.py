@@ -77,6 +77,15 @@ def recorded_services(config: StackConfig) -> list[ModelService]:
     return services
 
 
+def add_model_arguments(parser, verb: str, version_help: str) -> None:
+    """--tenant, --project and which version (--alias or --version): what serve and build-model-image share."""
+    parser.add_argument("--tenant", required=True, help="tenant id (its tracking server must be up)")
+    parser.add_argument("--project", required=True, help="FL project = registered model name")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--alias", default=None, help=f"{verb} the version this alias points at (default champion)")
+    which.add_argument("--version", type=int, default=None, help=version_help)
+
+
 def add_serve_parser(commands):
     parser = commands.add_parser(
         "serve", help="serve a tenant's registered model (the FL project's champion) over HTTP",
@@ -87,11 +96,7 @@ def add_serve_parser(commands):
                     "that registered model only. Served by alias, it follows the alias: every --poll seconds it "
                     "asks where the alias points and swaps in the new version, so a later `round` moves it. "
                     "`status` lists it, `down` (or serve --stop) stops it.")
-    parser.add_argument("--tenant", required=True, help="tenant id (its tracking server must be up)")
-    parser.add_argument("--project", required=True, help="FL project = registered model name")
-    which = parser.add_mutually_exclusive_group()
-    which.add_argument("--alias", default=None, help="serve the version this alias points at (default champion)")
-    which.add_argument("--version", type=int, default=None, help="serve this fixed version (no reload)")
+    add_model_arguments(parser, "serve", "serve this fixed version (no reload)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port to listen on (default {DEFAULT_PORT})")
     parser.add_argument("--poll", type=float, default=DEFAULT_POLL,
                         help=f"seconds between alias checks (default {DEFAULT_POLL:.0f}; 0: never reload)")
@@ -216,11 +221,7 @@ def add_build_image_parser(commands):
                     "model-server image (images.model_server) with the model's files in it: it serves without a "
                     "tracking server and holds no credential. Needs a Docker engine; the model-server image is "
                     "built from deploy/images/python/Dockerfile, target model-server (multi-platform: see docs/serving.md).")
-    parser.add_argument("--tenant", required=True, help="tenant id (its tracking server must be up)")
-    parser.add_argument("--project", required=True, help="FL project = registered model name")
-    which = parser.add_mutually_exclusive_group()
-    which.add_argument("--alias", default=None, help="bake the version this alias points at (default champion)")
-    which.add_argument("--version", type=int, default=None, help="bake this version")
+    add_model_arguments(parser, "bake", "bake this version")
     parser.add_argument("--tag", default=None,
                         help="image name:tag (default flops-mlops/model-<tenant>-<project>:<version>, lowercase)")
     parser.set_defaults(port=DEFAULT_PORT, poll=0.0)  # what check_arguments checks; the image listens on 8080
