@@ -87,6 +87,19 @@ class TestStack:
     config_path: Path
     data: dict
 
+    @classmethod
+    def create(cls, kind: str, folder: Path, tenants: list[str], **overrides) -> "TestStack":
+        """A stack configuration in ``folder`` (stack_data, with ``overrides`` merged into its sections) and its
+        secrets file; nothing started yet."""
+        data = stack_data(kind, folder, tenants)
+        for key, value in overrides.items():
+            data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
+        path = folder / "stack.yaml"
+        path.write_text(yaml.safe_dump(data), encoding="utf-8")
+        stack = cls(path, data)
+        stack.cli("secrets", "init", check=True)
+        return stack
+
     def cli(self, *args: str, **kwargs) -> subprocess.CompletedProcess:
         return run_cli(*args, config=self.config_path, **kwargs)
 
@@ -172,13 +185,7 @@ def make_stack(tmp_path):
     def factory(kind: str = "local", tenants: list[str] | None = None, **overrides) -> TestStack:
         folder = tmp_path / f"stack{len(created)}"
         folder.mkdir()
-        data = stack_data(kind, folder, tenants or ["acme"])
-        for key, value in overrides.items():
-            data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
-        path = folder / "stack.yaml"
-        path.write_text(yaml.safe_dump(data), encoding="utf-8")
-        stack = TestStack(path, data)
-        stack.cli("secrets", "init", check=True)
+        stack = TestStack.create(kind, folder, tenants or ["acme"], **overrides)
         created.append(stack)
         return stack
 

@@ -88,11 +88,7 @@ def champion_accuracy(uri: str, project: str) -> float:
 @pytest.fixture(scope="module")
 def local(tmp_path_factory):
     folder = tmp_path_factory.mktemp("fl-local")
-    data = stack_data("local", folder, ["acme"])
-    path = folder / "stack.yaml"
-    path.write_text(yaml.safe_dump(data), encoding="utf-8")
-    stack = conftest.TestStack(path, data)
-    stack.cli("secrets", "init", check=True)
+    stack = conftest.TestStack.create("local", folder, ["acme"])
     stack.up()
     with logged_in(stack.admin()):  # this test process reads runs and models as the tenant's admin
         yield stack

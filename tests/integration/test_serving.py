@@ -11,10 +11,9 @@ import uuid
 
 import pytest
 import requests
-import yaml
 
 import conftest
-from conftest import free_port, stack_data
+from conftest import free_port
 from serving_checks import assert_bad_payloads_refused, assert_serves, served_version, wait_for_version
 from tracking_checks import logged_in
 
@@ -32,11 +31,7 @@ def run_round(stack: conftest.TestStack, project: str, seed: int) -> dict:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     folder = tmp_path_factory.mktemp("serving")
-    data = stack_data("local", folder, ["acme"])
-    path = folder / "stack.yaml"
-    path.write_text(yaml.safe_dump(data), encoding="utf-8")
-    stack = conftest.TestStack(path, data)
-    stack.cli("secrets", "init", check=True)
+    stack = conftest.TestStack.create("local", folder, ["acme"])
     stack.up()
     with logged_in(stack.admin()):
         yield stack

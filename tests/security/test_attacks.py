@@ -25,7 +25,6 @@ from urllib.parse import quote
 import psutil
 import pytest
 import requests
-import yaml
 
 import conftest
 from tracking_checks import log_example
@@ -113,11 +112,7 @@ def target(request, tmp_path_factory):
 
     kind = request.param
     folder = tmp_path_factory.mktemp(f"security-{kind}")
-    data = conftest.stack_data(kind, folder, list(TENANTS))
-    path = folder / "stack.yaml"
-    path.write_text(yaml.safe_dump(data), encoding="utf-8")
-    stack = conftest.TestStack(path, data)
-    stack.cli("secrets", "init", check=True)
+    stack = conftest.TestStack.create(kind, folder, list(TENANTS))
     stack.up()
     try:
         config = stack.load()

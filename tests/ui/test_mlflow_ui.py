@@ -15,10 +15,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-import yaml
 
 import conftest
-from conftest import ROOT, missing_service, stack_data
+from conftest import ROOT, missing_service
 
 pytestmark = [pytest.mark.services, pytest.mark.timeout(600)]
 
@@ -55,11 +54,7 @@ def chromium():
 def trained(tmp_path_factory):
     """Two tenants; acme runs the project (3 rounds, 2 learners); alice may READ it, nothing else."""
     folder = tmp_path_factory.mktemp("ui-stack")
-    data = stack_data("local", folder, ["acme", "globex"])
-    path = folder / "stack.yaml"
-    path.write_text(yaml.safe_dump(data), encoding="utf-8")
-    stack = conftest.TestStack(path, data)
-    stack.cli("secrets", "init", check=True)
+    stack = conftest.TestStack.create("local", folder, ["acme", "globex"])
     stack.up()
     try:
         done = stack.cli("round", "--tenant", "acme", "--project", PROJECT, "--rounds", str(ROUNDS),
@@ -71,7 +66,7 @@ def trained(tmp_path_factory):
         yield stack, done.stdout, ("alice", "alice-reads-the-demo")
     finally:
         stack.cli("down", "--purge")
-        shutil.rmtree(data["state_dir"], ignore_errors=True)
+        shutil.rmtree(stack.data["state_dir"], ignore_errors=True)
 
 
 def browse(chromium, login: tuple[str, str]):
