@@ -1,6 +1,7 @@
 """Build hook: the wheel carries sla_templates/ and deploy/pyinfra/ (with the lock its group data reads) inside
-the package, so an installed flops-mlops renders, pushes and provisions without a checkout
-(flops_mlops/bundled.py finds them). Everything else is in pyproject.toml."""
+the package, beside the code of their targets (flops_mlops/oakestra/sla_templates, flops_mlops/pyinfra/deploys),
+so an installed flops-mlops renders, pushes and provisions without a checkout (flops_mlops/bundled.py finds them).
+Everything else is in pyproject.toml."""
 
 import shutil
 from pathlib import Path
@@ -9,8 +10,8 @@ from setuptools import setup
 from setuptools.command.build_py import build_py
 
 # package folder <- source in the repository (group_data/all.py reads ../../images/constraints.txt)
-BUNDLED = {"sla_templates": "sla_templates", "pyinfra": "deploy/pyinfra",
-           "images/constraints.txt": "deploy/images/constraints.txt"}
+BUNDLED = {"oakestra/sla_templates": "sla_templates", "pyinfra/deploys": "deploy/pyinfra",
+           "pyinfra/images/constraints.txt": "deploy/images/constraints.txt"}
 
 
 class BuildWithBundledFiles(build_py):

@@ -73,8 +73,9 @@ def main() -> int:
     os.environ.update({"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
                        "MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2"})
 
-    from flops_mlops.config import load
-    from flops_mlops.fl.runner import project_login, run_project
+    from flops_mlops.configuration.loading import load
+    from flops_mlops.fl.command import project_login
+    from flops_mlops.fl.runner import run_project
     from flops_mlops.fl.settings import FLSettings
 
     machine_at_start = machine()

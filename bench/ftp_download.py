@@ -93,12 +93,11 @@ def raw_download(host: str, port: int, user: str, password: str, folder: str, ou
 
 def measure(kind: str, folder: Path, repeats: int) -> dict:
     import mlflow
-    from mlflow.store.artifact.ftp_artifact_repo import FTPArtifactRepository
-
-    from flops_mlops import config as config_module
-    from flops_mlops.secrets import Secrets
+    from flops_mlops.configuration import loading as config_module
+    from flops_mlops.configuration.secrets import Secrets
     from flops_mlops.stores import ftp_client
-    from flops_mlops.tracking_server import artifacts_destination
+    from flops_mlops.tracking.server import artifacts_destination
+    from mlflow.store.artifact.ftp_artifact_repo import FTPArtifactRepository
 
     data = {"name": "bench", "state_dir": str(folder / "state"), "secrets_file": str(folder / "secrets.env"),
             "artifact_store": {"kind": kind, "port": free_port(), "passive_ports": list(free_port_range(40))},

@@ -2,7 +2,7 @@
 
 A private one-tenant embedded stack (SQLite + embedded FTP, free ports, a temporary folder) runs a 2-round FL
 project; its champion is then served two ways, one after the other, on the same machine:
-  flops        `flops-mlops serve --detach`: python -m flops_mlops.model_server, MLflow's scoring app under
+  flops        `flops-mlops serve --detach`: python -m flops_mlops.serving.server, MLflow's scoring app under
                uvicorn in one process, the model fetched as serve-<project> (READ only)
   mlflow       `mlflow models serve -m models:/<project>@champion --env-manager local` as MLflow documents it
                (no internet here, so no virtualenv), logged in as the tenant's admin (MLflow's download needs the
@@ -121,8 +121,8 @@ def main() -> int:
 
 
 def mlflow_models_serve(config: Path, folder: Path, count: int) -> dict:
-    from flops_mlops import config as config_module
-    from flops_mlops.secrets import Secrets
+    from flops_mlops.configuration import loading as config_module
+    from flops_mlops.configuration.secrets import Secrets
 
     stack = config_module.load(config)
     port = free_port()

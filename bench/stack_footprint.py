@@ -4,7 +4,7 @@ Shapes (the same stores, login app and environment; only the process that serves
   defaults     `mlflow server` with MLflow's defaults: 4 uvicorn workers, job runner on
   two-process  `mlflow server --workers 1`, job runner off: the CLI process supervising one uvicorn child
                (what flops-mlops ran until the single-process runner)
-  runner       python -m flops_mlops.tracking_runner: one process (what flops-mlops runs now)
+  runner       python -m flops_mlops.tracking.runner: one process (what flops-mlops runs now)
 
 For each shape and repeat it brings up a private one-tenant embedded stack (SQLite + embedded FTP, free ports, a
 temporary folder) with `flops-mlops up --detach` (which upgrades the schema), replaces the tenant's tracking
@@ -62,17 +62,17 @@ def tree_memory(pid: int) -> dict:
 
 
 def shape_argv(shape: str, config, tenant) -> list[str]:
-    from flops_mlops.tracking_server import mlflow_server_argv, server_argv
+    from flops_mlops.tracking.server import mlflow_server_argv, server_argv
 
     return server_argv(config, tenant) if shape == "runner" else mlflow_server_argv(config, tenant)
 
 
 def start_shape(shape: str, config_path: Path) -> tuple[int, float]:
     """Replace the tenant's tracking server by ``shape``; return its pid and the seconds until /health is 200."""
-    from flops_mlops.config import load
+    from flops_mlops.configuration.loading import load
+    from flops_mlops.configuration.secrets import Secrets
     from flops_mlops.processes import ManagedProcess
-    from flops_mlops.secrets import Secrets
-    from flops_mlops.tracking_server import TrackingServer, auth_db_path, server_env, service_account
+    from flops_mlops.tracking.server import TrackingServer, auth_db_path, server_env, service_account
 
     config = load(config_path)
     tenant = config.tenant(TENANT)
@@ -98,8 +98,9 @@ def start_shape(shape: str, config_path: Path) -> tuple[int, float]:
 
 def fl_project(config_path: Path, folder: Path, project: str) -> float:
     """A 3-round FL project with 2 learners, tracked through the tenant's server; returns its wall time."""
-    from flops_mlops.config import load
-    from flops_mlops.fl.runner import project_login, run_project
+    from flops_mlops.configuration.loading import load
+    from flops_mlops.fl.command import project_login
+    from flops_mlops.fl.runner import run_project
     from flops_mlops.fl.settings import FLSettings
 
     config = load(config_path)

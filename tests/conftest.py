@@ -10,8 +10,8 @@ import random
 import shutil
 import socket
 import subprocess
-import tempfile
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,12 +110,12 @@ class TestStack:
         self.cli("down", *extra, check=True)
 
     def load(self):
-        from flops_mlops import config
+        from flops_mlops.configuration import loading
 
-        return config.load(self.config_path)
+        return loading.load(self.config_path)
 
     def secrets(self):
-        from flops_mlops.secrets import Secrets
+        from flops_mlops.configuration.secrets import Secrets
 
         return Secrets.load(self.load())
 

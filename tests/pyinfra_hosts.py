@@ -80,10 +80,9 @@ def check_tenant_end_to_end(config_path: Path, tracking_host: str, backend_host:
     """Log a model through the tenant's tracking server (default: the first tenant's); find its files on FTP
     and its rows in MySQL, where its database user sees its own database only."""
     import pymysql
+    from flops_mlops.configuration import loading as config_module
+    from flops_mlops.configuration.secrets import Secrets
     from tracking_checks import log_example, mysql_counts
-
-    from flops_mlops import config as config_module
-    from flops_mlops.secrets import Secrets
 
     config = config_module.load(config_path)
     secrets = Secrets.load(config)

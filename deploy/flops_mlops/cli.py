@@ -7,18 +7,28 @@ Exit codes: 0 success, 1 a runtime failure (a service that did not come up, a fa
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import sys
-import time
+from collections.abc import Callable
 from pathlib import Path
 
-from . import config as config_module
-from . import secrets as secrets_module
-from .config import ConfigError
+from . import rendered
+from .compose import render as compose
+from .configuration import keys, loading
+from .configuration import secrets as secrets_module
+from .configuration.schema import ConfigError
+from .configuration.stack import StackConfig
+from .fl.command import add_round_parser, round_command  # FL projects (fl/)
+from .native import commands as native  # up, restart, status, down (native/)
+from .oakestra import sla
+from .oakestra.commands import add_parsers as add_oakestra_parsers  # push, undeploy (oakestra/)
+from .oakestra.commands import templates_option
 from .processes import StackError
-from .stack import Stack
+from .pyinfra.provision import add_provision_parser, provision_command  # pyinfra deploys (pyinfra/)
+from .serving.image import add_build_image_parser, build_image_command  # (serving/)
+from .serving.service import add_serve_parser, serve_command  # a registered model over HTTP (serving/)
+from .tracking.users import add_user_parser, user_command  # who may log in to a tracking server (tracking/)
 
 DEFAULT_CONFIG = "configs/local.yaml"
 
@@ -44,29 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--force", action="store_true", help="regenerate every password (old file is backed up)")
     init.set_defaults(handler=cmd_secrets_init)
 
-    up = commands.add_parser("up", help="start the stores and one tracking server per tenant",
-                             description="Start the stack and wait until every tracking server answers /health. "
-                                         "Without --detach it runs in the foreground; Ctrl-C stops everything. "
-                                         "On a stack that is partly running (a service crashed or was killed), "
-                                         "start only what is down and leave the rest running.")
-    up.add_argument("--detach", action="store_true", help="return once healthy and leave the stack running")
-    up.set_defaults(handler=cmd_up)
-
-    restart = commands.add_parser("restart", help="restart one tenant's tracking server (the rest keeps running)",
-                                  description="Stop the tenant's tracking server, start it again (schema upgrade "
-                                              "first) and wait until it answers /health. No other service or "
-                                              "tenant is touched.")
-    restart.add_argument("--tenant", required=True, help="tenant id")
-    restart.set_defaults(handler=cmd_restart)
-
-    status = commands.add_parser("status", help="show which services are up or down, since when, and each tenant's "
-                                                "URIs")
-    status.add_argument("--json", action="store_true", help="print machine-readable JSON (passwords masked)")
-    status.set_defaults(handler=cmd_status)
-
-    down = commands.add_parser("down", help="stop what `up` started (data stays)")
-    down.add_argument("--purge", action="store_true", help="also delete the state dir: databases, artifacts, logs")
-    down.set_defaults(handler=cmd_down)
+    native.add_parsers(commands, load_config)
 
     keys = commands.add_parser("config", help="check a configuration, or list every key with its default")
     keys.add_argument("action", choices=["check", "keys"], help="check: validate the file; keys: document keys")
@@ -74,12 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="keys: print docs/configuration.md (generated from the model; CI checks it for drift)")
     keys.set_defaults(handler=cmd_config)
 
-    from .fl.runner import add_round_parser  # the FL project runner (flops_mlops/fl)
-
-    add_round_parser(commands).set_defaults(handler=cmd_round)
-
-    from .oakestra.commands import add_parsers as add_oakestra_parsers  # push, undeploy
-    from .oakestra.commands import templates_option
+    add_round_parser(commands).set_defaults(handler=with_config(round_command))
 
     render = commands.add_parser(
         "render", help="write what a target runs, from the configuration: Oakestra SLA files or the compose project",
@@ -98,23 +81,20 @@ def build_parser() -> argparse.ArgumentParser:
     render.set_defaults(handler=cmd_render)
     add_oakestra_parsers(commands)
 
-    from .users import add_user_parser  # who may log in to a tenant's tracking server
-
-    add_user_parser(commands).set_defaults(handler=cmd_user)
-
-    from .serving import add_build_image_parser, add_serve_parser  # a tenant's registered model over HTTP (MLflow's scoring server)
-
-    add_serve_parser(commands).set_defaults(handler=cmd_serve)
-    add_build_image_parser(commands).set_defaults(handler=cmd_build_model_image)
-
-    from .provision import add_provision_parser  # pyinfra deploys for hosts (deploy/pyinfra)
-
-    add_provision_parser(commands).set_defaults(handler=cmd_provision)
+    add_user_parser(commands).set_defaults(handler=with_config(user_command))
+    add_serve_parser(commands).set_defaults(handler=with_config(serve_command))
+    add_build_image_parser(commands).set_defaults(handler=with_config(build_image_command))
+    add_provision_parser(commands).set_defaults(handler=with_config(provision_command))
     return parser
 
 
-def load_config(args: argparse.Namespace) -> config_module.StackConfig:
-    return config_module.load(Path(args.config))
+def load_config(args: argparse.Namespace) -> StackConfig:
+    return loading.load(Path(args.config))
+
+
+def with_config(command: Callable[[StackConfig, argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """A handler that runs ``command`` on the configuration --config names."""
+    return lambda args: command(load_config(args), args)
 
 
 def cmd_secrets_init(args: argparse.Namespace) -> int:
@@ -130,113 +110,9 @@ def cmd_secrets_init(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_up(args: argparse.Namespace) -> int:
-    config = load_config(args)
-    stack = Stack(config)
-    outcome = stack.up()
-    print_endpoints(config)
-    if outcome == "running":
-        return 0  # someone else's stack (for example `up --detach`): not ours to supervise or stop
-    if outcome == "healed":
-        print(f"stack {config.name} runs again; the services started now run detached like the others")
-        return 0
-    if args.detach:
-        print(f"stack {config.name} is up; stop it with: flops-mlops --config {args.config} down")
-        return 0
-    print("running in the foreground; press Ctrl-C to stop", flush=True)
-    return stack.supervise()
-
-
-def print_endpoints(config: config_module.StackConfig) -> None:
-    for tenant in config.tenants:
-        print(f"tenant {tenant.id}: MLflow UI and tracking URI {config.tracking_uri(tenant)} (log in as admin, "
-              f"password {secrets_module.admin_password_key(tenant.id)} in {config.secrets_file})")
-
-
-def cmd_status(args: argparse.Namespace) -> int:
-    config = load_config(args)
-    report = Stack(config).status()
-    if args.json:
-        print(json.dumps(report, indent=2))
-        return 0
-    print(f"stack {report['stack']} (state in {report['state_dir']})")
-    for service in report["services"]:
-        print(f"  {service['name']:<22} {service['kind']:<9} {service['address']:<22} {describe_state(service)}")
-    for tenant in report["tenants"]:
-        health = "healthy" if tenant["healthy"] else "not answering"
-        print(f"  tenant {tenant['id']}: {tenant['tracking_uri']} ({health})")
-        print(f"    backend store:  {tenant['backend_store']}")
-        print(f"    artifacts:      {tenant['artifact_destination']}")
-    return 0
-
-
-def describe_state(service: dict) -> str:
-    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(service["since"])) if service["since"] else None
-    if service["state"] == "running":
-        return f"up since {since} (pid {service['pid']})"
-    if service["state"] == "down":
-        return (f"DOWN: exited on its own; last sign of life {since} (see {service['log']}); "
-                "`up` starts it again")
-    if service["state"] == "stopped":
-        return f"stopped since {since}"
-    return "never started"
-
-
-def cmd_restart(args: argparse.Namespace) -> int:
-    config = load_config(args)
-    Stack(config).restart(args.tenant)
-    tenant = config.tenant(args.tenant)
-    print(f"tenant {tenant.id}: tracking server restarted, {config.tracking_uri(tenant)}")
-    return 0
-
-
-def cmd_down(args: argparse.Namespace) -> int:
-    config = load_config(args)
-    stopped = Stack(config).down(purge=args.purge)
-    if not stopped:
-        print(f"stack {config.name}: nothing was running")
-    elif not args.purge:
-        print(f"stack {config.name} is down; data kept in {config.state_dir}")
-    return 0
-
-
-def cmd_round(args: argparse.Namespace) -> int:
-    from .fl.runner import round_command
-
-    return round_command(load_config(args), args)
-
-
-def cmd_user(args: argparse.Namespace) -> int:
-    from .users import user_command
-
-    return user_command(load_config(args), args)
-
-
-def cmd_serve(args: argparse.Namespace) -> int:
-    from .serving import serve_command
-
-    return serve_command(load_config(args), args)
-
-
-def cmd_build_model_image(args: argparse.Namespace) -> int:
-    from .serving import build_image_command
-
-    return build_image_command(load_config(args), args)
-
-
-def cmd_provision(args: argparse.Namespace) -> int:
-    from .provision import provision_command
-
-    return provision_command(load_config(args), args)
-
-
 def cmd_render(args: argparse.Namespace) -> int:
-    from . import rendered
-
     config = load_config(args)
     if args.target == "oakestra":
-        from .oakestra import sla
-
         slas = sla.render_all(config, args.templates)
         for path in sla.strays(slas, args.out):
             print(f"note: {path} is not rendered by this configuration (a removed application?); "
@@ -245,8 +121,6 @@ def cmd_render(args: argparse.Namespace) -> int:
     else:
         if args.templates is not None:
             raise ConfigError("--templates: only for --target oakestra (the SLA templates)")
-        from . import compose
-
         files = compose.render(config, args.out)
     rerun = f"flops-mlops --config {args.config} render --target {args.target} --out {args.out}"
     code = rendered.write_or_check(files, args.out, args.check, rerun)
@@ -260,9 +134,9 @@ def cmd_render(args: argparse.Namespace) -> int:
 def cmd_config(args: argparse.Namespace) -> int:
     if args.action == "keys":
         if args.markdown:
-            print(config_module.markdown(), end="")
+            print(keys.markdown(), end="")
             return 0
-        for key, default, text in config_module.describe():
+        for key, default, text in keys.describe():
             print(f"{key}\n    {text}" + (f"\n    default: {default}" if default else ""))
         return 0
     config = load_config(args)  # every rule, the oakestra section's included, holds once loaded

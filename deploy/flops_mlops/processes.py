@@ -21,7 +21,6 @@ from pathlib import Path
 
 import psutil
 
-
 # Where service binaries live on Debian: PATH plus the sbin folders, which a plain user's PATH lacks.
 SERVICE_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/local/sbin"])
 

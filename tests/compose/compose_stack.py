@@ -21,7 +21,6 @@ from pathlib import Path
 import pytest
 import requests
 import yaml
-
 from conftest import ROOT, free_port, free_port_range, missing_service, run_cli
 
 TENANT = "default"
@@ -169,7 +168,7 @@ def start_stack(tmp_path_factory, more_tenants: tuple[str, ...] = ()):
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLOPS_") or k == "FLOPS_COMPOSE_OVERRIDE"}
     env = {k: v for k, v in env.items() if not k.startswith("MLFLOW_TRACKING_")}
     env.update({k: str(v) for k, v in ports.items()})
-    from flops_mlops.secrets import read_env
+    from flops_mlops.configuration.secrets import read_env
 
     project = f"flopstest-{uuid.uuid4().hex[:8]}"
     stack = ComposeStack(project, folder / ".env", env, ports, read_env(folder / ".env"), files)

@@ -22,11 +22,21 @@ from pathlib import Path
 
 import pytest
 import requests
-import yaml
-
 import tracking_checks
-from compose_stack import (DEFAULT_FL_PROJECT, FL_SERVICES, QUIET, SERVICES, TENANT, VOLUMES, compose_config,
-                           db_password, ftp_password, need_compose, stack)  # noqa: F401 (stack: the fixture)
+import yaml
+from compose_stack import (
+    DEFAULT_FL_PROJECT,
+    FL_SERVICES,
+    QUIET,
+    SERVICES,
+    TENANT,
+    VOLUMES,
+    compose_config,
+    db_password,  # noqa: F401 (stack: the fixture)
+    ftp_password,
+    need_compose,
+    stack,
+)
 from conftest import ROOT, free_port, run_cli
 
 pytestmark = [pytest.mark.docker, pytest.mark.services, pytest.mark.timeout(1800)]
@@ -55,7 +65,7 @@ def test_compose_config_accepts_env_example():
     tracking = config["services"]["tracking-server"]
     assert {(m["source"], m["target"]) for m in tracking["volumes"]} == {("tracking-auth", "/srv/mlflow/auth")}
     assert tracking["environment"]["FLOPS_AUTH_DB"].startswith("/srv/mlflow/auth/")
-    assert tracking["healthcheck"]["test"] == ["CMD", "python", "-m", "flops_mlops.container", "healthcheck"]
+    assert tracking["healthcheck"]["test"] == ["CMD", "python", "-m", "flops_mlops.tracking.container", "healthcheck"]
     assert config["services"]["fl-aggregator"]["depends_on"]["tracking-server"]["condition"] == "service_healthy"
     ftp_ports = config["services"]["artifact-store"]["ports"]
     assert {(p["target"], p["published"]) for p in ftp_ports} >= {(21, "2121"), (30000, "30000"), (30009, "30009")}
@@ -84,7 +94,7 @@ def test_only_the_aggregator_is_told_where_the_tracking_server_is():
 
 
 def test_compose_yaml_holds_no_password_and_names_match_the_config_model():
-    from flops_mlops.config import Tenant
+    from flops_mlops.configuration.tracking import Tenant
 
     text = (ROOT / "compose.yaml").read_text(encoding="utf-8")
     assert "latest" not in text
@@ -178,7 +188,7 @@ def test_passwords_are_in_no_command_line(stack):
               "    except OSError: pass\n")
     command_lines = stack.exec("tracking-server", "python", "-c", script).stdout
     # The server is one process, the runner (the entrypoint replaced itself with it), with no `mlflow server`.
-    assert "-m flops_mlops.tracking_runner " in command_lines and "mlflow server" not in command_lines
+    assert "-m flops_mlops.tracking.runner " in command_lines and "mlflow server" not in command_lines
     for key in ("FLOPS_TENANT_DEFAULT_DB_PASSWORD", "FLOPS_TENANT_DEFAULT_FTP_PASSWORD",
                 "FLOPS_MYSQL_ADMIN_PASSWORD", "FLOPS_TENANT_DEFAULT_ADMIN_PASSWORD",
                 "FLOPS_TENANT_DEFAULT_SECRET_KEY", "FLOPS_TENANT_DEFAULT_FL_PASSWORD"):

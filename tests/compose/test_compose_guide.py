@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 import requests
-
 from compose_stack import need_engine
 from conftest import ROOT, free_port, free_port_range
 

@@ -30,11 +30,9 @@ import time
 import uuid
 from urllib.parse import quote
 
-import pytest
-
 import pymysql
+import pytest
 import requests
-
 from compose_stack import DEFAULT_FL_PROJECT, SERVICES, TENANT, ComposeStack, ftp_password, start_stack
 
 pytestmark = [pytest.mark.docker, pytest.mark.services, pytest.mark.timeout(1800)]
@@ -437,7 +435,7 @@ def test_login_database_is_private_to_the_server(stack):
     assert modes == {"/srv/mlflow/auth": ("mlflow", "700"), "/srv/mlflow/auth/auth.db": ("mlflow", "600"),
                      "/srv/mlflow/auth/basic_auth.ini": ("mlflow", "600")}
     # The healthcheck is the server's own: as admin, database readable, FL user present.
-    check = stack.exec("tracking-server", "python", "-m", "flops_mlops.container", "healthcheck")
+    check = stack.exec("tracking-server", "python", "-m", "flops_mlops.tracking.container", "healthcheck")
     assert f"fl-{DEFAULT_FL_PROJECT}" in check.stdout
     assert stack.admin[1] not in check.stdout
 

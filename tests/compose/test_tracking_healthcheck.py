@@ -1,4 +1,4 @@
-"""The tracking-server container's healthcheck (`python -m flops_mlops.container healthcheck`), against a fake
+"""The tracking-server container's healthcheck (`python -m flops_mlops.tracking.container healthcheck`), against a fake
 server on loopback: healthy only when the admin reads the default experiment and every FL user exists; it
 logs in as admin with the password from its environment and never prints that password.
 
@@ -14,8 +14,7 @@ import threading
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-
-from flops_mlops import container
+from flops_mlops.tracking import container
 
 ADMIN_PASSWORD = "admin-password-for-the-fake"
 FL_PASSWORD = "fl-password-for-the-fake"

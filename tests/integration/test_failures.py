@@ -12,7 +12,6 @@ import time
 import psutil
 import pytest
 import yaml
-
 from conftest import CLI, ROOT
 
 

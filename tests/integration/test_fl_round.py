@@ -17,11 +17,10 @@ import sys
 import threading
 from pathlib import Path
 
+import conftest
 import numpy as np
 import pytest
 import yaml
-
-import conftest
 from conftest import free_port, run_cli, stack_data
 from tracking_checks import logged_in
 
@@ -77,7 +76,6 @@ def ftp_files(stack: conftest.TestStack, folder: str) -> set[str]:
 
 def champion_accuracy(uri: str, project: str) -> float:
     import mlflow
-
     from flops_mlops.fl import data
 
     mlflow.set_tracking_uri(uri)
@@ -149,10 +147,9 @@ def test_one_run_per_round_with_aggregated_metrics(local, corrupted_run):
 
 def test_registered_model_is_the_best_round_not_the_last(local, corrupted_run):
     import mlflow
-
     from flops_mlops.fl import data
+    from flops_mlops.fl.best_model import BestModel
     from flops_mlops.fl.model import to_sklearn
-    from flops_mlops.fl.tracking import BestModel
 
     summary, _ = corrupted_run
     losses = [e["loss"] for e in summary["rounds"]]
@@ -319,8 +316,8 @@ def test_mlflow_system_metrics_appear_for_a_round_of_a_few_seconds(local, tmp_pa
     import time
 
     import mlflow
-
-    from flops_mlops.fl.tracking import BestModel, RoundResult, RoundTracker
+    from flops_mlops.fl.best_model import BestModel, RoundResult
+    from flops_mlops.fl.round_tracker import RoundTracker
 
     tracker = RoundTracker(tracking_uri(local), "Sampling", BestModel(tmp_path / "model"), {"strategy": "none"})
     tracker.open()
@@ -406,8 +403,8 @@ def test_a_round_open_when_the_watchdog_fires_is_marked_failed(local, tmp_path):
     """The timeout watchdog runs in its own thread; MLflow's active run is thread-local."""
 
     import mlflow
-
-    from flops_mlops.fl.tracking import BestModel, RoundTracker
+    from flops_mlops.fl.best_model import BestModel
+    from flops_mlops.fl.round_tracker import RoundTracker
 
     tracker = RoundTracker(tracking_uri(local), "Watchdog", BestModel(tmp_path / "model"), {"strategy": "FedAvg"})
     tracker.open()

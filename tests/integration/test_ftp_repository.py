@@ -22,11 +22,11 @@ from pathlib import Path
 import mlflow
 import pytest
 import requests
-from mlflow.exceptions import MlflowException
-
-from flops_mlops.stores import ftp_client
-from flops_mlops.tracking_server import artifacts_destination, backend_store_uri
 from conftest import free_port
+from flops_mlops.configuration import certificates
+from flops_mlops.stores import ftp_client
+from flops_mlops.tracking.server import artifacts_destination, backend_store_uri
+from mlflow.exceptions import MlflowException
 from tracking_checks import ftp_listing, log_example, logged_in
 
 pytestmark = pytest.mark.services
@@ -147,7 +147,7 @@ def test_log_list_download_delete_over_one_login(make_stack, kind, tmp_path):
     for thread in threads:
         thread.join(120)
     assert results == [files] * 8
-    assert 1 <= logins(stack) - before <= 4  # ftp_repository.POOL_SIZE
+    assert 1 <= logins(stack) - before <= 4  # ftp_pool.POOL_SIZE
 
 
 @pytest.mark.parametrize("kind", ["local", "native"])
@@ -226,7 +226,7 @@ def test_the_tracking_server_reuses_its_ftp_login_across_requests(make_stack, ki
 
     requested, first = download("first")
     assert requested >= len(files) + folders
-    assert 0 <= first <= 4 < requested  # at most ftp_repository.POOL_SIZE (0: logged in by log_example already)
+    assert 0 <= first <= 4 < requested  # at most ftp_pool.POOL_SIZE (0: logged in by log_example already)
     requested, again = download("again")
     assert requested >= len(files) + folders
     assert again == 0
@@ -273,7 +273,7 @@ def test_ftps_store(make_stack, tmp_path):
     """artifact_store.tls: vsftpd speaks only TLS, with the deployment's certificate from `secrets init`."""
     stack = make_stack("native", artifact_store={"tls": True})
     config, secrets = stack.load(), stack.secrets()
-    certificate, key = ftp_client.certificate_path(config), ftp_client.key_path(config)
+    certificate, key = certificates.certificate_path(config), certificates.key_path(config)
     assert certificate.parent == config.secrets_file.parent
     assert stat.S_IMODE(key.stat().st_mode) == 0o600 and stat.S_IMODE(certificate.stat().st_mode) == 0o600
     stack.up()

@@ -17,7 +17,6 @@ import sys
 import time
 
 import pytest
-
 import tracking_checks
 
 pytestmark = [pytest.mark.services, pytest.mark.timeout(1500)]
@@ -43,7 +42,7 @@ json.dump({"logged": logged, "errors": errors}, open(os.environ["OUT"], "w"))
 
 
 def pids(stack) -> dict[str, int | None]:
-    from flops_mlops.stack import Stack
+    from flops_mlops.native.stack import Stack
 
     return {s.name: (proc.pid if (proc := s.process.recorded()) else None) for s in Stack(stack.load()).services()}
 

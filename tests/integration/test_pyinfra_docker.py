@@ -98,8 +98,8 @@ def test_each_tenant_end_to_end_through_published_ports(docker_sandbox, tenant):
 
 
 def test_compose_file_is_the_render_of_the_configuration_with_its_ports(docker_sandbox):
-    from flops_mlops import compose
-    from flops_mlops import config as config_module
+    from flops_mlops.compose import render as compose
+    from flops_mlops.configuration import loading as config_module
     from flops_mlops.rendered import differences
 
     folder = next(docker_sandbox["root"].glob("var/lib/flops-mlops/*/compose"))
@@ -113,8 +113,8 @@ def test_compose_file_is_the_render_of_the_configuration_with_its_ports(docker_s
 
 
 def test_env_file_is_private_and_carries_exactly_the_secrets_compose_reads(docker_sandbox):
-    from flops_mlops import config as config_module
-    from flops_mlops.secrets import Secrets, required_keys
+    from flops_mlops.configuration import loading as config_module
+    from flops_mlops.configuration.secrets import Secrets, required_keys
 
     config = config_module.load(docker_sandbox["config"])
     secrets = Secrets.load(config)

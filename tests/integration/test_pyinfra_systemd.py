@@ -133,7 +133,7 @@ def lab(tmp_path_factory):
 
 
 def stack(config: Path):
-    from flops_mlops import config as config_module
+    from flops_mlops.configuration import loading as config_module
 
     return config_module.load(config)
 
@@ -206,7 +206,7 @@ def test_servers_ask_for_a_login_run_as_their_account_and_keep_secrets_private(l
     """On the three hosts: every tenant's server answers 401 without a login and runs as flops-mlops (never
     root); files holding passwords are root's, mode 0600; no password in process arguments, journals or the
     output of any apply."""
-    from flops_mlops.secrets import Secrets
+    from flops_mlops.configuration.secrets import Secrets
 
     three = lab["three_hosts"]
     config = stack(three["config"])

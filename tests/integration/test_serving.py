@@ -9,10 +9,9 @@ import subprocess
 import time
 import uuid
 
+import conftest
 import pytest
 import requests
-
-import conftest
 from conftest import free_port
 from serving_checks import assert_bad_payloads_refused, assert_serves, served_version, wait_for_version
 from tracking_checks import logged_in
@@ -76,7 +75,7 @@ def test_bad_payloads_get_4xx_and_serving_goes_on(served):
 
 
 def test_reads_as_a_user_with_read_on_the_model_only(stack, served):
-    from flops_mlops.users import AuthAdmin
+    from flops_mlops.tracking.users import AuthAdmin
 
     config = stack.load()
     admin = AuthAdmin(config.tracking_uri(config.tenant("acme")), stack.secrets().admin_password("acme"))
@@ -102,7 +101,6 @@ def test_a_new_champion_is_served_without_a_restart(stack, served):
 def test_unmet_requirements_stop_the_start_with_a_clear_error(stack, served):
     import mlflow
     import numpy as np
-
     from flops_mlops.fl.model import initial_parameters, to_sklearn
 
     x = np.zeros((2, 8))

@@ -5,16 +5,15 @@ from __future__ import annotations
 import ftplib
 import json
 import re
-from pathlib import Path
 import sqlite3
+from pathlib import Path
 
 import mlflow
 import psutil
 import pymysql
 import pytest
-
 from flops_mlops.stores.vsftpd import pam_service_name
-from flops_mlops.tracking_server import sqlite_path
+from flops_mlops.tracking.server import sqlite_path
 from tracking_checks import load_and_predict, log_example, logged_in, model_files_on_ftp, mysql_counts
 
 pytestmark = pytest.mark.services
@@ -185,7 +184,7 @@ def test_a_tracking_server_is_one_process_without_secrets_in_its_arguments(make_
     proc = server.recorded()
     assert proc is not None
     assert proc.children(recursive=True) == []
-    assert proc.cmdline()[1:3] == ["-m", "flops_mlops.tracking_runner"]
+    assert proc.cmdline()[1:3] == ["-m", "flops_mlops.tracking.runner"]
     assert not any(p in " ".join(proc.cmdline()) for p in secrets.values.values())
 
     # That one process does all of it: login, metadata, a model through the artifact proxy and back.

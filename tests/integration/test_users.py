@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 import requests
-
-from flops_mlops.secrets import read_env
+from flops_mlops.configuration.secrets import read_env
 from tracking_checks import log_example
 
 pytestmark = pytest.mark.services

@@ -22,11 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
+import conftest
 import psutil
 import pytest
 import requests
-
-import conftest
 from tracking_checks import log_example
 
 pytestmark = [pytest.mark.services, pytest.mark.timeout(900)]
@@ -108,7 +107,7 @@ class Target:
 
 @pytest.fixture(scope="module", params=["local", "native"])
 def target(request, tmp_path_factory):
-    from flops_mlops.users import AuthAdmin, ensure_project_user
+    from flops_mlops.tracking.users import AuthAdmin, ensure_project_user
 
     kind = request.param
     folder = tmp_path_factory.mktemp(f"security-{kind}")
@@ -262,7 +261,7 @@ def test_no_upload_to_a_location_from_before_the_guard(target):
     """A run of an experiment whose location is foreign (as left by an older release) gets no uploads."""
     if target.kind != "local":
         pytest.skip("planted through the SQLite metadata of the embedded stack")
-    from flops_mlops.tracking_server import sqlite_path
+    from flops_mlops.tracking.server import sqlite_path
 
     ledger = Ledger("[local] uploads to a foreign location")
     config = target.stack.load()
@@ -284,7 +283,7 @@ def test_no_upload_to_a_location_from_before_the_guard(target):
 
 
 def test_ftp_users_stay_in_their_folder(target):
-    from flops_mlops.secrets import Secrets
+    from flops_mlops.configuration.secrets import Secrets
 
     ledger = Ledger(f"[{target.kind}] FTP chroot escapes and SITE CHMOD")
     config = target.stack.load()
@@ -419,7 +418,7 @@ def test_no_secret_in_any_answer_log_argument_or_environment(target):
         database.terminate()
         database.wait(60)
         provoke("DB down")
-        wrong = subprocess.run([sys.executable, "-m", "flops_mlops.tracking_server", "upgrade-schema"],
+        wrong = subprocess.run([sys.executable, "-m", "flops_mlops.tracking.server", "upgrade-schema"],
                                capture_output=True, text=True, timeout=300, env={
                                    **os.environ, "MLFLOW_BACKEND_STORE_URI":
                                    f"mysql+pymysql://mlflow_acme:{quote(secrets[0], safe='')}@127.0.0.1:"

@@ -14,9 +14,8 @@ import re
 import shutil
 from pathlib import Path
 
-import pytest
-
 import conftest
+import pytest
 from conftest import ROOT, missing_service
 
 pytestmark = [pytest.mark.services, pytest.mark.timeout(600)]

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import ROOT, run_cli
 
 ENTRYPOINT = ROOT / "deploy" / "images" / "artifact-store" / "entrypoint.sh"

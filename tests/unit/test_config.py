@@ -7,9 +7,10 @@ from pathlib import Path
 import pydantic
 import pytest
 import yaml
-
-from flops_mlops import config
-from flops_mlops.config import ConfigError
+from flops_mlops.configuration import keys, loading
+from flops_mlops.configuration.schema import ConfigError
+from flops_mlops.configuration.stack import StackConfig, validate_tenant_id
+from flops_mlops.configuration.tracking import Tenant
 
 ROOT = Path(__file__).resolve().parents[2]
 MINIMAL = {"name": "t", "state_dir": "state", "secrets_file": ".env", "tenants": [{"id": "acme"}]}
@@ -17,7 +18,7 @@ MINIMAL = {"name": "t", "state_dir": "state", "secrets_file": ".env", "tenants":
 
 @pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")))
 def test_shipped_configs_load(name):
-    loaded = config.load(ROOT / "configs" / name)
+    loaded = loading.load(ROOT / "configs" / name)
     assert loaded.tenants
     assert loaded.state_dir.is_absolute() and loaded.secrets_file.is_absolute()
 
@@ -26,7 +27,7 @@ def test_relative_paths_resolve_against_the_config_folder(tmp_path):
     path = tmp_path / "sub" / "stack.yaml"
     path.parent.mkdir()
     path.write_text(yaml.safe_dump(MINIMAL))
-    loaded = config.load(path)
+    loaded = loading.load(path)
     assert loaded.state_dir == path.parent / "state"
     assert loaded.secrets_file == path.parent / ".env"
     assert loaded.tracking_port(loaded.tenant("acme")) == 5000
@@ -102,7 +103,7 @@ def test_bad_configs_are_rejected_with_file_key_and_expectation(tmp_path, key, v
     path = tmp_path / "stack.yaml"
     path.write_text(yaml.safe_dump(with_change(key, value)))
     with pytest.raises(ConfigError) as error:
-        config.load(path)
+        loading.load(path)
     assert str(path) in str(error.value)
     assert expected in str(error.value)
 
@@ -119,19 +120,19 @@ def test_unreadable_files(tmp_path, text, expected):
     path = tmp_path / "stack.yaml"
     path.write_bytes(text) if isinstance(text, bytes) else path.write_text(text)
     with pytest.raises(ConfigError) as error:
-        config.load(path)
+        loading.load(path)
     assert expected in str(error.value) and str(path) in str(error.value)
 
 
 def test_missing_file_is_named(tmp_path):
     with pytest.raises(ConfigError, match="nope.yaml: configuration file not found"):
-        config.load(tmp_path / "nope.yaml")
+        loading.load(tmp_path / "nope.yaml")
 
 
 def test_docs_configuration_md_is_what_the_model_generates():
     """The drift check: regenerate with `flops-mlops config keys --markdown > docs/configuration.md`."""
     text = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
-    assert text == config.markdown(), ("docs/configuration.md is stale; regenerate it with "
+    assert text == keys.markdown(), ("docs/configuration.md is stale; regenerate it with "
                                        ".venv/bin/flops-mlops config keys --markdown > docs/configuration.md")
 
 
@@ -142,11 +143,11 @@ def test_a_loaded_configuration_is_one_every_target_accepts(tmp_path):
     path = tmp_path / "stack.yaml"
     path.write_text(yaml.safe_dump(data))
     with pytest.raises(ConfigError, match=r"stack.yaml: oakestra.tenants\[1\].slot: slot 1 is already used"):
-        config.load(path)
+        loading.load(path)
 
 
 def test_configurations_built_in_python_are_checked_and_copied_like_loaded_ones():
-    built = config.StackConfig(name="t", state_dir="s", secrets_file=".env", tenants=[config.Tenant(id="acme")])
+    built = StackConfig(name="t", state_dir="s", secrets_file=".env", tenants=[Tenant(id="acme")])
     moved = built.model_copy(update={"tracking": built.tracking.model_copy(update={"base_port": 6000})})
     assert moved.tracking_port(moved.tenants[0]) == 6000 and built.tracking.base_port == 5000
     with pytest.raises(pydantic.ValidationError, match="frozen"):
@@ -154,13 +155,13 @@ def test_configurations_built_in_python_are_checked_and_copied_like_loaded_ones(
 
 
 def test_every_key_is_documented():
-    rows = config.describe()
-    keys = {key for key, _, _ in rows}
-    assert {"tenants[].id", "backend_store.kind", "artifact_store.passive_ports", "tracking.workers"} <= keys
+    rows = keys.describe()
+    documented = {key for key, _, _ in rows}
+    assert {"tenants[].id", "backend_store.kind", "artifact_store.passive_ports", "tracking.workers"} <= documented
     assert all(text.strip() for _, _, text in rows)
 
 
 @pytest.mark.parametrize("value", ["acme\n", "acme\n; DROP", "\nacme"])
 def test_a_trailing_or_embedded_newline_is_not_a_valid_tenant_id(value):
     with pytest.raises(ConfigError, match="is not a valid tenant id"):
-        config.validate_tenant_id(value)
+        validate_tenant_id(value)

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import pytest
-
-from flops_mlops import container
-from flops_mlops.config import ConfigError
-from flops_mlops.tracking_server import server_argv, server_env
+from flops_mlops.configuration.schema import ConfigError
+from flops_mlops.tracking import container
+from flops_mlops.tracking.server import server_argv, server_env
 
 BASE = {"FLOPS_DB_PASSWORD": "db-secret", "FLOPS_FTP_PASSWORD": "ftp/secret", "FLOPS_PUBLIC_PORT": "15500",
         "FLOPS_ADMIN_PASSWORD": "admin-secret-123", "FLOPS_SECRET_KEY": "key-secret-123"}
@@ -27,7 +26,7 @@ def test_uris_come_from_the_environment_and_stay_out_of_the_command_line():
         "FLOPS_AUTH_DB": "/srv/mlflow/auth/auth.db", "FLOPS_FTP_CONNECT_TIMEOUT": "10",
         "FLOPS_FTP_DATA_TIMEOUT": "60"}
     # The container runs the same single-process runner as the native stack.
-    assert argv[1:3] == ["-m", "flops_mlops.tracking_runner"]
+    assert argv[1:3] == ["-m", "flops_mlops.tracking.runner"]
     assert not any("secret" in arg for arg in argv)
     allowed = argv[argv.index("--allowed-hosts") + 1].split(",")
     assert {"127.0.0.1:15500", "localhost:15500", "tracking-server:5000"} <= set(allowed)

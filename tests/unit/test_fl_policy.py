@@ -10,13 +10,12 @@ import sys
 
 import numpy as np
 import pytest
-
+from conftest import ROOT, run_cli
 from flops_mlops.fl import data
+from flops_mlops.fl.best_model import BestModel, RoundResult, is_better
+from flops_mlops.fl.round_tracker import sampling_interval
 from flops_mlops.fl.runner import learner_environment
 from flops_mlops.fl.settings import SettingsError, from_environment, validate_project
-from flops_mlops.fl.tracking import BestModel, RoundResult, is_better, sampling_interval
-
-from conftest import ROOT, run_cli
 
 
 def result(n: int, loss: float, accuracy: float) -> RoundResult:
@@ -127,7 +126,7 @@ def test_learners_get_no_tracking_settings_and_no_secrets():
 
 def test_learner_code_does_not_import_mlflow():
     code = ("import sys, flops_mlops.fl.learner, flops_mlops.fl.legacy, flops_mlops.fl.engine; "
-            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'mlflow' or m.endswith('fl.tracking')))")
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'mlflow' or m.endswith('fl.round_tracker')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "[]"
 

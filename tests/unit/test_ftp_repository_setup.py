@@ -8,11 +8,11 @@ import subprocess
 import sys
 
 import pytest
-
-from flops_mlops.config import StackConfig, Tenant
-from flops_mlops.secrets import Secrets, ftp_password_key
+from flops_mlops.configuration.secrets import Secrets, ftp_password_key
+from flops_mlops.configuration.stack import StackConfig
+from flops_mlops.configuration.tracking import Tenant
 from flops_mlops.stores import ftp_client
-from flops_mlops.tracking_server import artifacts_destination
+from flops_mlops.tracking.server import artifacts_destination
 
 # A fresh interpreter that imports our module before MLflow (the order that used to break the registration).
 PROBE = """
@@ -61,15 +61,15 @@ def test_the_servers_environment_carries_the_configured_timeouts_and_tls():
     assert artifacts_destination(tls, tls.tenant("acme"), secrets).startswith("ftps://flops_acme:pw@")
 
 
-@pytest.mark.parametrize("name, check", [("compose.yaml", "flops_mlops.compose:check"),
+@pytest.mark.parametrize("name, check", [("compose.yaml", "flops_mlops.compose.render:check"),
                                          ("oakestra.yaml", "flops_mlops.oakestra.sla:check")])
 def test_targets_without_ftps_refuse_tls(name, check):
     """FTPS is for `flops-mlops up`: compose and Oakestra run plain-FTP stores, and say so instead of ignoring it."""
     import importlib
     from pathlib import Path
 
-    from flops_mlops import config as config_module
-    from flops_mlops.config import ConfigError
+    from flops_mlops.configuration import loading as config_module
+    from flops_mlops.configuration.schema import ConfigError
 
     config = config_module.load(Path(__file__).resolve().parents[2] / "configs" / name)
     store = config.artifact_store.model_copy(update={"kind": "vsftpd", "tls": True})

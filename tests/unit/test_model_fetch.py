@@ -6,8 +6,7 @@ from __future__ import annotations
 import importlib.metadata
 
 import pytest
-
-from flops_mlops.model_fetch import FetchError, model_files, unmet_requirements
+from flops_mlops.serving.fetch import FetchError, model_files, unmet_requirements
 
 SKLEARN_MLMODEL = {
     "flavors": {"python_function": {"model_path": "model.skops", "loader_module": "mlflow.sklearn"},

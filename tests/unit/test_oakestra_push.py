@@ -19,12 +19,10 @@ from types import SimpleNamespace
 import pytest
 import requests
 import yaml
-
-from flops_mlops.cli import main
-from flops_mlops.oakestra.client import Client, OakestraError, check_url, decode
-
 from conftest import ROOT, run_cli
 from fake_oakestra import FakeOakestra
+from flops_mlops.cli import main
+from flops_mlops.oakestra.client import Client, OakestraError, check_url, decode
 
 SHIPPED = ROOT / "configs" / "oakestra.yaml"
 FAST = ["--poll-interval", "0.02", "--timeout", "20"]

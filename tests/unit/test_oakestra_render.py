@@ -13,13 +13,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from flops_mlops import config as config_module
-from flops_mlops import secrets as secrets_module
-from flops_mlops.config import ConfigError
-from flops_mlops.oakestra import sla
-
 from conftest import ROOT, run_cli
+from flops_mlops.configuration import loading as config_module
+from flops_mlops.configuration import secrets as secrets_module
+from flops_mlops.configuration.schema import ConfigError
+from flops_mlops.oakestra import sla
 
 GOLDEN = Path(__file__).parent / "golden" / "oakestra"
 SHIPPED = ROOT / "configs" / "oakestra.yaml"

@@ -4,9 +4,8 @@ address plan that stays put when projects come and go, logged in as serve-<proje
 from __future__ import annotations
 
 import pytest
-
-from flops_mlops import config as config_module
-from flops_mlops.config import ConfigError
+from flops_mlops.configuration import loading as config_module
+from flops_mlops.configuration.schema import ConfigError
 from flops_mlops.oakestra import sla
 from test_oakestra_render import services, write_config
 
@@ -32,7 +31,7 @@ def test_one_model_server_per_served_project_logged_in_as_its_reader(tmp_path):
     assert list(served) == ["serving/mnist"]
     service = served["serving/mnist"]
     assert service["code"].endswith("/flops-mlops/model-server:0.1.0")
-    assert service["cmd"] == ["python", "-m", "flops_mlops.model_server"]
+    assert service["cmd"] == ["python", "-m", "flops_mlops.serving.server"]
     environment = dict(item.split("=", 1) for item in service["environment"])
     assert environment["MLFLOW_TRACKING_URI"] == f"http://{rendered['tracking/acme']['addresses']['rr_ip']}:5000"
     assert environment["MLFLOW_TRACKING_USERNAME"] == "serve-mnist"

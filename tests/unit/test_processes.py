@@ -7,7 +7,6 @@ import sys
 import time
 
 import psutil
-
 from flops_mlops.processes import ManagedProcess
 
 

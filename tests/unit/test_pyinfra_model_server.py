@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import shlex
 
-from test_pyinfra_render import FAKE_SECRETS, TEMPLATES, host_settings, render  # sets up deploy/pyinfra imports
+from test_pyinfra_render import FAKE_SECRETS, TEMPLATES, host_settings, render  # isort: skip (sets up deploy/pyinfra imports)
 from tasks import model_server, services  # noqa: E402
 
 SERVE_PASSWORD = "acme-serve-pass"
@@ -22,7 +22,7 @@ def test_unit_runs_the_model_server_as_the_service_account_without_its_password(
     acme = s.config.tenant("acme")
     svc = model_server.service(s, acme, "mnist", "0.0.0.0", 8081)
     unit = render(services.UNIT_TEMPLATE, services.unit_data(svc))
-    assert f"ExecStart={shlex.join(['/opt/flops-mlops/venv/bin/python', '-m', 'flops_mlops.model_server'])}" in unit
+    assert f"ExecStart={shlex.join(['/opt/flops-mlops/venv/bin/python', '-m', 'flops_mlops.serving.server'])}" in unit
     assert "User=flops-mlops" in unit and f"EnvironmentFile={svc.env_file}" in unit
     assert "http://127.0.0.1:8081/ping" in svc.ready
     for secret in (SERVE_PASSWORD, *FAKE_SECRETS.values()):
@@ -49,7 +49,6 @@ def test_tracking_server_creates_the_readers_of_the_models_served_anywhere_in_th
     server's environment names that user (with the tenant's serving password), found in every host's data."""
     from pyinfra.api import Inventory
     from pyinfra.context import ctx_inventory
-
     from tasks import tracking_server
 
     s = settings(tmp_path)

@@ -20,13 +20,13 @@ PYINFRA_DIR = ROOT / "deploy" / "pyinfra"
 GOLDEN = Path(__file__).parent / "golden" / "pyinfra"
 sys.path.insert(0, str(PYINFRA_DIR))
 
+from flops_mlops.compose import render as compose  # noqa: E402
+from flops_mlops.configuration import loading as config_module  # noqa: E402
+from flops_mlops.configuration.schema import ConfigError  # noqa: E402
+from flops_mlops.configuration.secrets import Secrets  # noqa: E402
 from pyinfra.api.util import get_template  # noqa: E402
 from tasks import artifact_store, backend_store, docker_host, services, tracking_server  # noqa: E402
 from tasks.settings import TEMPLATES, TRIM, HostSettings  # noqa: E402
-
-from flops_mlops import compose  # noqa: E402
-from flops_mlops import config as config_module  # noqa: E402
-from flops_mlops.secrets import Secrets  # noqa: E402
 
 FAKE_SECRETS = {
     "FLOPS_MYSQL_ADMIN_PASSWORD": "admin-pass",
@@ -127,7 +127,7 @@ def test_tracking_environment_holds_the_login_settings_and_nothing_from_this_mac
     svc = tracking_server.service(s, s.config.tenants[0])
     # The venv's Python runs our single-process runner (MLflow's app with our login), as flops-mlops up does.
     assert svc.user == "flops-mlops" and svc.argv[:3] == ["/opt/flops-mlops/venv/bin/python", "-m",
-                                                          "flops_mlops.tracking_runner"]
+                                                          "flops_mlops.tracking.runner"]
 
 
 def test_compose_env_carries_every_secret_the_rendered_compose_reads(tmp_path):
@@ -156,5 +156,5 @@ def test_compose_env_carries_every_secret_the_rendered_compose_reads(tmp_path):
     # The images build on the host from the copies beside compose.yaml.
     assert "      context: .\n" in rendered[0].text
     del s.secrets.values["FLOPS_TENANT_ACME_FTP_PASSWORD"]
-    with pytest.raises(config_module.ConfigError, match="compose.yaml needs FLOPS_TENANT_ACME_FTP_PASSWORD"):
+    with pytest.raises(ConfigError, match="compose.yaml needs FLOPS_TENANT_ACME_FTP_PASSWORD"):
         docker_host.env_data(s, rendered)

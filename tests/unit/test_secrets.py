@@ -6,9 +6,8 @@ import stat
 
 import pytest
 import yaml
-
-from flops_mlops import config, secrets
-from flops_mlops.config import ConfigError
+from flops_mlops.configuration import loading, secrets
+from flops_mlops.configuration.schema import ConfigError
 
 
 def make_config(tmp_path, kind="mysql", tenants=("acme", "globex")):
@@ -16,7 +15,7 @@ def make_config(tmp_path, kind="mysql", tenants=("acme", "globex")):
             "backend_store": {"kind": kind, "port": 3399}, "tenants": [{"id": t} for t in tenants]}
     path = tmp_path / "stack.yaml"
     path.write_text(yaml.safe_dump(data))
-    return config.load(path)
+    return loading.load(path)
 
 
 def test_init_writes_every_needed_password_privately(tmp_path):

@@ -14,17 +14,15 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from flops_mlops import compose
-from flops_mlops import config as config_module
-from flops_mlops.config import ConfigError
-from flops_mlops.oakestra import sla
-from flops_mlops.secrets import Secrets, db_password_key, required_keys
-from flops_mlops.stack import Stack
-from flops_mlops.stores import ftp_users, mysql, tenant_db
-from flops_mlops.tracking_server import server_argv
-
 from conftest import ROOT
+from flops_mlops.compose import render as compose
+from flops_mlops.configuration import loading as config_module
+from flops_mlops.configuration.schema import ConfigError
+from flops_mlops.configuration.secrets import Secrets, db_password_key, required_keys
+from flops_mlops.native.stack import Stack
+from flops_mlops.oakestra import sla
+from flops_mlops.stores import ftp_users, mysql, tenant_db
+from flops_mlops.tracking.server import server_argv
 
 PYINFRA_DIR = ROOT / "deploy" / "pyinfra"
 if str(PYINFRA_DIR) not in sys.path:

@@ -8,8 +8,7 @@ import logging
 import sys
 
 import pytest
-
-from flops_mlops import tracking_app
+from flops_mlops.tracking import app as tracking_app
 
 SECRETS = ["s3cr3t/pass+word", "admin-secret-123"]
 

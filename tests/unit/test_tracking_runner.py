@@ -7,8 +7,7 @@ import subprocess
 import sys
 
 import pytest
-
-from flops_mlops import tracking_runner
+from flops_mlops.tracking import runner as tracking_runner
 
 STORES = {"MLFLOW_BACKEND_STORE_URI": "mysql+pymysql://u:db-secret@db:3306/d",
           "MLFLOW_ARTIFACTS_DESTINATION": "ftp://f:ftp-secret@ftp:21/artifacts"}
@@ -16,8 +15,13 @@ STORES = {"MLFLOW_BACKEND_STORE_URI": "mysql+pymysql://u:db-secret@db:3306/d",
 
 def test_the_environment_uses_the_names_mlflow_reads():
     """The names are MLflow's (internal ones included): the test fails when an MLflow upgrade renames one."""
-    from mlflow.environment_variables import (_MLFLOW_IN_JOB_EXECUTOR, _MLFLOW_SERVER_BOOT_ID, _MLFLOW_SGI_NAME,
-                                              MLFLOW_ENABLE_WORKSPACES, MLFLOW_SERVER_ALLOWED_HOSTS)
+    from mlflow.environment_variables import (
+        _MLFLOW_IN_JOB_EXECUTOR,
+        _MLFLOW_SERVER_BOOT_ID,
+        _MLFLOW_SGI_NAME,
+        MLFLOW_ENABLE_WORKSPACES,
+        MLFLOW_SERVER_ALLOWED_HOSTS,
+    )
     from mlflow.server import constants
 
     env = tracking_runner.mlflow_environment(STORES, ["tracking.example:5000", "127.0.0.1:5000"])
@@ -35,7 +39,7 @@ def test_the_environment_uses_the_names_mlflow_reads():
 @pytest.mark.parametrize("missing", ["MLFLOW_BACKEND_STORE_URI", "MLFLOW_ARTIFACTS_DESTINATION"])
 def test_a_missing_store_uri_exits_2_naming_the_variable(missing):
     env = {key: value for key, value in STORES.items() if key != missing}
-    done = subprocess.run([sys.executable, "-m", "flops_mlops.tracking_runner", "--port", "5000"],
+    done = subprocess.run([sys.executable, "-m", "flops_mlops.tracking.runner", "--port", "5000"],
                           env={"PATH": "/usr/bin:/bin", **env}, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert f"{missing} is not set" in done.stderr
@@ -50,7 +54,7 @@ def test_any_host_is_refused():
 
 
 def test_left_out_packages_cannot_be_imported_but_the_rest_can():
-    script = ("from flops_mlops import tracking_runner\n"
+    script = ("from flops_mlops.tracking import runner as tracking_runner\n"
               "tracking_runner.leave_out_optional_packages()\n"
               "import pandas, sqlalchemy\n"
               "for name in ('scipy.sparse', 'pyarrow'):\n"

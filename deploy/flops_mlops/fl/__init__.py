@@ -1,7 +1,8 @@
 """The FL side of FLOps on Flower: an aggregator that alone logs to MLflow, and learners that never do.
 
 Modules: ``data`` (synthetic, non-IID split), ``model`` (logistic regression as numpy arrays), ``settings``
-(FLOPS_* environment variables and flags), ``tracking`` (the tracking policy, independent of Flower),
+(FLOPS_* environment variables and flags), ``round_tracker`` (the tracking policy, independent of Flower),
+``best_model`` (the one best global model on disk),
 ``aggregator`` / ``learner`` (entry points ``python -m flops_mlops.fl.aggregator`` and
 ``python -m flops_mlops.fl.learner``), ``legacy`` and ``engine`` (the two Flower adapters), ``runner``
 (runs a whole project on this machine; the ``round`` command), ``faults`` (test-only fault injection).

@@ -6,7 +6,7 @@ FLOPS_MODEL_DIR and FLOPS_TIMEOUT (or the matching flags; see ``--help`` and ``f
 ``FLOPS_TRACKING_URI=off`` keeps only the best model on disk (used by the benchmark).
 
 It listens on FLOPS_AGGREGATOR_ADDRESS, waits for FLOPS_LEARNERS learners, runs FLOPS_ROUNDS rounds of
-federated averaging, logs each round (``flops_mlops.fl.tracking``), then logs and registers the best model.
+federated averaging, logs each round (``flops_mlops.fl.round_tracker``), then logs and registers the best model.
 Progress goes to stdout as ``FLOPS_EVENT {json}`` lines (round results, then a summary). Exit codes: 0 done,
 1 a failed round, learner or tracking server, or the timeout, 2 bad settings. On a failure inside the Flower
 server the process exits at once (the legacy server would otherwise hang).
@@ -23,9 +23,10 @@ from typing import Any
 import numpy as np
 
 from . import data, faults, model
+from .best_model import BestModel, RoundResult
 from .events import Events
+from .round_tracker import LocalOnly, RoundTracker, TrackingError
 from .settings import FLSettings, SettingsError, from_environment, no_telemetry_defaults
-from .tracking import BestModel, LocalOnly, RoundResult, RoundTracker, TrackingError
 
 
 def weighted_mean(values: list[tuple[int, float]]) -> float:

@@ -32,7 +32,7 @@ import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from ..values import PROJECT_RULE, Host, Port, ProjectName, problem
+from ..configuration.values import PROJECT_RULE, Host, Port, ProjectName, problem
 
 # The synthetic data set (fl/data.py) has room for this many learners of at least MIN_PER_LEARNER
 # training examples each (checked by a unit test); a longer run than a day is a mistake.

@@ -22,9 +22,9 @@ from urllib.parse import urlsplit
 
 import requests
 
-from ..config import ConfigError
+from ..configuration.schema import ConfigError
+from ..configuration.secrets import redact as redact_secrets
 from ..processes import StackError
-from ..secrets import redact as redact_secrets
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9]{1,64}$")
 USER_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$")

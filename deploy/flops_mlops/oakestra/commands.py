@@ -13,13 +13,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from .. import config as config_module
-from ..config import ConfigError
+from ..configuration.loading import load
+from ..configuration.schema import ConfigError
+from ..configuration.secrets import Secrets, read_env
+from ..configuration.stack import StackConfig
 from ..rendered import differences
-from ..secrets import Secrets, read_env
 from . import sla
 from .client import USER_NAME_PATTERN, Client, OakestraError, check_url
-from .push import ENVIRONMENT_WARNING, DeployState, Deployer
+from .push import ENVIRONMENT_WARNING, Deployer, DeployState
 
 
 def add_parsers(commands) -> None:
@@ -101,7 +102,7 @@ def _credentials(args: argparse.Namespace) -> tuple[str, str, str]:
     return url, args.username, _password(args)
 
 
-def _session(args: argparse.Namespace, config: config_module.StackConfig, credentials: tuple[str, str, str],
+def _session(args: argparse.Namespace, config: StackConfig, credentials: tuple[str, str, str],
              redact: list[str]) -> tuple[list[sla.Rendered], list[sla.Rendered], Deployer]:
     """(every rendered application, the ones --app selects, the deployer)."""
     everything = rendered = sla.render_all(config, args.templates)
@@ -120,7 +121,7 @@ def cmd_push(args: argparse.Namespace) -> int:
     credentials = _credentials(args)
     if args.timeout <= 0 or args.poll_interval <= 0:
         raise ConfigError("--timeout and --poll-interval must be positive")
-    config = config_module.load(Path(args.config))
+    config = load(Path(args.config))
     secrets = Secrets.load(config)
     everything, rendered, deployer = _session(args, config, credentials, list(secrets.values.values()))
     if args.reviewed:
@@ -140,7 +141,7 @@ def cmd_push(args: argparse.Namespace) -> int:
 
 def cmd_undeploy(args: argparse.Namespace) -> int:
     credentials = _credentials(args)
-    config = config_module.load(Path(args.config))
+    config = load(Path(args.config))
     # Only to mask them in error bodies: undeploy works without the secrets file.
     known = read_env(config.secrets_file) if config.secrets_file.is_file() else {}
     everything, rendered, deployer = _session(args, config, credentials, list(known.values()))

@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, TextIO
 
-from ..config import ConfigError, StackConfig
+from ..configuration.schema import ConfigError
+from ..configuration.stack import StackConfig
 from .client import Client, OakestraError, check_id
 from .sla import Rendered
 

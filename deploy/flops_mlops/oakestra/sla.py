@@ -38,15 +38,15 @@ import jinja2
 import jsonschema
 
 from .. import bundled
-from .. import config as config_module
-from .. import secrets as secrets_module
-from ..config import (HOSTPATH_DRIVER, Broken, ConfigError, OakestraStore, OakestraTarget, StackConfig,
-                      image, tracking_target)
-from ..container import AUTH_DB
+from ..configuration import secrets as secrets_module
+from ..configuration.oakestra import HOSTPATH_DRIVER, OakestraStore, OakestraTarget
+from ..configuration.schema import Broken, ConfigError
+from ..configuration.stack import StackConfig, image, oakestra_rules, tracking_target
 from ..fl.settings import FLSettings, environment
 from ..rendered import RenderedFile
 from ..stores import tenant_db
-from ..users import project_user, serving_user
+from ..tracking.container import AUTH_DB
+from ..tracking.users import project_user, serving_user
 
 TEMPLATES_DIR = bundled.folder("sla_templates")
 SCHEMA_FILE = Path(__file__).with_name("sla-v2.0.schema.json")
@@ -58,7 +58,7 @@ MYSQL_INIT_FILE = "/docker-entrypoint-initdb.d/10-flops-tenants.sql"
 FTP_PORT = 21
 # The stores' data folders inside their images (the volumes' default mount paths).
 STORE_DATA = {"mysql": "/var/lib/mysql", "artifact_store": "/srv/ftp"}
-AUTH_MOUNT = str(PurePosixPath(AUTH_DB).parent)  # the tracking-server image's auth folder (flops_mlops.container)
+AUTH_MOUNT = str(PurePosixPath(AUTH_DB).parent)  # the tracking-server image's auth folder (flops_mlops.tracking.container)
 
 
 class SlaError(ConfigError):
@@ -117,9 +117,9 @@ def _address(block: int, host: int) -> str:
 
 
 def check(config: StackConfig) -> None:
-    """The oakestra section's rules (config.oakestra_rules; `load` runs them when the file has that section)."""
+    """The oakestra section's rules (configuration/stack.py: oakestra_rules; `load` runs them when the file has that section)."""
     try:
-        config_module.oakestra_rules(config)
+        oakestra_rules(config)
     except Broken as exc:
         raise ConfigError(f"{config.source}: {exc}") from None
     if config.artifact_store.tls:

@@ -14,24 +14,26 @@ from pyftpdlib.authorizers import DummyAuthorizer
 from pyftpdlib.handlers import FTPHandler
 from pyftpdlib.servers import FTPServer
 
-from .. import config as config_module
+from ..configuration.loading import load
+from ..configuration.secrets import Secrets
+from ..configuration.stack import StackConfig
+from ..configuration.tracking import Tenant
 from ..processes import private_dir
-from ..secrets import Secrets
 
 # list, read, create dirs, store, rename, delete, append, mkdir, mtime: the tenant owns its folder. No "M"
 # (SITE CHMOD): a tenant must not change modes of files on the host.
 TENANT_PERMISSIONS = "elradfmwT"
 
 
-def ftp_root(config: config_module.StackConfig) -> Path:
+def ftp_root(config: StackConfig) -> Path:
     return config.state_dir / "ftp"
 
 
-def tenant_folder(config: config_module.StackConfig, tenant: config_module.Tenant) -> Path:
+def tenant_folder(config: StackConfig, tenant: Tenant) -> Path:
     return ftp_root(config) / tenant.ftp_user
 
 
-def build_server(config: config_module.StackConfig, secrets: Secrets) -> FTPServer:
+def build_server(config: StackConfig, secrets: Secrets) -> FTPServer:
     store = config.artifact_store
     authorizer = DummyAuthorizer()
     for tenant in config.tenants:
@@ -54,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m flops_mlops.stores.embedded_ftp CONFIG", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    config = config_module.load(args[0])
+    config = load(args[0])
     server = build_server(config, Secrets.load(config))
     server.serve_forever(handle_exit=True)
     return 0

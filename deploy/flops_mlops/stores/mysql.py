@@ -2,7 +2,7 @@
 
 Each tenant gets its own database (utf8mb4 with a binary NO PAD collation, so keys that differ only in
 case do not collide) and its own user with privileges on that database only: the statements of the one SQL
-template every target runs (stores/tenant_db.py, templates/tenants.sql.j2).
+template every target runs (stores/tenant_db.py, stores/templates/tenants.sql.j2).
 """
 
 from __future__ import annotations
@@ -18,9 +18,11 @@ from urllib.parse import quote
 
 import pymysql
 
-from ..config import ConfigError, StackConfig, Tenant
-from ..processes import ManagedProcess, SERVICE_PATH, StackError, can_traverse, open_log, private_dir, wait_until
-from ..secrets import Secrets
+from ..configuration.schema import ConfigError
+from ..configuration.secrets import Secrets
+from ..configuration.stack import StackConfig
+from ..configuration.tracking import Tenant
+from ..processes import SERVICE_PATH, ManagedProcess, StackError, can_traverse, open_log, private_dir, wait_until
 from . import tenant_db
 
 SERVER_NAMES = ("mariadbd", "mysqld")

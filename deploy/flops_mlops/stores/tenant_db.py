@@ -1,4 +1,4 @@
-"""Each tenant's database and user, defined once: the SQL template templates/tenants.sql.j2.
+"""Each tenant's database and user, defined once: the SQL template stores/templates/tenants.sql.j2.
 
 Every target runs the statements it renders: `flops-mlops up` one by one through pymysql (stores/mysql.py),
 pyinfra as a 0600 file fed to the mysql client (deploy/pyinfra/tasks/backend_store.py), and a MySQL
@@ -18,8 +18,10 @@ from dataclasses import dataclass
 
 import jinja2
 
-from ..config import ConfigError, StackConfig, Tenant
-from ..secrets import Secrets, db_password_key
+from ..configuration.schema import ConfigError
+from ..configuration.secrets import Secrets, db_password_key
+from ..configuration.stack import StackConfig
+from ..configuration.tracking import Tenant
 
 # Database and user names derived from tenant ids (mlflow_<id>): plain identifiers, nothing to quote.
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
@@ -85,7 +87,7 @@ def sql_string(value: str | FromEnvironment) -> str:
 
 
 _TEMPLATES = jinja2.Environment(
-    loader=jinja2.PackageLoader("flops_mlops", "templates"), undefined=jinja2.StrictUndefined,
+    loader=jinja2.PackageLoader("flops_mlops.stores", "templates"), undefined=jinja2.StrictUndefined,
     keep_trailing_newline=True, autoescape=False, trim_blocks=True, lstrip_blocks=True)
 _TEMPLATES.filters.update(sql_name=sql_name, sql_string=sql_string)
 
@@ -154,7 +156,7 @@ def initdb_script(config: StackConfig, label: str) -> str:
     entrypoint on the first start: every tenant's statements, passwords from FLOPS_TENANT_<ID>_DB_PASSWORD."""
     checks, printf = shell_commands(from_environment(config))
     lines = [
-        "# Generated from deploy/flops_mlops/templates/tenants.sql.j2 for",
+        "# Generated from deploy/flops_mlops/stores/templates/tenants.sql.j2 for",
         f"# {label} (tenants: {', '.join(t.id for t in config.tenants)}) by",
         f"#     flops-mlops --config {label} render --target compose",
         "# Do not edit.",

@@ -16,17 +16,19 @@ from pathlib import Path
 
 import jinja2
 
-from ..config import ConfigError, StackConfig
-from ..processes import ManagedProcess, SERVICE_PATH, can_traverse, port_answers, wait_until, write_private
-from ..secrets import Secrets
-from . import ftp_client, ftp_users
+from ..configuration import certificates
+from ..configuration.schema import ConfigError
+from ..configuration.secrets import Secrets
+from ..configuration.stack import StackConfig
+from ..processes import SERVICE_PATH, ManagedProcess, can_traverse, port_answers, wait_until, write_private
+from . import ftp_users
 
 PAM_DIR = Path("/etc/pam.d")
 PAM_MODULE_DIRS = [Path("/lib/x86_64-linux-gnu/security"), Path("/lib/aarch64-linux-gnu/security"),
                    Path("/usr/lib/x86_64-linux-gnu/security"), Path("/usr/lib/aarch64-linux-gnu/security"),
                    Path("/lib/security"), Path("/usr/lib/security")]
 TEMPLATES = jinja2.Environment(
-    loader=jinja2.PackageLoader("flops_mlops", "templates"), undefined=jinja2.StrictUndefined,
+    loader=jinja2.PackageLoader("flops_mlops.stores", "templates"), undefined=jinja2.StrictUndefined,
     keep_trailing_newline=True, autoescape=False)
 
 
@@ -93,8 +95,8 @@ class ManagedVsftpd:
         """With artifact_store.tls: the deployment's certificate and key (made by `secrets init`)."""
         if not self.config.artifact_store.tls:
             return {"tls": False}
-        certificate, key = ftp_client.certificate_path(self.config), ftp_client.key_path(self.config)
-        ftp_client.ca_pem(self.config)  # names the missing file and the command that makes it
+        certificate, key = certificates.certificate_path(self.config), certificates.key_path(self.config)
+        certificates.ca_pem(self.config)  # names the missing file and the command that makes it
         if not key.exists():
             raise ConfigError(f"{key}: FTPS key not found (artifact_store.tls is true); make it with "
                               f"`flops-mlops --config {self.config.source} secrets init`")

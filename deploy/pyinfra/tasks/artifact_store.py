@@ -10,12 +10,11 @@ from __future__ import annotations
 
 from io import StringIO
 
+from flops_mlops.stores import ftp_users
 from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.facts.server import Command
 from pyinfra.operations import apt, files, systemd
-
-from flops_mlops.stores import ftp_users
 
 from . import services, settings
 from .settings import STACK_TEMPLATES, HostSettings

@@ -9,12 +9,11 @@ template).
 
 from __future__ import annotations
 
+from flops_mlops.stores import tenant_db
 from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.facts.server import Command
 from pyinfra.operations import apt, files, server, systemd
-
-from flops_mlops.stores import tenant_db
 
 from . import services, settings
 from .settings import TEMPLATES, TRIM, HostSettings

@@ -16,14 +16,13 @@ import io
 import shlex
 from pathlib import Path
 
+from flops_mlops.compose import render as compose_project
+from flops_mlops.configuration.schema import ConfigError
+from flops_mlops.rendered import RenderedFile
 from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.facts.server import Command
 from pyinfra.operations import apt, files, server, systemd
-
-from flops_mlops import compose as compose_project
-from flops_mlops.rendered import RenderedFile
-from flops_mlops.config import ConfigError
 
 from . import settings
 from .settings import PYINFRA_DIR, TEMPLATES, TRIM, HostDataError

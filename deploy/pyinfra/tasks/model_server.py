@@ -1,7 +1,7 @@
 """The model server role: a tenant's FL project champion served by MLflow's scoring server, as a service.
 
 Host data ``flops_served_models`` lists what a host serves, as "<tenant>/<project>" items; item i listens on
-``flops_serve_host``:``flops_serve_base_port`` + i. Each runs ``python -m flops_mlops.model_server`` from the
+``flops_serve_host``:``flops_serve_base_port`` + i. Each runs ``python -m flops_mlops.serving.server`` from the
 stack's venv (flops-mlops with scikit-learn and skops, pinned by the lock: no conda or virtualenv at run time),
 as flops_service_user, and reads its model from the tenant's tracking server (the inventory's tracking_server host)
 as serve-<project>, a user with READ on that registered model only. Its password (the secrets file's
@@ -15,16 +15,19 @@ from __future__ import annotations
 
 import shlex
 
+from flops_mlops.configuration.schema import ConfigError
+from flops_mlops.configuration.secrets import serve_password_key
+from flops_mlops.configuration.stack import StackConfig
+from flops_mlops.configuration.tracking import Tenant
+from flops_mlops.tracking.users import serving_user, validate_project
 from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.operations import files, pip
 
-from flops_mlops.config import ConfigError, StackConfig, Tenant
-from flops_mlops.secrets import serve_password_key
-from flops_mlops.users import serving_user, validate_project
-
 from . import services, settings
+from .account import service_account
 from .settings import TEMPLATES, TRIM, HostDataError, HostSettings
+from .venv import install_flops_mlops
 
 
 def served_models(config: StackConfig, of=None) -> list[tuple[Tenant, str]]:
@@ -69,7 +72,7 @@ def service(s: HostSettings, tenant: Tenant, project: str, listen: str, port: in
     return services.Service(
         name=f"{s.service_prefix}-model-{tenant.id}-{project}",
         description=f"model server of {project}@champion, tenant {tenant.id} (FLOps MLOps stack {s.config.name})",
-        argv=[python, "-m", "flops_mlops.model_server"],
+        argv=[python, "-m", "flops_mlops.serving.server"],
         ready=f"{probe} >/dev/null 2>&1", timeout=180,
         env_file=f"{s.etc}/serving/{tenant.id}-{project}.env",
         workdir=folder(s, tenant, project), user=s.service_user)
@@ -77,8 +80,6 @@ def service(s: HostSettings, tenant: Tenant, project: str, listen: str, port: in
 
 @deploy("FLOps model servers (MLflow scoring server)")
 def model_server() -> None:
-    from .tracking_server import install_flops_mlops, service_account
-
     s = settings.current()
     listen = host.data.get("flops_serve_host") or "127.0.0.1"
     base_port = int(host.data.get("flops_serve_base_port") or 8080)
@@ -106,4 +107,4 @@ def model_server() -> None:
             src=str(TEMPLATES / "model-server.env.j2"), dest=svc.env_file, user="root", group="root", mode="600",
             jinja_env_kwargs=dict(TRIM), stack=s.config.name, tenant=tenant.id, project=project,
             env=environment(s, tenant, project, tracking, listen, base_port + index))
-        services.ensure_running(s, svc, triggers=[env])
+        services.ensure_running(svc, triggers=[env])

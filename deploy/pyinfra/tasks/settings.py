@@ -14,17 +14,17 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from flops_mlops.configuration import loading as config_module
+from flops_mlops.configuration.schema import ConfigError
+from flops_mlops.configuration.secrets import Secrets
+from flops_mlops.configuration.stack import StackConfig
+from flops_mlops.configuration.values import AccountName, Host, problem
 from pyinfra import host, inventory
-
-from flops_mlops import config as config_module
-from flops_mlops.config import ConfigError, StackConfig
-from flops_mlops.secrets import Secrets
-from flops_mlops.values import AccountName, Host, problem
 
 PYINFRA_DIR = Path(__file__).resolve().parent.parent
 TEMPLATES = PYINFRA_DIR / "templates"
 # vsftpd's config and PAM service are the ones `flops-mlops up` renders: one definition of those settings.
-STACK_TEMPLATES = Path(config_module.__file__).resolve().parent / "templates"
+STACK_TEMPLATES = Path(config_module.__file__).resolve().parents[1] / "stores" / "templates"
 TRIM = {"trim_blocks": True, "lstrip_blocks": True}  # Jinja2 options for our templates' {% %} lines
 
 ROLES = ("backend_store", "artifact_store", "tracking_server", "model_server", "docker_host")

@@ -2,10 +2,10 @@
 
 The servers point at the inventory's backend store and artifact store hosts. Store URIs (with passwords), the
 admin password and the secret key reach a server only through its environment file (mode 0600, read by root),
-never its command line. The command line is the one `flops-mlops up` uses (flops_mlops.tracking_server.
+never its command line. The command line is the one `flops-mlops up` uses (flops_mlops.tracking.server.
 server_argv: MLflow's basic-auth app with our guards, so every server asks for a login), run by the venv's
 Python, which must have flops-mlops installed (its `flops-basic-auth` app). Before each start the same Python
-brings the schema up to date: `python -m flops_mlops.tracking_server upgrade-schema`, as `flops-mlops up` does.
+brings the schema up to date: `python -m flops_mlops.tracking.server upgrade-schema`, as `flops-mlops up` does.
 
 Servers run as flops_service_user, never root. Each has a working folder (its HOME) and, inside it, an auth
 folder with its SQLite auth database (MLflow's auth migrations fail on MySQL/MariaDB), both the account's own,
@@ -16,24 +16,21 @@ from __future__ import annotations
 
 import shlex
 
-from pyinfra import host, inventory
+from flops_mlops.configuration.schema import ConfigError
+from flops_mlops.configuration.secrets import serve_password_key
+from flops_mlops.configuration.stack import StackConfig
+from flops_mlops.configuration.tracking import Tenant
+from flops_mlops.tracking import server as mlflow_server
+from pyinfra import inventory
 from pyinfra.api import deploy
-from pyinfra.api.operation import OperationMeta
-from pyinfra.facts.server import Command, Users
-from pyinfra.operations import apt, files, pip, server
-
-from flops_mlops import tracking_server as mlflow_server
-from flops_mlops.config import ConfigError, StackConfig, Tenant
-from flops_mlops.secrets import serve_password_key
+from pyinfra.operations import apt, files, pip
 
 from . import artifact_store, backend_store, model_server, services, settings
-from .settings import PYINFRA_DIR, TEMPLATES, TRIM, HostDataError, HostSettings
+from .account import service_account
+from .settings import TEMPLATES, TRIM, HostSettings
+from .venv import install_flops_mlops
 
-REPOSITORY = PYINFRA_DIR.parent.parent
-# What building flops-mlops needs (pyproject.toml names README.md), and the lock it is installed with.
-PACKAGE_FILES = ("pyproject.toml", "README.md", "deploy/images/constraints.txt")
-
-# What the environment file takes from flops_mlops.tracking_server.server_env (the rest is this machine's).
+# What the environment file takes from flops_mlops.tracking.server.server_env (the rest is this machine's).
 ENV_KEYS = ("FLOPS_AUTH_DB", "DO_NOT_TRACK", "FLOPS_FTP_CONNECT_TIMEOUT", "FLOPS_FTP_DATA_TIMEOUT")
 
 
@@ -114,7 +111,7 @@ def service(s: HostSettings, tenant: Tenant, seen: StackConfig | None = None,
         env_file=f"{s.etc}/tracking/{tenant.id}.env",
         workdir=workdir(s, tenant),
         user=s.service_user,
-        before_start=[[python, "-m", "flops_mlops.tracking_server", "upgrade-schema"]],
+        before_start=[[python, "-m", "flops_mlops.tracking.server", "upgrade-schema"]],
         after=after,
     )
 
@@ -156,56 +153,6 @@ def tracking_server() -> None:
             env=environment(s, seen, tenant, served_projects(seen, tenant)),
         )
         services.ensure_running(svc, triggers=[env, *package])
-
-
-def install_flops_mlops(s: HostSettings) -> list[OperationMeta]:
-    """flops-mlops itself in the managed venv: its `flops-basic-auth` app (the login) is what the servers run.
-
-    Its sources are copied to <venv>/src/flops-mlops and installed with the lock as constraints when they
-    changed or the venv lacks the package. Returns the copies: when one of them changes, the servers restart.
-    """
-    if not (REPOSITORY / "pyproject.toml").is_file():
-        raise HostDataError(f"host {host.name}: flops_manage_venv: installing flops-mlops on a host copies its "
-                            f"sources from a repository checkout, and {REPOSITORY} is none (flops-mlops was "
-                            "installed from a wheel); run provision from a checkout, or set flops_manage_venv: "
-                            "False with a venv that has flops-mlops")
-    src = f"{s.venv}/src/flops-mlops"
-    for path in (f"{s.venv}/src", src, f"{src}/deploy", f"{src}/deploy/images"):
-        files.directory(name=f"Folder {path}", path=path, user="root", group="root", mode="755")
-    copied = [files.put(name=f"Copy {relative}", src=str(REPOSITORY / relative), dest=f"{src}/{relative}",
-                        user="root", group="root", mode="644") for relative in PACKAGE_FILES]
-    copied.append(files.sync(name="Copy deploy/flops_mlops", src=str(REPOSITORY / "deploy" / "flops_mlops"),
-                             dest=f"{src}/deploy/flops_mlops", delete=True, exclude=["*.pyc"],
-                             exclude_dir=["__pycache__"]))
-    pip_cmd = shlex.join([f"{s.venv}/bin/pip", "install", "--quiet", *s.pip_args, "--constraint",
-                          f"{src}/deploy/images/constraints.txt"])
-    check = shlex.join([f"{s.venv}/bin/python", "-c", "import importlib.metadata as m; m.version('flops-mlops')"])
-
-    def needed() -> bool:
-        if any(op.did_change() for op in copied):
-            return True
-        return host.get_fact(Command, f"if {check} 2>/dev/null; then echo yes; else echo no; fi") != "yes"
-
-    # The same version number on changed sources: reinstall the package itself, then add what it needs.
-    server.shell(name="flops-mlops in the venv (pinned by the lock)",
-                        commands=[f"{pip_cmd} --force-reinstall --no-deps {shlex.quote(src)}",
-                                  f"{pip_cmd} {shlex.quote(src)}"],
-                        _if=needed)
-    return copied
-
-
-def service_account(s: HostSettings) -> str:
-    """Create the servers' account when it is missing (a system account, no login shell); an existing account is
-    used as it is, unless it is root under another name. Returns its primary group."""
-    existing = (host.get_fact(Users) or {}).get(s.service_user)
-    if existing is None:
-        server.user(name=f"Account {s.service_user} of the tracking servers", user=s.service_user, system=True,
-                    home=f"{s.data}/tracking", shell="/usr/sbin/nologin", ensure_home=False)
-        return s.service_user  # useradd gives a system account a group of its own name
-    if str(existing.get("uid")) == "0":
-        raise HostDataError(f"host {host.name}: flops_service_user: {s.service_user!r} has uid 0 (root); "
-                            "tracking servers never run as root")
-    return existing.get("group") or s.service_user
 
 
 @deploy("Stop FLOps tracking servers")

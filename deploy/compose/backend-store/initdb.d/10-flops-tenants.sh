@@ -1,4 +1,4 @@
-# Generated from deploy/flops_mlops/templates/tenants.sql.j2 for
+# Generated from deploy/flops_mlops/stores/templates/tenants.sql.j2 for
 # configs/compose.yaml (tenants: default) by
 #     flops-mlops --config configs/compose.yaml render --target compose
 # Do not edit.

@@ -3,16 +3,16 @@
 `mlflow server` is a CLI process that prepares the environment of its server, starts uvicorn as a child and
 stays resident only to supervise it: two Python processes of about 300 MB each. This module prepares the
 same environment (what `mlflow server --serve-artifacts --app-name flops-basic-auth` hands its uvicorn worker),
-opens the stores, builds the app (tracking_app.create_app: MLflow's basic-auth app inside MLflow's FastAPI app,
+opens the stores, builds the app (app.create_app: MLflow's basic-auth app inside MLflow's FastAPI app,
 with our guards) and serves it with uvicorn in its own process. uvicorn stops gracefully on SIGTERM.
 
-    python -m flops_mlops.tracking_runner --host H --port P [--allowed-hosts a,b:5000,...] [--workers N]
+    python -m flops_mlops.tracking.runner --host H --port P [--allowed-hosts a,b:5000,...] [--workers N]
 
 Arguments hold no secret. The store URIs, which carry passwords, come from the environment, as for
 `mlflow server`: MLFLOW_BACKEND_STORE_URI (also the model registry) and MLFLOW_ARTIFACTS_DESTINATION
-(proxied artifacts; new experiments get mlflow-artifacts:/). The login settings are tracking_app's
+(proxied artifacts; new experiments get mlflow-artifacts:/). The login settings are app.py's
 (MLFLOW_AUTH_ADMIN_PASSWORD, MLFLOW_FLASK_SERVER_SECRET_KEY, FLOPS_AUTH_DB, FLOPS_FL_USERS, FLOPS_LOCAL_URI).
-The schema must be up to date (`python -m flops_mlops.tracking_server upgrade-schema`); on an older one the
+The schema must be up to date (`python -m flops_mlops.tracking.server upgrade-schema`); on an older one the
 runner exits before it listens. --allowed-hosts is MLflow's Host header check (/health is exempt). With
 --workers 1 (the default) everything runs in this one process; more workers are uvicorn's own worker processes.
 MLflow's job runner is not started (tracking.job_execution: true keeps `mlflow server`, see tracking_server).
@@ -51,7 +51,10 @@ def mlflow_environment(env: dict[str, str], allowed_hosts: list[str]) -> dict[st
     for key, value in (("MLFLOW_BACKEND_STORE_URI", backend), ("MLFLOW_ARTIFACTS_DESTINATION", destination)):
         if not value:
             raise UsageError(f"{key} is not set (the tracking server's store URIs come from its environment)")
-    from .values import AllowedHost, problem  # the rule the configuration's tracking.allowed_hosts follows
+    from ..configuration.values import (  # the rule the configuration's tracking.allowed_hosts follows
+        AllowedHost,
+        problem,
+    )
 
     for host in allowed_hosts:
         if (why := problem(AllowedHost, host)) is not None:
@@ -87,7 +90,7 @@ def leave_out_optional_packages() -> None:
 def create_app():
     """The ASGI app (uvicorn factory): stores opened and checked first, so a bad store fails the start."""
     leave_out_optional_packages()
-    from .tracking_app import create_app as login_app
+    from .app import create_app as login_app
 
     app = login_app()  # first: every later line of this process is cleaned of secrets
     from mlflow.server.handlers import initialize_backend_stores
@@ -105,7 +108,7 @@ def log_config() -> str | None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m flops_mlops.tracking_runner",
+    parser = argparse.ArgumentParser(prog="python -m flops_mlops.tracking.runner",
                                      description="One tenant's MLflow tracking server in one process (store "
                                                  "URIs and login settings from the environment).")
     parser.add_argument("--host", default="127.0.0.1")

@@ -24,18 +24,20 @@ from pathlib import Path
 
 import jinja2
 
-from . import secrets as secrets_module
-from .config import ConfigError, StackConfig, Tenant
-from .rendered import RenderedFile
-from .stores import tenant_db
+from ..configuration import secrets as secrets_module
+from ..configuration.schema import ConfigError
+from ..configuration.stack import StackConfig
+from ..configuration.tracking import Tenant
+from ..rendered import RenderedFile
+from ..stores import tenant_db
 
-TEMPLATES = Path(__file__).resolve().parent / "templates"
+TEMPLATES = Path(__file__).resolve().parent  # compose.yaml.j2 sits beside this module
 COMPOSE_FILE = "compose.yaml"
 INITDB_DIR = "deploy/compose/backend-store/initdb.d"
 INITDB_FILE = f"{INITDB_DIR}/10-flops-tenants.sh"
 FIRST_SERVICE, FIRST_PORT_VARIABLE, FIRST_AUTH_VOLUME = "tracking-server", "FLOPS_TRACKING_PORT", "tracking-auth"
 # A checkout has the Dockerfiles compose builds from; an installed package does not (images must exist then).
-CHECKOUT = Path(__file__).resolve().parents[2]
+CHECKOUT = Path(__file__).resolve().parents[3]
 
 
 def tenant_service(config: StackConfig, tenant: Tenant) -> dict[str, str | int]:

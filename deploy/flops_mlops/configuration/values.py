@@ -1,7 +1,7 @@
 """The values a setting may take, each defined once: tenant id, project name, host, port, account name, ...
 
 These are pydantic types (``Annotated``: a strict base type, its constraints, and the message a user reads when
-a value breaks them). The configuration model (config.py) declares its fields with them, and every other place
+a value breaks them). The configuration model (configuration/) declares its fields with them, and every other place
 that checks the same fact (the tracking-server image's environment, the FL settings, pyinfra's host data, the
 CLI) asks ``problem(Type, value)`` instead of keeping its own regular expression.
 """
@@ -25,7 +25,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-# Error types that mean "wrong type" (reported by config.py as "expected an integer, got str '5'"); any other
+# Error types that mean "wrong type" (reported by loading.py as "expected an integer, got str '5'"); any other
 # failure of a constrained type is reported with the type's own message.
 TYPE_ERRORS = frozenset({"int_type", "bool_type", "string_type", "float_type", "list_type", "dict_type",
                          "model_type", "literal_error", "none_required", "is_instance_of"})
@@ -138,6 +138,10 @@ def at_least(low: int, unit: str = "") -> Any:
 def between(low: int, high: int) -> Any:
     """An integer from ``low`` to ``high``: ``expected 1-254, got 255``."""
     return Annotated[StrictInt, Field(ge=low, le=high), explained(f"expected {low}-{high}, got {{value!r}}")]
+
+
+Positive = at_least(1)
+Seconds = at_least(1, " second")
 
 
 @cache

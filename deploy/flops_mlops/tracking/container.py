@@ -1,10 +1,10 @@
 """Entrypoint of the tracking-server image (compose.yaml): one tenant's MLflow server in a container.
 
 compose.yaml passes only plain settings and the tenant's passwords by environment; this module builds the
-store URIs from them with the same code as the native stack (tracking_server.server_env/server_argv), so the
+store URIs from them with the same code as the native stack (tracking/server.py: server_env, server_argv), so the
 passwords reach MLflow only through MLFLOW_BACKEND_STORE_URI / MLFLOW_ARTIFACTS_DESTINATION and never appear
 in a command line. It upgrades the schema (`mlflow db upgrade`, run in-process from the environment), then
-replaces itself with the tracking server: one process (tracking_runner.py, as natively), serving artifacts.
+replaces itself with the tracking server: one process (runner.py, as natively), serving artifacts.
 
 Environment (defaults in brackets):
   FLOPS_TENANT [default]             tenant id; names the database, database user and FTP user
@@ -26,9 +26,9 @@ Environment (defaults in brackets):
   FLOPS_PUBLIC_PORT [5000]           port published on the host (accepted in the Host header)
   FLOPS_ALLOWED_HOSTS []             extra Host header values, comma-separated (--allowed-hosts)
   FLOPS_WORKERS [1]                  uvicorn workers (1: the server is one process)
-Arguments after `tracking-server` are appended to the runner's (`python -m flops_mlops.tracking_runner --help`).
+Arguments after `tracking-server` are appended to the runner's (`python -m flops_mlops.tracking.runner --help`).
 
-`python -m flops_mlops.container healthcheck` (compose.yaml's healthcheck, same environment): healthy (exit 0)
+`python -m flops_mlops.tracking.container healthcheck` (compose.yaml's healthcheck, same environment): healthy (exit 0)
 when the server, logged in as admin with FLOPS_ADMIN_PASSWORD, reads the default experiment (so its database
 answers) and every FL project user of FLOPS_FL_USERS exists. It prints only status codes, never a secret.
 """
@@ -41,11 +41,20 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .config import ArtifactStore, BackendStore, ConfigError, StackConfig, Tenant, Tracking, validate_tenant_id
-from .secrets import (Secrets, admin_password_key, db_password_key, ftp_password_key, refuse_placeholders,
-                      secret_key_key)
-from .tracking_server import mask, server_argv, server_env
-from .values import AllowedHost, Host, Port, ProjectName, problem
+from ..configuration.schema import ConfigError
+from ..configuration.secrets import (
+    Secrets,
+    admin_password_key,
+    db_password_key,
+    ftp_password_key,
+    refuse_placeholders,
+    secret_key_key,
+)
+from ..configuration.stack import StackConfig, validate_tenant_id
+from ..configuration.stores import ArtifactStore, BackendStore
+from ..configuration.tracking import Tenant, Tracking
+from ..configuration.values import AllowedHost, Host, Port, ProjectName, problem
+from .server import mask, server_argv, server_env
 
 SERVICE_NAME = "tracking-server"
 AUTH_DB = "/srv/mlflow/auth/auth.db"
@@ -152,7 +161,7 @@ def run_tracking_server(extra_args: list[str]) -> int:
                     "FLOPS_LOCAL_URI": f"http://127.0.0.1:{config.tracking.base_port}"})
     print(f"tracking-server: tenant {tenant.id}; backend {mask(env['MLFLOW_BACKEND_STORE_URI'])}; "
           f"artifacts {mask(env['MLFLOW_ARTIFACTS_DESTINATION'])}", flush=True)
-    upgrade = subprocess.run([sys.executable, "-m", "flops_mlops.tracking_server", "upgrade-schema"], env=env)
+    upgrade = subprocess.run([sys.executable, "-m", "flops_mlops.tracking.server", "upgrade-schema"], env=env)
     if upgrade.returncode != 0:
         print("tracking-server: schema upgrade (mlflow db upgrade) failed", file=sys.stderr)
         return 1
@@ -210,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     if args and args[0] == "healthcheck":
         return healthcheck(dict(os.environ))
     if not args or args[0] != "tracking-server":
-        print("usage: python -m flops_mlops.container tracking-server [tracking_runner arguments...]",
+        print("usage: python -m flops_mlops.tracking.container tracking-server [tracking_runner arguments...]",
               file=sys.stderr)
         return 2
     return run_tracking_server(args[1:])

@@ -1,6 +1,6 @@
 """`flops-mlops serve`: a tenant's registered model served on this machine, recorded like the stack's services.
 
-One model server per (tenant, project): ``python -m flops_mlops.model_server`` (MLflow's scoring server in our
+One model server per (tenant, project): ``python -m flops_mlops.serving.server`` (MLflow's scoring server in our
 own process, no conda/virtualenv), started in a session of its own as the tracking servers' account, with its
 pid in ``<state_dir>/pids/model-<tenant>-<project>.pid`` and its log in ``logs/``. Its folder
 ``<state_dir>/serving/<tenant>-<project>/`` holds the record (``service.json``: address and model) that `status`
@@ -25,8 +25,10 @@ from pathlib import Path
 
 import requests
 
-from .config import ConfigError, StackConfig, Tenant
-from .processes import ManagedProcess, StackError, port_is_free, private_dir, wait_until, write_private
+from ..configuration.schema import ConfigError
+from ..configuration.stack import StackConfig
+from ..configuration.tracking import Tenant
+from ..processes import ManagedProcess, StackError, port_is_free, private_dir, wait_until, write_private
 
 ALIAS_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,254}$")
 DEFAULT_PORT = 8080
@@ -106,7 +108,7 @@ def add_serve_parser(commands):
 
 
 def check_arguments(config: StackConfig, args) -> tuple[Tenant, str | None]:
-    from .users import validate_project
+    from ..tracking.users import validate_project
 
     tenant = config.tenant(args.tenant)
     validate_project(args.project)
@@ -160,7 +162,7 @@ def serve_command(config: StackConfig, args) -> int:
 
 def start(config: StackConfig, tenant: Tenant, service: ModelService, alias: str | None, args) -> dict:
     """Start the model server, wait until it answers /ping; return what GET /model says it serves."""
-    from .tracking_server import service_account
+    from ..tracking.server import service_account
 
     account = service_account(config)
     registry = serving_registry(config, tenant, args.project, args)
@@ -182,7 +184,7 @@ def start(config: StackConfig, tenant: Tenant, service: ModelService, alias: str
     write_private(service.folder / "service.json", json.dumps({
         "tenant": tenant.id, "project": args.project, "host": config.tracking.host, "port": args.port,
         "alias": alias, "version": args.version}) + "\n", 0o644)
-    service.process.start([sys.executable, "-m", "flops_mlops.model_server"], env=env, cwd=service.folder,
+    service.process.start([sys.executable, "-m", "flops_mlops.serving.server"], env=env, cwd=service.folder,
                           account=account)
     base = f"http://{config.tracking.host}:{args.port}"
     try:
@@ -205,71 +207,12 @@ def answers(url: str) -> bool:
         return False
 
 
-# --- `flops-mlops build-model-image` ----------------------------------------------------------------------
-
-IMAGE_TAG = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*(?::[0-9]+)?(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*"
-                       r":[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
-BAKED_DIR = "/srv/model/baked"  # where the image keeps the model (FLOPS_SERVE_MODEL_DIR)
-
-
-def add_build_image_parser(commands):
-    parser = commands.add_parser(
-        "build-model-image", help="build an image that serves one version of a tenant's registered model, offline",
-        description="Fetch one version of models:/<project> (the one --alias points at, default champion, or "
-                    "--version) from the tenant's tracking server as serve-<project> (READ on that model only), "
-                    "check its requirements against the pinned environment, and build an image FROM the "
-                    "model-server image (images.model_server) with the model's files in it: it serves without a "
-                    "tracking server and holds no credential. Needs a Docker engine; the model-server image is "
-                    "built from deploy/images/python/Dockerfile, target model-server (multi-platform: see docs/serving.md).")
-    add_model_arguments(parser, "bake", "bake this version")
-    parser.add_argument("--tag", default=None,
-                        help="image name:tag (default flops-mlops/model-<tenant>-<project>:<version>, lowercase)")
-    parser.set_defaults(port=DEFAULT_PORT, poll=0.0)  # what check_arguments checks; the image listens on 8080
-    return parser
-
-
-def build_image_command(config: StackConfig, args) -> int:
-    import subprocess
-    import tempfile
-
-    from .model_fetch import FetchError, unmet_requirements
-
-    tenant, alias = check_arguments(config, args)
-    if args.tag is not None and not IMAGE_TAG.fullmatch(args.tag):
-        raise ConfigError(f"--tag: {args.tag!r} is not an image name:tag (lowercase name, explicit tag; no latest "
-                          "is implied)")
-    if shutil.which("docker") is None:
-        raise ConfigError("build-model-image: no docker command on this machine")
-    registry = serving_registry(config, tenant, args.project, args)
-    try:
-        version = str(args.version) if args.version is not None else registry.version_of(args.project, alias)
-        with tempfile.TemporaryDirectory(prefix="flops-model-image-") as context:
-            model = registry.fetch(args.project, version, Path(context) / "model")
-            problems = unmet_requirements(model)
-            if problems:
-                raise StackError(f"models:/{args.project}/{version} needs what the model-server image does not have "
-                                 "(its environment is deploy/images/constraints.txt):\n  " + "\n  ".join(problems))
-            tag = args.tag or f"flops-mlops/model-{tenant.id}-{args.project}:{version}".lower()
-            (Path(context) / "Dockerfile").write_text(baked_dockerfile(config.images.model_server, tenant.id,
-                                                                      args.project, version), encoding="utf-8")
-            print(f"building {tag}: models:/{args.project}/{version} of tenant {tenant.id} on "
-                  f"{config.images.model_server}", flush=True)
-            built = subprocess.run(["docker", "build", "--tag", tag, context], capture_output=True, text=True)
-    except FetchError as exc:
-        raise StackError(str(exc)) from None
-    if built.returncode != 0:
-        tail = "\n".join("    " + line for line in (built.stdout + built.stderr).strip().splitlines()[-15:])
-        raise StackError(f"docker build of {tag} failed (exit {built.returncode}):\n{tail}")
-    print(f"built {tag}; run it with: docker run --rm -p 8080:8080 {tag}")
-    return 0
-
-
 def serving_registry(config: StackConfig, tenant: Tenant, project: str, args):
     """The tenant's registry as serve-<project>, re-keyed now (the password stays in this process)."""
-    from .model_fetch import Registry
-    from .secrets import Secrets, new_password
-    from .tracking_server import TrackingServer, is_healthy
-    from .users import AuthAdmin, ensure_serving_user
+    from ..configuration.secrets import Secrets, new_password
+    from ..tracking.server import TrackingServer, is_healthy
+    from ..tracking.users import AuthAdmin, ensure_serving_user
+    from .fetch import Registry
 
     tracker = TrackingServer(config, tenant)
     if not is_healthy(tracker.local_uri):
@@ -278,11 +221,3 @@ def serving_registry(config: StackConfig, tenant: Tenant, project: str, args):
     password = new_password()
     admin = AuthAdmin(tracker.local_uri, Secrets.load(config).admin_password(tenant.id))
     return Registry(tracker.local_uri, ensure_serving_user(admin, project, password), password)
-
-
-def baked_dockerfile(base: str, tenant: str, project: str, version: str) -> str:
-    """The Dockerfile of a baked model image: the model's files on top of the model-server image, nothing else."""
-    return (f"FROM {base}\n"
-            f"COPY --chown=model:model model/ {BAKED_DIR}/\n"
-            f"ENV FLOPS_SERVE_MODEL_DIR={BAKED_DIR} FLOPS_SERVE_MODEL_NAME={project} FLOPS_SERVE_VERSION={version}\n"
-            f'LABEL io.flops.tenant="{tenant}" io.flops.model="{project}" io.flops.model-version="{version}"\n')

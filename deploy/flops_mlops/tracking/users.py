@@ -20,10 +20,10 @@ from pathlib import Path
 
 import requests
 
-from .config import ConfigError
-from .fl.tracking import TRAINING_EXPERIMENT
-from .processes import StackError
-from .values import PROJECT_RULE, ProjectName, problem
+from ..configuration.schema import ConfigError
+from ..configuration.values import PROJECT_RULE, ProjectName, problem
+from ..processes import StackError
+from .experiments import TRAINING_EXPERIMENT
 
 ADMIN = "admin"
 PERMISSIONS = ("READ", "USE", "EDIT", "MANAGE")
@@ -267,8 +267,8 @@ def read_password(path: Path | None, name: str) -> str:
 
 
 def user_command(config, args) -> int:
-    from . import secrets as secrets_module
-    from .tracking_server import TrackingServer
+    from ..configuration import secrets as secrets_module
+    from .server import TrackingServer
 
     tenant = config.tenant(args.tenant)
     secrets = secrets_module.Secrets.load(config)
@@ -305,7 +305,7 @@ def user_command(config, args) -> int:
 
 def rotate_admin(config, tenant, admin: AuthAdmin) -> int:
     """A new admin password: set on the server first, then written to the secrets file (old file backed up)."""
-    from . import secrets as secrets_module
+    from ..configuration import secrets as secrets_module
 
     new = secrets_module.new_password()
     admin.set_password(ADMIN, new)

@@ -15,10 +15,8 @@
   view (``RUNS_VIEW``: rounds in order with loss and accuracy columns) that the printed link opens.
 - Only the aggregator logs. Nothing that identifies a learner (address, node id, index, per-learner
   numbers) is logged: only aggregates.
-- Exactly one best global model is kept on the aggregator's disk (``best.npz`` + ``best.json`` in the
-  model folder). "Better" is configurable: ``loss`` (default) means a strictly lower aggregated
-  evaluation loss, ``accuracy`` a strictly higher aggregated accuracy. The file is replaced (atomically)
-  only by a better round, and written before the round is logged, so a tracking failure leaves it there.
+- Exactly one best global model is kept on the aggregator's disk (best_model.py), written before the round
+  is logged, so a tracking failure leaves it there.
 - Logging happens on a background thread (``RoundTracker``): rounds do not wait for the server; everything
   is flushed before the model is logged, and the first failure fails the run.
 - After the last round the best model is logged once, into the best round's run, with a signature, an
@@ -29,103 +27,25 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..tracking.experiments import RUNS_VIEW, TRAINING_EXPERIMENT
+from .best_model import BETTER, BestModel, RoundResult
 from .settings import validate_project
-
-BETTER = {"loss": "lowest aggregated evaluation loss", "accuracy": "highest aggregated accuracy"}
-# The runs view the printed link opens (a view the UI shares through an experiment tag, `?viewStateShareKey=`):
-# the rounds in order, with their loss, accuracy and the registered model version as columns (by default the
-# table shows neither metric).
-RUNS_VIEW = "flops-rounds"
-RUNS_VIEW_STATE = {"selectedColumns": ["metrics.`loss`", "metrics.`accuracy`", "attributes.`Models`"],
-                   "orderByKey": "attributes.start_time", "orderByAsc": True}
-# Experiment tags of every FL project: the UI opens an experiment of this kind on its training runs, and knows
-# the runs view above.
-TRAINING_EXPERIMENT = {"mlflow.experimentKind": "custom_model_development",
-                       f"mlflow.sharedViewState.{RUNS_VIEW}": json.dumps(RUNS_VIEW_STATE)}
 
 
 class TrackingError(RuntimeError):
     """Logging to the tracking server failed; the message names the server and the step."""
-
-
-@dataclass(frozen=True)
-class RoundResult:
-    round: int
-    loss: float
-    accuracy: float
-    train_examples: int
-    eval_examples: int
-    wall_time: float
-
-
-def is_better(candidate: RoundResult, best: RoundResult | None, criterion: str) -> bool:
-    """Strictly better than ``best`` under ``criterion`` (ties keep the earlier round)."""
-    if criterion not in BETTER:
-        raise ValueError(f"better: {criterion!r} is not one of {', '.join(BETTER)}")
-    if not np.isfinite(candidate.loss):
-        return False
-    if best is None:
-        return True
-    if criterion == "loss":
-        return candidate.loss < best.loss
-    return candidate.accuracy > best.accuracy
-
-
-class BestModel:
-    """The one best global model on disk: ``best.npz`` (parameter arrays) and ``best.json`` (its round)."""
-
-    def __init__(self, folder: Path, criterion: str = "loss"):
-        if criterion not in BETTER:
-            raise ValueError(f"better: {criterion!r} is not one of {', '.join(BETTER)}")
-        self.folder = Path(folder)
-        self.criterion = criterion
-        self.result: RoundResult | None = None
-
-    @property
-    def arrays_file(self) -> Path:
-        return self.folder / "best.npz"
-
-    @property
-    def info_file(self) -> Path:
-        return self.folder / "best.json"
-
-    def reset(self) -> None:
-        """Forget a previous training's best model (a new training starts from round 1)."""
-        self.arrays_file.unlink(missing_ok=True)
-        self.info_file.unlink(missing_ok=True)
-        self.result = None
-
-    def offer(self, result: RoundResult, params: list[np.ndarray]) -> bool:
-        """Keep ``params`` if this round is better than the kept one; True if it replaced it."""
-        if not is_better(result, self.result, self.criterion):
-            return False
-        self.folder.mkdir(parents=True, exist_ok=True)
-        tmp = self.folder / ".best.npz.tmp"
-        with open(tmp, "wb") as out:
-            np.savez(out, *params)
-        os.replace(tmp, self.arrays_file)
-        info_tmp = self.folder / ".best.json.tmp"
-        info_tmp.write_text(json.dumps({**asdict(result), "criterion": self.criterion}) + "\n", encoding="utf-8")
-        os.replace(info_tmp, self.info_file)
-        self.result = result
-        return True
-
-    def load(self) -> list[np.ndarray]:
-        with np.load(self.arrays_file) as data:
-            return [data[f"arr_{i}"] for i in range(len(data.files))]
 
 
 def code_version() -> str:

@@ -1,6 +1,6 @@
 """The tracking server's web app: MLflow's basic-auth app, with our two guards around it.
 
-The tracking server's process builds it (tracking_runner.py; or `mlflow server --app-name flops-basic-auth`,
+The tracking server's process builds it (runner.py; or `mlflow server --app-name flops-basic-auth`,
 which loads ``create_app`` from the ``mlflow.app`` entry point group in its uvicorn worker). It returns MLflow's
 own basic-auth app (``mlflow.server.auth``: users, passwords and permissions in the tenant's auth database),
 configured from the environment, and adds:
@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from .secrets import redact
+from ..configuration.secrets import redact
 
 ADMIN_USERNAME = "admin"
 # Which environment variables hold secrets in the server (the store URIs also under MLflow's internal names).
@@ -232,7 +232,7 @@ def ensure_fl_users_when_up(spec: str, local_uri: str, admin_password: str, time
     registered model)."""
     import threading
 
-    from .config import ConfigError
+    from ..configuration.schema import ConfigError
     from .users import AuthAdmin, UserError, ensure_project_user, ensure_serving_user, wait_until_healthy
 
     def work() -> None:
@@ -275,7 +275,7 @@ def refuse_user_listing_to_non_admins():
 # How long a checked login is remembered. Without it every request pays the password hash check (tens of ms by
 # design, 0.5 s and more on a busy edge node), and a model download of a few files costs seconds. MLflow keys the
 # cache by an HMAC of the password with a per-process key and drops a user's entries when the user's password,
-# admin flag or existence changes through the API; the server is one process (tracking_runner), so those
+# admin flag or existence changes through the API; the server is one process (runner.py), so those
 # changes take effect at once. Only a change made behind the server's back (its SQLite file) waits this long.
 AUTH_CACHE_SECONDS = 30
 

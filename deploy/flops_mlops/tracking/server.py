@@ -3,10 +3,10 @@
 Store URIs (which carry passwords) reach the server only through MLFLOW_BACKEND_STORE_URI and
 MLFLOW_ARTIFACTS_DESTINATION, never through its arguments. Artifacts are proxied (--serve-artifacts)
 to the tenant's FTP folder; there is no --default-artifact-root, so clients never talk to FTP directly.
-Every server asks for a login: it runs MLflow's basic-auth app with our guards (tracking_app.py, app name
+Every server asks for a login: it runs MLflow's basic-auth app with our guards (app.py, app name
 flops-basic-auth), with the tenant's admin password and secret key from the secrets file, and its users in a
 SQLite auth database (MLflow's auth migrations fail on MySQL and MariaDB: two foreign keys share one name).
-A server is one process (tracking_runner.py, no `mlflow server` parent), started after the schema upgrade.
+A server is one process (runner.py, no `mlflow server` parent), started after the schema upgrade.
 
 Under `flops-mlops up` a server never runs as root: started as root, it runs as tracking.os_user. Its private
 files (SQLite metadata and auth databases) live in ``<state_dir>/tenants/<tenant>/``, mode 0700.
@@ -25,12 +25,14 @@ from urllib.parse import quote, unquote, urlsplit
 
 import requests
 
-from .config import ConfigError, StackConfig, Tenant
-from .processes import ManagedProcess, as_account, can_traverse, open_log, private_dir, wait_until
-from .secrets import Secrets, redact
-from .stores import ftp_client, mysql
+from ..configuration.schema import ConfigError
+from ..configuration.secrets import Secrets, redact
+from ..configuration.stack import StackConfig
+from ..configuration.tracking import Tenant
+from ..processes import ManagedProcess, as_account, can_traverse, open_log, private_dir, wait_until
+from ..stores import ftp_client, mysql
 
-APP_NAME = "flops-basic-auth"  # entry point of tracking_app.create_app (pyproject.toml, group mlflow.app)
+APP_NAME = "flops-basic-auth"  # entry point of app.create_app (pyproject.toml, group mlflow.app)
 
 
 def backend_store_uri(config: StackConfig, tenant: Tenant, secrets: Secrets) -> str:
@@ -90,7 +92,7 @@ def server_env(config: StackConfig, tenant: Tenant, secrets: Secrets, auth_db: P
     return env
 
 
-RUNNER = "flops_mlops.tracking_runner"  # one process per server (tracking_runner.py)
+RUNNER = "flops_mlops.tracking.runner"  # one process per server (runner.py)
 
 
 def allowed_hosts(config: StackConfig, tenant: Tenant) -> list[str]:
@@ -129,7 +131,7 @@ def upgrade_schema(process: ManagedProcess, env: dict[str, str], account: pwd.st
         log.write(b"\n--- mlflow db upgrade\n")
         log.flush()
         try:
-            result = subprocess.run([sys.executable, "-m", "flops_mlops.tracking_server", "upgrade-schema"],
+            result = subprocess.run([sys.executable, "-m", "flops_mlops.tracking.server", "upgrade-schema"],
                                     env=env, stdout=log, stderr=subprocess.STDOUT, timeout=600,
                                     cwd=env.get("HOME"), **as_account(account))
         except subprocess.TimeoutExpired:
@@ -237,7 +239,7 @@ def _upgrade_from_env() -> int:
 
 if __name__ == "__main__":
     if sys.argv[1:] != ["upgrade-schema"]:
-        print("usage: python -m flops_mlops.tracking_server upgrade-schema  (URI in MLFLOW_BACKEND_STORE_URI)",
+        print("usage: python -m flops_mlops.tracking.server upgrade-schema  (URI in MLFLOW_BACKEND_STORE_URI)",
               file=sys.stderr)
         sys.exit(2)
     sys.exit(_upgrade_from_env())

@@ -1,6 +1,6 @@
 """The model server: one registered model of one tenant, served by MLflow's scoring server in this process.
 
-`python -m flops_mlops.model_server`, started by `flops-mlops serve` (native), and the entry point of the
+`python -m flops_mlops.serving.server`, started by `flops-mlops serve` (native), and the entry point of the
 model-server image (compose, Oakestra, pyinfra). MLflow's scoring server app (``mlflow.pyfunc.scoring_server.init``:
 ``/ping``, ``/health``, ``/version``, ``/invocations``) runs under uvicorn in this process, on this Python: no
 conda or virtualenv is created (MLflow's env_manager "local"). The model's requirements.txt must be met by this
@@ -40,10 +40,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .model_fetch import FetchError, Registry, unmet_requirements
+from .fetch import FetchError, Registry, unmet_requirements
 
 DEFAULT_MAX_BODY = 4 * 2**20
-log = logging.getLogger("flops_mlops.model_server")
+log = logging.getLogger("flops_mlops.serving.server")
 
 
 class ServeError(Exception):

@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
-from .config import ConfigError, StackConfig, validate_tenant_id
-from .processes import write_private
-from .stores import ftp_client
+from ..processes import write_private
+from . import certificates
+from .schema import ConfigError
+from .stack import StackConfig, validate_tenant_id
 from .values import PROJECT_RULE, ProjectName, problem
 
 MYSQL_ADMIN_KEY = "FLOPS_MYSQL_ADMIN_PASSWORD"
@@ -175,10 +176,10 @@ def init(config: StackConfig, force: bool = False) -> InitResult:
 
     An existing file keeps its values: only missing keys are added. With ``force`` every value is
     regenerated, and the old file is first copied to a timestamped backup (mode 0600), so nothing is lost.
-    With artifact_store.tls it also makes the FTPS certificate and key when missing (stores/ftp_client.py).
+    With artifact_store.tls it also makes the FTPS certificate and key when missing (certificates.py).
     """
     path = config.secrets_file
-    ftp_client.make_certificate(config, force)  # with artifact_store.tls: the FTPS certificate and key, beside this file
+    certificates.make_certificate(config, force)  # with artifact_store.tls: the FTPS certificate and key, beside this file
     existing = read_env(path) if path.exists() else {}
     keys = required_keys(config)
     backup = None

@@ -1,4 +1,4 @@
-"""The stack runner: brings a configuration's stores and tracking servers up, reports on them, takes them down.
+"""The stack on this machine: brings a configuration's stores and tracking servers up and takes them down.
 
 Order on `up`: check everything that can be checked before starting anything (binaries, secrets, free
 ports), then backend store, tenant provisioning, artifact store, schema upgrades, tracking servers.
@@ -17,18 +17,15 @@ import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
-from .config import ConfigError, StackConfig
-from .processes import ManagedProcess, StackError, port_answers, port_is_free, private_dir, wait_until
-from .secrets import Secrets, required_keys
-from .stores import mysql
-from .stores.vsftpd import ManagedVsftpd, remove_pam_service
-from .tracking_server import (TrackingServer, artifacts_destination, backend_store_uri, is_healthy, mask,
-                              service_account)
-
-Progress = Callable[[str], None]
-BACKEND, ARTIFACTS = "backend-store", "artifact-store"  # the stores' service names
+from ..configuration.schema import ConfigError
+from ..configuration.secrets import Secrets
+from ..configuration.stack import StackConfig
+from ..processes import ManagedProcess, port_is_free, private_dir
+from ..stores import mysql
+from ..stores.vsftpd import ManagedVsftpd, remove_pam_service
+from ..tracking.server import TrackingServer, service_account
+from .stores import ARTIFACTS, BACKEND, Progress, start_stores
 
 
 def _stderr(message: str) -> None:
@@ -88,7 +85,7 @@ class Stack:
         private_dir(self.config.state_dir, 0o711 if os.geteuid() == 0 else 0o700)
         started: list[Callable[[], bool]] = []
         try:
-            self._start_stores(secrets, started, running)
+            start_stores(self.config, secrets, started, running, self.progress)
             self._start_trackers([t for t in self.trackers if t.process.name not in running], secrets, account,
                                  started)
             return "healed" if running else "started"
@@ -150,42 +147,6 @@ class Stack:
                                   "stop what uses it or choose another port")
         return secrets, account
 
-    def _start_stores(self, secrets: Secrets, started: list[Callable[[], bool]], running: set[str]) -> None:
-        """The stores that are not ``running``; then every tenant's database and user (idempotent)."""
-        c = self.config
-        if c.backend_store.kind == "mysql":
-            if c.backend_store.managed and BACKEND in running:
-                admin = mysql.ManagedMySQL(c, secrets).admin
-            elif c.backend_store.managed:
-                server = mysql.ManagedMySQL(c, secrets)
-                self.progress(f"backend store: starting MySQL/MariaDB on {c.backend_store.host}:{c.backend_store.port}")
-                started.append(server.stop)  # before start: a server that never gets ready is stopped too
-                server.start(self.progress)
-                admin = server.admin
-            else:
-                admin = mysql.AdminConnection(c.backend_store.host, c.backend_store.port,
-                                              c.backend_store.admin_user, secrets.mysql_admin_password)
-            self.progress(f"backend store: provisioning {len(c.tenants)} tenant database(s)")
-            mysql.provision_tenants(admin, c, secrets)
-        if c.artifact_store.managed and ARTIFACTS not in running:
-            a = c.artifact_store
-            self.progress(f"artifact store: starting {a.kind} FTP on {a.host}:{a.port}")
-            if a.kind == "vsftpd":
-                ftp = ManagedVsftpd(c, secrets)
-                started.append(ftp.stop)
-                ftp.start(self.progress)
-            else:
-                self._start_embedded_ftp(started)
-
-    def _start_embedded_ftp(self, started: list[Callable[[], bool]]) -> None:
-        a = self.config.artifact_store
-        process = ManagedProcess(ARTIFACTS, self.config.state_dir)
-        process.start([sys.executable, "-m", "flops_mlops.stores.embedded_ftp", str(self.config.source)],
-                      env=_child_env())
-        started.append(process.stop)
-        wait_until(lambda: port_answers(a.host, a.port), process, "artifact store (embedded FTP) did not come up", 30,
-                   progress=self.progress, waiting_for=f"artifact store (embedded FTP, {a.host}:{a.port})")
-
     # --- foreground supervision ---
 
     def supervise(self) -> int:
@@ -209,7 +170,7 @@ class Stack:
 
     def served(self) -> list[Service]:
         """The model servers `serve` started here (not part of `up`: stopped by `down`, shown by `status`)."""
-        from .serving import recorded_services
+        from ..serving.service import recorded_services
 
         return [Service(s.name, "model", s.address, s.process) for s in recorded_services(self.config)]
 
@@ -226,39 +187,3 @@ class Stack:
                 shutil.rmtree(self.config.state_dir)
                 self.progress(f"removed {self.config.state_dir}")
         return stopped
-
-    # --- status ---
-
-    def status(self) -> dict[str, Any]:
-        c = self.config
-        try:
-            secrets = Secrets.load(c)
-        except ConfigError:
-            secrets = Secrets(c.secrets_file, {key: "unknown" for key in required_keys(c)})
-        services = []
-        for s in [*self.services(), *self.served()]:
-            state, since = s.process.condition()
-            services.append({
-                "name": s.name, "kind": s.kind, "address": s.address, "running": state == "running",
-                "state": state, "since": since, "pid": (proc.pid if (proc := s.process.recorded()) else None),
-                "log": str(s.process.log_file)})
-        tenants = []
-        for tracker in self.trackers:
-            t = tracker.tenant
-            tenants.append({
-                "id": t.id,
-                "tracking_uri": c.tracking_uri(t),
-                "running": tracker.process.is_running(),
-                "healthy": tracker.process.is_running() and is_healthy(tracker.local_uri),
-                "backend_store": mask(backend_store_uri(c, t, secrets)),
-                "artifact_destination": mask(artifacts_destination(c, t, secrets)),
-                "database": t.database if c.backend_store.kind == "mysql" else None,
-                "ftp_user": t.ftp_user,
-            })
-        return {"stack": c.name, "config": str(c.source), "state_dir": str(c.state_dir),
-                "secrets_file": str(c.secrets_file), "services": services, "tenants": tenants}
-
-
-def _child_env() -> dict[str, str]:
-    """The embedded FTP server's environment: it reads its passwords from the secrets file, nothing else."""
-    return {key: value for key, value in os.environ.items() if not key.startswith(("MLFLOW_", "FLOPS_"))}

@@ -12,10 +12,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from . import bundled
-from .config import ConfigError, StackConfig
-from .processes import StackError
-from .secrets import Secrets
+from .. import bundled
+from ..configuration.schema import ConfigError
+from ..configuration.secrets import Secrets
+from ..configuration.stack import StackConfig
+from ..processes import StackError
 
 PYINFRA_DIR = bundled.folder("pyinfra")
 
