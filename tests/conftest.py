@@ -80,6 +80,25 @@ def run_cli(*args: str, config: Path | None = None, timeout: float = 600, check:
     return result
 
 
+def compare_with_golden(golden: Path, files: dict[str, bytes]) -> None:
+    """Assert that ``files`` (name -> content) are exactly the golden files in folder ``golden``.
+
+    With FLOPS_UPDATE_GOLDEN=1 the golden files are rewritten first and the test then fails, whatever they
+    held: update mode can never turn a run green (.ci/run refuses it). Review the diff, run again without it.
+    """
+    if os.environ.get("FLOPS_UPDATE_GOLDEN") == "1":
+        golden.mkdir(parents=True, exist_ok=True)
+        for stale in set(p.name for p in golden.iterdir()) - set(files):
+            (golden / stale).unlink()
+        for name, content in files.items():
+            (golden / name).write_bytes(content)
+        pytest.fail(f"FLOPS_UPDATE_GOLDEN=1: rewrote {len(files)} golden file(s) in {golden}; review the diff "
+                    "(git diff) and run again without FLOPS_UPDATE_GOLDEN")
+    assert sorted(p.name for p in golden.iterdir()) == sorted(files)
+    for name, content in files.items():
+        assert content == (golden / name).read_bytes(), f"{name} differs from the golden file"
+
+
 @dataclass
 class TestStack:
     """A stack with its own ports, state dir and secrets, for one test."""
@@ -175,6 +194,38 @@ def stack_data(kind: str, tmp_path: Path, tenants: list[str]) -> dict:
         data["backend_store"] = {"kind": "mysql", "managed": True, "host": "127.0.0.1", "port": free_port()}
         data["artifact_store"]["kind"] = "vsftpd"
     return data
+
+
+def copy_checkout(destination: Path) -> None:
+    """What a fresh clone of this checkout holds (its tracked and untracked, not ignored files, as they are now),
+    copied into ``destination``: no .venv, .env, .flops or build output."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                            capture_output=True, check=True).stdout.decode().split("\0")
+    for name in filter(None, listed):
+        source = ROOT / name
+        if source.is_file():  # listed but deleted in the work tree: not in a clone of it either
+            (destination / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, destination / name, follow_symlinks=False)
+
+
+@pytest.fixture(scope="session")
+def clean_checkout():
+    """A clean copy of this checkout with its own venv (`make venv`, as the README says), shared by the tests that
+    run the user's first commands: the README's `make demo` and the compose guide. In a folder others may enter
+    (not list): tracking servers started as root run as the account flops-mlops, from this copy's venv."""
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        missing_service("git and a git checkout, to copy what a clone holds")
+    need_tracking_account()
+    folder = Path(tempfile.mkdtemp(prefix="flops-clean-checkout-"))
+    folder.chmod(0o711)
+    try:
+        copy_checkout(folder)
+        venv = subprocess.run(["make", "venv"], cwd=folder, capture_output=True, text=True, timeout=1200,
+                              env={k: v for k, v in os.environ.items() if not k.startswith(("FLOPS_", "VIRTUAL_ENV"))})
+        assert venv.returncode == 0, f"make venv in a clean copy failed:\n{venv.stdout[-3000:]}\n{venv.stderr[-3000:]}"
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture

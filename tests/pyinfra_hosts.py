@@ -82,7 +82,7 @@ def check_tenant_end_to_end(config_path: Path, tracking_host: str, backend_host:
     import pymysql
     from flops_mlops.configuration import loading as config_module
     from flops_mlops.configuration.secrets import Secrets
-    from tracking_checks import log_example, mysql_counts
+    from tracking_checks import assert_the_tested_mariadb, backend_store_facts, log_example, mysql_counts
 
     config = config_module.load(config_path)
     secrets = Secrets.load(config)
@@ -104,7 +104,5 @@ def check_tenant_end_to_end(config_path: Path, tracking_host: str, backend_host:
         cur.execute("SHOW DATABASES")
         visible = {row[0] for row in cur.fetchall()} - {"information_schema"}
         assert visible == {tenant.database}, visible  # grants on its own database only
-        cur.execute("SELECT DEFAULT_CHARACTER_SET_NAME, DEFAULT_COLLATION_NAME FROM information_schema.SCHEMATA "
-                    "WHERE SCHEMA_NAME = %s", (tenant.database,))
-        charset, collation = cur.fetchone()
-        assert charset == "utf8mb4" and collation in ("utf8mb4_nopad_bin", "utf8mb4_0900_bin"), collation
+    assert_the_tested_mariadb(backend_store_facts(backend_host, config.backend_store.port,
+                                                  (tenant.db_user, secrets.db_password(tenant.id)), tenant.database))

@@ -124,3 +124,37 @@ def mysql_counts(host: str, port: int, user: str, password: str, database: str, 
                 cur.execute(f"SELECT COUNT(*) FROM {table} WHERE {column} = %s", (value,))
                 counts[table] = cur.fetchone()[0]
             return counts
+
+
+# What every backend store the tests run reports (Debian's MariaDB 10.11: natively, on the pyinfra hosts, and in
+# our backend-store image): the tenant database's character set and collation, and its user's auth plugin.
+MARIADB_SERVER = "10.11."
+TENANT_DATABASE = ("utf8mb4", "utf8mb4_nopad_bin")
+TENANT_AUTH_PLUGIN = "mysql_native_password"
+
+
+def backend_store_facts(host: str, port: int, login: tuple[str, str], database: str) -> dict[str, object]:
+    """What the running server says: its version and the tenant database's character set and collation."""
+    import pymysql
+
+    with pymysql.connect(host=host, port=port, user=login[0], password=login[1]) as conn, conn.cursor() as cur:
+        cur.execute("SELECT VERSION()")
+        version = cur.fetchone()[0]
+        cur.execute("SELECT DEFAULT_CHARACTER_SET_NAME, DEFAULT_COLLATION_NAME FROM information_schema.SCHEMATA "
+                    "WHERE SCHEMA_NAME = %s", (database,))
+        return {"version": version, "database": cur.fetchone()}
+
+
+def auth_plugins(account: str, **admin) -> set[str]:
+    """The auth plugins of ``account``'s rows, read from mysql.user by the server's admin (``admin``: pymysql's
+    connect arguments: host and port or unix_socket, user, password)."""
+    import pymysql
+
+    with pymysql.connect(**admin) as conn, conn.cursor() as cur:
+        cur.execute("SELECT plugin FROM mysql.user WHERE User = %s", (account,))
+        return {row[0] for row in cur.fetchall()}
+
+
+def assert_the_tested_mariadb(facts: dict[str, object]) -> None:
+    assert str(facts["version"]).startswith(MARIADB_SERVER) and "MariaDB" in str(facts["version"]), facts
+    assert facts["database"] == TENANT_DATABASE, facts

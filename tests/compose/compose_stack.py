@@ -84,7 +84,7 @@ class ComposeStack:
 
     def logs(self) -> str:
         argv = ["docker", "compose", *self.files, "--env-file", str(self.env_file), "-p", self.project,
-                "--profile", "fl", "--profile", "serve", "logs", "--no-color", "--tail", "40"]
+                "--profile", "*", "logs", "--no-color", "--tail", "40"]
         result = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, env=self.env, timeout=120)
         return result.stdout[-8000:]
 
@@ -176,7 +176,7 @@ def start_stack(tmp_path_factory, more_tenants: tuple[str, ...] = ()):
         stack.up()
         yield stack
     finally:
-        stack.compose("--profile", "fl", "down", "--volumes", "--remove-orphans", "--timeout", "20",
+        stack.compose("--profile", "*", "down", "--volumes", "--remove-orphans", "--timeout", "20",
                       check=False, timeout=300)
 
 

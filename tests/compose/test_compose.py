@@ -57,7 +57,9 @@ def test_compose_config_accepts_env_example():
         assert int(service["mem_limit"]) > 0, f"{name}: no memory limit"
         for port in service.get("ports", []):
             assert port["host_ip"] == "127.0.0.1", f"{name}: published beyond loopback by default"
-    assert config["services"]["backend-store"]["image"] == "docker.io/library/mysql:8.4.6"
+    # The backend store is ours (deploy/images/backend-store), built like the others: what the tests run.
+    assert config["services"]["backend-store"]["image"] == "flops-mlops/backend-store:0.1.0"
+    assert config["services"]["backend-store"]["build"]["dockerfile"] == "deploy/images/backend-store/Dockerfile"
     assert config["services"]["backend-store"]["user"] == "mysql"  # not root (the image supports it)
     assert {v["name"] for v in config["volumes"].values()} == {"flops-mlops_backend-store", "flops-mlops_artifact-store",
                                                                "flops-mlops_tracking-auth"}
@@ -65,8 +67,18 @@ def test_compose_config_accepts_env_example():
     tracking = config["services"]["tracking-server"]
     assert {(m["source"], m["target"]) for m in tracking["volumes"]} == {("tracking-auth", "/srv/mlflow/auth")}
     assert tracking["environment"]["FLOPS_AUTH_DB"].startswith("/srv/mlflow/auth/")
-    assert tracking["healthcheck"]["test"] == ["CMD", "python", "-m", "flops_mlops.tracking.container", "healthcheck"]
-    assert config["services"]["fl-aggregator"]["depends_on"]["tracking-server"]["condition"] == "service_healthy"
+    # A shell script with curl (no Python interpreter every few seconds; bench/tracking_healthcheck.py).
+    assert tracking["healthcheck"]["test"] == ["CMD", "flops-tracking-healthcheck"]
+    assert tracking["healthcheck"]["interval"] == "10s"
+    # The aggregator starts its learners and waits for its login; the model server needs only a tracking server.
+    assert {name: condition["condition"] for name, condition in config["services"]["fl-aggregator"][
+        "depends_on"].items()} == {"tracking-server": "service_healthy", "fl-learner-0": "service_started",
+                                   "fl-learner-1": "service_started"}
+    assert "depends_on" not in config["services"]["fl-learner-0"]
+    serving = compose_config(ROOT / ".env.example", "--profile", "serve", files=["-f", str(ROOT / "compose.yaml")])
+    assert set(serving["services"]) == {*SERVICES, "model-server"}
+    assert serving["services"]["model-server"]["depends_on"] == {
+        "tracking-server": {"condition": "service_healthy", "required": True}}
     ftp_ports = config["services"]["artifact-store"]["ports"]
     assert {(p["target"], p["published"]) for p in ftp_ports} >= {(21, "2121"), (30000, "30000"), (30009, "30009")}
 
@@ -169,13 +181,14 @@ def test_logged_model_lands_on_the_artifact_volume_and_in_mysql(stack, monkeypat
     counts = tracking_checks.mysql_counts("127.0.0.1", stack.ports["FLOPS_MYSQL_PORT"], f"mlflow_{TENANT}",
                                           db_password(stack), f"mlflow_{TENANT}", logged)
     assert counts == {"runs": 1, "params": 2, "metrics": 2, "logged_models": 1}
-    import pymysql
-
-    with pymysql.connect(host="127.0.0.1", port=stack.ports["FLOPS_MYSQL_PORT"], user=f"mlflow_{TENANT}",
-                         password=db_password(stack), database=f"mlflow_{TENANT}") as conn, conn.cursor() as cur:
-        cur.execute("SELECT DEFAULT_CHARACTER_SET_NAME, DEFAULT_COLLATION_NAME FROM information_schema.SCHEMATA "
-                    "WHERE SCHEMA_NAME = DATABASE()")
-        assert cur.fetchone() in {("utf8mb4", "utf8mb4_0900_bin"), ("utf8mb4", "utf8mb4_nopad_bin")}
+    # The server is the one we ship (our backend-store image: Debian's MariaDB 10.11), with the collation and
+    # auth plugin the other targets' MariaDB reports too.
+    port = stack.ports["FLOPS_MYSQL_PORT"]
+    tracking_checks.assert_the_tested_mariadb(tracking_checks.backend_store_facts(
+        "127.0.0.1", port, (f"mlflow_{TENANT}", db_password(stack)), f"mlflow_{TENANT}"))
+    assert tracking_checks.auth_plugins(f"mlflow_{TENANT}", host="127.0.0.1", port=port, user="root",
+                                        password=stack.secrets["FLOPS_MYSQL_ADMIN_PASSWORD"]) == {
+        tracking_checks.TENANT_AUTH_PLUGIN}
 
     # The model loads back through the tracking server and predicts.
     assert list(tracking_checks.load_and_predict(stack.tracking_uri, logged.model_uri, login=stack.admin)) == [1, 0]
@@ -201,21 +214,21 @@ def test_fl_profile_runs_a_project_in_containers(stack, monkeypatch):
     for key, value in QUIET.items():
         monkeypatch.setenv(key, value)
     project, rounds = "ComposeFL", 3
-    # The tracking server is recreated with FLOPS_FL_USERS for this project; the aggregator starts once the
-    # server's healthcheck has seen user fl-ComposeFL.
+    # The tracking server is recreated with FLOPS_FL_USERS for this project; `run` starts the learners, then the
+    # aggregator in the foreground once the server's healthcheck has seen user fl-ComposeFL.
     fl_env = {"FLOPS_FL_PROJECT": project, "FLOPS_FL_ROUNDS": str(rounds)}
-    stack.compose("--profile", "fl", "up", "--detach", "--pull", "never", "--no-build", *FL_SERVICES,
-                  extra_env=fl_env)
-    exit_codes = {}
-    for service in FL_SERVICES:
-        container = stack.compose("--profile", "fl", "ps", "--all", "--quiet", service, extra_env=fl_env).stdout.strip()
-        waited = subprocess.run(["docker", "wait", container], capture_output=True, text=True, timeout=900)
-        exit_codes[service] = waited.stdout.strip()
-    logs = stack.compose("--profile", "fl", "logs", "--no-color", *FL_SERVICES, extra_env=fl_env).stdout
-    assert exit_codes == {service: "0" for service in FL_SERVICES}, logs[-6000:]
-    summary = [json.loads(line.split("FLOPS_EVENT ", 1)[1]) for line in logs.splitlines()
-               if "FLOPS_EVENT " in line and '"summary"' in line]
-    assert summary, logs[-6000:]
+    stack.compose("up", "--detach", "--wait", "--pull", "never", "--no-build", "tracking-server", extra_env=fl_env)
+    ran = stack.compose("run", "--rm", "--use-aliases", "--pull", "never", "fl-aggregator", extra_env=fl_env)
+    learners = {service: subprocess.run(["docker", "wait", stack.compose("--profile", "fl", "ps", "--all", "--quiet",
+                                                                         service, extra_env=fl_env).stdout.strip()],
+                                        capture_output=True, text=True, timeout=300).stdout.strip()
+                for service in FL_SERVICES[1:]}
+    logs = ran.stdout + ran.stderr + stack.compose("--profile", "fl", "logs", "--no-color", *FL_SERVICES[1:],
+                                                   extra_env=fl_env).stdout
+    assert learners == {service: "0" for service in FL_SERVICES[1:]}, logs[-6000:]
+    # The summary is for a person, as native `round` prints it.
+    assert f"summary of {project} " in ran.stdout and "FLOPS_EVENT" not in logs, logs[-6000:]
+    best_round = int(re.search(r"^best round: +(\d+)$", ran.stdout, re.MULTILINE).group(1))
     # The aggregator's login (and every other secret) stays out of the FL actors' logs.
     assert not [key for key, value in stack.secrets.items() if value and value in logs]
 
@@ -234,7 +247,6 @@ def test_fl_profile_runs_a_project_in_containers(stack, monkeypatch):
     assert sorted(int(r.data.tags["flops.round"]) for r in runs) == list(range(1, rounds + 1))
     assert all(r.info.status == "FINISHED" for r in runs)
     version = mlflow.MlflowClient().get_model_version_by_alias(project, "champion")
-    best_round = summary[-1]["best_round"]
     assert version.run_id == next(r.info.run_id for r in runs if r.data.tags["flops.round"] == str(best_round))
     model = mlflow.pyfunc.load_model(f"models:/{project}@champion")
     assert len(model.predict(model.metadata.load_input_example())) == 5
@@ -252,9 +264,10 @@ def test_serve_profile_serves_the_fl_projects_champion(stack, monkeypatch):
         monkeypatch.setenv(key, value)
     project, port = "ComposeFL", free_port()
     serve_env = {"FLOPS_FL_PROJECT": project, "FLOPS_SERVE_PORT": str(port)}
-    # --no-deps: the aggregator of the test above has finished; its project's champion is what is served.
-    stack.compose("--profile", "fl", "--profile", "serve", "up", "--detach", "--wait", "--wait-timeout", "180",
-                  "--pull", "never", "--no-build", "--no-deps", "model-server", extra_env=serve_env)
+    # The serve profile alone: the model server needs the tracking server and the registered model, not fl.
+    stack.compose("--profile", "serve", "up", "--detach", "--wait", "--wait-timeout", "180",
+                  "--pull", "never", "--no-build", extra_env=serve_env)
+    assert set(stack.container_ids()) == {*SERVICES, "model-server"}  # nothing of the fl profile started
     grant = stack.api("GET", "/api/3.0/mlflow/users/permissions/list", login=stack.admin,
                       params={"username": f"serve-{project}"})
     assert [(p["resource_type"], p["resource_pattern"], p["permission"]) for p in grant.json()["permissions"]] == [
@@ -265,18 +278,16 @@ def test_serve_profile_serves_the_fl_projects_champion(stack, monkeypatch):
     url = f"http://127.0.0.1:{port}"
     assert_serves(url, f"models:/{project}@champion")
     assert_bad_payloads_refused(url)
-    logs = stack.compose("--profile", "fl", "--profile", "serve", "logs", "--no-color", "model-server",
-                         extra_env=serve_env).stdout
+    logs = stack.compose("--profile", "serve", "logs", "--no-color", "model-server", extra_env=serve_env).stdout
     assert not [key for key, value in stack.secrets.items() if value and value in logs]
-    stack.compose("--profile", "fl", "--profile", "serve", "rm", "--stop", "--force", "model-server",
-                  extra_env=serve_env)
+    stack.compose("--profile", "serve", "rm", "--stop", "--force", "model-server", extra_env=serve_env)
 
 
 def test_down_then_up_keeps_the_data(stack, monkeypatch):
     for key, value in QUIET.items():
         monkeypatch.setenv(key, value)
     logged = tracking_checks.log_example(stack.tracking_uri, experiment="compose-persist", login=stack.admin)
-    stack.compose("--profile", "fl", "down", "--timeout", "20")
+    stack.compose("--profile", "*", "down", "--timeout", "20")
     assert len(stack.volumes()) == len(VOLUMES)
     stack.up()
     import mlflow
@@ -294,7 +305,7 @@ def test_down_then_up_keeps_the_data(stack, monkeypatch):
 
 def test_down_with_volumes_removes_the_data(stack):
     assert len(stack.volumes()) == len(VOLUMES)
-    stack.compose("--profile", "fl", "down", "--volumes", "--timeout", "20")
+    stack.compose("--profile", "*", "down", "--volumes", "--timeout", "20")
     deadline = time.monotonic() + 30
     while stack.volumes() and time.monotonic() < deadline:
         time.sleep(1)

@@ -435,7 +435,7 @@ def test_login_database_is_private_to_the_server(stack):
     assert modes == {"/srv/mlflow/auth": ("mlflow", "700"), "/srv/mlflow/auth/auth.db": ("mlflow", "600"),
                      "/srv/mlflow/auth/basic_auth.ini": ("mlflow", "600")}
     # The healthcheck is the server's own: as admin, database readable, FL user present.
-    check = stack.exec("tracking-server", "python", "-m", "flops_mlops.tracking.container", "healthcheck")
+    check = stack.exec("tracking-server", "flops-tracking-healthcheck")
     assert f"fl-{DEFAULT_FL_PROJECT}" in check.stdout
     assert stack.admin[1] not in check.stdout
 

@@ -14,7 +14,17 @@ import pymysql
 import pytest
 from flops_mlops.stores.vsftpd import pam_service_name
 from flops_mlops.tracking.server import sqlite_path
-from tracking_checks import load_and_predict, log_example, logged_in, model_files_on_ftp, mysql_counts
+from tracking_checks import (
+    TENANT_AUTH_PLUGIN,
+    assert_the_tested_mariadb,
+    auth_plugins,
+    backend_store_facts,
+    load_and_predict,
+    log_example,
+    logged_in,
+    model_files_on_ftp,
+    mysql_counts,
+)
 
 pytestmark = pytest.mark.services
 
@@ -55,6 +65,11 @@ def test_two_tenants_log_to_their_own_stores_and_see_only_their_own(make_stack, 
         b = config.backend_store
         counts = mysql_counts(b.host, b.port, acme.db_user, secrets.db_password("acme"), acme.database, logged)
         assert counts == {"runs": 1, "params": 2, "metrics": 2, "logged_models": 1}
+        # Debian's MariaDB, as in our backend-store image: the same collation and auth plugin.
+        assert_the_tested_mariadb(backend_store_facts(b.host, b.port, (acme.db_user, secrets.db_password("acme")),
+                                                      acme.database))
+        assert auth_plugins(acme.db_user, unix_socket=str(config.state_dir / "mysql" / "mysqld.sock"), user="root",
+                            password=secrets.mysql_admin_password) == {TENANT_AUTH_PLUGIN}
     else:
         with sqlite3.connect(sqlite_path(config, acme)) as db:
             assert db.execute("SELECT COUNT(*) FROM runs WHERE run_uuid = ?", (logged.run_id,)).fetchone() == (1,)

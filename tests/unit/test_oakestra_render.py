@@ -1,19 +1,18 @@
 """Oakestra SLA rendering: golden files, byte-stable output, schema violations, the rr_ip plan, no secrets.
 
 The golden files in tests/unit/golden/oakestra/ are what configs/oakestra.yaml renders; they were reviewed by
-hand. After an intended change, regenerate them with FLOPS_UPDATE_GOLDEN=1 and review the diff.
+hand. After an intended change, FLOPS_UPDATE_GOLDEN=1 rewrites them (and fails); review the diff.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT, run_cli
+from conftest import ROOT, compare_with_golden, run_cli
 from flops_mlops.configuration import loading as config_module
 from flops_mlops.configuration import secrets as secrets_module
 from flops_mlops.configuration.schema import ConfigError
@@ -59,13 +58,34 @@ def test_shipped_config_renders_the_golden_files(tmp_path):
     assert result.returncode == 0, result.stderr
     written = sorted(p.name for p in out.iterdir())
     assert written == ["mnist.json", "stores.json", "tracking.json"]
-    if os.environ.get("FLOPS_UPDATE_GOLDEN") == "1":
-        GOLDEN.mkdir(parents=True, exist_ok=True)
-        for name in written:
-            shutil.copy(out / name, GOLDEN / name)
-    assert sorted(p.name for p in GOLDEN.iterdir()) == written
-    for name in written:
-        assert (out / name).read_bytes() == (GOLDEN / name).read_bytes(), f"{name} differs from the golden file"
+    compare_with_golden(GOLDEN, {name: (out / name).read_bytes() for name in written})
+
+
+def test_update_mode_rewrites_the_golden_files_and_still_fails(tmp_path, monkeypatch):
+    golden = tmp_path / "golden"
+    golden.mkdir()
+    (golden / "gone.json").write_text("{}")
+    monkeypatch.setenv("FLOPS_UPDATE_GOLDEN", "1")
+    with pytest.raises(pytest.fail.Exception, match="rewrote 1 golden file"):
+        compare_with_golden(golden, {"new.json": b"[1]"})
+    assert {p.name: p.read_bytes() for p in golden.iterdir()} == {"new.json": b"[1]"}
+    monkeypatch.delenv("FLOPS_UPDATE_GOLDEN")
+    compare_with_golden(golden, {"new.json": b"[1]"})  # the next, normal run passes
+
+
+@pytest.mark.parametrize("reference, pulled", [
+    ("flops-mlops/backend-store:0.1.0", "registry.example:5000/flops/flops-mlops/backend-store:0.1.0"),
+    ("docker.io/library/mysql:8.4.6", "docker.io/library/mysql:8.4.6"),  # names its registry: as is
+    ("localhost/mysql:8.4.6", "localhost/mysql:8.4.6"),
+    ("mysql:8.4.6", "registry.example:5000/flops/mysql:8.4.6"),
+])
+def test_oakestra_prefixes_the_registry_to_images_that_name_none(tmp_path, reference, pulled):
+    def edit(data):
+        data["images"]["mysql"] = reference
+        data["oakestra"]["registry"] = "registry.example:5000/flops"
+
+    stores = services(sla.render_all(config_module.load(write_config(tmp_path, edit))))["stores/mysql"]
+    assert stores["code"] == pulled
 
 
 def test_render_is_byte_identical_across_runs_and_check_reports_drift(tmp_path):
@@ -502,7 +522,7 @@ def test_cmd_of_our_images_is_their_entrypoint(tmp_path):
                 image = line.split(" AS ")[1].strip() if " AS " in line else dockerfile.parent.name
             if line.startswith("ENTRYPOINT "):
                 entrypoints[image] = json.loads(line.removeprefix("ENTRYPOINT "))
-    assert set(entrypoints) == {"artifact-store", "tracking-server", "model-server"}
+    assert set(entrypoints) == {"artifact-store", "backend-store", "tracking-server", "model-server"}
 
     def serve_mnist(data):
         data["oakestra"]["projects"][0]["serve"] = True
@@ -512,7 +532,13 @@ def test_cmd_of_our_images_is_their_entrypoint(tmp_path):
     for rendered in sla.render_all(config):
         for service in rendered.document["applications"][0]["microservices"]:
             image = service["code"].rsplit("/", 1)[-1].split(":")[0]
-            if image in entrypoints:
+            if image == "backend-store":  # writes the tenants' SQL into initdb.d, then execs the entrypoint
+                entrypoint = Path(entrypoints[image][0])
+                assert entrypoint.parent == Path("/usr/local/bin")  # on PATH, so `exec <name>` finds it
+                assert service["cmd"][:2] == ["sh", "-c"]
+                assert service["cmd"][2].endswith(f"; exec {entrypoint.name} mysqld"), service["cmd"][2][-80:]
+                checked.add(image)
+            elif image in entrypoints:
                 assert service["cmd"] == entrypoints[image], service["microservice_name"]
                 checked.add(image)
     assert checked == set(entrypoints)

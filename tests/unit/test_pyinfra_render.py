@@ -2,18 +2,18 @@
 
 Rendered with pyinfra's own template loader and the data the deploys pass, for a host with systemd and FHS
 paths: a tracking server's unit alone on its host and beside the stores (ordered after them), MariaDB's
-drop-in, a tracking server's environment and the tenants' SQL. After an intended change regenerate them with
-FLOPS_UPDATE_GOLDEN=1 and review the diff.
+drop-in, a tracking server's environment and the tenants' SQL. After an intended change, FLOPS_UPDATE_GOLDEN=1
+rewrites them (and fails); review the diff.
 """
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from conftest import compare_with_golden
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 PYINFRA_DIR = ROOT / "deploy" / "pyinfra"
@@ -83,13 +83,7 @@ def rendered_files(tmp_path: Path) -> dict[str, str]:
 
 def test_rendered_files_match_golden_files(tmp_path):
     files = rendered_files(tmp_path)
-    if os.environ.get("FLOPS_UPDATE_GOLDEN") == "1":
-        GOLDEN.mkdir(parents=True, exist_ok=True)
-        for name, text in files.items():
-            (GOLDEN / name).write_text(text, encoding="utf-8")
-    assert sorted(p.name for p in GOLDEN.iterdir()) == sorted(files)
-    for name, text in files.items():
-        assert text == (GOLDEN / name).read_text(encoding="utf-8"), f"{name} differs from the golden file"
+    compare_with_golden(GOLDEN, {name: text.encode("utf-8") for name, text in files.items()})
 
 
 def test_store_passwords_stay_out_of_units(tmp_path):

@@ -51,31 +51,24 @@ def load_config(tmp_path: Path, add_tenant: str | None = None):
     return config, Secrets(config.secrets_file, values)
 
 
-def as_seen_by(server: str, sql: str) -> str:
-    """The SQL as a server reads it: MariaDB runs /*M! ... */ and skips /*!80000 ... */ (it acts as MySQL 5.5
-    for /*!NNNNN */ comments); MySQL 8 skips /*M! ... */ (a plain comment) and runs /*!80000 ... */."""
-    mariadb = server == "mariadb"
-    sql = re.sub(r"/\*M!\d*\s(.*?)\*/", lambda m: m.group(1) if mariadb else "", sql)
-    return re.sub(r"/\*!80000\s(.*?)\*/", lambda m: "" if mariadb else m.group(1), sql)
-
-
 # --- the SQL template -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("server, collation", [("mariadb", "utf8mb4_nopad_bin"), ("mysql", "utf8mb4_0900_bin")])
-def test_one_template_gives_each_server_its_binary_no_pad_collation(tmp_path, server, collation):
+def test_one_template_names_a_binary_no_pad_collation_for_each_server(tmp_path):
+    """The collation clause carries one choice per server in versioned comments: MariaDB runs /*M! ... */
+    and skips /*!80000 ... */; MySQL 8 does the opposite. What MariaDB makes of it is checked against running
+    servers (our backend-store image in tests/compose, Debian's MariaDB natively and on the pyinfra hosts: the
+    databases report utf8mb4_nopad_bin). No MySQL 8 server runs in the tests: its branch is documented, untested."""
     config, secrets = load_config(tmp_path)
-    seen = as_seen_by(server, tenant_db.render(tenant_db.with_secrets(config, secrets)))
+    sql = tenant_db.render(tenant_db.with_secrets(config, secrets))
+    collation = "/*M! utf8mb4_nopad_bin */ /*!80000 utf8mb4_0900_bin */"
     for tenant in config.tenants:
         for verb in ("CREATE DATABASE IF NOT EXISTS", "ALTER DATABASE"):
-            clause = re.search(rf"{verb} `{tenant.database}` CHARACTER SET utf8mb4 COLLATE (.*);", seen).group(1)
-            assert clause.split() == [collation], (verb, clause)
+            assert f"{verb} `{tenant.database}` CHARACTER SET utf8mb4 COLLATE {collation};" in sql
         assert (f"CREATE USER IF NOT EXISTS '{tenant.db_user}'@'%' IDENTIFIED BY '{PASSWORDS[tenant.id]}';"
-                in seen)
-        assert f"ALTER USER '{tenant.db_user}'@'%' IDENTIFIED BY '{PASSWORDS[tenant.id]}';" in seen
-        assert f"GRANT ALL PRIVILEGES ON `{tenant.database}`.* TO '{tenant.db_user}'@'%';" in seen
-    other = "utf8mb4_nopad_bin" if server == "mysql" else "utf8mb4_0900_bin"
-    assert other not in " ".join(tenant_db.statements(seen))
+                in sql)
+        assert f"ALTER USER '{tenant.db_user}'@'%' IDENTIFIED BY '{PASSWORDS[tenant.id]}';" in sql
+        assert f"GRANT ALL PRIVILEGES ON `{tenant.database}`.* TO '{tenant.db_user}'@'%';" in sql
 
 
 @pytest.mark.parametrize("tenant_id", ["acme`; DROP DATABASE mysql; --", "acme'@'%", "a b", "ACME", "acme\n"])

@@ -4,13 +4,14 @@
 render of configs/compose.yaml (CI checks it for drift), and pyinfra's docker hosts get the render of their
 configuration. Every tenant's facts come from the configuration:
 
-- backend-store: one MySQL; its init script (stores/tenant_db.py) creates every tenant's database and user;
+- backend-store: one MariaDB (our image; the MySQL protocol); its init script (stores/tenant_db.py) creates every tenant's database and user;
 - artifact-store: one vsftpd with every tenant's FTP user (FLOPS_FTP_USERS);
 - one tracking server per tenant: the first tenant's is ``tracking-server`` (its port variable
   FLOPS_TRACKING_PORT, its login database on the volume ``tracking-auth``), tenant t's after it is
   ``tracking-server-t`` (FLOPS_TENANT_T_TRACKING_PORT, volume ``tracking-auth-t``), so adding a tenant adds
   services and changes nothing of the others;
-- profile ``fl``: an aggregator and two learners of one FL project of the first tenant.
+- profile ``fl``: an aggregator and two learners of one FL project of the first tenant, run only by
+  ``docker compose run``; profile ``serve``: the model server of that project's champion.
 
 Ports, addresses and workers default to the configuration's values; .env may override them (.env.example). The
 passwords are read only from the secrets file, by name (``${KEY:?}``): nothing rendered holds a secret.
@@ -81,11 +82,10 @@ def _relative(path: Path, out: Path) -> str:
 def _usage(config_label: str, env_label: str) -> list[str]:
     env = "" if env_label == ".env" else f" --env-file {env_label}"
     lines = [(f"flops-mlops --config {config_label} secrets init", f"writes the passwords to {env_label} (mode 0600)"),
-             (f"docker compose{env} up -d", "builds our images on first use; UI and API need a login"),
-             (f"docker compose{env} --profile fl up -d", "plus one FL project of a few rounds"),
-             (f"docker compose{env} --profile fl --profile serve up -d", "plus a server of its champion model"),
-             (f"docker compose{env} --profile fl --profile serve down", "stop all of it; the data stays in the "
-                                                                         "volumes")]
+             (f"docker compose{env} up -d", "stores and tracking servers (builds our images on first use)"),
+             (f"docker compose{env} run --rm --use-aliases fl-aggregator", "runs one FL project; prints its summary"),
+             (f"docker compose{env} --profile serve up -d --wait", "serves the project's champion model"),
+             (f"docker compose{env} --profile '*' down", "stops all of it, every profile; the data stays")]
     width = max(len(command) for command, _ in lines) + 3
     return [f"{command:<{width}}# {comment}" for command, comment in lines]
 

@@ -124,8 +124,8 @@ class Oakestra(Model):
                          "flops")
     name_limit: NameLimit = doc("longest allowed application/service name: 30, or 10 for releases up to v0.4.204 "
                           "or an unknown release", 30)
-    registry: Registry = doc("registry host[/path] the workers pull our images (images.*, but mysql) from",
-                             "docker.io")
+    registry: Registry = doc("registry host[/path] the workers pull images.* from (prefixed to each image that "
+                             "names no registry of its own)", "docker.io")
     run_stores: bool = doc("true: render the stores application (MySQL, and one vsftpd per tenant) and point the "
                            "tracking servers at it; false: use backend_store.host/port and artifact_store.host/port",
                            True)

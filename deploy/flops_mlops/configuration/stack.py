@@ -26,15 +26,18 @@ Tenants = Annotated[list[Tenant], AfterValidator(_at_least_one)]
 
 class Images(Model):
     """Container images of compose and Oakestra, pinned by tag (never latest) or digest. Ours are built from
-    deploy/images (`docker compose build`); Oakestra prefixes them with oakestra.registry."""
+    deploy/images (`docker compose build`); Oakestra prefixes a reference with oakestra.registry unless it names
+    its registry itself (docker.io/..., registry.example:5000/...)."""
 
     tracking_server: Image = doc("our tracking server image", "flops-mlops/tracking-server:0.1.0")
     artifact_store: Image = doc("our vsftpd artifact store image", "flops-mlops/artifact-store:0.1.0")
     fl_actor: Image = doc("our FL aggregator/learner image", "flops-mlops/fl-actor:0.1.0")
     model_server: Image = doc("our model server image (MLflow's scoring server; `serve` profile, build-model-image)",
                               "flops-mlops/model-server:0.1.0")
-    mysql: Image = doc("backend store image, a full reference (not prefixed)", "docker.io/library/mysql:8.4.6")
-
+    mysql: Image = doc("our backend store image: Debian's MariaDB 10.11 behind the official MySQL image's "
+                       "MYSQL_* contract (deploy/images/backend-store). A MySQL 8 image such as "
+                       "docker.io/library/mysql:8.4.6 keeps that contract, but no test runs it",
+                       "flops-mlops/backend-store:0.1.0")
 
 
 class StackConfig(Model):
@@ -129,9 +132,13 @@ def tracking_target(config: StackConfig) -> OakestraTarget:
 
 
 def image(config: StackConfig, key: str) -> str:
-    """The full reference Oakestra workers pull for image ``key``: ours prefixed with oakestra.registry."""
+    """The full reference Oakestra workers pull for image ``key``: prefixed with oakestra.registry, unless its
+    first part names a registry (a host with a '.' or ':', or localhost), as Docker reads references."""
     reference = getattr(config.images, key)
-    return reference if key == "mysql" else f"{config.oakestra.registry}/{reference}"
+    first, _, rest = reference.partition("/")
+    if rest and ("." in first or ":" in first or first == "localhost"):
+        return reference
+    return f"{config.oakestra.registry}/{reference}"
 
 
 def oakestra_rules(config: StackConfig) -> None:

@@ -7,13 +7,15 @@ FLOPS_MODEL_DIR and FLOPS_TIMEOUT (or the matching flags; see ``--help`` and ``f
 
 It listens on FLOPS_AGGREGATOR_ADDRESS, waits for FLOPS_LEARNERS learners, runs FLOPS_ROUNDS rounds of
 federated averaging, logs each round (``flops_mlops.fl.round_tracker``), then logs and registers the best model.
-Progress goes to stdout as ``FLOPS_EVENT {json}`` lines (round results, then a summary). Exit codes: 0 done,
+Progress goes to stdout as text: a line per round, then a summary with links (as `flops-mlops round` prints
+it); with FLOPS_EVENTS=json as ``FLOPS_EVENT {json}`` lines instead, for the runner (``events``). Exit codes: 0 done,
 1 a failed round, learner or tracking server, or the timeout, 2 bad settings. On a failure inside the Flower
 server the process exits at once (the legacy server would otherwise hang).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import threading
@@ -104,7 +106,9 @@ def quiet_network_defaults() -> None:
     aggregator resolves; the summary's links use FLOPS_UI_URL."""
     no_telemetry_defaults()
     for key, value in (("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2"), ("MLFLOW_HTTP_REQUEST_TIMEOUT", "30"),
-                       ("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")):
+                       ("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true"),
+                       # No git in a container: MLflow then just records no git tags, without a warning each run.
+                       ("GIT_PYTHON_REFRESH", "quiet")):
         os.environ.setdefault(key, value)
 
 
@@ -112,7 +116,8 @@ def finish(settings: FLSettings, tracker: LocalOnly, events: Events) -> dict[str
     x_example, _ = data.held_out(settings.seed)
     summary = tracker.finish(x_example)
     summary.update(project=settings.project, rounds_planned=settings.rounds, learners=settings.learners,
-                   model_dir=str(settings.model_dir), aggregator_address=settings.aggregator_address)
+                   better=settings.better, alias=settings.alias, model_dir=str(settings.model_dir),
+                   model_file=str(tracker.best.arrays_file.absolute()), aggregator_address=settings.aggregator_address)
     events.emit("summary", **summary)
     return summary
 
@@ -124,7 +129,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     quiet_network_defaults()
-    events = Events()
+    events = Events.for_stdout()
+    if not events.machine:  # a person reads this: our lines, not MLflow's and Flower's progress logs (warnings stay)
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+        tracking = settings.ui_url or settings.tracking_uri
+        print(f"FL project {settings.project}: {settings.rounds} rounds, {settings.learners} learners, listening on "
+              f"{settings.aggregator_address}, tracking at {tracking}", flush=True)
     tracker = make_tracker(settings)
     watchdog = threading.Timer(settings.timeout, lambda: events.fatal(
         f"the training did not finish within {settings.timeout:.0f} s (FLOPS_TIMEOUT)", tracker))
@@ -133,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     tracker.open(on_failure=events.fatal)  # in the background, while Flower starts and waits for the learners
     from . import legacy
 
+    if not events.machine:
+        logging.getLogger("flwr").setLevel(logging.WARNING)  # after its import, which sets DEBUG
     rounds = Rounds(settings, tracker, events)
     legacy.serve(settings, rounds, model.initial_parameters())
     try:

@@ -12,9 +12,9 @@ from ..configuration.schema import ConfigError
 from ..configuration.secrets import Secrets, admin_password_key, new_password
 from ..tracking.server import TrackingServer, is_healthy
 from ..tracking.users import AuthAdmin, ensure_project_user
-from .best_model import BETTER
 from .runner import FLRunError, run_project
 from .settings import BETTER_CHOICES, PROJECT_RULE, FLSettings, SettingsError, validate_project
+from .summary import round_line, summary_lines
 
 
 def add_round_parser(commands) -> argparse.ArgumentParser:
@@ -60,10 +60,7 @@ def round_command(config, args) -> int:
     progress = sys.stderr if args.json else sys.stdout
 
     def on_round(event: dict[str, Any]) -> None:
-        best = "  (new best)" if event.get("best") else ""
-        run = f"  run {event['run_id']}" if event.get("run_id") else ""  # logged in the background: often unknown yet
-        print(f"round {event['round']}/{event['rounds']}: loss {event['loss']:.4f}  accuracy "
-              f"{event['accuracy']:.4f}  {event['wall_time']:.2f} s{run}{best}", file=progress, flush=True)
+        print(round_line(event), file=progress, flush=True)
 
     print(f"FL project {settings.project} for tenant {tenant.id}: {settings.rounds} rounds, {settings.learners} "
           f"learners ({args.engine} engine), tracking at {settings.tracking_uri}", file=progress, flush=True)
@@ -75,18 +72,7 @@ def round_command(config, args) -> int:
                 "rounds")
         print(json.dumps({key: summary.get(key) for key in keys}, indent=2))
         return 0
-    print(f"\nsummary of {settings.project} (best = {BETTER[settings.better]}):")
-    for entry in summary["rounds"]:
-        mark = "  <- best" if entry["round"] == summary["best_round"] else ""
-        print(f"  round {entry['round']}: loss {entry['loss']:.4f}  accuracy {entry['accuracy']:.4f}{mark}")
-    print(f"best round:       {summary['best_round']}")
-    print(f"model:            {summary['model_uri']} (version {summary['model_version']}, "
-          f"{summary['logged_model_uri']})")
-    print(f"best model file:  {settings.model_dir / 'best.npz'}")
-    print(f"MLflow UI, the runs round-1..{settings.rounds} (table, or the Chart view for loss and accuracy):")
-    print(f"                  {summary['ui_url']}")
-    print(f"best run:         {summary['best_run_url']}")
-    print(f"registered model: {summary['model_url']} (alias {settings.alias})")
+    print("\n" + "\n".join(summary_lines(summary)))
     print(f"log in as:        admin, password {admin_password_key(tenant.id)} in {config.secrets_file} "
           f"(or a user of your own: flops-mlops user add --tenant {tenant.id} --name NAME)")
     return 0

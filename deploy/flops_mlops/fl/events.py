@@ -1,9 +1,11 @@
 """What the aggregator tells whoever runs it: progress events, and fatal exits.
 
-Events are lines ``FLOPS_EVENT {json}`` on stdout (round results, then a summary, or an error); the runner
-reads them from the aggregator's output, and on Flower's deployment engine from a file the ServerApp appends
-to (``Events(file=...)``). A fatal error is reported as an event and ends the process at once, whatever
-threads are still running (Flower's gRPC threads would keep it alive).
+A person reads them as text (summary.py: a line per round, then a summary with links), which is what an
+aggregator started on its own prints (a compose or Oakestra container). The runner of `flops-mlops round` asks
+for machine-readable events instead (FLOPS_EVENTS=json): lines ``FLOPS_EVENT {json}`` on stdout (round results,
+then a summary, or an error), and on Flower's deployment engine in a file the ServerApp appends to
+(``Events(file=...)``). A fatal error is reported as an event and ends the process at once, whatever threads are
+still running (Flower's gRPC threads would keep it alive).
 """
 
 from __future__ import annotations
@@ -14,7 +16,11 @@ import sys
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
+from .summary import round_line, summary_lines
+
 EVENT_PREFIX = "FLOPS_EVENT "
+# FLOPS_EVENTS=json: FLOPS_EVENT lines on stdout, for the runner; anything else: text for a person.
+EVENTS_VARIABLE = "FLOPS_EVENTS"
 
 
 def read_event(line: str) -> dict[str, Any] | None:
@@ -30,13 +36,25 @@ def read_event(line: str) -> dict[str, Any] | None:
 
 @dataclass(frozen=True)
 class Events:
-    """Where one aggregator's events go: stdout, and ``file`` too when given."""
+    """Where one aggregator's events go: stdout (as text, or as FLOPS_EVENT lines when ``machine``), and
+    ``file`` too when given (always FLOPS_EVENT lines)."""
 
     file: str | None = None
+    machine: bool = True
+
+    @classmethod
+    def for_stdout(cls) -> Events:
+        """Text for a person, unless FLOPS_EVENTS=json (the runner of `flops-mlops round` sets it)."""
+        return cls(machine=os.environ.get(EVENTS_VARIABLE, "").strip() == "json")
 
     def emit(self, event: str, **fields: Any) -> None:
         line = EVENT_PREFIX + json.dumps({"event": event, **fields}, default=str)
-        print(line, flush=True)
+        if self.machine:
+            print(line, flush=True)
+        elif event == "round":
+            print(round_line(fields), flush=True)
+        elif event == "summary":
+            print("\n" + "\n".join(summary_lines(fields)), flush=True)
         if self.file:
             with open(self.file, "a", encoding="utf-8") as out:
                 out.write(line + "\n")

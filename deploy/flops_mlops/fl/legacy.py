@@ -9,6 +9,7 @@ at once (``Events.fatal``); the learner side fails immediately when the server i
 from __future__ import annotations
 
 import functools
+import logging
 import warnings
 from typing import Any
 
@@ -22,6 +23,16 @@ from flwr.server import ServerConfig, start_server  # noqa: E402
 from flwr.server.strategy import FedAvg  # noqa: E402
 
 from .settings import FLSettings  # noqa: E402
+
+
+class _NoDeprecationBanner(logging.Filter):
+    """We use the legacy API knowingly (see above): Flower's banner about it says nothing to our users."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("DEPRECATED FEATURE")
+
+
+logging.getLogger("flwr").addFilter(_NoDeprecationBanner())
 
 
 def _exit_on_error(method):

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ..processes import StackError, signal_group
-from .events import read_event
+from .events import EVENTS_VARIABLE, read_event
 from .settings import (
     NO_TELEMETRY,
     FLSettings,
@@ -145,7 +145,8 @@ def run_project(settings: FLSettings, work_dir: Path, on_round: Callable[[dict[s
     supervisor = Supervisor(work_dir / "logs")
     events: list[dict[str, Any]] = []
     aggregator = supervisor.start("aggregator", [sys.executable, "-m", "flops_mlops.fl.aggregator"],
-                                  {**base, **(env or {}), **environment(settings, "aggregator")},
+                                  {**base, **(env or {}), **environment(settings, "aggregator"),
+                                   EVENTS_VARIABLE: "json"},
                                   stdout=subprocess.PIPE)
     reader = threading.Thread(target=_read_events, args=(aggregator, events, on_round), daemon=True)
     reader.start()

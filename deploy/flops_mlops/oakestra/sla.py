@@ -53,7 +53,8 @@ SCHEMA_FILE = Path(__file__).with_name("sla-v2.0.schema.json")
 SERVICE_NETWORK = ipaddress.IPv4Network("10.30.0.0/16")
 PLACEHOLDER = re.compile(r"\$\{([A-Z][A-Z0-9_]*)\}")
 MYSQL_PORT = 3306
-# The official MySQL image runs this once, on an empty data directory (written by the stores' mysql cmd).
+# The backend-store image (as the official MySQL image) runs this once, on an empty data directory (written by the
+# stores' mysql cmd).
 MYSQL_INIT_FILE = "/docker-entrypoint-initdb.d/10-flops-tenants.sql"
 FTP_PORT = 21
 # The stores' data folders inside their images (the volumes' default mount paths).

@@ -52,7 +52,9 @@ class Registry:
             except ValueError:
                 message = response.text[:200]
             hint = {401: f" (user {self.username!r} or its password was refused)",
-                    403: f" (user {self.username!r} has no READ on registered model {params.get('name')!r})"}
+                    403: f" (user {self.username!r} has no READ on registered model {params.get('name')!r})",
+                    404: f" (no such model, version or alias yet: has FL project {params.get('name')!r} registered "
+                         "its model?)"}
             raise FetchError(f"GET {url} {params}: HTTP {response.status_code}{hint.get(response.status_code, '')}: "
                              f"{message}")
         return response

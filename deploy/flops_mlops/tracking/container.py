@@ -28,9 +28,8 @@ Environment (defaults in brackets):
   FLOPS_WORKERS [1]                  uvicorn workers (1: the server is one process)
 Arguments after `tracking-server` are appended to the runner's (`python -m flops_mlops.tracking.runner --help`).
 
-`python -m flops_mlops.tracking.container healthcheck` (compose.yaml's healthcheck, same environment): healthy (exit 0)
-when the server, logged in as admin with FLOPS_ADMIN_PASSWORD, reads the default experiment (so its database
-answers) and every FL project user of FLOPS_FL_USERS exists. It prints only status codes, never a secret.
+The image's healthcheck is a shell script with curl (deploy/images/python/tracking-healthcheck.sh): no Python
+interpreter starts every few seconds on an idle node.
 """
 
 from __future__ import annotations
@@ -173,51 +172,8 @@ def run_tracking_server(extra_args: list[str]) -> int:
     return 1  # not reached
 
 
-def healthcheck(env: dict[str, str], timeout: float = 4) -> int:
-    """0 when the server reads its database as admin and every FL project user exists, else 1 (with the reason)."""
-    import base64
-    import urllib.error
-    import urllib.parse
-    import urllib.request
-
-    from .users import ADMIN, project_user
-
-    try:
-        port = _port(env, "FLOPS_PORT", 5000)
-        password = _setting(env, "FLOPS_ADMIN_PASSWORD")
-        projects = [item.split(":", 1)[0] for item in filter(None, fl_users(env).split(","))]
-    except ConfigError as exc:
-        print(f"healthcheck: {exc}")
-        return 1
-    token = base64.b64encode(f"{ADMIN}:{password}".encode()).decode("ascii")
-    headers = {"Authorization": f"Basic {token}", "Host": f"127.0.0.1:{port}"}
-    checks = [("/api/2.0/mlflow/experiments/get?experiment_id=0", "the default experiment (database)")]
-    checks += [("/api/2.0/mlflow/users/get?" + urllib.parse.urlencode({"username": project_user(project)}),
-                f"FL project user {project_user(project)}") for project in projects]
-    for path, what in checks:
-        request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=headers)
-        try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
-                status = response.status
-        except urllib.error.HTTPError as exc:
-            status = exc.code
-        except (urllib.error.URLError, OSError) as exc:
-            print(f"healthcheck: {what}: no answer ({type(exc).__name__})")
-            return 1
-        if status != 200:
-            hint = {401: ": the admin password was refused (the auth database keeps the one it was created with)",
-                    404: ": not there (yet)"}.get(status, "")
-            print(f"healthcheck: {what}: HTTP {status}{hint}")
-            return 1
-    users = ", ".join(project_user(project) for project in projects) or "none"
-    print(f"healthcheck: ok (database readable as {ADMIN}; FL project users: {users})")
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    if args and args[0] == "healthcheck":
-        return healthcheck(dict(os.environ))
     if not args or args[0] != "tracking-server":
         print("usage: python -m flops_mlops.tracking.container tracking-server [tracking_runner arguments...]",
               file=sys.stderr)

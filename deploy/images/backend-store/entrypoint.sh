@@ -1,5 +1,5 @@
 #!/bin/bash
-# The official MySQL image's environment contract, on Debian's MariaDB (CI stand-in, see Dockerfile).
+# The official MySQL image's environment contract, on Debian's MariaDB (our backend-store image, see Dockerfile).
 # First start (empty datadir): initialise, set the root password, create MYSQL_DATABASE and MYSQL_USER
 # (ALL on that database only), run /docker-entrypoint-initdb.d/*.sh (sourced) and *.sql, all on a temporary
 # server without networking; then start the real server.

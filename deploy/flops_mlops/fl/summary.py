@@ -1,0 +1,40 @@
+"""What an FL project tells a person: a line per round, then a summary with the links to open in the MLflow UI.
+
+Native `flops-mlops round` prints these from the aggregator's events; an aggregator started on its own (a compose
+or Oakestra container) prints the same lines itself (``events.Events``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .best_model import BETTER
+
+
+def round_line(event: dict[str, Any]) -> str:
+    """One finished round: ``round 2/3: loss 0.5123  accuracy 0.8000  0.41 s  (new best)``."""
+    best = "  (new best)" if event.get("best") else ""
+    run = f"  run {event['run_id']}" if event.get("run_id") else ""  # logged in the background: often unknown yet
+    return (f"round {event['round']}/{event['rounds']}: loss {event['loss']:.4f}  accuracy {event['accuracy']:.4f}  "
+            f"{event['wall_time']:.2f} s{run}{best}")
+
+
+def summary_lines(summary: dict[str, Any]) -> list[str]:
+    """The summary of a finished project (the aggregator's summary event): every round, the best one, the
+    registered model and the links (without tracking: the best model's file only)."""
+    lines = [f"summary of {summary['project']} (best = {BETTER[summary['better']]}):"]
+    for entry in summary["rounds"]:
+        mark = "  <- best" if entry["round"] == summary["best_round"] else ""
+        lines.append(f"  round {entry['round']}: loss {entry['loss']:.4f}  accuracy {entry['accuracy']:.4f}{mark}")
+    lines.append(f"best round:       {summary['best_round']}")
+    if summary.get("model_uri"):
+        lines.append(f"model:            {summary['model_uri']} (version {summary['model_version']}, "
+                     f"{summary['logged_model_uri']})")
+    lines.append(f"best model file:  {summary['model_file']}")
+    if summary.get("ui_url"):
+        lines += [f"MLflow UI, the runs round-1..{summary['rounds_planned']} (table, or the Chart view for loss and "
+                  "accuracy):",
+                  f"                  {summary['ui_url']}",
+                  f"best run:         {summary['best_run_url']}",
+                  f"registered model: {summary['model_url']} (alias {summary['alias']})"]
+    return lines
