@@ -43,7 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"stack configuration (YAML); default $FLOPS_CONFIG or {DEFAULT_CONFIG}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    secrets = commands.add_parser("secrets", help="manage the per-deployment secrets file (.env)")
+    secrets = commands.add_parser("secrets", help="manage the per-deployment secrets file (.env)",
+                                  description="The secrets file (secrets_file in the configuration, mode 0600) holds "
+                                              "every password of a deployment; nothing else does.")
     secrets_commands = secrets.add_subparsers(dest="secrets_command", metavar="ACTION", required=True)
     init = secrets_commands.add_parser(
         "init", help="write random passwords for every key the configuration needs (mode 0600)",
@@ -56,7 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     native.add_parsers(commands, load_config)
 
-    keys = commands.add_parser("config", help="check a configuration, or list every key with its default")
+    keys = commands.add_parser("config", help="check a configuration, or list every key with its default",
+                               description="check: load the configuration with every rule (exit 2 names the file, "
+                                           "key and value); keys: every key, what it means and its default.")
     keys.add_argument("action", choices=["check", "keys"], help="check: validate the file; keys: document keys")
     keys.add_argument("--markdown", action="store_true",
                       help="keys: print docs/configuration.md (generated from the model; CI checks it for drift)")

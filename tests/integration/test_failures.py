@@ -142,9 +142,15 @@ def test_sigterm_during_up_stops_what_was_started(make_stack):
     proc = subprocess.Popen([*CLI, "--config", str(stack.config_path), "up", "--detach"], cwd=ROOT, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
-    while not running_pids(stack) and time.monotonic() < deadline:  # something has started
+    started: list[int] = []
+    while not started and time.monotonic() < deadline:
+        started = running_pids(stack)
         time.sleep(0.2)
+    # The signal must land in the middle of `up`: a service of the stack runs, and `up` has not finished.
+    assert started, "no service had started within 120 s"
+    assert proc.poll() is None, f"up finished before the signal (exit {proc.returncode})"
     proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=120)
-    assert proc.returncode != 0
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr  # Ctrl-C's code: cleaned up as after an interrupt
+    assert [pid for pid in started if psutil.pid_exists(pid)] == []  # what had started was stopped
     assert running_pids(stack) == []

@@ -35,11 +35,14 @@ def compose_files() -> list[str]:
 def need_engine_and_images(secrets_file) -> None:
     if shutil.which("docker") is None or subprocess.run(["docker", "info"], capture_output=True).returncode != 0:
         missing_service("no Docker engine answers (scripts/compose-ci.sh starts dockerd)")
+    if subprocess.run(["docker", "compose", "version"], capture_output=True).returncode != 0:
+        missing_service("Docker Compose v2 plugin is not installed (scripts/compose-ci.sh installs it)")
     files = [arg for name in compose_files() for arg in ("-f", str(ROOT / name))]
     result = subprocess.run(["docker", "compose", *files, "--env-file", str(secrets_file), "config", "--images"],
                             capture_output=True, text=True, cwd=ROOT)
-    if result.returncode != 0:
-        missing_service(f"docker compose config failed: {result.stderr.strip()}")
+    # The engine and Compose are there: a failing `config` is a broken compose.yaml or override, not a missing
+    # service, so it fails the test even where services may be missing.
+    assert result.returncode == 0, f"docker compose config failed: {result.stderr.strip()}"
     missing = [image for image in result.stdout.split()
                if subprocess.run(["docker", "image", "inspect", image], capture_output=True).returncode != 0]
     if missing:

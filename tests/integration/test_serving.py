@@ -123,6 +123,28 @@ def test_bad_serve_arguments_exit_2(stack, served):
         assert done.returncode == 2 and expected in done.stderr, (args, done.stderr)
 
 
+def test_serves_and_follows_a_named_alias(stack, served):
+    """--alias NAME: the version that alias points at (not the champion), re-read when the alias moves."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    champion = client.get_model_version_by_alias("Shop", "champion").version
+    other = next(v.version for v in client.search_model_versions("name='Shop'") if v.version != champion)
+    client.set_registered_model_alias("Shop", "staging", other)
+    stack.cli("serve", "--tenant", "acme", "--project", "Shop", "--stop", check=True)
+    port = free_port()
+    done = stack.cli("serve", "--tenant", "acme", "--project", "Shop", "--alias", "staging", "--port", str(port),
+                     "--poll", "1", "--detach")
+    assert done.returncode == 0, done.stderr
+    assert f"serving models:/Shop/{other} (alias staging; followed every 1 s)" in done.stdout
+    url = f"http://127.0.0.1:{port}"
+    answer = requests.get(f"{url}/model", timeout=10).json()
+    assert (answer["name"], answer["version"], answer["alias"]) == ("Shop", other, "staging")
+    assert_serves(url, "models:/Shop@staging")
+    client.set_registered_model_alias("Shop", "staging", champion)  # the alias moves: the server follows
+    wait_for_version(url, champion, timeout=60)
+
+
 POST_FROM_INSIDE = """
 import json, sys, urllib.request
 body = open('/srv/model/baked/serving_input_example.json', 'rb').read()

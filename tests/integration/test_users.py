@@ -41,6 +41,19 @@ def test_a_user_sees_only_what_it_was_granted_and_nothing_after_removal(make_sta
     listing = stack.cli("user", "list", "--tenant", "acme", check=True).stdout
     assert f"experiment {logged.experiment_id}: READ" in listing and "registered_model demo: READ" in listing
 
+    # A new password for alice (not the admin): the old one stops working, the new one works, grants stay.
+    new_password_file = tmp_path / "alice-new.pw"
+    new_password_file.write_text("alice-has-another-long-password\n")
+    admin = stack.admin()
+    changed = stack.cli("user", "passwd", "--tenant", "acme", "--name", "alice", "--password-file",
+                        str(new_password_file))
+    assert changed.returncode == 0 and "password of alice changed" in changed.stdout, changed.stderr
+    assert "alice-has-another-long-password" not in changed.stdout + changed.stderr
+    assert status(uri, get_demo, alice) == 401
+    alice = ("alice", "alice-has-another-long-password")
+    assert status(uri, get_demo, alice) == 200
+    assert stack.admin() == admin and status(uri, "/api/2.0/mlflow/users/list", admin) == 200  # admin untouched
+
     stack.cli("user", "remove", "--tenant", "acme", "--name", "alice", check=True)
     assert status(uri, get_demo, alice) == 401
 

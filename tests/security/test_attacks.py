@@ -93,11 +93,17 @@ class Target:
         values += [p for per in self.projects.values() for p in per.values()]
         return values
 
-    def call(self, method: str, tenant: str, path: str, login=None, **kwargs) -> requests.Response:
-        kwargs.setdefault("timeout", 30)
+    def call(self, method: str, tenant: str, path: str, login=None, raw: bool = False, **kwargs) -> requests.Response:
+        """One request; ``raw``: the path is sent exactly as written (requests would resolve its `..` segments
+        before sending, so the server would never see the climb)."""
+        timeout = kwargs.pop("timeout", 30)
         if method in ("POST", "PUT", "PATCH") and "json" not in kwargs and "data" not in kwargs:
             kwargs["json"] = {}
-        answer = requests.request(method, self.uri[tenant] + path, auth=login, allow_redirects=False, **kwargs)
+        request = requests.Request(method, self.uri[tenant] + path, auth=login, **kwargs).prepare()
+        if raw:
+            request.url = self.uri[tenant] + path
+        with requests.Session() as session:
+            answer = session.send(request, allow_redirects=False, timeout=timeout)
         self.answers.append(answer)
         return answer
 
@@ -208,14 +214,15 @@ def test_artifact_paths_cannot_climb_out(target):
                               f"/ajax-api/2.0/mlflow-artifacts/artifacts/{prefix}{folder}",
                               f"/get-artifact?run_uuid={target.run_ids[attacker]}&path={prefix}{folder}",
                               f"/api/2.0/mlflow-artifacts/artifacts?path={prefix}flops_{victim}"):
-                    answer = target.call("GET", attacker, route, login=login)
+                    answer = target.call("GET", attacker, route, login=login, raw=True)
+                    assert answer.request.path_url == route  # what was sent is the attack, not a resolved path
                     listed = answer.status_code < 300 and f"flops_{victim}".encode() in answer.content
                     ledger.attempt(f"{attacker} {route}", _leaks_marker(answer, target, victim) or listed,
                                    f"{answer.status_code} {answer.text[:120]}")
             # Where it lands when the climb is refused or flattened: the attacker's own folder, which is fine.
             name = f"planted-by-{attacker}.txt"
             planted = target.call("PUT", attacker, f"/api/2.0/mlflow-artifacts/artifacts/{experiment}/{climb}/"
-                                  f"{climb}/flops_{victim}/artifacts/{name}", login=login, data=b"x")
+                                  f"{climb}/flops_{victim}/artifacts/{name}", login=login, data=b"x", raw=True)
             ledger.attempt(f"{attacker} PUT through {climb}", _victim_has(target, victim, name),
                            f"{planted.status_code}")
     ledger.verdict()
@@ -414,17 +421,21 @@ def test_no_secret_in_any_answer_log_argument_or_environment(target):
     ftp.wait(10)
     provoke("FTP down")
     if target.kind == "native":
+        # While the database runs, so that it is the password that is refused (not the connection): globex's
+        # database password, a real secret, for acme's user. The error must not show it.
+        wrong_password = target.stack.secrets().db_password("globex")
+        wrong = subprocess.run([sys.executable, "-m", "flops_mlops.tracking.server", "upgrade-schema"],
+                               capture_output=True, text=True, timeout=300, env={
+                                   **os.environ, "MLFLOW_BACKEND_STORE_URI":
+                                   f"mysql+pymysql://mlflow_acme:{quote(wrong_password, safe='')}@127.0.0.1:"
+                                   f"{config.backend_store.port}/mlflow_acme"})
+        assert wrong.returncode != 0 and "Access denied for user 'mlflow_acme'" in wrong.stderr, wrong.stderr[-2000:]
+        ledger.attempt("schema upgrade with a wrong DB password", bool(_scan(wrong.stdout + wrong.stderr, secrets)),
+                       wrong.stderr[-200:])
         database = running_service(config, "backend-store")
         database.terminate()
         database.wait(60)
         provoke("DB down")
-        wrong = subprocess.run([sys.executable, "-m", "flops_mlops.tracking.server", "upgrade-schema"],
-                               capture_output=True, text=True, timeout=300, env={
-                                   **os.environ, "MLFLOW_BACKEND_STORE_URI":
-                                   f"mysql+pymysql://mlflow_acme:{quote(secrets[0], safe='')}@127.0.0.1:"
-                                   f"{config.backend_store.port}/mlflow_acme"})
-        ledger.attempt("schema upgrade with a wrong DB password", bool(_scan(wrong.stdout + wrong.stderr, secrets)),
-                       wrong.stderr[-200:])
     time.sleep(1)
     for log in (config.state_dir / "logs").iterdir():
         found = _scan(log.read_text(errors="replace"), secrets)

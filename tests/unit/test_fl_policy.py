@@ -150,9 +150,14 @@ def test_round_rejects_bad_input_before_starting_anything(args, message):
 def test_the_largest_allowed_learner_count_fits_the_synthetic_data():
     from flops_mlops.fl.settings import MAX_LEARNERS
 
-    assert MAX_LEARNERS == int(data.SAMPLES * (1 - data.HELD_OUT_FRACTION)) // data.MIN_PER_LEARNER
-    shares = [data.learner_split(42, MAX_LEARNERS, i) for i in (0, MAX_LEARNERS - 1)]
-    assert all(len(s.y_train) + len(s.y_eval) >= data.MIN_PER_LEARNER for s in shares)
+    # 1800 examples, 360 held out for the aggregator: 1440 to share, at least 20 each, so 72 learners.
+    assert (data.SAMPLES, len(data._dataset(42)[1]), data.MIN_PER_LEARNER) == (1800, 1440, 20)
+    assert MAX_LEARNERS == 72
+    shares = data.partition_indices(data._dataset(42)[1], 72, 42)
+    assert min(len(share) for share in shares) == 20
+    assert min(len(s.y_train) + len(s.y_eval) for s in (data.learner_split(42, 72, i) for i in (0, 71))) >= 20
+    with pytest.raises(ValueError, match="1440 examples are too few for 73 learners"):
+        data.partition_indices(data._dataset(42)[1], 73, 42)
 
 
 def test_a_learner_started_on_its_own_turns_flower_telemetry_off(tmp_path):

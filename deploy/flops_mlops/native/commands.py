@@ -29,11 +29,16 @@ def add_parsers(commands, load_config) -> None:
     restart.set_defaults(handler=lambda args: restart_command(load_config(args), args))
 
     status = commands.add_parser("status", help="show which services are up or down, since when, and each tenant's "
-                                                "URIs")
+                                                "URIs",
+                                 description="Show each service of the stack on this machine (stores, tracking "
+                                             "servers, model servers): running or not, its pid and since when, and "
+                                             "each tenant's tracking URI. Passwords in URIs are masked.")
     status.add_argument("--json", action="store_true", help="print machine-readable JSON (passwords masked)")
     status.set_defaults(handler=lambda args: status_command(load_config(args), args))
 
-    down = commands.add_parser("down", help="stop what `up` started (data stays)")
+    down = commands.add_parser("down", help="stop what `up` started (data stays)",
+                               description="Stop every service `up` and `serve` started on this machine, by the "
+                                           "pids they recorded. The data stays in state_dir unless --purge.")
     down.add_argument("--purge", action="store_true", help="also delete the state dir: databases, artifacts, logs")
     down.set_defaults(handler=lambda args: down_command(load_config(args), args))
 
