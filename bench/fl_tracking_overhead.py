@@ -13,54 +13,22 @@ the figure a busy machine distorts least). Writes bench/results/fl_tracking_over
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import resource
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from importlib.metadata import version
 from pathlib import Path
 
 import yaml
-
-ROOT = Path(__file__).resolve().parent.parent
-CLI = [sys.executable, "-m", "flops_mlops.cli"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def machine() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    mem_kb = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
-                  if line.startswith("MemTotal"))
-    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gb": round(mem_kb / 2**20, 1),
-            "os": platform.platform(), "python": platform.python_version(),
-            "flwr": version("flwr"), "mlflow": version("mlflow"), "scikit-learn": version("scikit-learn"),
-            "load_average_at_start": os.getloadavg()}
-
+from common import CLI, ROOT, free_port, machine, service_account, started_at, write_report
 
 def children_cpu_seconds() -> float:
     """User + system CPU seconds of this process's finished children (the FL processes run_project waited for)."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
-
-
-def service_account(folder: Path) -> dict:
-    """As root, tracking servers run as the flops-mlops account (`make account`): let it into ``folder``."""
-    if os.geteuid() != 0:
-        return {}
-    folder.chmod(0o711)
-    return {"os_user": "flops-mlops"}
 
 
 def main() -> int:
@@ -78,7 +46,7 @@ def main() -> int:
     from flops_mlops.fl.runner import run_project
     from flops_mlops.fl.settings import FLSettings
 
-    machine_at_start = machine()
+    machine_at_start, date = machine(), started_at()
     with tempfile.TemporaryDirectory(prefix="flops-bench-") as tmp:
         folder = Path(tmp)
         low = free_port()
@@ -120,8 +88,8 @@ def main() -> int:
         return statistics.median(r[key] for r in results[mode])
 
     report = {
-        "benchmark": "fl_tracking_overhead", "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "machine": {**machine_at_start, "load_average_at_end": os.getloadavg()}, "rounds": args.rounds, "learners": args.learners, "repeats": args.repeats,
+        "benchmark": "fl_tracking_overhead", "date": date, "machine": machine_at_start,
+        "rounds": args.rounds, "learners": args.learners, "repeats": args.repeats,
         "median_wall_s": {"off": median("off", "wall_s"), "on": median("on", "wall_s")},
         "median_rounds_s": {"off": median("off", "rounds_s"), "on": median("on", "rounds_s")},
         "median_cpu_s": {"off": median("off", "cpu_s"), "on": median("on", "cpu_s")},
@@ -140,12 +108,6 @@ def main() -> int:
     print(f"load average: {machine_at_start['load_average_at_start']} at start, {os.getloadavg()} at the end")
     write_report(report, Path(args.out))
     return 0
-
-
-def write_report(report: dict, out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

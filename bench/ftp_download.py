@@ -39,7 +39,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from fl_tracking_overhead import CLI, ROOT, free_port, machine, service_account, write_report  # noqa: E402
+from common import CLI, ROOT, free_port, machine, service_account, started_at, write_report  # noqa: E402
 from tracking_checks import ftp_listing, log_example, logged_in  # noqa: E402
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -183,6 +183,7 @@ def main() -> int:
     parser.add_argument("--stores", nargs="+", choices=["embedded", "vsftpd"], default=None)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "ftp_download.json"))
     args = parser.parse_args()
+    machine_at_start, date = machine(), started_at()
     stores = args.stores or (["embedded", "vsftpd"] if os.geteuid() == 0 and shutil.which("vsftpd", path=
                              "/usr/sbin:/usr/bin:/sbin:/bin") else ["embedded"])
     summary = {}
@@ -197,8 +198,7 @@ def main() -> int:
                   f"{r['logins']:g} FTP logins, {r['artifact_http_requests']:g} artifact HTTP requests "
                   f"for {result['files']} files", flush=True)
         summary[kind] = result
-    report = {"benchmark": "ftp_download", "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-              "machine": {**machine(), "load_average": os.getloadavg()}, "repeats": args.repeats,
+    report = {"benchmark": "ftp_download", "date": date, "machine": machine_at_start, "repeats": args.repeats,
               "results": summary}
     write_report(report, Path(args.out))
     return 0

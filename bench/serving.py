@@ -32,7 +32,7 @@ import requests
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fl_tracking_overhead import CLI, ROOT, free_port, machine, service_account, write_report  # noqa: E402
+from common import CLI, ROOT, free_port, machine, service_account, started_at, write_report  # noqa: E402
 from stack_footprint import tree_memory  # noqa: E402
 
 TENANT, PROJECT = "bench", "Serve"
@@ -89,7 +89,8 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=200, help="timed requests of 1 row (1,000 rows: a quarter)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "serving.json")
     args = parser.parse_args()
-    report = {"machine": machine(), "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "servers": []}
+    report = {"benchmark": "serving", "date": started_at(), "machine": machine(), "requests": args.requests,
+              "servers": []}
     with tempfile.TemporaryDirectory(prefix="flops-bench-serving-") as tmp:
         folder = Path(tmp)
         account = service_account(folder)

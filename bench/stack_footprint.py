@@ -35,7 +35,7 @@ import requests
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fl_tracking_overhead import CLI, ROOT, free_port, machine, service_account, write_report  # noqa: E402
+from common import CLI, ROOT, free_port, machine, service_account, started_at, write_report  # noqa: E402
 
 SHAPES = {"defaults": {"workers": 4, "job_execution": True},
           "two-process": {"workers": 1, "job_execution": False},
@@ -160,8 +160,8 @@ def main() -> int:
     args = parser.parse_args()
     os.environ.update({"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
                        "MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2"})
-    report = {"benchmark": "stack_footprint", "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-              "machine": machine(), "shapes": {s: SHAPES[s] for s in args.shapes}, "repeats": args.repeats}
+    report = {"benchmark": "stack_footprint", "date": started_at(), "machine": machine(),
+              "shapes": {s: SHAPES[s] for s in args.shapes}, "repeats": args.repeats}
     results: dict[str, list[dict]] = {s: [] for s in args.shapes}
     for repeat in range(args.repeats):
         for shape in args.shapes:

@@ -225,7 +225,7 @@ def clean_checkout():
         assert venv.returncode == 0, f"make venv in a clean copy failed:\n{venv.stdout[-3000:]}\n{venv.stderr[-3000:]}"
         yield folder
     finally:
-        shutil.rmtree(folder, ignore_errors=True)
+        subprocess.run(["rm", "-rf", "--one-file-system", str(folder)], timeout=600)  # a venv: faster than rmtree
 
 
 @pytest.fixture

@@ -5,7 +5,8 @@ Modules: ``data`` (synthetic, non-IID split), ``model`` (logistic regression as 
 ``best_model`` (the one best global model on disk),
 ``aggregator`` / ``learner`` (entry points ``python -m flops_mlops.fl.aggregator`` and
 ``python -m flops_mlops.fl.learner``), ``legacy`` and ``engine`` (the two Flower adapters), ``runner``
-(runs a whole project on this machine; the ``round`` command), ``faults`` (test-only fault injection).
+(runs a whole project on this machine; the ``round`` command), ``events`` and ``summary`` (what the aggregator
+reports: text for a person, or FLOPS_EVENT lines for the runner), ``faults`` (test-only fault injection).
 
 Entry-point settings (see ``settings`` and the README): FLOPS_TRACKING_URI, FLOPS_PROJECT, FLOPS_ROUNDS,
 FLOPS_LEARNERS, FLOPS_SEED, FLOPS_AGGREGATOR_ADDRESS, FLOPS_LEARNER_INDEX, FLOPS_BETTER, FLOPS_ALIAS,

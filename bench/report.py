@@ -1,0 +1,306 @@
+"""Benchmark reports, generated from their data: every bench/results/<benchmark>.md from the JSON files its
+script wrote (<benchmark>.json, and variants such as <benchmark>_3rounds.json whose "benchmark" field names it).
+
+Every figure of a report comes from its JSON. The one part written by hand is the section under NOTES, which
+this script keeps as it is; it may state no figure (no number outside `code`) that the generated part lacks.
+
+    .venv/bin/python bench/report.py            # (re)write every report
+    .venv/bin/python bench/report.py --check    # exit 1 when a report differs from what its JSON renders,
+                                                # or its notes state a figure the JSON lacks (make test runs it)
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import re
+import statistics
+import sys
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+NOTES = "## Notes (written by hand; every figure in them appears above)"
+NUMBER = re.compile(r"\d+(?:\.\d+)?")
+
+
+# --- formatting -----------------------------------------------------------------------------------------------
+
+
+def num(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def load(values) -> str:
+    return " / ".join(num(v, 1) for v in values) if values else "-"
+
+
+def machine_line(m: dict) -> str:
+    versions = dict(m.get("versions") or {})
+    for key in ("python", "mlflow", "flwr", "scikit-learn"):  # reports written before versions were grouped
+        if key in m:
+            versions.setdefault(key, m[key])
+    line = (f"{m['cores']} cores of {m['cpu']}, {num(m['memory_gb'])} GB, {m['os']}; "
+            + ", ".join(f"{name} {value}" for name, value in versions.items()) + ".")
+    loads = [f"{load(m['load_average_at_start'])} at the start"] if "load_average_at_start" in m else []
+    if "load_average_at_end" in m:
+        loads.append(f"{load(m['load_average_at_end'])} at the end")
+    elif "load_average" in m:
+        loads.append(f"{load(m['load_average'])} when written")
+    if loads:
+        line += f" Load average (1 / 5 / 15 min): {', '.join(loads)}."
+    return line
+
+
+def section(name: str, command: str, data: dict) -> str:
+    """The heading of one JSON file's results: its name, the command that wrote it, when, and on what machine."""
+    return f"## {name}: `{command}` ({data.get('date') or data.get('started')})\n\n{machine_line(data['machine'])}"
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
+    return "\n".join([*lines, *("| " + " | ".join(row) + " |" for row in rows)])
+
+
+def median(values: list[float]) -> float | None:
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def each(values: list[float], digits: int = 1) -> str:
+    return ", ".join(num(v, digits) for v in values)
+
+
+# --- one renderer per benchmark: (file name, data) pairs -> markdown ------------------------------------------
+
+
+def stack_footprint(datasets: list[tuple[str, dict]]) -> str:
+    parts = ["# Stack footprint: one tenant's tracking server in each shape",
+             "`bench/stack_footprint.py`: a private one-tenant embedded stack per shape and repeat; the tenant's "
+             "tracking server is replaced by the shape's process (same environment, account, stores and login "
+             "app). Memory is the whole process tree of the server: resident (RSS), and peak (summed VmHWM), idle "
+             "and after an FL project logged through it. Medians over the repeats."]
+    for name, data in datasets:
+        shapes = list(data["summary"])
+        parts.append(section(name, f"bench/stack_footprint.py --repeats {data['repeats']} --shapes {' '.join(shapes)}",
+                             data))
+        rows = []
+        for shape in shapes:
+            summary, runs, setting = data["summary"][shape], data["runs"][shape], data["shapes"][shape]
+            rows.append([f"`{shape}`", str(setting["workers"]), "on" if setting["job_execution"] else "off",
+                         str(summary["processes"]),
+                         f"{num(summary['median_start_to_healthy_s'])} s ({each([r['start_to_healthy_s'] for r in runs])})",
+                         f"{num(summary['median_idle_rss_mib'], 0)} MiB", f"{num(summary['median_after_fl_rss_mib'], 0)} MiB",
+                         f"{num(summary['median_after_fl_peak_mib'], 0)} MiB", f"{num(summary['median_fl_project_s'])} s",
+                         f"{num(median([r.get('ftp_rss_mib') for r in runs]), 0)} MiB"])
+        parts.append(table(["shape", "workers", "job runner", "processes", "start to healthy `/health` (each run)",
+                            "resident, idle", "resident after the FL project", "peak", "FL project",
+                            "embedded FTP server, resident"], rows))
+        if data.get("images"):
+            parts.append("Image sizes when it ran (`docker image ls`): "
+                         + ", ".join(f"`{image}` {size}" for image, size in sorted(data["images"].items())) + ".")
+    return "\n\n".join(parts)
+
+
+def fl_tracking_overhead(datasets: list[tuple[str, dict]]) -> str:
+    parts = ["# FL tracking overhead",
+             "`bench/fl_tracking_overhead.py`: the same FL project (legacy Flower API, same seed) on a private "
+             "embedded stack, with tracking off (only the best model kept on disk) and on (a run per round, the best "
+             "model logged and registered), taking turns within one bench run. CPU: user and system seconds of the "
+             "FL processes (aggregator and learners), the figure other people's load distorts least."]
+    rows, machines = [], []
+    for name, data in sorted(datasets, key=lambda item: item[1]["rounds"]):
+        on = [r["last_round_to_registered_s"] for r in data["runs"]["on"]]
+        m = data["machine"]
+        rows.append([f"`{name}`", str(data["rounds"]), str(data["learners"]), str(data["repeats"]),
+                     f"{load(m.get('load_average_at_start', [])[:1])} → {load(m.get('load_average_at_end', [])[:1])}",
+                     f"{num(data['median_wall_s']['off'], 2)} s", f"{num(data['median_wall_s']['on'], 2)} s",
+                     f"**{num(data['overhead_ratio_wall'], 2)}**",
+                     f"**{num(data['median_last_round_to_registered_s'], 2)} s** ({each(on, 2)})",
+                     f"{num(data['median_cpu_s']['off'])} → {num(data['median_cpu_s']['on'])}"])
+        machines.append(f"- `{name}` ({data['date']}): {machine_line(m)}")
+    parts.append(table(["data", "rounds", "learners", "repeats", "load average (1 min), start → end",
+                        "median wall, untracked", "median wall, tracked", "ratio",
+                        "last round → champion registered (median; each run)",
+                        "CPU s of the FL processes, untracked → tracked"], rows))
+    parts.append("Machines:\n\n" + "\n".join(machines))
+    return "\n\n".join(parts)
+
+
+FTP_WAYS = {"proxied": "proxied through the tracking server (pooled FTP connections)",
+            "proxied_cold": "proxied, cold: right after `restart --tenant`",
+            "one_metadata_request": "one logged-in metadata call (experiments/get), no FTP",
+            "raw_ftplib": "raw ftplib, one login",
+            "ours_direct": "our FTPRepository.download_artifacts, in process",
+            "mlflow_direct": "MLflow's FTPArtifactRepository, in process"}
+
+
+def ftp_download(datasets: list[tuple[str, dict]]) -> str:
+    parts = ["# FTP download: a model through the tracking server against raw ftplib, logins counted",
+             "`bench/ftp_download.py`: a one-tenant stack per store, the test suite's scikit-learn model logged "
+             "through the tracking server, then downloaded each way; medians after a warm-up. FTP logins are "
+             "counted in the store's own log, artifact HTTP requests in the tracking server's access log."]
+    for name, data in datasets:
+        parts.append(section(name, f"bench/ftp_download.py --repeats {data['repeats']}", data))
+        rows = []
+        for store, result in data["results"].items():
+            for way, r in result["ways"].items():
+                rows.append([store, FTP_WAYS.get(way, way), f"{num(r['median_s'] * 1000)} ms",
+                             f"{num(r['min_s'] * 1000, 0)}-{num(r['max_s'] * 1000, 0)}", num(r["ratio_to_raw"]),
+                             num(r["logins"], 0), "-" if r.get("artifact_http_requests") is None
+                             else num(r["artifact_http_requests"], 0)])
+        files = ", ".join(f"{store}: {result['files']}" for store, result in data["results"].items())
+        parts.append(f"Files in the model ({files}).\n\n" + table(
+            ["store", "way", "median", "min-max (ms)", "x raw", "FTP logins", "artifact HTTP requests"], rows))
+    return "\n\n".join(parts)
+
+
+def serving(datasets: list[tuple[str, dict]]) -> str:
+    parts = ["# Serving: `flops-mlops serve` against `mlflow models serve`",
+             "`bench/serving.py`: a one-tenant embedded stack runs an FL project; its champion is served one way, "
+             "then the other, on the same machine. Latency: sequential `POST /invocations` over one keep-alive "
+             "connection after a warm-up. Memory: resident memory of the server's whole process tree, idle after "
+             "`/ping` answered and after the latency runs."]
+    for name, data in datasets:
+        requests = data.get("requests")
+        parts.append(section(name, "bench/serving.py" + (f" --requests {requests}" if requests else ""), data))
+        sizes = [(entry["rows"], entry["requests"], entry["body_bytes"]) for entry in data["servers"][0]["latency"]]
+        rows = []
+        for server in data["servers"]:
+            row = [f"`{server['name']}`", str(server["memory_idle"]["processes"]), f"{num(server['start_to_ping_s'])} s",
+                   f"{num(server['memory_idle']['rss_mib'], 0)} MiB",
+                   f"{num(server['memory_after_load']['rss_mib'], 0)} MiB"]
+            row += [f"{num(e['p50_ms'])} / {num(e['p95_ms'])} ms" for e in server["latency"]]
+            rows.append(row)
+        header = ["server", "processes", "start to `/ping`", "resident, idle", "resident after the runs"]
+        header += [f"{r} row{'s' if r > 1 else ''}: p50 / p95 ({n} requests of {b} bytes)" for r, n, b in sizes]
+        parts.append(table(header, rows))
+    return "\n\n".join(parts)
+
+
+def tracking_healthcheck(datasets: list[tuple[str, dict]]) -> str:
+    parts = ["# Tracking server at idle: what its healthcheck costs",
+             "`bench/tracking_healthcheck.py`: the compose stack of `compose.yaml`, idle; the tracking-server "
+             "container's CPU time over the window (Docker API, cumulative) and `docker stats` samples of its CPU %, "
+             "with the healthcheck compose.yaml ships, with none, and with the Python healthcheck shipped before."]
+    for name, data in datasets:
+        parts.append(section(name, f"bench/tracking_healthcheck.py --seconds {num(data['seconds'], 0)} --settle "
+                                   f"{num(data['settle_s'], 0)}", data))
+        rows = []
+        for variant, r in data["variants"].items():
+            if "skipped" in r:
+                rows.append([f"`{variant}`", "-", r["skipped"], "-", "-", "-", "-"])
+                continue
+            check = "none" if not r["healthcheck"] or r["healthcheck"] == ["NONE"] else \
+                f"`{' '.join(r['healthcheck'][1:])}` every {num(r['healthcheck_interval_s'], 0)} s"
+            rows.append([f"`{variant}`", f"`{r['image']}`", check,
+                         f"{num(r['cpu_seconds'], 2)} s in {num(r['window_s'], 0)} s",
+                         f"**{num(r['cpu_percent_of_one_core'], 2)} %**",
+                         f"{num(r['docker_stats_cpu_percent_median'], 2)} % ({len(r['docker_stats_cpu_percent'])} "
+                         f"samples: {each(r['docker_stats_cpu_percent'], 2)})",
+                         f"{load(r['load_average_before'][:1])} → {load(r['load_average_after'][:1])}"])
+        parts.append(table(["variant", "image", "healthcheck", "CPU time", "of one core", "`docker stats` CPU, median",
+                            "load average (1 min)"], rows))
+    return "\n\n".join(parts)
+
+
+RENDERERS: dict[str, Callable[[list[tuple[str, dict]]], str]] = {
+    "stack_footprint": stack_footprint, "fl_tracking_overhead": fl_tracking_overhead,
+    "ftp_download": ftp_download, "serving": serving, "tracking_healthcheck": tracking_healthcheck}
+
+
+# --- reports -----------------------------------------------------------------------------------------------------
+
+
+def groups(results: Path) -> dict[str, list[tuple[str, dict]]]:
+    """Benchmark -> its JSON files (name, data): <benchmark>.json first, then its variants by name."""
+    found: dict[str, list[tuple[str, dict]]] = {}
+    for path in sorted(results.glob("*.json")):
+        data = json.loads(path.read_text(encoding="utf-8"))
+        found.setdefault(data.get("benchmark", path.stem), []).append((path.name, data))
+    for benchmark, datasets in found.items():
+        datasets.sort(key=lambda item: (item[0] != f"{benchmark}.json", item[0]))
+    return found
+
+
+def notes_of(text: str) -> str:
+    """The hand-written section of an existing report (from the NOTES heading to the end), or ''."""
+    return text[text.index(NOTES):].rstrip() + "\n" if NOTES in text else ""
+
+
+def figures(text: str) -> set[str]:
+    """The numbers a text states, outside `code` spans and link targets."""
+    text = re.sub(r"`[^`]*`", " ", text)
+    text = re.sub(r"\]\([^)]*\)", "]", text)
+    return set(NUMBER.findall(text))
+
+
+def wrapped(markdown: str, width: int = 116) -> str:
+    """Paragraphs and list items wrapped at ``width``; headings and tables as they are."""
+    blocks = []
+    for block in markdown.split("\n\n"):
+        if block.startswith(("#", "|")):
+            blocks.append(block)
+        elif block.startswith("- ") or "\n- " in block:
+            lines = block.split("\n")
+            items = [textwrap.fill(line, width, subsequent_indent="  ", break_long_words=False,
+                                   break_on_hyphens=False) if line.startswith("- ") else line for line in lines]
+            blocks.append("\n".join(items))
+        else:
+            blocks.append(textwrap.fill(block, width, break_long_words=False, break_on_hyphens=False))
+    return "\n\n".join(blocks)
+
+
+def render(benchmark: str, datasets: list[tuple[str, dict]], notes: str) -> str:
+    sources = ", ".join(name for name, _ in datasets)
+    head = wrapped(f"<!-- Generated by bench/report.py from {sources}: rerun it after the benchmark, do not edit; "
+                   "only the Notes section at the end is written by hand. -->")
+    return head + "\n\n" + wrapped(RENDERERS[benchmark](datasets).rstrip()) + "\n" + ("\n" + notes if notes else "")
+
+
+def problems(results: Path, write: bool) -> list[str]:
+    found = []
+    for benchmark, datasets in groups(results).items():
+        if benchmark not in RENDERERS:
+            found.append(f"{', '.join(n for n, _ in datasets)}: no renderer for benchmark {benchmark!r} in "
+                         "bench/report.py")
+            continue
+        path = results / f"{benchmark}.md"
+        existing = path.read_text(encoding="utf-8") if path.exists() else ""
+        notes = notes_of(existing)
+        text = render(benchmark, datasets, notes)
+        stated = figures(notes) - figures(text[: len(text) - len(notes)] if notes else text)
+        if stated:
+            found.append(f"{path.name}: the notes state {', '.join(sorted(stated, key=float))}, which the JSON "
+                         "does not give (the notes may only repeat figures of the generated part)")
+        if write:
+            if text != existing:
+                path.write_text(text, encoding="utf-8")
+                print(f"wrote {path}")
+        elif text != existing:
+            diff = "".join(list(difflib.unified_diff(existing.splitlines(True), text.splitlines(True), str(path),
+                                                     "rendered from the JSON"))[:40])
+            found.append(f"{path.name} differs from what its JSON renders (run bench/report.py):\n{diff}")
+    for path in sorted(results.glob("*.md")):
+        if path.stem not in RENDERERS or not any(path.stem == b for b in groups(results)):
+            found.append(f"{path.name}: no JSON renders it")
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true",
+                        help="write nothing; exit 1 when a report differs from its JSON or its notes state a "
+                             "figure the JSON lacks")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="folder of the JSON files and reports")
+    args = parser.parse_args(argv)
+    found = problems(args.results, write=not args.check)
+    for problem in found:
+        print(problem, file=sys.stderr)
+    return 1 if found else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
