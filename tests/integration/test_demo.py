@@ -34,7 +34,10 @@ def test_make_demo_ends_with_a_curl_line_that_gets_predictions(clean_checkout):
     assert changed == {("tracking", "base_port"), ("artifact_store", "port"), ("artifact_store", "passive_ports")}
     config = "configs/local-free-ports.yaml"  # beside local.yaml: its relative paths (.flops/local, .env) hold
     (folder / config).write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("FLOPS_", "MLFLOW_", "VIRTUAL_ENV"))}
+    # A new user's shell: none of our variables, and not inside another make (`make test` runs this test; its
+    # MAKELEVEL and MAKEFLAGS would make the inner make print "Entering/Leaving directory" lines around the demo).
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("FLOPS_", "MLFLOW_", "VIRTUAL_ENV")) and k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
     knobs = [f"CONFIG={config}", f"DEMO_PORT={free_port()}"]
 
     def make(*args: str) -> subprocess.CompletedProcess:
