@@ -27,9 +27,11 @@ account:
 	    echo "creating the system account flops-mlops (tracking servers never run as root)"; \
 	    useradd --system --no-create-home --shell /usr/sbin/nologin flops-mlops; fi
 
-## make test: the whole test suite (tests needing a missing service skip, or fail with FLOPS_REQUIRE_SERVICES=1)
+## make test: the whole test suite (tests needing a missing service skip, or fail with FLOPS_REQUIRE_SERVICES=1),
+## on TEST_WORKERS pytest-xdist workers; each test file runs whole on one worker, so its shared fixtures stay shared
+TEST_WORKERS ?= 2
 test: venv account
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile
 
 ## make ui-screenshots: the browser test (tests/ui: a real round, then the MLflow UI in Debian's chromium), with its
 ## screenshots written to docs/images/ui/ (the README shows them) instead of test-artifacts/ui/

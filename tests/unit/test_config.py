@@ -98,7 +98,7 @@ BAD = [
 ]
 
 
-@pytest.mark.parametrize("key,value,expected", BAD, ids=[f"{k}={v!r}"[:40] for k, v, _ in BAD])
+@pytest.mark.parametrize("key,value,expected", BAD, ids=[(f"{k} deleted" if v is DELETE else f"{k}={v!r}")[:40] for k, v, _ in BAD])
 def test_bad_configs_are_rejected_with_file_key_and_expectation(tmp_path, key, value, expected):
     path = tmp_path / "stack.yaml"
     path.write_text(yaml.safe_dump(with_change(key, value)))
