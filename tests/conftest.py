@@ -54,16 +54,37 @@ def _bindable(port: int) -> bool:
     return True
 
 
+def _test_ports() -> range:
+    """The ports this pytest process picks from: below the kernel's ephemeral range (where outgoing connections
+    take their source ports, so a port picked there can be taken before the service binds it), one slice per
+    xdist worker (PYTEST_XDIST_WORKER gw0, gw1, ...), so that two workers never pick the same port."""
+    try:
+        ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_low = 32768
+    low, high = 10000, max(ephemeral_low, 12000)
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    index = int(worker) if worker.isdigit() else 0
+    size = (high - low) // max(workers, 1)
+    return range(low + index * size, low + (index + 1) * size)
+
+
+TEST_PORTS = _test_ports()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    for _ in range(500):
+        port = random.choice(TEST_PORTS)
+        if _bindable(port):
+            return port
+    raise RuntimeError(f"no free port in {TEST_PORTS.start}-{TEST_PORTS.stop - 1}")
 
 
 def free_port_range(size: int) -> tuple[int, int]:
     """A run of ``size`` consecutive free ports (for FTP passive ranges)."""
     for _ in range(200):
-        start = random.randrange(20000, 60000 - size)
+        start = random.randrange(TEST_PORTS.start, TEST_PORTS.stop - size)
         if all(_bindable(p) for p in range(start, start + size)):
             return start, start + size - 1
     raise RuntimeError("no free port range found")
