@@ -238,5 +238,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def leave(code: int) -> None:
+    """Exit with ``code`` once everything is written, without the interpreter's finalization: threads a framework
+    left behind (torch.export's, after a PyTorch model was logged) can abort it ("terminate called without an
+    active exception", SIGABRT) after the model was registered."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    leave(main())
