@@ -416,7 +416,11 @@ def test_no_learner_example_reaches_the_tracking_server_or_an_artifact(stack, fa
             assert not [n for n in needles if n in content], f"a learner's example is in {path}"
     assert looked > 5
     # the logged input example is the repository's (rows no learner holds)
-    example = next((state / "ftp").rglob("input_example.json"))
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri(stack))
+    model_id = mlflow.MlflowClient().get_model_version_by_alias("Probe", "champion").source.removeprefix("models:/")
+    example = next((state / "ftp").rglob(f"{model_id}/artifacts/input_example.json"))
     assert np.asarray(json.loads(example.read_text())).shape == (3, 64)
 
 
