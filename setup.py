@@ -1,6 +1,7 @@
-"""Build hook: the wheel carries sla_templates/ and deploy/pyinfra/ (with the lock its group data reads) inside
-the package, beside the code of their targets (flops_mlops/oakestra/sla_templates, flops_mlops/pyinfra/deploys),
-so an installed flops-mlops renders, pushes and provisions without a checkout (flops_mlops/bundled.py finds them).
+"""Build hook: the wheel carries sla_templates/, deploy/pyinfra/ (with the lock its group data reads) and examples/
+inside the package, beside the code that uses them (flops_mlops/oakestra/sla_templates, flops_mlops/pyinfra/deploys,
+flops_mlops/fl/examples), so an installed flops-mlops renders, pushes, provisions and runs `round` with the default
+example without a checkout (flops_mlops/bundled.py finds them).
 Everything else is in pyproject.toml."""
 
 import shutil
@@ -10,7 +11,8 @@ from setuptools import setup
 from setuptools.command.build_py import build_py
 
 # package folder <- source in the repository (group_data/all.py reads ../../images/constraints.txt)
-BUNDLED = {"oakestra/sla_templates": "sla_templates", "pyinfra/deploys": "deploy/pyinfra",
+BUNDLED = {"oakestra/sla_templates": "sla_templates", "pyinfra/deploys": "deploy/pyinfra", "fl/examples": "examples",
+           "fl/fl-project-image": "deploy/images/fl-project",
            "pyinfra/images/constraints.txt": "deploy/images/constraints.txt"}
 
 

@@ -20,6 +20,7 @@ from .configuration import secrets as secrets_module
 from .configuration.schema import ConfigError
 from .configuration.stack import StackConfig
 from .fl.command import add_round_parser, round_command  # FL projects (fl/)
+from .fl.project_image import add_build_fl_image_parser, build_fl_image_command
 from .native import commands as native  # up, restart, status, down (native/)
 from .oakestra import sla
 from .oakestra.commands import add_parsers as add_oakestra_parsers  # push, undeploy (oakestra/)
@@ -67,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     keys.set_defaults(handler=cmd_config)
 
     add_round_parser(commands).set_defaults(handler=with_config(round_command))
+    add_build_fl_image_parser(commands).set_defaults(handler=with_config(build_fl_image_command))
 
     render = commands.add_parser(
         "render", help="write what a target runs, from the configuration: Oakestra SLA files or the compose project",

@@ -53,7 +53,10 @@ def test_make_demo_ends_with_a_curl_line_that_gets_predictions(clean_checkout):
                                 text=True, timeout=60)
         assert answer.returncode == 0, answer.stderr
         predictions = json.loads(answer.stdout)["predictions"]
-        assert len(predictions) == 5 and set(predictions) <= {0, 1, 2}, answer.stdout
+        # the served scikit-learn example: five held-out digits (5, 3, 9, 9, 6), answered with digits 0-9, and a
+        # model that learnt something tells them apart
+        assert len(predictions) == 5 and set(predictions) <= set(range(10)), answer.stdout
+        assert len(set(predictions)) >= 3, answer.stdout
         status = subprocess.run([".venv/bin/flops-mlops", "--config", config, "status", "--json"], cwd=folder,
                                 env=env, capture_output=True, text=True, timeout=120, check=True)
         pids = [s["pid"] for s in json.loads(status.stdout)["services"] if s["running"]]

@@ -4,7 +4,7 @@ that span several sections are in stack.py (``oakestra_rules``)."""
 from __future__ import annotations
 
 import re
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, StrictInt, StrictStr
 
@@ -78,6 +78,19 @@ class OakestraProject(Model):
     learners: Learners = doc("number of learner services (FLOPS_LEARNERS)", 2)
     rounds: Positive = doc("training rounds (FLOPS_ROUNDS)", 3)
     serve: bool = doc("also serve the project's champion: a model server in the serving application", False)
+    ml_repo: Text | None = doc(
+        "the project's ML repository (FLOps' contract): a git URL, or a folder (relative to this file). Its "
+        "services run <registry>/flops-mlops/fl-<project>:<tag>, built by `flops-mlops build-fl-image`, the tag "
+        "being the repository's commit or a hash of the folder's files; none: images.fl_actor, which trains the "
+        "scikit-learn example", None)
+    revision: Text | None = doc("branch, tag or commit of a git ml_repo (a full 40-digit commit names the image "
+                                "without cloning; anything else is resolved by cloning at render time)", None)
+    flavor: Literal["sklearn", "pytorch", "keras"] | None = doc(
+        "MLflow flavour of the model (FLOPS_FLAVOR; none: inferred from get_model())", None)
+    min_learners: Amount = doc("learners a round needs to go on when others fail (FLOPS_MIN_LEARNERS; 0: all)", 0)
+    data_host_path: HostPath | None = doc(
+        "folder on the learners' nodes: learner i mounts <data_host_path>/learner-<i> read-only as its "
+        "FLOPS_DATA_DIR (Oakestra's host-path CSI driver); none: no data folder", None)
 
 
 HOSTPATH_DRIVER = "csi.oakestra.io/hostpath"  # Oakestra's host-path CSI plugin (csi/hostpath in oakestra/oakestra)

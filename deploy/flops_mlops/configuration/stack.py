@@ -231,6 +231,9 @@ def oakestra_rules(config: StackConfig) -> None:
         if project.slot < 1 or project.slot in project_slots:
             raise fail(f"{where}.slot", f"expected an unused number from 1, got {project.slot}")
         project_slots[project.slot] = project.name
+        if project.min_learners > project.learners:
+            raise fail(f"{where}.min_learners", f"expected 0 (all) to {project.learners} (the project's learners), "
+                                               f"got {project.min_learners}")
         block = o.ip_plan.projects_block + project.slot - 1
         if block > 255:
             raise fail(f"{where}.slot", f"slot {project.slot} puts the project outside 10.30.0.0/16 "

@@ -1,16 +1,20 @@
 """FL aggregator: runs the rounds, averages the learners' models, and is the only process that logs to MLflow.
 
-Run as ``python -m flops_mlops.fl.aggregator``; settings come from FLOPS_TRACKING_URI, FLOPS_PROJECT,
-FLOPS_ROUNDS, FLOPS_LEARNERS, FLOPS_SEED, FLOPS_AGGREGATOR_ADDRESS, FLOPS_BETTER, FLOPS_ALIAS,
-FLOPS_MODEL_DIR and FLOPS_TIMEOUT (or the matching flags; see ``--help`` and ``flops_mlops.fl.settings``).
-``FLOPS_TRACKING_URI=off`` keeps only the best model on disk (used by the benchmark).
+Run as ``python -m flops_mlops.fl.aggregator``; settings come from FLOPS_* variables or the matching flags (see
+``--help`` and ``flops_mlops.fl.settings``). ``FLOPS_TRACKING_URI=off`` keeps only the best model on disk (used by
+the benchmark).
 
-It listens on FLOPS_AGGREGATOR_ADDRESS, waits for FLOPS_LEARNERS learners, runs FLOPS_ROUNDS rounds of
-federated averaging, logs each round (``flops_mlops.fl.round_tracker``), then logs and registers the best model.
-Progress goes to stdout as text: a line per round, then a summary with links (as `flops-mlops round` prints
-it); with FLOPS_EVENTS=json as ``FLOPS_EVENT {json}`` lines instead, for the runner (``events``). Exit codes: 0 done,
-1 a failed round, learner or tracking server, or the timeout, 2 bad settings. On a failure inside the Flower
-server the process exits at once (the legacy server would otherwise hang).
+It loads the ML repository (FLOPS_ML_REPO) and checks it against the contract without data (``contract``: exit 2
+on a violation); builds its ModelManager, which gives the initial parameters and, after the last round, the model
+to log; it never calls ``set_model_data`` (the aggregator has no data). It listens on FLOPS_AGGREGATOR_ADDRESS,
+waits for FLOPS_LEARNERS learners, runs FLOPS_ROUNDS rounds of federated averaging, logs each round
+(``round_tracker``), then logs the best model with its flavour's MLflow module and registers it. When learners fail,
+a round goes on with those left while at least FLOPS_MIN_LEARNERS (default all) remain; when it cannot, the best
+model so far is still registered, then the aggregator exits 1. Progress goes to stdout as text: a line per
+round, notices, then a summary with links (as `flops-mlops round` prints it); with FLOPS_EVENTS=json as
+``FLOPS_EVENT {json}`` lines instead, for the runner (``events``). Exit codes: 0 done, 1 a failed round, learner
+or tracking server, or the timeout, 2 bad settings or a repository that breaks the contract. On a failure inside
+the Flower server the process exits at once (the legacy server would otherwise hang).
 """
 
 from __future__ import annotations
@@ -20,15 +24,27 @@ import os
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from . import data, faults, model
+from . import faults, flavors
 from .best_model import BestModel, RoundResult
-from .events import Events
+from .contract import ManagedModel, check_repository
+from .events import Events, NotEnoughLearners
+from .ml_repo import content_hash, import_model_manager, read_dependencies, repository_folder
 from .round_tracker import LocalOnly, RoundTracker, TrackingError
 from .settings import FLSettings, SettingsError, from_environment, no_telemetry_defaults
+
+
+def average(results: list[tuple[int, list[np.ndarray]]]) -> list[np.ndarray]:
+    """Federated averaging weighted by examples; each average keeps its array's dtype and shape (an int64
+    counter stays int64, a float32 weight float32)."""
+    total = sum(n for n, _ in results)
+    first = results[0][1]
+    return [np.asarray(sum(n * arrays[i] for n, arrays in results) / total).astype(first[i].dtype, copy=False)
+            .reshape(first[i].shape) for i in range(len(first))]
 
 
 def weighted_mean(values: list[tuple[int, float]]) -> float:
@@ -46,10 +62,21 @@ class Rounds:
         self.started: dict[int, float] = {}
         self.train_examples: dict[int, int] = {}
         self.params: dict[int, list[np.ndarray]] = {}
+        self.active = settings.learners  # learners still taking part
 
     def fit_config(self, server_round: int) -> dict[str, Any]:
-        return {"server_round": server_round, "local_epochs": self.settings.local_epochs,
-                "learning_rate": self.settings.learning_rate}
+        return {"server_round": server_round}
+
+    def enough(self, server_round: int, got: int, what: str) -> None:
+        """Raise NotEnoughLearners if ``got`` learners are fewer than a round needs; say so when some failed."""
+        needed = self.settings.required_learners
+        if got < needed:
+            raise NotEnoughLearners(f"round {server_round}: only {got} of {self.settings.learners} learners "
+                                    f"returned {what}; a round needs {needed} (--min-learners)")
+        if got < self.active:
+            self.events.emit("notice", message=f"round {server_round}: {self.active - got} learner(s) failed to "
+                                               f"return {what}; going on with {got} (a round needs {needed})")
+            self.active = got
 
     def begin(self, server_round: int) -> None:
         self.started[server_round] = time.monotonic()
@@ -57,21 +84,15 @@ class Rounds:
 
     def trained(self, server_round: int, results: list[tuple[int, list[np.ndarray]]]) -> list[np.ndarray]:
         """Federated averaging of (num_examples, arrays); returns the new global model."""
-        if len(results) < self.settings.learners:
-            raise RuntimeError(f"round {server_round}: only {len(results)} of {self.settings.learners} "
-                               "learners returned a model")
-        total = sum(n for n, _ in results)
-        averaged = [sum(n * arrays[i] for n, arrays in results) / total for i in range(len(results[0][1]))]
-        averaged = faults.corrupt(averaged, server_round)
-        self.train_examples[server_round] = total
+        self.enough(server_round, len(results), "a model")
+        averaged = faults.corrupt(average(results), server_round)
+        self.train_examples[server_round] = sum(n for n, _ in results)
         self.params[server_round] = averaged
         return averaged
 
     def evaluated(self, server_round: int, results: list[tuple[int, float, float]]) -> dict[str, Any]:
         """(num_examples, loss, accuracy) per learner -> one logged round; returns the round's entry."""
-        if len(results) < self.settings.learners:
-            raise RuntimeError(f"round {server_round}: only {len(results)} of {self.settings.learners} "
-                               "learners returned an evaluation")
+        self.enough(server_round, len(results), "an evaluation")
         result = RoundResult(
             round=server_round,
             loss=weighted_mean([(n, loss) for n, loss, _ in results]),
@@ -85,19 +106,52 @@ class Rounds:
         return entry
 
 
-def strategy_params(settings: FLSettings) -> dict[str, Any]:
-    return {"strategy": "FedAvg", "rounds": settings.rounds, "min_learners": settings.learners,
-            "fraction_fit": 1.0, "fraction_evaluate": 1.0, "local_epochs": settings.local_epochs,
-            "learning_rate": settings.learning_rate, "seed": settings.seed, "better": settings.better,
-            "model": "multinomial logistic regression"}
+def strategy_params(settings: FLSettings, model: ModelLogging) -> dict[str, Any]:
+    return {"strategy": "FedAvg", "rounds": settings.rounds, "learners": settings.learners,
+            "min_learners": settings.required_learners, "fraction_fit": 1.0, "fraction_evaluate": 1.0,
+            "seed": settings.seed, "better": settings.better, "flavor": model.flavor, "model": model.type_name,
+            "ml_repo_tag": model.metadata["flops.ml_repo_tag"]}
 
 
-def make_tracker(settings: FLSettings) -> LocalOnly:
+@dataclass
+class ModelLogging:
+    """The repository's model as the tracking policy logs it: its flavour, requirements and input example."""
+
+    model: ManagedModel
+    flavor: str
+    requirements: list[str]
+    metadata: dict[str, str]
+    type_name: str
+
+    @classmethod
+    def load(cls, settings: FLSettings) -> ModelLogging:
+        folder = repository_folder(settings.ml_repo)
+        model = ManagedModel(import_model_manager(folder).ModelManager())  # never set_model_data: no data here
+        flavor = settings.flavor or flavors.infer(model.model())
+        return cls(model, flavor, flavors.requirements(flavor, read_dependencies(folder).requirements),
+                   {"flops.flavor": flavor, "flops.ml_repo_tag": settings.ml_repo_tag or
+                    "c" + content_hash(folder)[:12]}, flavors.type_name(model.model()))
+
+    @property
+    def has_example(self) -> bool:
+        return hasattr(self.model.manager, "get_input_example")
+
+    def prepare(self) -> None:
+        flavors.prepare(self.flavor)
+
+    def log(self, params: list[np.ndarray], registered_name: str):
+        """Log the model holding ``params`` into the active run and register it; returns MLflow's ModelInfo."""
+        self.model.set_parameters(params)
+        return flavors.log_model(self.flavor, self.model.model(), self.model.input_example(), self.requirements,
+                                 registered_name, self.metadata)
+
+
+def make_tracker(settings: FLSettings, model: ModelLogging) -> LocalOnly:
     best = BestModel(settings.model_dir, settings.better)
     if settings.tracking_uri == "off":
         return LocalOnly(best)
-    return RoundTracker(settings.tracking_uri, settings.project, best, strategy_params(settings), settings.alias,
-                        ui_url=settings.ui_url or settings.tracking_uri)
+    return RoundTracker(settings.tracking_uri, settings.project, best, strategy_params(settings, model),
+                        settings.alias, ui_url=settings.ui_url or settings.tracking_uri, model_logging=model)
 
 
 def quiet_network_defaults() -> None:
@@ -113,13 +167,32 @@ def quiet_network_defaults() -> None:
 
 
 def finish(settings: FLSettings, tracker: LocalOnly, events: Events) -> dict[str, Any]:
-    x_example, _ = data.held_out(settings.seed)
-    summary = tracker.finish(x_example)
+    summary = tracker.finish()
     summary.update(project=settings.project, rounds_planned=settings.rounds, learners=settings.learners,
                    better=settings.better, alias=settings.alias, model_dir=str(settings.model_dir),
                    model_file=str(tracker.best.arrays_file.absolute()), aggregator_address=settings.aggregator_address)
     events.emit("summary", **summary)
     return summary
+
+
+class Ending:
+    """How the aggregator ends when it cannot go on: the open round's run is marked failed, the best model so far
+    is registered (once, whichever thread gets here first), then exit 1."""
+
+    def __init__(self, settings: FLSettings, tracker: LocalOnly, events: Events):
+        self.settings, self.tracker, self.events = settings, tracker, events
+        self.lock = threading.Lock()
+
+    def give_up(self, message: str) -> None:
+        if not self.lock.acquire(blocking=False):
+            return  # the other thread is ending it already
+        self.tracker.fail()
+        if self.tracker.best.result is not None:
+            try:
+                finish(self.settings, self.tracker, self.events)
+            except Exception as exc:  # noqa: BLE001 - the first failure is the one reported
+                message += f"; registering the best model so far failed too: {exc}"
+        self.events.fatal(message)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -129,15 +202,25 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     quiet_network_defaults()
+    violations, _ = check_repository(repository_folder(settings.ml_repo), settings.flavor or None, learner=False)
+    if violations:
+        for violation in violations:
+            print(f"error: contract violation: {violation}", file=sys.stderr)
+        return 2
     events = Events.for_stdout()
     if not events.machine:  # a person reads this: our lines, not MLflow's and Flower's progress logs (warnings stay)
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
         tracking = settings.ui_url or settings.tracking_uri
         print(f"FL project {settings.project}: {settings.rounds} rounds, {settings.learners} learners, listening on "
               f"{settings.aggregator_address}, tracking at {tracking}", flush=True)
-    tracker = make_tracker(settings)
-    watchdog = threading.Timer(settings.timeout, lambda: events.fatal(
-        f"the training did not finish within {settings.timeout:.0f} s (FLOPS_TIMEOUT)", tracker))
+    model = ModelLogging.load(settings)
+    if not model.has_example:
+        events.emit("notice", message=f"{model.type_name} has no get_input_example(): the model will be logged "
+                                      "without a signature or input example")
+    tracker = make_tracker(settings, model)
+    ending = Ending(settings, tracker, events)
+    watchdog = threading.Timer(settings.timeout, ending.give_up,
+                               [f"the training did not finish within {settings.timeout:.0f} s (FLOPS_TIMEOUT)"])
     watchdog.daemon = True
     watchdog.start()
     tracker.open(on_failure=events.fatal)  # in the background, while Flower starts and waits for the learners
@@ -146,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     if not events.machine:
         logging.getLogger("flwr").setLevel(logging.WARNING)  # after its import, which sets DEBUG
     rounds = Rounds(settings, tracker, events)
-    legacy.serve(settings, rounds, model.initial_parameters())
+    legacy.serve(settings, rounds, model.model.parameters(), ending)
     try:
         finish(settings, tracker, events)
     except TrackingError as exc:
@@ -155,5 +238,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def leave(code: int) -> None:
+    """Exit with ``code`` once everything is written, without the interpreter's finalization: threads a framework
+    left behind (torch.export's, after a PyTorch model was logged) can abort it ("terminate called without an
+    active exception", SIGABRT) after the model was registered."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    leave(main())

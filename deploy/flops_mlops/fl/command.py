@@ -1,39 +1,66 @@
 """`flops-mlops round`: an FL project on this machine against a tenant's tracking server, with its progress and
-summary (runner.py runs and supervises the processes)."""
+summary: the ML repository is resolved (ml_repo), its environment found or built (environments), checked against
+the contract (runner.preflight), then run and supervised (runner)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from ..configuration.schema import ConfigError
 from ..configuration.secrets import Secrets, admin_password_key, new_password
 from ..tracking.server import TrackingServer, is_healthy
 from ..tracking.users import AuthAdmin, ensure_project_user
-from .runner import FLRunError, run_project
-from .settings import BETTER_CHOICES, PROJECT_RULE, FLSettings, SettingsError, validate_project
+from .environments import for_repository
+from .ml_repo import RepoError, repository_folder, resolve
+from .runner import FLRunError, PreflightError, Runtime, preflight, run_project
+from .settings import BETTER_CHOICES, FLAVORS, PROJECT_RULE, FLSettings, SettingsError, validate_project
 from .summary import round_line, summary_lines
 
 
 def add_round_parser(commands) -> argparse.ArgumentParser:
     parser = commands.add_parser(
         "round", help="run an FL project (aggregator + learners on this machine) against a tenant's tracking server",
-        description="Run an FL project on this machine: one aggregator and K learner processes on 127.0.0.1. "
-                    "The aggregator logs one MLflow run per round to the tenant's tracking server, keeps the "
-                    "best global model on disk (state_dir/fl/<tenant>/<project>/model) and, after the last "
-                    "round, logs and registers it under the project's name with an alias.")
+        description="Run an FL project on this machine: the ML repository's model (FLOps' contract; default: the "
+                    "scikit-learn example), trained by K learner processes on their own data and one aggregator "
+                    "on 127.0.0.1, in the repository's environment (a virtualenv per dependency set, cached; "
+                    "this interpreter when it already meets them). Before anything starts, the repository is "
+                    "checked against the contract (exit 2 names each violation). The aggregator logs one MLflow "
+                    "run per round to the tenant's tracking server, keeps the best global model on disk "
+                    "(state_dir/fl/<tenant>/<project>/model) and, after the last round, logs it with its "
+                    "flavour's MLflow module and registers it under the project's name with an alias.")
     parser.add_argument("--tenant", required=True, help="tenant id (its tracking server must be up)")
     parser.add_argument("--project", required=True,
                         help=f"FL project = MLflow experiment = registered model name ({PROJECT_RULE})")
+    parser.add_argument("--ml-repo", default=None, metavar="FOLDER|GIT-URL",
+                        help="the ML repository in FLOps' contract (model_manager.py with ModelManager, conda.yaml "
+                             "or requirements.txt): a folder, or a git URL (https://, ssh://, file://; cloned into "
+                             "the state dir). Default: the scikit-learn example shipped with flops-mlops")
+    parser.add_argument("--revision", default=None, help="branch, tag or commit of a git --ml-repo (default: its "
+                                                         "default branch)")
+    parser.add_argument("--flavor", choices=FLAVORS, default=None,
+                        help="MLflow flavour the best model is logged with (FLOps' names; default: inferred from "
+                             "get_model()'s type)")
+    parser.add_argument("--data", type=Path, default=None, metavar="DIR",
+                        help="each learner's own data: learner i gets DIR/learner-<i>/ as FLOPS_DATA_DIR (default: "
+                             "none; the examples then split scikit-learn's bundled digits themselves)")
     parser.add_argument("--rounds", type=int, default=3, help="training rounds (default 3)")
     parser.add_argument("--learners", type=int, default=2, help="learner processes (default 2)")
-    parser.add_argument("--seed", type=int, default=42, help="seed of the synthetic data and its split (default 42)")
+    parser.add_argument("--min-learners", type=int, default=0,
+                        help="learners a round needs to go on when others fail (default 0: all of them)")
+    parser.add_argument("--seed", type=int, default=42,
+                        help="seed the repository's data split may read as FLOPS_SEED (default 42)")
     parser.add_argument("--better", choices=BETTER_CHOICES, default="loss",
                         help="which round's model is best: lowest aggregated loss (default) or highest accuracy")
     parser.add_argument("--alias", default="champion", help="registry alias for the new version (default champion)")
     parser.add_argument("--timeout", type=float, default=600, help="give up after this many seconds (default 600)")
+    parser.add_argument("--round-timeout", type=float, default=300,
+                        help="seconds a learner's fit_model or evaluate_model may take; a learner past it leaves "
+                             "(default 300)")
     parser.add_argument("--engine", choices=["legacy", "deployment"], default="legacy",
                         help="Flower API: legacy start_server/start_client (default, fast) or the deployment "
                              "engine (SuperLink, SuperNodes, flwr run)")
@@ -44,32 +71,75 @@ def add_round_parser(commands) -> argparse.ArgumentParser:
 
 def round_command(config, args) -> int:
     tenant = config.tenant(args.tenant)
+    work_dir = config.state_dir / "fl" / tenant.id / args.project
     try:
         validate_project(args.project, "--project")
         settings = FLSettings(project=args.project, tracking_uri=config.tracking_uri(tenant), rounds=args.rounds,
-                              learners=args.learners, seed=args.seed, better=args.better, alias=args.alias,
-                              timeout=args.timeout,
-                              model_dir=config.state_dir / "fl" / tenant.id / args.project / "model")
+                              learners=args.learners, min_learners=args.min_learners, seed=args.seed,
+                              better=args.better, alias=args.alias, timeout=args.timeout,
+                              round_timeout=args.round_timeout, flavor=args.flavor or "",
+                              model_dir=work_dir / "model")
         settings.check("aggregator")
+        if args.data is not None:
+            missing = [f"learner-{i}" for i in range(args.learners) if not (args.data / f"learner-{i}").is_dir()]
+            if missing:
+                raise SettingsError(f"--data: {args.data} has no folder {', '.join(missing)} (learner i reads "
+                                    f"DIR/learner-<i>/)")
     except SettingsError as exc:
         raise ConfigError(str(exc)) from None
+    progress = sys.stderr if args.json else sys.stdout
+
+    def say(text: str) -> None:
+        print(text, file=progress, flush=True)
+
+    try:
+        repo = resolve(args.ml_repo or str(repository_folder("")), args.revision, config.state_dir / "fl" / "repos")
+        dependencies = repo.dependencies()
+        say(f"ML repository: {repo.source}" + (f" at {repo.revision}" if repo.revision else "")
+            + f" (tag {repo.tag}; {dependencies.file.name}: {len(dependencies.requirements)} requirements)")
+        for note in dependencies.notes:
+            say(f"  {note}")
+        environment = for_repository(dependencies, progress=lambda text, **_: say(text))
+        say(f"environment: {environment.description}")
+        runtime = Runtime(environment.python, environment.variables(work_dir / "runtime"))
+        settings = replace(settings, ml_repo=str(repo.folder), ml_repo_tag=repo.tag)
+        checked = preflight(settings, runtime, work_dir, args.data.resolve() if args.data else None)
+    except (RepoError, PreflightError) as exc:
+        raise ConfigError(str(exc)) from None
+    settings = replace(settings, flavor=settings.flavor or checked["flavor"])
+    say(f"contract: holds ({checked['arrays']} parameter arrays, {checked['parameters']:,} parameters; flavour "
+        f"{settings.flavor}" + ("" if args.flavor else ", inferred from get_model()") + "; "
+        + ("input example from get_input_example()" if checked.get("input_example") else
+           "no get_input_example(): the model will be logged without a signature or input example") + ")")
+    # After the repository's checks: a broken repository is named (exit 2) whether the stack is up or not.
     if not is_healthy(settings.tracking_uri):
         raise FLRunError(f"tracking server of tenant {tenant.id} at {settings.tracking_uri} is not answering; "
                          f"start the stack first: flops-mlops --config {args.config} up --detach")
     login = project_login(config, tenant, settings.project)
-    progress = sys.stderr if args.json else sys.stdout
 
-    def on_round(event: dict[str, Any]) -> None:
-        print(round_line(event), file=progress, flush=True)
+    def on_event(event: dict[str, Any]) -> None:
+        if event["event"] == "learner_failed":
+            say(f"{event['learner']} failed (exit {event['code']}): {event['message']}")
+            return
+        if event["event"] == "notice":
+            say(f"note: {event['message']}")
+            return
+        say(round_line(event))
 
-    print(f"FL project {settings.project} for tenant {tenant.id}: {settings.rounds} rounds, {settings.learners} "
-          f"learners ({args.engine} engine), tracking at {settings.tracking_uri}", file=progress, flush=True)
-    work_dir = config.state_dir / "fl" / tenant.id / settings.project
-    summary = run_project(settings, work_dir, on_round, engine=args.engine, env=login)
+    say(f"FL project {settings.project} for tenant {tenant.id}: {settings.rounds} rounds, {settings.learners} "
+        f"learners ({args.engine} engine), tracking at {settings.tracking_uri}")
+    try:
+        summary = run_project(settings, work_dir, on_event, engine=args.engine, env=login, runtime=runtime,
+                              data_dir=args.data.resolve() if args.data else None)
+    except FLRunError as exc:
+        if exc.summary and exc.summary.get("model_uri"):
+            say(f"the training could not go on; the best model so far (round {exc.summary['best_round']}) is "
+                f"registered: {exc.summary['model_uri']} (version {exc.summary['model_version']})")
+        raise
     if args.json:
         keys = ("project", "experiment_id", "run_ids", "best_round", "better", "model_uri", "model_version",
-                "logged_model_uri", "ui_url", "best_run_url", "model_url", "model_dir", "aggregator_address",
-                "rounds")
+                "logged_model_uri", "flavor", "signature", "model_bytes", "ui_url", "best_run_url", "model_url",
+                "model_dir", "aggregator_address", "rounds", "failed_learners")
         print(json.dumps({key: summary.get(key) for key in keys}, indent=2))
         return 0
     print("\n" + "\n".join(summary_lines(summary)))

@@ -20,54 +20,65 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
-from .events import Events
-from .settings import FLSettings
+from .events import Events, NotEnoughLearners
+from .settings import FLSettings, environment
 
 server_app = ServerApp()
 client_app = ClientApp()
 
 # run-config key -> FLSettings field (the FAB's pyproject declares every key with a default)
 RUN_CONFIG = {"project": "project", "tracking-uri": "tracking_uri", "num-server-rounds": "rounds",
-              "learners": "learners", "seed": "seed", "better": "better", "alias": "alias",
-              "model-dir": "model_dir", "timeout": "timeout", "local-epochs": "local_epochs",
-              "learning-rate": "learning_rate"}
+              "learners": "learners", "min-learners": "min_learners", "seed": "seed", "better": "better",
+              "alias": "alias", "model-dir": "model_dir", "timeout": "timeout", "round-timeout": "round_timeout",
+              "ml-repo": "ml_repo", "flavor": "flavor", "ml-repo-tag": "ml_repo_tag"}
+
+
+def run_config(settings: FLSettings) -> dict[str, Any]:
+    """The run config that carries ``settings`` to the ServerApp (and the repository to the ClientApps)."""
+    return {key: (str(getattr(settings, field)) if isinstance(getattr(settings, field), Path)
+                  else getattr(settings, field)) for key, field in RUN_CONFIG.items()}
 
 
 def _settings(run_config: dict[str, Any]) -> FLSettings:
     values = {field: run_config[key] for key, field in RUN_CONFIG.items() if key in run_config}
     values["model_dir"] = Path(str(values.get("model_dir", "flops-model")))
-    values["timeout"] = float(values.get("timeout", 600))
-    values["learning_rate"] = float(values.get("learning_rate", 0.3))
+    for key in ("timeout", "round_timeout"):
+        if key in values:
+            values[key] = float(values[key])
     return FLSettings(**values)
 
 
 @server_app.main()
 def _server_main(grid: Grid, context: Context) -> None:
-    from . import aggregator, model
+    from . import aggregator
 
     settings = _settings(dict(context.run_config)).check("aggregator")
     events = Events(file=str(context.run_config.get("events-file", "")) or None)
     aggregator.quiet_network_defaults()
-    tracker = aggregator.make_tracker(settings)
+    model = aggregator.ModelLogging.load(settings)
+    tracker = aggregator.make_tracker(settings, model)
     try:
         tracker.open()
         rounds = aggregator.Rounds(settings, tracker, events)
         nodes = _wait_for_nodes(grid, settings)
-        params = model.initial_parameters()
+        params = model.model.parameters()
         for server_round in range(1, settings.rounds + 1):
             rounds.begin(server_round)
             config = ConfigRecord(rounds.fit_config(server_round))
-            replies = _ask(grid, nodes, "train", server_round, params, config, settings.timeout)
+            replies = _ask(grid, nodes, "train", server_round, params, config, settings.round_timeout)
             params = rounds.trained(server_round, [
                 (int(r.content["metrics"]["num-examples"]), r.content["arrays"].to_numpy_ndarrays())
                 for r in replies])
-            replies = _ask(grid, nodes, "evaluate", server_round, params, config, settings.timeout)
+            replies = _ask(grid, nodes, "evaluate", server_round, params, config, settings.round_timeout)
             rounds.evaluated(server_round, [
                 (int(r.content["metrics"]["num-examples"]), float(r.content["metrics"]["loss"]),
                  float(r.content["metrics"]["accuracy"])) for r in replies])
+            nodes = [r.metadata.src_node_id for r in replies]  # who failed has left
         aggregator.finish(settings, tracker, events)
     except Exception as exc:
         tracker.fail()
+        if isinstance(exc, NotEnoughLearners) and tracker.best.result is not None:
+            aggregator.finish(settings, tracker, events)  # the best model so far is registered all the same
         events.emit("error", message=f"{type(exc).__name__}: {exc}")
         raise
 
@@ -85,24 +96,25 @@ def _wait_for_nodes(grid: Grid, settings: FLSettings) -> list[int]:
 
 def _ask(grid: Grid, nodes: list[int], kind: str, server_round: int, params, config: ConfigRecord,
          timeout: float) -> list[Message]:
+    """Send ``kind`` to every node; the replies without error (the Rounds decide whether they are enough)."""
     messages = [Message(RecordDict({"arrays": ArrayRecord(numpy_ndarrays=list(params)), "config": config}),
                         dst_node_id=node, message_type=kind, group_id=str(server_round)) for node in nodes]
-    replies = list(grid.send_and_receive(messages, timeout=timeout))
-    failed = [r for r in replies if r.has_error()]
-    if failed or len(replies) < len(nodes):
-        detail = failed[0].error.reason if failed else "no reply before the timeout"
-        raise RuntimeError(f"round {server_round}: {len(failed) or len(nodes) - len(replies)} learner(s) failed "
-                           f"to {kind} ({detail})")
-    return replies
+    return [r for r in grid.send_and_receive(messages, timeout=timeout) if not r.has_error()]
 
 
 def _learner(context: Context):
+    import os
+
     from .learner import LocalLearner
+    from .ml_repo import repository_folder
 
     node = context.node_config
     settings = FLSettings(learners=int(node["num-partitions"]), learner_index=int(node["partition-id"]),
-                          seed=int(context.run_config.get("seed", 42))).check("learner")
-    return LocalLearner(settings)
+                          seed=int(context.run_config.get("seed", 42)), data_dir=str(node.get("data-dir", "")),
+                          ml_repo=str(context.run_config.get("ml-repo", "")),
+                          round_timeout=float(context.run_config.get("round-timeout", 300))).check("learner")
+    os.environ.update(environment(settings, "learner"))  # what the repository reads
+    return LocalLearner(settings, repository_folder(settings.ml_repo))
 
 
 @client_app.train()
@@ -115,7 +127,9 @@ def _train(msg: Message, context: Context) -> Message:
 
 @client_app.evaluate()
 def _evaluate(msg: Message, context: Context) -> Message:
-    loss, n, accuracy = _learner(context).evaluate(msg.content["arrays"].to_numpy_ndarrays())
+    config = dict(msg.content["config"])
+    loss, n, accuracy = _learner(context).evaluate(msg.content["arrays"].to_numpy_ndarrays(),
+                                                   int(config.get("server_round", 0)))
     return Message(RecordDict({"metrics": MetricRecord({"num-examples": n, "loss": loss, "accuracy": accuracy})}),
                    reply_to=msg)
 

@@ -34,6 +34,11 @@ def read_event(line: str) -> dict[str, Any] | None:
     return event if isinstance(event, dict) and "event" in event else None
 
 
+class NotEnoughLearners(RuntimeError):
+    """Fewer learners than a round needs are left: the training cannot go on (the aggregator registers the best
+    model so far, then ends)."""
+
+
 @dataclass(frozen=True)
 class Events:
     """Where one aggregator's events go: stdout (as text, or as FLOPS_EVENT lines when ``machine``), and
@@ -53,6 +58,8 @@ class Events:
             print(line, flush=True)
         elif event == "round":
             print(round_line(fields), flush=True)
+        elif event == "notice":
+            print(f"note: {fields['message']}", flush=True)
         elif event == "summary":
             print("\n" + "\n".join(summary_lines(fields)), flush=True)
         if self.file:

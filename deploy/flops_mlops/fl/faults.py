@@ -3,7 +3,7 @@
     FLOPS_FAULT_CORRUPT_ROUND=N         the aggregator replaces round N's aggregated model with noise, so that
                                         round is worse than the ones before (proves the best, not the last,
                                         model is registered)
-    FLOPS_FAULT_CRASH_LEARNER=I:N       learner I exits with code 3 while training in round N
+    FLOPS_FAULT_CRASH_LEARNER=I:N       learner I's process dies (exit code 3) while training in round N
     FLOPS_FAULT_STRATEGY_ERROR_ROUND=N  the aggregation of round N raises (the aggregator must exit, not hang)
 """
 
@@ -27,7 +27,7 @@ def corrupt(params: list[np.ndarray], server_round: int) -> list[np.ndarray]:
         return params
     print(f"FAULT INJECTION: corrupting the aggregated model of round {server_round}", file=sys.stderr, flush=True)
     rng = np.random.default_rng(server_round)
-    return [rng.normal(0, 25, size=p.shape) for p in params]
+    return [rng.normal(0, 25, size=p.shape).astype(p.dtype) for p in params]
 
 
 def crash_learner_if_asked(learner_index: int, server_round: int) -> None:

@@ -1,9 +1,11 @@
 """Adapter to Flower's legacy server/client API (``start_server``/``start_client``), deprecated but fast.
 
 One gRPC port, long-lived processes, about a second per round. Quirks handled here: a strategy error
-would leave the server hanging in its gRPC threads, so any error inside the strategy exits the process
-at once (``Events.fatal``); the learner side fails immediately when the server is not up yet, which
-``learner.main`` handles by waiting for the port and retrying.
+would leave the server hanging in its gRPC threads, so any error inside the strategy ends the process
+at once (``aggregator.Ending``: the best model so far is registered first); the learner side fails
+immediately when the server is not up yet, which ``learner.main`` handles by waiting for the port and
+retrying. A learner that fails leaves (its process exits); the rounds go on with the others while at
+least FLOPS_MIN_LEARNERS remain.
 """
 
 from __future__ import annotations
@@ -11,17 +13,17 @@ from __future__ import annotations
 import functools
 import logging
 import warnings
-from typing import Any
 
 import numpy as np
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 from flwr.client import NumPyClient, start_client  # noqa: E402
-from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays  # noqa: E402
+from flwr.common import EvaluateIns, FitIns, ndarrays_to_parameters, parameters_to_ndarrays  # noqa: E402
 from flwr.server import ServerConfig, start_server  # noqa: E402
 from flwr.server.strategy import FedAvg  # noqa: E402
 
+from .events import NotEnoughLearners  # noqa: E402
 from .settings import FLSettings  # noqa: E402
 
 
@@ -36,64 +38,78 @@ logging.getLogger("flwr").addFilter(_NoDeprecationBanner())
 
 
 def _exit_on_error(method):
-    """Strategy errors end the aggregator at once instead of hanging the legacy server."""
+    """Strategy errors end the training at once instead of hanging the legacy server (the best model so far is
+    still registered: ``aggregator.Ending``)."""
 
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
         try:
             return method(self, *args, **kwargs)
         except BaseException as exc:  # noqa: BLE001 - anything here would hang the server
-            self.rounds.events.fatal(f"{method.__name__}: {type(exc).__name__}: {exc}", self.rounds.tracker)
+            self.ending.give_up(str(exc) if isinstance(exc, NotEnoughLearners)
+                                else f"{method.__name__}: {type(exc).__name__}: {exc}")
 
     return wrapper
 
 
 class TrackedFedAvg(FedAvg):
-    """FedAvg whose round boundaries and aggregates go through ``aggregator.Rounds``."""
+    """FedAvg whose round boundaries and aggregates go through ``aggregator.Rounds``. Round 1 waits for every
+    learner; later rounds take the learners still connected, as long as a round's minimum remains (failures are
+    accepted: a learner that failed has left)."""
 
-    def __init__(self, rounds, initial: list[np.ndarray]):
-        k = rounds.settings.learners
-        super().__init__(fraction_fit=1.0, fraction_evaluate=1.0, min_fit_clients=k, min_evaluate_clients=k,
-                         min_available_clients=k, accept_failures=False,
-                         initial_parameters=ndarrays_to_parameters(initial),
-                         on_fit_config_fn=rounds.fit_config, on_evaluate_config_fn=rounds.fit_config)
+    def __init__(self, rounds, initial: list[np.ndarray], ending):
+        settings = rounds.settings
+        super().__init__(fraction_fit=1.0, fraction_evaluate=1.0, min_fit_clients=settings.required_learners,
+                         min_evaluate_clients=settings.required_learners, min_available_clients=settings.learners,
+                         accept_failures=True, initial_parameters=ndarrays_to_parameters(initial))
         self.rounds = rounds
+        self.ending = ending
+
+    def _learners(self, server_round: int, client_manager) -> list:
+        settings = self.rounds.settings
+        needed, wait = ((settings.learners, settings.timeout) if server_round == 1 else
+                        (settings.required_learners, settings.round_timeout))
+        if not client_manager.wait_for(needed, timeout=int(wait)):
+            raise NotEnoughLearners(f"round {server_round}: only {client_manager.num_available()} of "
+                                    f"{settings.learners} learners are connected; a round needs {needed} "
+                                    "(--min-learners)")
+        return list(client_manager.all().values())
 
     @_exit_on_error
     def configure_fit(self, server_round, parameters, client_manager):
         self.rounds.begin(server_round)
-        return super().configure_fit(server_round, parameters, client_manager)
+        instructions = FitIns(parameters, self.rounds.fit_config(server_round))
+        return [(client, instructions) for client in self._learners(server_round, client_manager)]
+
+    @_exit_on_error
+    def configure_evaluate(self, server_round, parameters, client_manager):
+        instructions = EvaluateIns(parameters, self.rounds.fit_config(server_round))
+        return [(client, instructions) for client in client_manager.all().values()]
 
     @_exit_on_error
     def aggregate_fit(self, server_round, results, failures):
-        _refuse_failures(server_round, failures, "train")
         arrays = self.rounds.trained(
             server_round, [(res.num_examples, parameters_to_ndarrays(res.parameters)) for _, res in results])
         return ndarrays_to_parameters(arrays), {}
 
     @_exit_on_error
     def aggregate_evaluate(self, server_round, results, failures):
-        _refuse_failures(server_round, failures, "evaluate")
         entry = self.rounds.evaluated(
             server_round, [(res.num_examples, res.loss, float(res.metrics.get("accuracy", 0.0)))
                            for _, res in results])
         return entry["loss"], {"accuracy": entry["accuracy"]}
 
 
-def _refuse_failures(server_round: int, failures: list[Any], what: str) -> None:
-    """A learner that fails a round fails the run (no silent training on fewer learners)."""
-    if not failures:
-        return
-    first = failures[0]
-    cause = f"{type(first).__name__}: {first}" if isinstance(first, BaseException) else "its connection was lost"
-    raise RuntimeError(f"round {server_round}: {len(failures)} learner(s) failed to {what} ({cause})")
+# The server's own bound on a round, after the learners' (a learner gives up at round_timeout and leaves).
+SERVER_ROUND_MARGIN = 10.0
 
 
-def serve(settings: FLSettings, rounds, initial: list[np.ndarray]) -> None:
+def serve(settings: FLSettings, rounds, initial: list[np.ndarray], ending) -> None:
     """Run every round; returns when the last round is done."""
     start_server(server_address=settings.aggregator_address,
-                 config=ServerConfig(num_rounds=settings.rounds, round_timeout=settings.timeout),
-                 strategy=TrackedFedAvg(rounds, initial))
+                 config=ServerConfig(num_rounds=settings.rounds,
+                                     round_timeout=settings.round_timeout + SERVER_ROUND_MARGIN),
+                 strategy=TrackedFedAvg(rounds, initial, ending))
 
 
 class _Client(NumPyClient):
@@ -105,7 +121,7 @@ class _Client(NumPyClient):
         return arrays, n, {}
 
     def evaluate(self, parameters, config):
-        loss, n, accuracy = self.learner.evaluate(parameters)
+        loss, n, accuracy = self.learner.evaluate(parameters, int(config.get("server_round", 0)))
         return loss, n, {"accuracy": accuracy}
 
 

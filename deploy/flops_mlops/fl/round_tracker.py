@@ -19,17 +19,17 @@
   is logged, so a tracking failure leaves it there.
 - Logging happens on a background thread (``RoundTracker``): rounds do not wait for the server; everything
   is flushed before the model is logged, and the first failure fails the run.
-- After the last round the best model is logged once, into the best round's run, with a signature, an
-  input example and explicit pip requirements, through the tracking server (which proxies it to the
-  FTP artifact store); it is registered under the project's name and the alias (default ``champion``)
-  is pointed at the new version.
+- After the last round the best model is logged once, into the best round's run, with its flavour's MLflow
+  module (``flavors``), the repository's requirements pinned to the installed versions, and a signature and input
+  example when the repository gives one (``get_input_example``), through the tracking server (which proxies it to
+  the FTP artifact store); it is registered under the project's name and the alias (default ``champion``) is
+  pointed at the new version.
 """
 
 from __future__ import annotations
 
 import os
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from ..tracking.experiments import RUNS_VIEW, TRAINING_EXPERIMENT
+from ..tracking.experiments import TRAINING_EXPERIMENT
 from .best_model import BETTER, BestModel, RoundResult
 from .settings import validate_project
 
@@ -97,7 +97,7 @@ class LocalOnly:
     def flush(self) -> None:
         pass
 
-    def finish(self, x_example: np.ndarray) -> dict[str, Any]:
+    def finish(self) -> dict[str, Any]:
         return {"best_round": self.best.result.round if self.best.result else None, "rounds": self.rounds}
 
     def fail(self) -> None:
@@ -116,8 +116,9 @@ class RoundTracker(LocalOnly):
     """
 
     def __init__(self, tracking_uri: str, project: str, best: BestModel, strategy_params: dict[str, Any],
-                 alias: str = "champion", ui_url: str | None = None):
+                 alias: str = "champion", ui_url: str | None = None, model_logging=None):
         super().__init__(best)
+        self.model_logging = model_logging  # aggregator.ModelLogging: the repository's model and its flavour
         self.tracking_uri = tracking_uri.rstrip("/")
         self.ui_url = (ui_url or tracking_uri).rstrip("/")  # what a browser opens, for the printed links
         self.project = validate_project(project)
@@ -158,8 +159,9 @@ class RoundTracker(LocalOnly):
         opening = self._submit(self._open)
         if on_failure is not None:
             opening.add_done_callback(lambda f: f.exception() is not None and on_failure(str(f.exception())))
-        self._model_logging_ready = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model").submit(
-            _prepare_model_logging)
+        if self.model_logging is not None:  # after the opening: two threads importing MLflow at once can fail
+            self._model_logging_ready = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model").submit(
+                lambda: (opening.exception(), self.model_logging.prepare()))
 
     def _open(self) -> None:
         import mlflow
@@ -176,10 +178,11 @@ class RoundTracker(LocalOnly):
         """The run's description (``mlflow.note.content``), shown on its page in the UI."""
         p = self.strategy_params
         return (f"Round {server_round} of {p.get('rounds', '?')} of FL project {self.project}: "
-                f"{p.get('strategy', '?')} over {p.get('min_learners', '?')} learners (each trains "
-                f"{p.get('local_epochs', '?')} local epochs at learning rate {p.get('learning_rate', '?')}, "
-                f"then all evaluate the new global model). Metrics are aggregates over the learners; the best "
-                f"round ({BETTER.get(p.get('better', 'loss'), '?')}) holds the registered model.")
+                f"{p.get('strategy', '?')} over {p.get('learners', '?')} learners (each trains the "
+                f"{p.get('flavor', '?')} model {p.get('model', '?')} on its own data, then all evaluate the new "
+                f"global model; a round needs {p.get('min_learners', '?')}). Metrics are aggregates over the "
+                f"learners; the best round ({BETTER.get(p.get('better', 'loss'), '?')}) holds the registered "
+                "model.")
 
     def round_started(self, server_round: int) -> None:
         self._raise_failures()
@@ -251,33 +254,24 @@ class RoundTracker(LocalOnly):
                 ("system/aggregator_rss_megabytes", process.memory_info().rss / 2**20),
                 ("system/aggregator_threads", process.num_threads())]
 
-    def finish(self, x_example: np.ndarray) -> dict[str, Any]:
+    def finish(self) -> dict[str, Any]:
         """Log the best model once (into the best round's run), register it, point the alias at it."""
         self.flush()
         self._worker.shutdown()
-        try:
-            self._model_logging_ready.result()
-        except Exception:
-            pass  # only a head start: logging the model below reports what is wrong
+        if self._model_logging_ready is not None:
+            try:
+                self._model_logging_ready.result()
+            except Exception:
+                pass  # only a head start: logging the model below reports what is wrong
         import mlflow
-        import mlflow.sklearn
-        from mlflow.models import infer_signature
 
-        from .model import to_sklearn
-
-        summary = super().finish(x_example)
+        summary = super().finish()
         if self.best.result is None:
             raise TrackingError("no round produced a usable model; nothing to register")
         best_round = self.best.result.round
-        model = to_sklearn(self.best.load())
-        example = np.asarray(x_example[:5])
-        signature = infer_signature(example, model.predict(example))
-        requirements = model_requirements()
         started = time.monotonic()
         with self._step("reopening the best round's run", mlflow.start_run, run_id=self.run_ids[best_round]):
-            info = self._step("logging the best model", mlflow.sklearn.log_model, model, name="model",
-                              signature=signature, input_example=example, pip_requirements=requirements,
-                              registered_model_name=self.project)
+            info = self._step("logging the best model", self.model_logging.log, self.best.load(), self.project)
         version = str(info.registered_model_version)
         self._step(f"setting alias {self.alias!r}", mlflow.MlflowClient().set_registered_model_alias,
                    self.project, self.alias, version)
@@ -289,6 +283,9 @@ class RoundTracker(LocalOnly):
             "model_uri": f"models:/{self.project}@{self.alias}",
             "model_version": version,
             "logged_model_uri": info.model_uri,
+            "flavor": self.model_logging.flavor,
+            "signature": info.signature is not None,
+            "model_bytes": _model_bytes(info),
             "register_seconds": time.monotonic() - started,
             "last_round_to_registered_s": time.monotonic() - self._last_round_logged,
             **self.links(self.run_ids[best_round], version),
@@ -297,8 +294,8 @@ class RoundTracker(LocalOnly):
 
     def links(self, best_run_id: str, version: str) -> dict[str, str]:
         """What a browser opens: the runs view of the experiment, the best round's run, the registered model."""
-        runs = f"{self.ui_url}/#/experiments/{self.experiment_id}/runs"
-        return {"ui_url": f"{runs}?viewStateShareKey={RUNS_VIEW}", "best_run_url": f"{runs}/{best_run_id}",
+        runs = f"{self.ui_url}/#/experiments/{self.experiment_id}/runs"  # the rounds view: tracking/ui.py
+        return {"ui_url": runs, "best_run_url": f"{runs}/{best_run_id}",
                 "model_url": f"{self.ui_url}/#/models/{self.project}/versions/{version}"}
 
     def fail(self) -> None:
@@ -317,22 +314,12 @@ class RoundTracker(LocalOnly):
         self._open_round = None
 
 
-def model_requirements() -> list[str]:
-    """The logged model's pip requirements, explicit (inferring them costs about 20 s)."""
-    import sklearn
-    import skops
+def _model_bytes(info) -> int | None:
+    """The logged model's size as MLflow measured it when saving (its MLmodel's model_size_bytes)."""
+    from mlflow.models import Model
 
-    return [f"scikit-learn=={sklearn.__version__}", f"numpy=={np.__version__}", f"skops=={skops.__version__}"]
-
-
-def _prepare_model_logging() -> None:
-    """Save a model of the same kind once, to a folder thrown away: what logging the best model at the end would
-    otherwise spend seconds on happens now, while the rounds run (importing MLflow's sklearn flavour and skops,
-    MLflow's map of installed packages that it checks the requirements against, skops' type lookups)."""
-    import mlflow.sklearn
-
-    from .model import initial_parameters, to_sklearn
-
-    with tempfile.TemporaryDirectory(prefix="flops-model-") as folder:
-        mlflow.sklearn.save_model(to_sklearn(initial_parameters()), f"{folder}/model",
-                                  pip_requirements=model_requirements())
+    try:
+        size = Model.load(info.model_uri).model_size_bytes
+    except Exception:  # noqa: BLE001 - only a figure for the summary
+        return None
+    return int(size) if size is not None else None

@@ -9,18 +9,27 @@ configured only through these; command-line flags override the environment.
                               (http://host:port), for the links the summary prints (default: FLOPS_TRACKING_URI;
                               set it where the aggregator's address is one only it can resolve, as in compose)
     FLOPS_PROJECT             FL project name = MLflow experiment = registered model (letters and digits)
+    FLOPS_ML_REPO             the ML repository's folder (FLOps' contract: model_manager.py, a dependency file);
+                              default: the scikit-learn example shipped with flops-mlops (examples/sklearn)
+    FLOPS_FLAVOR              aggregator only: sklearn, pytorch or keras (FLOps' names): the MLflow flavour the best
+                              model is logged with (default: inferred from get_model()'s type)
+    FLOPS_ML_REPO_TAG         aggregator only: the repository's commit or content hash (the per-project image's
+                              tag), recorded with the model (default: a hash of FLOPS_ML_REPO's files)
     FLOPS_ROUNDS              number of training rounds (default 3)
-    FLOPS_LEARNERS            number of learners the aggregator waits for (default 2)
-    FLOPS_SEED                seed of the synthetic data and its non-IID split (default 42)
+    FLOPS_LEARNERS            number of learners the aggregator waits for (default 2); the repository's data
+                              split reads it too
+    FLOPS_MIN_LEARNERS        aggregator only: learners a round needs to go on after others failed (default 0: all)
+    FLOPS_SEED                seed the repository's data split may read (default 42; the examples do)
     FLOPS_AGGREGATOR_ADDRESS  host:port the aggregator listens on and learners connect to (default 127.0.0.1:8080)
-    FLOPS_LEARNER_INDEX       learner only: which share of the data this learner holds, 0..LEARNERS-1
+    FLOPS_LEARNER_INDEX       learner only: which learner this is, 0..LEARNERS-1 (the repository reads it)
+    FLOPS_DATA_DIR            learner only: this learner's own data folder, read by the repository (optional)
     FLOPS_BETTER              aggregator only: what makes a round's model better: loss (lowest aggregated
                               evaluation loss, default) or accuracy (highest aggregated accuracy)
     FLOPS_ALIAS               aggregator only: registry alias set on the new model version (default champion)
     FLOPS_MODEL_DIR           aggregator only: folder that holds the one best global model (default ./flops-model)
     FLOPS_TIMEOUT             seconds after which the process gives up and exits non-zero (default 600)
-    FLOPS_LOCAL_EPOCHS        learner gradient-descent steps per round (sent by the aggregator; default 10)
-    FLOPS_LEARNING_RATE       learner step size (sent by the aggregator; default 0.3)
+    FLOPS_ROUND_TIMEOUT       seconds one round may take; a learner whose fit_model or evaluate_model runs longer
+                              gives up and leaves (default 300)
 """
 
 from __future__ import annotations
@@ -34,9 +43,9 @@ from pathlib import Path
 
 from ..configuration.values import PROJECT_RULE, Host, Port, ProjectName, problem
 
-# The synthetic data set (fl/data.py) has room for this many learners of at least MIN_PER_LEARNER
-# training examples each (checked by a unit test); a longer run than a day is a mistake.
-MAX_LEARNERS = 72
+# More learner processes than this on one project is a mistake (each is a process of its own); a longer run than a
+# day is one too.
+MAX_LEARNERS = 64
 MAX_TIMEOUT = 86400.0
 MAX_SEED = 2**32 - 1  # scikit-learn's and NumPy's seeds are unsigned 32-bit
 
@@ -53,6 +62,7 @@ def no_telemetry_defaults() -> None:
 
 ADDRESS_PATTERN = re.compile(r"^(?P<host>[A-Za-z0-9.-]+):(?P<port>[0-9]{1,5})$")
 BETTER_CHOICES = ("loss", "accuracy")
+FLAVORS = ("sklearn", "pytorch", "keras")  # FLOps' names (flops_utils.types.MLModelFlavor), as flavors.py logs them
 URL_PATTERN = r"^https?://[A-Za-z0-9.:\[\]-]+/?$"
 
 
@@ -84,20 +94,29 @@ def _setting(default, roles: tuple[str, ...], text: str):
 @dataclass(frozen=True)
 class FLSettings:
     project: str = _setting("", A, "FL project = MLflow experiment = registered model name")
+    ml_repo: str = _setting("", B, "the ML repository's folder (default: the bundled scikit-learn example)")
+    flavor: str = _setting("", A, "sklearn, pytorch or keras (default: inferred from get_model())")
+    ml_repo_tag: str = _setting("", A, "the repository's commit or content hash, recorded with the model")
     tracking_uri: str = _setting("", A, "the tenant's tracking server, http://host:port; off: no tracking")
     ui_url: str = _setting("", A, "the tracking server as a browser reaches it, for printed links "
                                   "(default: the tracking URI)")
     rounds: int = _setting(3, A, "training rounds")
     learners: int = _setting(2, B, "number of learners (the aggregator waits for all; the data split)")
-    seed: int = _setting(42, B, "seed of the synthetic data and its split")
+    min_learners: int = _setting(0, A, "learners a round needs to go on after others failed (0: all)")
+    seed: int = _setting(42, B, "seed the repository's data split may read")
     aggregator_address: str = _setting("127.0.0.1:8080", B, "host:port the aggregator listens on / learners join")
-    learner_index: int = _setting(-1, L, "this learner's share of the data, 0..learners-1")
+    learner_index: int = _setting(-1, L, "which learner this is, 0..learners-1")
+    data_dir: str = _setting("", L, "this learner's own data folder (FLOPS_DATA_DIR, read by the repository)")
     better: str = _setting("loss", A, "best model: lowest aggregated loss, or highest accuracy")
     alias: str = _setting("champion", A, "registry alias pointed at the new model version")
     model_dir: Path = _setting(Path("flops-model"), A, "folder that holds the one best global model")
     timeout: float = _setting(600.0, B, "seconds before giving up (exit 1)")
-    local_epochs: int = _setting(10, A, "learner gradient-descent steps per round (sent to learners)")
-    learning_rate: float = _setting(0.3, A, "learner step size (sent to learners)")
+    round_timeout: float = _setting(300.0, B, "seconds one round (a learner's fit or evaluation) may take")
+
+    @property
+    def required_learners(self) -> int:
+        """Learners a round needs: min_learners, or all of them."""
+        return self.min_learners or self.learners
 
     def check(self, role: str) -> "FLSettings":
         if role == "aggregator":
@@ -111,10 +130,15 @@ class FLSettings:
                 raise SettingsError(f"FLOPS_BETTER/--better: {self.better!r} is not one of {', '.join(BETTER_CHOICES)}")
             if not re.fullmatch(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$", self.alias):
                 raise SettingsError(f"FLOPS_ALIAS/--alias: {self.alias!r} is not a valid alias")
+            if self.flavor not in ("", *FLAVORS):
+                raise SettingsError(f"FLOPS_FLAVOR/--flavor: {self.flavor!r} is not one of {', '.join(FLAVORS)}")
+            if not 0 <= self.min_learners <= self.learners:
+                raise SettingsError(f"FLOPS_MIN_LEARNERS/--min-learners: expected 0 (all) to {self.learners} (the "
+                                    f"learners), got {self.min_learners}")
         if role == "learner" and not 0 <= self.learner_index < self.learners:
             raise SettingsError(f"FLOPS_LEARNER_INDEX/--learner-index: {self.learner_index} is outside "
                                 f"0..{self.learners - 1}")
-        for name, low in (("rounds", 1), ("learners", 1), ("local_epochs", 1)):
+        for name, low in (("rounds", 1), ("learners", 1)):
             if getattr(self, name) < low:
                 raise SettingsError(f"FLOPS_{name.upper()}/--{name.replace('_', '-')}: expected at least {low}, "
                                     f"got {getattr(self, name)}")
@@ -122,13 +146,13 @@ class FLSettings:
             raise SettingsError(f"FLOPS_SEED/--seed: expected 0-{MAX_SEED} (a seed of the data generator), "
                                 f"got {self.seed}")
         if self.learners > MAX_LEARNERS:
-            raise SettingsError(f"FLOPS_LEARNERS/--learners: {self.learners} learners would get too few examples "
-                                f"each from the synthetic data set (at most {MAX_LEARNERS})")
+            raise SettingsError(f"FLOPS_LEARNERS/--learners: {self.learners} learners are more processes than one "
+                                f"project should start (at most {MAX_LEARNERS})")
         if not (math.isfinite(self.timeout) and 0 < self.timeout <= MAX_TIMEOUT):
             raise SettingsError(f"FLOPS_TIMEOUT/--timeout: expected seconds in (0, {MAX_TIMEOUT}], got {self.timeout}")
-        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
-            raise SettingsError(f"FLOPS_LEARNING_RATE/--learning-rate: expected a positive number, "
-                                f"got {self.learning_rate}")
+        if not (math.isfinite(self.round_timeout) and 0 < self.round_timeout <= MAX_TIMEOUT):
+            raise SettingsError(f"FLOPS_ROUND_TIMEOUT/--round-timeout: expected seconds in (0, {MAX_TIMEOUT}], got "
+                                f"{self.round_timeout}")
         parse_address(self.aggregator_address)
         return self
 

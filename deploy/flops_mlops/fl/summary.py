@@ -26,10 +26,15 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
     for entry in summary["rounds"]:
         mark = "  <- best" if entry["round"] == summary["best_round"] else ""
         lines.append(f"  round {entry['round']}: loss {entry['loss']:.4f}  accuracy {entry['accuracy']:.4f}{mark}")
+    if summary.get("failed_learners"):
+        lines.append(f"failed learners:  {', '.join(summary['failed_learners'])} (the rounds went on without them)")
     lines.append(f"best round:       {summary['best_round']}")
     if summary.get("model_uri"):
+        size = f"{summary['model_bytes'] / 1024:.0f} KiB, " if summary.get("model_bytes") else ""
+        signature = ("with signature and input example" if summary.get("signature") else
+                     "no signature: the repository has no get_input_example()")
         lines.append(f"model:            {summary['model_uri']} (version {summary['model_version']}, "
-                     f"{summary['logged_model_uri']})")
+                     f"{summary['logged_model_uri']}; {summary.get('flavor')}, {size}{signature})")
     lines.append(f"best model file:  {summary['model_file']}")
     if summary.get("ui_url"):
         lines += [f"MLflow UI, the runs round-1..{summary['rounds_planned']} (table, or the Chart view for loss and "

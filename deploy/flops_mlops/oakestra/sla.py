@@ -42,6 +42,8 @@ from ..configuration import secrets as secrets_module
 from ..configuration.oakestra import HOSTPATH_DRIVER, OakestraStore, OakestraTarget
 from ..configuration.schema import Broken, ConfigError
 from ..configuration.stack import StackConfig, image, oakestra_rules, tracking_target
+from ..fl.ml_repo import RepoError, is_git_url, tag_of
+from ..fl.project_image import image_name
 from ..fl.settings import FLSettings, environment
 from ..rendered import RenderedFile
 from ..stores import tenant_db
@@ -59,6 +61,7 @@ MYSQL_INIT_FILE = "/docker-entrypoint-initdb.d/10-flops-tenants.sql"
 FTP_PORT = 21
 # The stores' data folders inside their images (the volumes' default mount paths).
 STORE_DATA = {"mysql": "/var/lib/mysql", "artifact_store": "/srv/ftp"}
+PROJECT_DATA_MOUNT = "/srv/fl/data"  # where a learner sees its own data folder (FLOPS_DATA_DIR)
 AUTH_MOUNT = str(PurePosixPath(AUTH_DB).parent)  # the tracking-server image's auth folder (flops_mlops.tracking.container)
 
 
@@ -113,6 +116,21 @@ def _store_placement(config: StackConfig, key: str, tenant: str | None = None) -
     return fields
 
 
+def project_image(config: StackConfig, project, index: int) -> tuple[str, str]:
+    """The image a project's services run, and the repository tag it carries: <registry>/flops-mlops/fl-<project>:
+    <tag> for a project with ml_repo (built by `flops-mlops build-fl-image`), else images.fl_actor ("")."""
+    if project.ml_repo is None:
+        return image(config, "fl_actor"), ""
+    source = project.ml_repo
+    if not is_git_url(source) and not Path(source).is_absolute():
+        source = str((Path(config.source).parent / source).resolve())
+    try:
+        tag = tag_of(source, project.revision, config.state_dir / "fl" / "repos")
+    except RepoError as exc:
+        raise ConfigError(f"{config.source}: oakestra.projects[{index}].ml_repo: {exc}") from None
+    return f"{config.oakestra.registry}/{image_name(project.name, tag)}", tag
+
+
 def _address(block: int, host: int) -> str:
     return str(SERVICE_NETWORK.network_address + block * 256 + host)
 
@@ -162,14 +180,17 @@ def context(config: StackConfig) -> dict[str, Any]:
         })
     by_id = {t["id"]: t for t in tenants}
     projects = []
-    for project in o.projects:
+    for index, project in enumerate(o.projects):
         block = o.ip_plan.projects_block + project.slot - 1
         tracking = by_id[project.tenant]
         aggregator_ip = _address(block, 1)
+        code, tag = project_image(config, project, index)
         settings = FLSettings(project=project.name, tracking_uri=f"http://{tracking['rr_ip']}:{o.tracking_port}",
-                              rounds=project.rounds, learners=project.learners,
+                              rounds=project.rounds, learners=project.learners, min_learners=project.min_learners,
+                              flavor=project.flavor or "", ml_repo_tag=tag,
                               aggregator_address=f"0.0.0.0:{o.aggregator_port}")
-        learner = replace(settings, aggregator_address=f"{aggregator_ip}:{o.aggregator_port}")
+        learner = replace(settings, aggregator_address=f"{aggregator_ip}:{o.aggregator_port}",
+                          data_dir=PROJECT_DATA_MOUNT if project.data_host_path else "")
         entry = {
             "name": project.name, "tenant": project.tenant, "rounds": project.rounds, "learners": project.learners,
             "tracking_uri": settings.tracking_uri,
@@ -181,6 +202,12 @@ def context(config: StackConfig) -> dict[str, Any]:
             "aggregator_environment": environment(settings, "aggregator"),
             "learner_environments": [environment(replace(learner, learner_index=i), "learner")
                                      for i in range(project.learners)],
+            "image": code,
+            # Learner i's own data: <data_host_path>/learner-<i> of its node (host-path CSI driver).
+            "learner_volumes": [[{"volume_id": f"{o.namespace}-{project.name}-data{i}".lower(),
+                                  "csi_driver": HOSTPATH_DRIVER, "mount_path": PROJECT_DATA_MOUNT,
+                                  "config": {"host_path": f"{project.data_host_path}/learner-{i}"}}]
+                                if project.data_host_path else [] for i in range(project.learners)],
         }
         projects.append(entry)
         tracking["projects"].append(entry)

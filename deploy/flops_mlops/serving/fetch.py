@@ -4,7 +4,7 @@ MLflow's proxied artifact routes (``/api/2.0/mlflow-artifacts/...``) are authori
 serving user has no grant on. The registry's own file route, ``GET /model-versions/get-artifact?name=&version=
 &path=``, is authorised by the registered model; it serves one file at a time and lists nothing. So the files
 are named from the version's ``MLmodel``: the environment files, each flavour's model file, the input example.
-A model whose flavour keeps its model in a folder (not one file) is refused with a message saying so.
+A flavour that keeps its model in a folder (keras, pytorch) has its files asked for by the names MLflow gives them.
 
 Also the check that the model's requirements are met by this environment (no conda or virtualenv is created at
 run time: the pinned environment either satisfies the model or the server does not start).
@@ -12,7 +12,6 @@ run time: the pinned environment either satisfies the model or the server does n
 
 from __future__ import annotations
 
-import importlib.metadata
 import posixpath
 import shutil
 from dataclasses import dataclass
@@ -20,11 +19,18 @@ from pathlib import Path
 
 import requests
 import yaml
-from packaging.requirements import InvalidRequirement, Requirement
+
+from ..fl.environments import installed, unmet
 
 ENVIRONMENT_FILES = ("requirements.txt", "python_env.yaml", "conda.yaml")
-# Keys of a flavour's MLmodel section that name a file of the model (sklearn: pickled_model; pyfunc: model_path).
-FILE_KEYS = ("pickled_model", "model_path", "data")
+# Keys of a flavour's MLmodel section that name a file of the model (sklearn: pickled_model; pyfunc: model_path),
+# or a folder of it (keras: data; pytorch: model_data).
+FILE_KEYS = ("pickled_model", "model_path", "data", "model_data")
+# The files a flavour keeps in its model folder (mlflow 3.17: keras' model.keras and keras_module.txt; pytorch's
+# model.pt2 (torch.export), or model.pth and pickle_module_info.txt (pickle)): the registry's file route lists
+# nothing, so they are asked for by name; those a model does not have are skipped.
+FOLDER_FILES = {"keras": ("model.keras", "keras_module.txt"),
+                "pytorch": ("model.pt2", "model.pth", "pickle_module_info.txt")}
 
 
 class FetchError(Exception):
@@ -71,6 +77,9 @@ class Registry:
         """Write the files of ``name`` version ``version`` to ``destination`` (replaced if present)."""
         mlmodel = self.file(name, version, "MLmodel")
         files = model_files(yaml.safe_load(mlmodel), f"{name} version {version}")
+        folders = model_folders(yaml.safe_load(mlmodel))
+        optional = {*ENVIRONMENT_FILES[1:], *(f"{folder}/{file}" for folder, names in folders.items()
+                                              for file in names)}
         partial = destination.with_name(destination.name + ".partial")
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
@@ -79,24 +88,41 @@ class Registry:
             try:
                 content = self.file(name, version, path)
             except FetchError:
-                if path in ENVIRONMENT_FILES[1:]:
-                    continue  # optional: requirements.txt is what the check reads
+                if path in optional:
+                    continue  # requirements.txt is what the check reads; a flavour's folder holds some of its files
                 raise
             target = partial / path
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(content)
+        for folder in folders:
+            if not [p for p in (partial / folder).glob("model.*")]:
+                raise FetchError(f"{name} version {version}: its model folder {folder}/ holds none of "
+                                 f"{', '.join(f for names in folders.values() for f in names if f.startswith('model.'))}")
         shutil.rmtree(destination, ignore_errors=True)
         partial.rename(destination)
         return destination
 
 
+def model_folders(mlmodel: dict) -> dict[str, tuple[str, ...]]:
+    """The model folders a flavour declares (keras' data, pytorch's model_data), with the files they may hold."""
+    folders = {}
+    for name, flavor in (mlmodel.get("flavors") or {}).items():
+        if name in FOLDER_FILES:
+            for key in ("data", "model_data"):
+                if isinstance(flavor.get(key), str):
+                    folders[flavor[key]] = FOLDER_FILES[name]
+    return folders
+
+
 def model_files(mlmodel: dict, what: str) -> set[str]:
     """The files of a model besides MLmodel, as named by its MLmodel (relative paths, checked)."""
     files = {*ENVIRONMENT_FILES}
+    folders = model_folders(mlmodel)
     for flavor in (mlmodel.get("flavors") or {}).values():
         for key in FILE_KEYS:
-            if isinstance(flavor.get(key), str):
-                files.add(flavor[key])
+            value = flavor.get(key)
+            if isinstance(value, str):
+                files |= {f"{value}/{name}" for name in folders[value]} if value in folders else {value}
         if flavor.get("code"):
             raise FetchError(f"{what}: the model carries code ({flavor['code']!r}); only models whose files are "
                              "named in MLmodel can be fetched with a read-only registry user")
@@ -109,28 +135,10 @@ def model_files(mlmodel: dict, what: str) -> set[str]:
     return files
 
 
-def unmet_requirements(model_dir: Path) -> list[str]:
-    """Each line of the model's requirements.txt that this Python environment does not satisfy, explained."""
+def unmet_requirements(model_dir: Path, packages: dict[str, str] | None = None) -> list[str]:
+    """Each line of the model's requirements.txt that this Python environment (or ``packages``: name -> version of
+    another one) does not satisfy, explained."""
     path = model_dir / "requirements.txt"
     if not path.exists():
         return []
-    problems = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        line = line.split("#", 1)[0].strip()
-        if not line:
-            continue
-        try:
-            requirement = Requirement(line)
-        except InvalidRequirement:
-            problems.append(f"{line!r}: not a requirement this check understands (pip options, URLs)")
-            continue
-        if requirement.marker is not None and not requirement.marker.evaluate():
-            continue
-        try:
-            installed = importlib.metadata.version(requirement.name)
-        except importlib.metadata.PackageNotFoundError:
-            problems.append(f"{line}: not installed")
-            continue
-        if requirement.specifier and not requirement.specifier.contains(installed, prereleases=True):
-            problems.append(f"{line}: this environment has {requirement.name}=={installed}")
-    return problems
+    return unmet(path.read_text(encoding="utf-8").splitlines(), installed() if packages is None else packages)

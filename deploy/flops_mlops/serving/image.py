@@ -1,8 +1,10 @@
 """`flops-mlops build-model-image`: an image that serves one version of a tenant's registered model offline.
 
-The model's files are fetched as serve-<project> (READ on that model only), checked against the pinned
-environment, and copied on top of the model-server image (images.model_server): the image holds no credential
-and needs no tracking server.
+The model's files are fetched as serve-<project> (READ on that model only) and copied on top of a base image that
+meets the model's requirements: the model-server image (images.model_server) when this (the same, pinned)
+environment meets them; else the FL project's own actor image, flops-mlops/fl-<project>:<tag>, whose environment
+trained the model (the tag the model's MLmodel records as ``flops.ml_repo_tag``; `build-fl-image` builds it), or
+``--base``. The image holds no credential and needs no tracking server.
 """
 
 from __future__ import annotations
@@ -13,8 +15,11 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import yaml
+
 from ..configuration.schema import ConfigError
 from ..configuration.stack import StackConfig
+from ..fl.project_image import image_name
 from ..processes import StackError
 from .fetch import FetchError, unmet_requirements
 from .service import DEFAULT_PORT, add_model_arguments, check_arguments, serving_registry
@@ -36,6 +41,10 @@ def add_build_image_parser(commands):
     add_model_arguments(parser, "bake", "bake this version")
     parser.add_argument("--tag", default=None,
                         help="image name:tag (default flops-mlops/model-<tenant>-<project>:<version>, lowercase)")
+    parser.add_argument("--base", default=None, metavar="IMAGE",
+                        help="image to build on (default: images.model_server if it meets the model's requirements, "
+                             "else the project's actor image flops-mlops/fl-<project>:<tag> that build-fl-image "
+                             "built from the repository the model was trained from)")
     parser.set_defaults(port=DEFAULT_PORT, poll=0.0)  # what check_arguments checks; the image listens on 8080
     return parser
 
@@ -52,15 +61,11 @@ def build_image_command(config: StackConfig, args) -> int:
         version = str(args.version) if args.version is not None else registry.version_of(args.project, alias)
         with tempfile.TemporaryDirectory(prefix="flops-model-image-") as context:
             model = registry.fetch(args.project, version, Path(context) / "model")
-            problems = unmet_requirements(model)
-            if problems:
-                raise StackError(f"models:/{args.project}/{version} needs what the model-server image does not have "
-                                 "(its environment is deploy/images/constraints.txt):\n  " + "\n  ".join(problems))
+            base = args.base or base_image(config, model, args.project, version)
             tag = args.tag or f"flops-mlops/model-{tenant.id}-{args.project}:{version}".lower()
-            (Path(context) / "Dockerfile").write_text(baked_dockerfile(config.images.model_server, tenant.id,
-                                                                      args.project, version), encoding="utf-8")
-            print(f"building {tag}: models:/{args.project}/{version} of tenant {tenant.id} on "
-                  f"{config.images.model_server}", flush=True)
+            (Path(context) / "Dockerfile").write_text(baked_dockerfile(base, tenant.id, args.project, version),
+                                                      encoding="utf-8")
+            print(f"building {tag}: models:/{args.project}/{version} of tenant {tenant.id} on {base}", flush=True)
             built = subprocess.run(["docker", "build", "--tag", tag, context], capture_output=True, text=True)
     except FetchError as exc:
         raise StackError(str(exc)) from None
@@ -71,9 +76,40 @@ def build_image_command(config: StackConfig, args) -> int:
     return 0
 
 
+def base_image(config: StackConfig, model: Path, project: str, version: str) -> str:
+    """The model-server image when the pinned environment meets the model's requirements, else the project's actor
+    image (present on this engine) named by the repository tag the model records."""
+    problems = unmet_requirements(model)
+    if not problems:
+        return config.images.model_server
+    metadata = (yaml.safe_load((model / "MLmodel").read_text(encoding="utf-8")) or {}).get("metadata") or {}
+    tag = metadata.get("flops.ml_repo_tag")
+    wanted = f"models:/{project}/{version} needs what the model-server image does not have (its environment is " \
+             "deploy/images/constraints.txt):\n  " + "\n  ".join(problems)
+    if not tag:
+        raise StackError(f"{wanted}\nname an image that has them with --base")
+    image = image_name(project, str(tag))
+    if subprocess.run(["docker", "image", "inspect", image], capture_output=True).returncode != 0:
+        raise StackError(f"{wanted}\nits project's image {image} (the environment it was trained in) is not on this "
+                         f"Docker engine: build it with `flops-mlops build-fl-image --project {project} --ml-repo "
+                         "REPO` from the repository at tag " + str(tag) + ", or name an image with --base")
+    return image
+
+
 def baked_dockerfile(base: str, tenant: str, project: str, version: str) -> str:
-    """The Dockerfile of a baked model image: the model's files on top of the model-server image, nothing else."""
+    """The Dockerfile of a baked model image: the model's files on the base, served as the model-server image
+    serves (its user, port, healthcheck and entry point, set here too: a project's actor image has the user
+    ``model`` and our package, not the model server's settings)."""
     return (f"FROM {base}\n"
             f"COPY --chown=model:model model/ {BAKED_DIR}/\n"
-            f"ENV FLOPS_SERVE_MODEL_DIR={BAKED_DIR} FLOPS_SERVE_MODEL_NAME={project} FLOPS_SERVE_VERSION={version}\n"
-            f'LABEL io.flops.tenant="{tenant}" io.flops.model="{project}" io.flops.model-version="{version}"\n')
+            f"ENV FLOPS_SERVE_MODEL_DIR={BAKED_DIR} FLOPS_SERVE_MODEL_NAME={project} FLOPS_SERVE_VERSION={version} "
+            "FLOPS_SERVE_HOST=0.0.0.0 FLOPS_SERVE_PORT=8080 FLOPS_SERVE_CACHE=/srv/model/cache\n"
+            f'LABEL io.flops.tenant="{tenant}" io.flops.model="{project}" io.flops.model-version="{version}"\n'
+            "USER model\n"
+            "WORKDIR /srv/model\n"
+            "EXPOSE 8080\n"
+            'HEALTHCHECK --interval=5s --timeout=3s --start-period=60s --retries=3 CMD ["python", "-c", "import os, '
+            "urllib.request; urllib.request.urlopen(f\\\"http://127.0.0.1:{os.environ['FLOPS_SERVE_PORT']}/ping\\\", "
+            'timeout=2)"]\n'
+            'ENTRYPOINT ["python", "-m", "flops_mlops.serving.server"]\n'
+            "CMD []\n")

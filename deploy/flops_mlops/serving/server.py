@@ -68,11 +68,23 @@ def load(model_dir: Path, name: str, version: str, alias: str | None, source: st
                          "virtualenv is created at run time; log the model with the versions pinned in "
                          "deploy/images/constraints.txt, or build an environment for it):\n  "
                          + "\n  ".join(problems))
+    keras_backend(model_dir)
     import mlflow.pyfunc
     from mlflow.pyfunc import scoring_server
 
     model = mlflow.pyfunc.load_model(str(model_dir))
     return Served(name, version, alias, source, scoring_server.init(model))
+
+
+def keras_backend(model_dir: Path) -> None:
+    """A Keras 3 model loads only on a backend, which MLflow records but does not set: set KERAS_BACKEND from the
+    MLmodel before Keras is imported (an explicit setting wins)."""
+    import yaml
+
+    flavors = (yaml.safe_load((model_dir / "MLmodel").read_text(encoding="utf-8")) or {}).get("flavors") or {}
+    backend = (flavors.get("keras") or {}).get("keras_backend")
+    if backend and "keras" not in sys.modules:
+        os.environ.setdefault("KERAS_BACKEND", str(backend))
 
 
 def error_body(code: str, message: str) -> bytes:

@@ -166,6 +166,7 @@ def start(config: StackConfig, tenant: Tenant, service: ModelService, alias: str
 
     account = service_account(config)
     registry = serving_registry(config, tenant, args.project, args)
+    python, variables = model_environment(registry, args.project, alias, args.version, service.folder / "runtime")
     private_dir(service.folder.parent, 0o711 if account else 0o700)
     private_dir(service.folder)
     if account:
@@ -184,7 +185,8 @@ def start(config: StackConfig, tenant: Tenant, service: ModelService, alias: str
     write_private(service.folder / "service.json", json.dumps({
         "tenant": tenant.id, "project": args.project, "host": config.tracking.host, "port": args.port,
         "alias": alias, "version": args.version}) + "\n", 0o644)
-    service.process.start([sys.executable, "-m", "flops_mlops.serving.server"], env=env, cwd=service.folder,
+    env.update(variables)
+    service.process.start([str(python), "-m", "flops_mlops.serving.server"], env=env, cwd=service.folder,
                           account=account)
     base = f"http://{config.tracking.host}:{args.port}"
     try:
@@ -198,6 +200,30 @@ def start(config: StackConfig, tenant: Tenant, service: ModelService, alias: str
         shutil.copyfile(example, service.folder / "example.json")
         os.chmod(service.folder / "example.json", 0o644)
     return served
+
+
+def model_environment(registry, project: str, alias: str | None, version: int | None,
+                      runtime_dir: Path) -> tuple[Path, dict[str, str]]:
+    """The Python that meets the model's requirements: this one, or the virtualenv an FL project with those
+    dependencies ran in (``round`` builds and caches it: fl/environments.py); with the variables it needs."""
+    from ..fl.environments import meeting
+    from .fetch import FetchError
+
+    number = str(version) if version is not None else registry.version_of(project, alias or "champion")
+    try:
+        requirements = registry.file(project, number, "requirements.txt").decode("utf-8").splitlines()
+    except FetchError:
+        requirements = []
+    environment, lacking = meeting(requirements)
+    if environment is None:
+        raise StackError(f"models:/{project}/{number} needs what neither this Python nor any FL project's "
+                         "environment has (run its repository once with `flops-mlops round --ml-repo ...`, which "
+                         "builds that environment):\n  " + "\n  ".join(lacking))
+    if environment.key is None:
+        return environment.python, {}
+    print(f"models:/{project}/{number} needs {', '.join(line.split(':')[0] for line in lacking)}: served from "
+          f"{environment.description}", flush=True)
+    return environment.python, environment.variables(runtime_dir)
 
 
 def answers(url: str) -> bool:

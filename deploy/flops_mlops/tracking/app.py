@@ -13,6 +13,8 @@ configured from the environment, and adds:
   ``mlflow-artifacts:/``). Artifact uploads and downloads of a run or model version elsewhere are refused.
   Both checks run after MLflow's login check, so an anonymous client still gets 401.
 - **Only the admin lists users** (and their grants): MLflow shows the list to any logged-in user.
+- **The UI opens on model training** (ui.py): on a first visit, not on GenAI, without its assistant panel, and an
+  FL project's runs with their loss and accuracy.
 
 It also makes sure the FL project users it was deployed with exist (containers: compose, Oakestra), once it
 answers: ``fl-<project>`` with EDIT on that project's experiment and registered model only (users.py).
@@ -37,6 +39,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from ..configuration.secrets import redact
+from .ui import add_first_visit_defaults
 
 ADMIN_USERNAME = "admin"
 # Which environment variables hold secrets in the server (the store URIs also under MLflow's internal names).
@@ -318,6 +321,7 @@ def create_app():
     # After the login check MLflow registered: these run for logged-in users only (anonymous ones get 401).
     flask_app.before_request(refuse_foreign_artifact_locations)
     flask_app.before_request(refuse_user_listing_to_non_admins)
+    flask_app.after_request(add_first_visit_defaults)  # the UI opens on model training, not GenAI (ui.py)
     redact_process_output(clean)  # handlers MLflow's auth module added while loading
     if os.environ.get("FLOPS_FL_USERS") or os.environ.get("FLOPS_SERVE_USERS"):
         ensure_fl_users_when_up(os.environ.get("FLOPS_FL_USERS", ""), os.environ.get("FLOPS_LOCAL_URI", ""),

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import json
 
-# The runs view the printed link opens (a view the UI shares through an experiment tag, `?viewStateShareKey=`):
-# the rounds in order, with their loss, accuracy and the registered model version as columns (by default the
-# table shows neither metric).
+# The runs view the printed link opens (an experiment tag the UI reads as a shared view, `?viewStateShareKey=`,
+# and that a browser takes as its own view on a first visit: ui.py): the rounds in order, with their loss,
+# accuracy and the registered model version as columns (by default the table shows neither metric).
 RUNS_VIEW = "flops-rounds"
 RUNS_VIEW_STATE = {"selectedColumns": ["metrics.`loss`", "metrics.`accuracy`", "attributes.`Models`"],
                    "orderByKey": "attributes.start_time", "orderByAsc": True}

@@ -1,0 +1,1 @@
+"""FLOps-compatible helpers for ML repositories (see ../README.md); only what a repository imports."""

@@ -1,0 +1,153 @@
+"""`flops-mlops build-fl-image`: an FL project's actor image, built from its ML repository, offline.
+
+The recipe is deploy/images/fl-project/Dockerfile (shipped in the wheel as flops_mlops/fl/fl-project-image); this
+module prepares its build context and runs ``docker build``:
+- ``repo/``: the repository's files at the resolved revision (a clone's .git left out);
+- ``wheelhouse/``: the repository's dependencies plus flops-mlops[fl]'s, fetched once per dependency set into
+  ``<cache>/../fl-wheels/<key>`` (pip, with this machine's configuration: torch's CPU build comes from where pip
+  finds it here, e.g. a find-links folder);
+- ``flops-mlops/``: our wheel, built from this checkout (a layer of its own);
+- ``requirements.txt`` / ``constraints.txt``: the repository's requirements and flops-mlops[fl]'s; the runtime's
+  versions of everything the repository does not pin (``environments.held_versions``: the same rule as the
+  native virtualenvs).
+The image is ``flops-mlops/fl-<project>:<tag>``, the tag being the repository's commit (a clone) or a hash of its
+content (a folder): the name compose's fl profile and the project's Oakestra SLA use (``image_name``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from .. import bundled
+from ..configuration.schema import ConfigError
+from ..processes import StackError
+from .environments import default_cache, held_versions, key_of, runtime_requirements
+from .ml_repo import IGNORED_PARTS, MLRepo, RepoError, repository_folder, resolve
+from .settings import PROJECT_RULE, SettingsError, validate_project
+
+DEFAULT_BASE_IMAGE = "debian:bookworm-20250520-slim"  # as deploy/images/python/Dockerfile
+
+
+def image_name(project: str, tag: str) -> str:
+    """The actor image of ``project`` built from the repository whose tag is ``tag``."""
+    return f"flops-mlops/fl-{project.lower()}:{tag}"
+
+
+def add_build_fl_image_parser(commands):
+    parser = commands.add_parser(
+        "build-fl-image", help="build an FL project's actor image from its ML repository (offline, from wheels)",
+        description="Build flops-mlops/fl-<project>:<tag>: the ML repository (FLOps' contract) and, in one "
+                    "virtualenv, its dependencies plus the FL runtime; the project's aggregator and learners run "
+                    "it (compose's fl profile, the project's Oakestra SLA). The tag is the repository's commit (a "
+                    "git URL) or a hash of its files (a folder). Every package comes from a wheelhouse prepared "
+                    "here (pip, with this machine's configuration), so the build itself needs no index; the "
+                    "recipe is deploy/images/fl-project/Dockerfile. Needs a Docker engine and a checkout.")
+    parser.add_argument("--project", required=True, help=f"FL project ({PROJECT_RULE})")
+    parser.add_argument("--ml-repo", default=None, metavar="FOLDER|GIT-URL",
+                        help="the ML repository (default: the scikit-learn example)")
+    parser.add_argument("--revision", default=None, help="branch, tag or commit of a git --ml-repo")
+    parser.add_argument("--base-image", default=os.environ.get("FLOPS_BASE_IMAGE", DEFAULT_BASE_IMAGE),
+                        help=f"Debian 12 base image (default $FLOPS_BASE_IMAGE or {DEFAULT_BASE_IMAGE})")
+    return parser
+
+
+def build_fl_image_command(config, args) -> int:
+    try:
+        validate_project(args.project, "--project")
+        repo = resolve(args.ml_repo or str(repository_folder("")), args.revision, config.state_dir / "fl" / "repos")
+    except (SettingsError, RepoError) as exc:
+        raise ConfigError(str(exc)) from None
+    if shutil.which("docker") is None:
+        raise ConfigError("build-fl-image: no docker command on this machine")
+    image = build(repo, args.project, args.base_image, progress=print)
+    print(f"built {image} ({image_size(image) / 1e9:.2f} GB): run its actors with python -m "
+          "flops_mlops.fl.aggregator | python -m flops_mlops.fl.learner (compose: FLOPS_FL_IMAGE=" + image + ")")
+    return 0
+
+
+def build(repo: MLRepo, project: str, base_image: str, progress=print) -> str:
+    """Build the project's actor image from ``repo``; returns its name."""
+    image = image_name(project, repo.tag)
+    dependencies = repo.dependencies()
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="flops-fl-image-") as folder:
+        context = Path(folder)
+        progress(f"preparing the build context of {image}: {repo.source} ({dependencies.file.name})", flush=True)
+        shutil.copytree(repo.folder, context / "repo", ignore=shutil.ignore_patterns(*IGNORED_PARTS, "*.pyc"))
+        wheelhouse, own = context / "wheelhouse", context / "flops-mlops"
+        wheelhouse.mkdir()
+        own_wheel(own)
+        (context / "requirements.txt").write_text("\n".join([*dependencies.requirements, *runtime_requirements()])
+                                                  + "\n", encoding="utf-8")
+        (context / "constraints.txt").write_text("\n".join(held_versions(dependencies)) + "\n", encoding="utf-8")
+        cache = default_cache().parent / "fl-wheels" / key_of(dependencies)
+        fetch_wheels(context, cache, dependencies.file.name)
+        for wheel in cache.glob("*.whl"):
+            link_or_copy(wheel, wheelhouse / wheel.name)
+        progress(f"docker build of {image} on {base_image} ({len(list(wheelhouse.glob('*.whl')))} wheels)",
+                 flush=True)
+        built = subprocess.run(["docker", "build", "--file", str(bundled.folder("fl_project_image") / "Dockerfile"),
+                                "--build-arg", f"BASE_IMAGE={base_image}", "--build-arg", f"ML_REPO_TAG={repo.tag}",
+                                "--label", f"io.flops.project={project}", "--tag", image, str(context)],
+                               capture_output=True, text=True)
+    if built.returncode != 0:
+        tail = "\n".join("    " + line for line in (built.stdout + built.stderr).strip().splitlines()[-20:])
+        raise StackError(f"docker build of {image} failed (exit {built.returncode}):\n{tail}")
+    progress(f"{image} built in {time.monotonic() - started:.0f} s", flush=True)
+    return image
+
+
+def own_wheel(wheelhouse: Path) -> None:
+    """The flops-mlops wheel of the code running now, built from the checkout (fixed timestamps: the same code
+    gives the same wheel, so Docker reuses its layers)."""
+    checkout = bundled.CHECKOUT
+    if not (checkout / "pyproject.toml").is_file():
+        raise ConfigError("build-fl-image: the flops-mlops wheel is built from a checkout; run it from one")
+    with tempfile.TemporaryDirectory(prefix="flops-wheel-") as folder:
+        source = Path(folder)
+        for name in ("pyproject.toml", "README.md", "setup.py", "MANIFEST.in"):
+            shutil.copy2(checkout / name, source / name)
+        for name in ("deploy", "examples", "sla_templates"):
+            shutil.copytree(checkout / name, source / name, ignore=shutil.ignore_patterns(
+                "__pycache__", "*.pyc", "*.egg-info", "*.whl", "build"))
+        done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir",
+                               str(wheelhouse), str(source)], capture_output=True, text=True,
+                              env={**os.environ, "SOURCE_DATE_EPOCH": "315532800"})
+    if done.returncode != 0:
+        raise StackError(f"building the flops-mlops wheel failed:\n{done.stderr[-2000:]}")
+
+
+def fetch_wheels(context: Path, cache: Path, file_name: str) -> None:
+    """Every wheel the image needs besides ours into ``cache`` (kept: the next build of this dependency set needs
+    no index)."""
+    cache.mkdir(parents=True, exist_ok=True)
+    local = [arg for folder in (cache, bundled.CHECKOUT / "deploy" / "images" / "wheelhouse")
+             if folder.is_dir() for arg in ("--find-links", str(folder))]  # the images' wheelhouse, when filled
+    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check",
+                           "--wheel-dir", str(cache), *local,
+                           "-r", str(context / "requirements.txt"), "-c", str(context / "constraints.txt")],
+                          capture_output=True, text=True)
+    for ours in cache.glob("flops_mlops-*.whl"):
+        ours.unlink()  # from the images' wheelhouse: ours is built from the checkout every time
+    if done.returncode != 0:
+        raise RepoError(f"{file_name}: pip could not fetch the wheels of the repository's dependencies:\n"
+                        + "\n".join("  " + line for line in done.stderr.strip().splitlines()[-12:]))
+
+
+def link_or_copy(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+def image_size(image: str) -> int:
+    done = subprocess.run(["docker", "image", "inspect", "--format", "{{.Size}}", image], capture_output=True,
+                          text=True)
+    return int(done.stdout.strip() or 0)
