@@ -153,7 +153,8 @@ def round_command(config, args) -> int:
                               data_dir=args.data.resolve() if args.data else None)
     except FLRunError as exc:
         if exc.summary and exc.summary.get("model_uri"):
-            say(f"the training could not go on; the best model so far (round {exc.summary['best_round']}) is "
+            say(f"the training could not go on; the best model so far ({settings.words[0]} "
+                f"{exc.summary['best_round']}) is "
                 f"registered: {exc.summary['model_uri']} (version {exc.summary['model_version']})")
         raise
     if args.json:
@@ -191,6 +192,8 @@ def mode_settings(args) -> dict[str, Any]:
     defaults = {"clusters": 2, "learners_per_cluster": 2, "cycles": 1, "min_clusters": 0}
     values = {name: default if getattr(args, name) is None else getattr(args, name)
               for name, default in defaults.items()}
+    if values["learners_per_cluster"] < 1:
+        raise SettingsError(f"--learners-per-cluster: expected at least 1, got {values['learners_per_cluster']}")
     return {"mode": "hierarchical", "clusters": values["clusters"], "learners": values["learners_per_cluster"],
             "cycles": values["cycles"], "min_clusters": values["min_clusters"]}
 
