@@ -14,24 +14,21 @@ from pathlib import Path
 
 import conftest
 import pytest
-from test_fl_round import AUDIT_HOOK, ROUND_METRICS, champion_accuracy, model_dir, round_cli, tracking_uri
-from tracking_checks import logged_in
+from test_fl_round import (  # noqa: F401 - local: the module's stack, a fixture of its own in this module too
+    AUDIT_HOOK,
+    ROUND_METRICS,
+    champion_accuracy,
+    local,
+    model_dir,
+    round_cli,
+    tracking_uri,
+)
 
 pytestmark = pytest.mark.timeout(900)
 
 HIERARCHY = ("--mode", "hierarchical", "--clusters", "2", "--learners-per-cluster", "2")
 CLUSTER_METRICS = {f"cluster-{k}/{name}" for k in (0, 1) for name in ("loss", "accuracy", "examples",
                                                                        "eval_examples")}
-
-
-@pytest.fixture(scope="module")
-def local(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("fl-hierarchical")
-    stack = conftest.TestStack.create("local", folder, ["acme"])
-    stack.up()
-    with logged_in(stack.admin()):  # this test process reads runs and models as the tenant's admin
-        yield stack
-    stack.cli("down", "--purge")
 
 
 def runs_by_cycle(stack, project: str) -> dict[int, object]:
