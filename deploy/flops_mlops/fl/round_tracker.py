@@ -1,6 +1,8 @@
 """The tracking policy: what the aggregator records in MLflow for an FL project, independent of Flower.
 
-- Experiment = FL project (named after it); one MLflow run per training round, named ``round-<n>``.
+- Experiment = FL project (named after it); one MLflow run per training round, named ``round-<n>``; for a
+  hierarchical root one per cycle, named ``cycle-<n>``, with per-cluster aggregates (``cluster-<k>/loss``,
+  ``/accuracy``, ``/examples``, ``/eval_examples``) beside the global ones.
 - Per round, in one ``log_batch`` call: the strategy parameters (params), the aggregated evaluation
   ``loss`` and ``accuracy``, ``train_examples`` and ``eval_examples`` (sums over learners), and
   ``round_time_s`` (wall time of the round), and one end-of-round sample of the aggregator process

@@ -12,6 +12,11 @@ run fails when the aggregator does, or at the overall timeout, with what failed 
 Learners get an environment without any MLflow or tracking setting, one thread each for the numeric libraries
 (K learners share the machine's cores), and their own data folder (``data_dir``/learner-<i>) when given.
 
+Hierarchical mode (``settings.hierarchical``, legacy API only): the aggregator is the root; per cluster a
+``python -m flops_mlops.fl.cluster`` process (``cluster-<k>``, a client of the root and the aggregator of its own
+learners, on a free port) and its learners, numbered across clusters. Cluster aggregators get the learners'
+environment (no MLflow setting, no secret); one that fails is reported by name as learners are.
+
 Deployment engine (``engine="deployment"``): a private SuperLink and K SuperNodes on free loopback ports, and
 the ServerApp/ClientApp of ``flops_mlops.fl.engine`` submitted with ``flwr run``; the same supervision.
 """
