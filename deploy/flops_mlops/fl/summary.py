@@ -15,7 +15,8 @@ def round_line(event: dict[str, Any]) -> str:
     """One finished round: ``round 2/3: loss 0.5123  accuracy 0.8000  0.41 s  (new best)``."""
     best = "  (new best)" if event.get("best") else ""
     run = f"  run {event['run_id']}" if event.get("run_id") else ""  # logged in the background: often unknown yet
-    return (f"{event.get('unit', 'round')} {event['round']}/{event['rounds']}: loss {event['loss']:.4f}  accuracy {event['accuracy']:.4f}  "
+    return (f"{event.get('unit', 'round')} {event['round']}/{event['rounds']}: loss {event['loss']:.4f}  "
+            f"accuracy {event['accuracy']:.4f}  "
             f"{event['wall_time']:.2f} s{run}{best}")
 
 
