@@ -171,6 +171,28 @@ def test_too_few_cluster_aggregators_end_the_run_with_the_best_model_so_far_regi
     assert runs_by_cycle(local, "Stranded")[2].info.status == "FAILED"
 
 
+def test_with_one_round_per_cycle_the_root_computes_what_a_classic_aggregator_does(tmp_path):
+    """A cycle of one round is a classic round: averaging the clusters' averages, weighted by their examples,
+    gives the classic average of all learners (tracking off; same learners, data and seed)."""
+    from flops_mlops.fl.best_model import BestModel
+    from flops_mlops.fl.runner import run_project
+    from flops_mlops.fl.settings import FLSettings
+
+    shapes = {"classic": {"learners": 4, "rounds": 3},
+              "hierarchical": {"mode": "hierarchical", "clusters": 2, "learners": 2, "cycles": 3, "rounds": 1}}
+    summaries, models = {}, {}
+    for mode, shape in shapes.items():
+        settings = FLSettings(project="Same", tracking_uri="off", model_dir=tmp_path / mode / "model", timeout=300,
+                              **shape).check("aggregator")
+        summaries[mode] = run_project(settings, tmp_path / mode)
+        models[mode] = BestModel(tmp_path / mode / "model").load()
+    classic, hierarchical = ([value for e in summaries[mode]["rounds"]
+                              for value in (e["loss"], e["accuracy"], e["train_examples"])] for mode in shapes)
+    assert len(classic) == 9 and hierarchical == pytest.approx(classic)
+    for ours, theirs in zip(models["hierarchical"], models["classic"]):
+        assert ours == pytest.approx(theirs, rel=1e-5, abs=1e-6)
+
+
 @pytest.fixture(scope="module")
 def idle_stack(tmp_path_factory):
     """A configuration whose stack is never started: arguments are checked before anything needs it."""

@@ -69,6 +69,7 @@ class Rounds:
         self.train_examples: dict[int, int] = {}
         self.params: dict[int, list[np.ndarray]] = {}
         self.cluster_examples: dict[int, dict[str, int]] = {}
+        self.received_bytes: dict[int, int] = {}
         self.active = settings.members  # clients still taking part
         self.present: set[str] = set()  # named clients (cluster aggregators) that took part so far
 
@@ -103,6 +104,8 @@ class Rounds:
         self.enough(server_round, len(results), "a model", names)
         averaged = faults.corrupt(average(results), server_round)
         self.train_examples[server_round] = sum(n for n, _ in results)
+        # the models' bytes that reached this aggregator in the round (parameter arrays of the fit replies)
+        self.received_bytes[server_round] = sum(a.nbytes for _, arrays in results for a in arrays)
         if names:
             self.cluster_examples[server_round] = {name: n for name, (n, _) in zip(names, results)}
         self.params[server_round] = averaged
@@ -124,7 +127,8 @@ class Rounds:
         clusters = self.cluster_metrics(server_round, results, names)
         entry = self.tracker.round_finished(result, self.params.pop(server_round), clusters)
         unit = self.settings.words[0]
-        self.events.emit("round", rounds=self.settings.server_rounds, unit=unit, **entry)
+        self.events.emit("round", rounds=self.settings.server_rounds, unit=unit,
+                         received_bytes=self.received_bytes.pop(server_round, 0), **entry)
         return entry
 
     def cluster_metrics(self, server_round: int, results: list[tuple[int, float, float]],
