@@ -27,6 +27,7 @@ import yaml
 from compose_stack import (
     DEFAULT_FL_PROJECT,
     FL_SERVICES,
+    HIERARCHICAL_FL_SERVICES,
     QUIET,
     SERVICES,
     TENANT,
@@ -49,7 +50,7 @@ def test_compose_config_accepts_env_example():
     need_compose()
     # The user's file alone (no CI override).
     config = compose_config(ROOT / ".env.example", "--profile", "fl", files=["-f", str(ROOT / "compose.yaml")])
-    assert set(config["services"]) == {*SERVICES, *FL_SERVICES}
+    assert set(config["services"]) == {*SERVICES, *FL_SERVICES, *HIERARCHICAL_FL_SERVICES}
     for name, service in config["services"].items():
         assert service["image"] and not service["image"].endswith(":latest"), name
         assert ":" in service["image"], f"{name}: image tag is not pinned"
@@ -103,6 +104,17 @@ def test_only_the_aggregator_is_told_where_the_tracking_server_is():
         assert not [key for key in environment if "PASSWORD" in key or "SECRET" in key], environment
         assert environment["FLOPS_AGGREGATOR_ADDRESS"] == services["fl-aggregator"]["environment"][
             "FLOPS_AGGREGATOR_ADDRESS"]
+    # The hierarchical project: only the root logs in; its cluster aggregators and their learners get nothing.
+    root = services["fl-root"]["environment"]
+    assert (root["FLOPS_MODE"], root["MLFLOW_TRACKING_USERNAME"]) == ("hierarchical", f"fl-{DEFAULT_FL_PROJECT}")
+    assert root["MLFLOW_TRACKING_PASSWORD"] == aggregator["MLFLOW_TRACKING_PASSWORD"]
+    for name in HIERARCHICAL_FL_SERVICES[1:]:
+        environment = services[name]["environment"]
+        assert not [key for key in environment if "TRACKING" in key or key.startswith("MLFLOW")], name
+        assert not [key for key in environment if "PASSWORD" in key or "SECRET" in key], name
+        joins = "fl-root:9092" if name.startswith("fl-cluster-") and "learner" not in name else \
+            f"fl-cluster-{int(name.rsplit('-', 1)[1]) // 2}:9093"
+        assert environment["FLOPS_AGGREGATOR_ADDRESS"] == joins, name
 
 
 def test_compose_yaml_holds_no_password_and_names_match_the_config_model():
