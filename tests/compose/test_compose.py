@@ -267,6 +267,45 @@ def test_fl_profile_runs_a_project_in_containers(stack, monkeypatch):
     assert len(model_files) == 1
 
 
+def test_fl_profile_runs_the_project_in_hierarchical_mode(stack, monkeypatch):
+    """fl-root: the root aggregator over two cluster aggregators with two learners each, all in containers; only
+    the root logs (one run per cycle, per-cluster aggregates) and the best cycle's model is the champion."""
+    import mlflow
+
+    for key, value in QUIET.items():
+        monkeypatch.setenv(key, value)
+    project, cycles = "ComposeTiers", 2
+    fl_env = {"FLOPS_FL_PROJECT": project, "FLOPS_FL_CYCLES": str(cycles), "FLOPS_FL_ROUNDS": "2"}
+    stack.compose("up", "--detach", "--wait", "--pull", "never", "--no-build", "tracking-server", extra_env=fl_env)
+    ran = stack.compose("run", "--rm", "--use-aliases", "--pull", "never", "fl-root", extra_env=fl_env)
+    others = HIERARCHICAL_FL_SERVICES[1:]
+    exits = {service: subprocess.run(["docker", "wait", stack.compose("--profile", "fl", "ps", "--all", "--quiet",
+                                                                      service, extra_env=fl_env).stdout.strip()],
+                                     capture_output=True, text=True, timeout=300).stdout.strip()
+             for service in others}
+    logs = ran.stdout + ran.stderr + stack.compose("--profile", "fl", "logs", "--no-color", *others,
+                                                   extra_env=fl_env).stdout
+    assert exits == {service: "0" for service in others}, logs[-6000:]
+    assert f"summary of {project} " in ran.stdout and f"cycle {cycles}/{cycles}" in ran.stdout, logs[-6000:]
+    assert "cluster-1: cycle 2: 2 rounds with 2 learners" in logs
+    assert not [key for key, value in stack.secrets.items() if value and value in logs]
+    best = int(re.search(r"^best cycle: +(\d+)$", ran.stdout, re.MULTILINE).group(1))
+
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", stack.admin[0])
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", stack.admin[1])
+    mlflow.set_tracking_uri(stack.tracking_uri)
+    experiment = mlflow.get_experiment_by_name(project)
+    runs = {r.info.run_name: r for r in mlflow.search_runs(experiment_ids=[experiment.experiment_id],
+                                                           output_format="list")}
+    assert sorted(runs) == [f"cycle-{c}" for c in range(1, cycles + 1)]
+    for run in runs.values():
+        assert {"loss", "accuracy", "cluster-0/loss", "cluster-1/accuracy", "cluster-1/examples"} <= set(
+            run.data.metrics)
+        assert run.data.params["mode"] == "hierarchical" and run.info.status == "FINISHED"
+    version = mlflow.MlflowClient().get_model_version_by_alias(project, "champion")
+    assert version.run_id == runs[f"cycle-{best}"].info.run_id
+
+
 def test_serve_profile_serves_the_fl_projects_champion(stack, monkeypatch):
     """The project trained by the test above, served by the serve profile's model server, which reads it as
     serve-<project> (READ on that model only); the same assertions as the embedded stack's (serving_checks)."""
