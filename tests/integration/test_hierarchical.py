@@ -193,6 +193,30 @@ def test_with_one_round_per_cycle_the_root_computes_what_a_classic_aggregator_do
         assert ours == pytest.approx(theirs, rel=1e-5, abs=1e-6)
 
 
+@pytest.mark.parametrize("example", ["pytorch", "keras"])
+def test_the_other_flavours_examples_train_in_hierarchical_mode(tmp_path, example):
+    """The contract code is flavour-independent: the PyTorch and Keras examples, in their own environments (built
+    or cached as `round` does), train through cluster aggregators (tracking off: logging their flavours is the
+    classic aggregator's code, which the root runs unchanged)."""
+    from flops_mlops.fl.environments import for_repository
+    from flops_mlops.fl.ml_repo import resolve
+    from flops_mlops.fl.runner import run_project
+    from flops_mlops.fl.settings import FLSettings
+    from flops_mlops.fl.supervision import Runtime
+
+    repo = resolve(str(conftest.ROOT / "examples" / example), None, tmp_path / "repos")
+    environment = for_repository(repo.dependencies(), progress=lambda *args, **kwargs: None)
+    runtime = Runtime(environment.python, environment.variables(tmp_path / "runtime"))
+    settings = FLSettings(project="Flavours", tracking_uri="off", model_dir=tmp_path / "model", timeout=600,
+                          ml_repo=str(repo.folder), mode="hierarchical", clusters=2, learners=2, cycles=2,
+                          rounds=1).check("aggregator")
+    summary = run_project(settings, tmp_path / "run", runtime=runtime)
+    losses = [entry["loss"] for entry in summary["rounds"]]
+    assert len(losses) == 2 and losses[1] < losses[0], losses
+    assert summary["rounds"][1]["accuracy"] > 1 / 10 + 0.3  # ten digits
+    assert set(summary["rounds"][1]["clusters"]) == CLUSTER_METRICS
+
+
 @pytest.fixture(scope="module")
 def idle_stack(tmp_path_factory):
     """A configuration whose stack is never started: arguments are checked before anything needs it."""
