@@ -14,7 +14,9 @@ embedded stack, then `serve`.
   tracking server's database or the artifact store.
 
 One stack serves the module. A cold cache builds the PyTorch, Keras and foreign environments first (pip from this
-machine's indexes: the CPU build of torch comes from its find-links folder).
+machine's indexes: the CPU build of torch comes from its find-links folder). Measured on the 2-core machine shared
+with other jobs: 12 passed in 3 min 40 s with the environments cached (9 min 14 s under heavy load), 6 min 4 s with
+FLOPS_ENV_CACHE pointing at an empty folder (the three environments built in 72, 51 and 38 s, pip's cache warm).
 """
 
 from __future__ import annotations
