@@ -144,7 +144,7 @@ def test_a_dead_cluster_aggregator_is_named_and_the_root_goes_on_with_the_others
     assert done.returncode == 0, done.stdout + done.stderr
     assert "cluster-1 (cluster aggregator) failed (exit 3): FAULT INJECTION: cluster aggregator 1 crashes in " \
            "cycle 2" in done.stdout
-    assert "note: cycle 2: 1 cluster aggregators failed to return a model (cluster-1); going on with 1" in done.stdout
+    assert "note: cycle 2: 1 cluster aggregator(s) failed to return a model (cluster-1); going on with 1" in done.stdout
     by_cycle = runs_by_cycle(local, "Survivor")
     assert sorted(by_cycle) == [1, 2, 3]
     assert CLUSTER_METRICS <= set(by_cycle[1].data.metrics)

@@ -87,7 +87,8 @@ class Rounds:
             raise NotEnoughLearners(f"{unit} {server_round}: only {got} of {self.settings.members} {clients} "
                                     f"returned {what}{named}; a {unit} needs {needed} ({flag})")
         if got < self.active:
-            self.events.emit("notice", message=f"{unit} {server_round}: {self.active - got} {clients} failed to "
+            self.events.emit("notice", message=f"{unit} {server_round}: {self.active - got} "
+                                               f"{clients.removesuffix('s')}(s) failed to "
                                                f"return {what}{named}; going on with {got} (a {unit} needs "
                                                f"{needed})")
             self.active = got
