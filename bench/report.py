@@ -206,9 +206,33 @@ def tracking_healthcheck(datasets: list[tuple[str, dict]]) -> str:
     return "\n\n".join(parts)
 
 
+def fl_hierarchical(datasets: list[tuple[str, dict]]) -> str:
+    parts = ["# Classic and hierarchical FL side by side",
+             "`bench/fl_hierarchical.py`: the same learners of the scikit-learn example (same seed, so the same "
+             "non-IID split of the digits), tracking off. Classic: one aggregator, cycles x rounds rounds; "
+             "hierarchical: a root over the cluster aggregators, each cycle running the rounds in every cluster, so "
+             "every learner trains as often in both. Bytes to the root: the parameter arrays of the fit replies the "
+             "root (classic: the aggregator) receives per cycle (a classic cycle is that many rounds). Accuracy: the "
+             "best model's, on the digits no learner holds."]
+    for name, data in datasets:
+        rows = []
+        for mode in ("classic", "hierarchical"):
+            runs = data["runs"][mode]
+            rows.append([mode, f"{num(data['median_wall_s'][mode], 2)} s ({each([r['wall_s'] for r in runs], 2)})",
+                         f"{data['bytes_per_cycle'][mode]:,}", num(data["median_accuracy"][mode], 3),
+                         num(data["median_final_loss"][mode], 4)])
+        parts.append(f"{section(name, 'bench/fl_hierarchical.py', data)}\n\n{data['clusters']} clusters x "
+                     f"{data['learners_per_cluster']} learners, {data['cycles']} cycles x {data['rounds']} rounds, "
+                     f"{data['repeats']} runs of each mode, taking turns.")
+        parts.append(table(["mode", "median wall (each run)", "bytes to the root per cycle",
+                            "held-out accuracy (median)", "last aggregated loss (median)"], rows))
+    return "\n\n".join(parts)
+
+
 RENDERERS: dict[str, Callable[[list[tuple[str, dict]]], str]] = {
     "stack_footprint": stack_footprint, "fl_tracking_overhead": fl_tracking_overhead,
-    "ftp_download": ftp_download, "serving": serving, "tracking_healthcheck": tracking_healthcheck}
+    "ftp_download": ftp_download, "serving": serving, "tracking_healthcheck": tracking_healthcheck,
+    "fl_hierarchical": fl_hierarchical}
 
 
 # --- reports -----------------------------------------------------------------------------------------------------

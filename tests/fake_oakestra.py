@@ -486,6 +486,11 @@ class FakeOakestra:
                 for constraint in service.get("constraints", []):
                     if "type" not in constraint:
                         return "constraints[].type: required"
+                    # clusters/allowed and addons/needs: arrays of strings (schema.py of v0.4.402 and v0.4.410)
+                    for key in ("allowed", "needs"):
+                        if key in constraint and (not isinstance(constraint[key], list)
+                                                  or not all(isinstance(x, str) for x in constraint[key])):
+                            return f"constraints[].{key}: array of strings expected"
                 volumes = service.get("volumes", [])
                 if not isinstance(volumes, list):
                     return "volumes: array expected"

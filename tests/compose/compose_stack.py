@@ -26,6 +26,8 @@ from conftest import ROOT, free_port, free_port_range, missing_service, run_cli
 TENANT = "default"
 SERVICES = ("backend-store", "artifact-store", "tracking-server")
 FL_SERVICES = ("fl-aggregator", "fl-learner-0", "fl-learner-1")
+# The fl profile's hierarchical project: the root, 2 cluster aggregators, 2 learners each.
+HIERARCHICAL_FL_SERVICES = ("fl-root", "fl-cluster-0", "fl-cluster-1", *(f"fl-cluster-learner-{i}" for i in range(4)))
 VOLUMES = ("backend-store", "artifact-store", "tracking-auth")
 # The project compose.yaml gives the FL user when FLOPS_FL_PROJECT is not set.
 DEFAULT_FL_PROJECT = "composedemo"

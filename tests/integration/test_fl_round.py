@@ -30,14 +30,19 @@ QUIET = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": 
          "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
 ROUND_METRICS = {"loss", "accuracy", "train_examples", "eval_examples", "round_time_s"}
 
-# Loaded into learner processes only (PYTHONPATH, which learners inherit): records every Python-level socket
-# connection and every mlflow import into the audit/ folder beside it. MLflow's client talks HTTP through
-# Python sockets, so a learner request would show here.
+# Loaded into learner and cluster aggregator processes only (PYTHONPATH, which they inherit): records the MLflow
+# variables they were given, every Python-level socket connection and every mlflow import into the audit/ folder
+# beside it (learner-<pid>.jsonl, cluster-<pid>.jsonl). MLflow's client talks HTTP through Python sockets, so a
+# request would show here.
 AUDIT_HOOK = '''
 import json, os, sys
 _audit_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "audit")
-if os.environ.get("FLOPS_LEARNER_INDEX") and os.path.isdir(_audit_dir):
-    _log = open(os.path.join(_audit_dir, f"learner-{os.getpid()}.jsonl"), "a")
+_role = ("cluster" if os.environ.get("FLOPS_CLUSTER_INDEX") else
+         "learner" if os.environ.get("FLOPS_LEARNER_INDEX") else "")
+if _role and os.path.isdir(_audit_dir):
+    _log = open(os.path.join(_audit_dir, f"{_role}-{os.getpid()}.jsonl"), "a")
+    _log.write(json.dumps({"mlflow_variables": sorted(k for k in os.environ if k.startswith("MLFLOW_"))}) + "\\n")
+    _log.flush()
     def _audit(event, args):
         if event == "socket.connect":
             address = args[1]
@@ -203,6 +208,7 @@ def test_learners_make_no_request_to_the_tracking_server(local, corrupted_run):
     joined = 0
     for name, events in records.items():
         assert not [e for e in events if "import" in e], f"{name} imported mlflow"
+        assert events[0] == {"mlflow_variables": []}, f"{name} was given MLflow settings"
         targets = {tuple(e["connect"][:2]) for e in events if "connect" in e}
         assert targets <= {(host, int(port))}, f"{name} connected to {targets}"
         joined += bool(targets)

@@ -54,7 +54,8 @@ def test_every_tenant_gets_its_database_ftp_user_and_tracking_server(tmp_path):
     document = render(tmp_path, [{"id": "default"}, {"id": "acme"}, {"id": "globex", "port": 5100}])
     services = document["services"]
     assert set(services) == {"backend-store", "artifact-store", "tracking-server", "tracking-server-acme",
-                             "tracking-server-globex", "fl-aggregator", "fl-learner-0", "fl-learner-1", "model-server"}
+                             "tracking-server-globex", "fl-aggregator", "fl-learner-0", "fl-learner-1", "model-server",
+                             "fl-root", "fl-cluster-0", "fl-cluster-1", *(f"fl-cluster-learner-{i}" for i in range(4))}
     assert set(document["volumes"]) == {"backend-store", "artifact-store", "tracking-auth", "tracking-auth-acme",
                                         "tracking-auth-globex"}
     backend = services["backend-store"]["environment"]

@@ -558,3 +558,31 @@ def test_error_bodies_are_masked_and_urls_checked():
         assert "Bad Request" not in str(info.value) and "***" in str(info.value)
     finally:
         fake.stop()
+
+
+def test_a_hierarchical_project_is_pushed_pinned_and_undeployed_idempotently(deployment):
+    d = deployment()
+    data = yaml.safe_load(d.config.read_text())
+    data["oakestra"]["projects"].append({"name": "fleet", "tenant": "acme", "slot": 2, "learners": 2, "rounds": 2,
+                                         "mode": "hierarchical", "clusters": ["factory", "district"], "cycles": 2})
+    d.config.write_text(yaml.safe_dump(data, sort_keys=False))
+    assert run_in_process("--config", str(d.config), "secrets", "init").returncode == 0  # fleet's password
+    first = d.push()
+    assert first.returncode == 0, first.stderr
+    fleet = d.fake.services_of("fleet")
+    assert sorted(fleet) == ["aggregator", "cluster0", "cluster1", "learner0", "learner1", "learner2", "learner3"]
+    assert all(fleet[name]["instance_list"] for name in fleet)  # every service was scheduled and runs
+    assert fleet["learner3"]["constraints"] == [{"type": "direct", "cluster": "district"},
+                                                {"type": "clusters", "allowed": ["district"]}]
+    assert ",fleet:" in environment_of(d.fake.services_of("tracking")["acme"])["FLOPS_FL_USERS"]  # its login
+    posts = d.fake.count("POST", r"/api/service/[0-9a-f]+/instance")
+    again = d.push("--app", "fleet")
+    assert again.returncode == 0, again.stderr
+    assert d.fake.count("POST", r"/api/service/[0-9a-f]+/instance") == posts
+    assert "flops/fleet: application exists" in again.stderr
+    for attempt in range(2):
+        removed = d.cli("undeploy", "--app", "fleet")
+        assert removed.returncode == 0, removed.stderr
+        assert d.fake.services_of("fleet") == {} and d.fake.leaked == []
+        assert f"removed {1 - attempt} application(s)" in removed.stdout
+    assert sorted(d.fake.services_of("mnist")) == ["aggregator", "learner0", "learner1"]  # untouched

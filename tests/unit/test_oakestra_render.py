@@ -560,3 +560,96 @@ def test_config_check_runs_the_oakestra_checks_too(tmp_path):
     result = run_cli("config", "check", config=write_config(tmp_path, reuse_a_slot))
     assert result.returncode == 2
     assert "oakestra.tenants" in result.stderr
+
+
+# --- hierarchical projects ------------------------------------------------------------------------
+
+HIERARCHICAL_GOLDEN = Path(__file__).parent / "golden" / "oakestra-hierarchical"
+
+
+def add_fleet(data):
+    """A hierarchical project beside mnist: 2 clusters x 2 learners, 2 cycles x 2 rounds."""
+    data["oakestra"]["projects"].append({"name": "fleet", "tenant": "acme", "slot": 2, "learners": 2, "rounds": 2,
+                                         "mode": "hierarchical", "clusters": ["factory", "district"], "cycles": 2,
+                                         "min_clusters": 1})
+
+
+def test_a_hierarchical_project_renders_its_golden_file(tmp_path):
+    rendered = {r.file_name: r for r in sla.render_all(config_module.load(write_config(tmp_path, add_fleet)))}
+    compare_with_golden(HIERARCHICAL_GOLDEN, {"fleet.json": rendered["fleet.json"].file.text.encode()})
+    # mnist (classic) renders as before
+    assert rendered["mnist.json"].file.text.encode() == (GOLDEN / "mnist.json").read_bytes()
+
+
+def test_hierarchical_services_are_pinned_to_their_cluster_and_only_the_root_logs(tmp_path):
+    from flops_mlops.fl.settings import from_environment
+
+    rendered = services(sla.render_all(config_module.load(write_config(tmp_path, add_fleet))))
+    fleet = {name.split("/")[1]: service for name, service in rendered.items() if name.startswith("fleet/")}
+    assert sorted(fleet) == ["aggregator", "cluster0", "cluster1", "learner0", "learner1", "learner2", "learner3"]
+    pinned = {"factory": ["cluster0", "learner0", "learner1"], "district": ["cluster1", "learner2", "learner3"]}
+    for cluster, names in pinned.items():
+        for name in names:
+            assert fleet[name]["constraints"] == [{"type": "direct", "cluster": cluster},
+                                                  {"type": "clusters", "allowed": [cluster]}], name
+    assert "constraints" not in fleet["aggregator"]  # the shipped target leaves the root to the scheduler
+    root = env(fleet["aggregator"])
+    assert (root["FLOPS_MODE"], root["FLOPS_CLUSTERS"], root["FLOPS_CYCLES"], root["FLOPS_MIN_CLUSTERS"],
+            root["FLOPS_LEARNERS"]) == ("hierarchical", "2", "2", "1", "2")
+    assert root["MLFLOW_TRACKING_USERNAME"] == "fl-fleet"
+    root_address = f"{fleet['aggregator']['addresses']['rr_ip']}:8080"
+    for k in (0, 1):
+        cluster = env(fleet[f"cluster{k}"])
+        assert fleet[f"cluster{k}"]["cmd"] == ["python", "-m", "flops_mlops.fl.cluster"]
+        assert (cluster["FLOPS_AGGREGATOR_ADDRESS"], cluster["FLOPS_CLUSTER_INDEX"], cluster["FLOPS_LEARNERS"]) == \
+            (root_address, str(k), "2")
+        for i in (2 * k, 2 * k + 1):
+            learner = env(fleet[f"learner{i}"])
+            assert learner["FLOPS_AGGREGATOR_ADDRESS"] == f"{fleet[f'cluster{k}']['addresses']['rr_ip']}:8080"
+            assert (learner["FLOPS_LEARNER_INDEX"], learner["FLOPS_LEARNERS"]) == (str(i), "4")  # the data split
+    for name, service in fleet.items():
+        if name != "aggregator":
+            assert not [key for key in env(service) if key.startswith("MLFLOW_")], name
+    # every process accepts the settings its service gets
+    for name, role in (("aggregator", "aggregator"), ("cluster1", "cluster"), ("learner3", "learner")):
+        variables = {key: value for key, value in env(fleet[name]).items() if key.startswith("FLOPS_")}
+        with pytest.MonkeyPatch.context() as patch:
+            for key, value in variables.items():
+                patch.setenv(key, value)
+            assert from_environment([], role, "test")
+
+
+HIERARCHICAL_ERRORS = [
+    ("classic with clusters", {"clusters": ["factory"]},
+     "oakestra.projects[1].clusters: only for mode: hierarchical"),
+    ("hierarchical without clusters", {"mode": "hierarchical"},
+     "oakestra.projects[1].clusters: mode hierarchical needs the names of the Oakestra clusters"),
+    ("a cluster twice", {"mode": "hierarchical", "clusters": ["factory", "factory"]},
+     "oakestra.projects[1].clusters[1]: cluster 'factory' is listed twice"),
+    ("min_clusters above the clusters", {"mode": "hierarchical", "clusters": ["factory"], "min_clusters": 2},
+     "oakestra.projects[1].min_clusters: expected 0 (all) to 1 (the project's clusters), got 2"),
+    ("a bad cluster name", {"mode": "hierarchical", "clusters": ["a b"]},
+     "'a b' is not an Oakestra cluster name"),
+    ("an unknown mode", {"mode": "tiered"}, "oakestra.projects[1].mode"),
+    ("too many learners", {"mode": "hierarchical", "clusters": [f"c{k}" for k in range(5)], "learners": 20},
+     "oakestra.projects[1].learners: 5 clusters x 20 learners do not fit one project"),
+]
+
+
+@pytest.mark.parametrize("fields, expected", [c[1:] for c in HIERARCHICAL_ERRORS],
+                         ids=[c[0] for c in HIERARCHICAL_ERRORS])
+def test_hierarchical_configuration_errors_name_the_key_and_value(tmp_path, fields, expected):
+    def edit(data):
+        data["oakestra"]["projects"].append({"name": "fleet", "tenant": "acme", "slot": 2, **fields})
+
+    path = write_config(tmp_path, edit)
+    with pytest.raises(ConfigError) as info:
+        sla.render_all(config_module.load(path))
+    assert expected in str(info.value)
+
+
+def test_the_schema_refuses_a_clusters_constraint_without_allowed_clusters():
+    document = json.loads((HIERARCHICAL_GOLDEN / "fleet.json").read_text())
+    document["applications"][0]["microservices"][1]["constraints"][1] = {"type": "clusters", "allowed": []}
+    with pytest.raises(sla.SlaError, match="allowed"):
+        sla.validate(document, "project.json.j2")

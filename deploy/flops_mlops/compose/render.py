@@ -11,7 +11,9 @@ configuration. Every tenant's facts come from the configuration:
   ``tracking-server-t`` (FLOPS_TENANT_T_TRACKING_PORT, volume ``tracking-auth-t``), so adding a tenant adds
   services and changes nothing of the others;
 - profile ``fl``: an aggregator and two learners of one FL project of the first tenant, run only by
-  ``docker compose run``; profile ``serve``: the model server of that project's champion.
+  ``docker compose run``, or the same project in hierarchical mode (``fl-root``: a root aggregator over
+  HIERARCHY's cluster aggregators and their learners); profile ``serve``: the model server of that project's
+  champion.
 
 Ports, addresses and workers default to the configuration's values; .env may override them (.env.example). The
 passwords are read only from the secrets file, by name (``${KEY:?}``): nothing rendered holds a secret.
@@ -37,6 +39,8 @@ COMPOSE_FILE = "compose.yaml"
 INITDB_DIR = "deploy/compose/backend-store/initdb.d"
 INITDB_FILE = f"{INITDB_DIR}/10-flops-tenants.sh"
 FIRST_SERVICE, FIRST_PORT_VARIABLE, FIRST_AUTH_VOLUME = "tracking-server", "FLOPS_TRACKING_PORT", "tracking-auth"
+# The fl profile's hierarchical project: clusters x learners per cluster (FLOps' example shape).
+HIERARCHY = {"clusters": 2, "learners": 2}
 # A checkout has the Dockerfiles compose builds from; an installed package does not (images must exist then).
 CHECKOUT = Path(__file__).resolve().parents[3]
 
@@ -84,6 +88,7 @@ def _usage(config_label: str, env_label: str) -> list[str]:
     lines = [(f"flops-mlops --config {config_label} secrets init", f"writes the passwords to {env_label} (mode 0600)"),
              (f"docker compose{env} up -d", "stores and tracking servers (builds our images on first use)"),
              (f"docker compose{env} run --rm --use-aliases fl-aggregator", "runs one FL project; prints its summary"),
+             (f"docker compose{env} run --rm --use-aliases fl-root", "the same, hierarchical: cluster aggregators"),
              (f"docker compose{env} --profile serve up -d --wait", "serves the project's champion model"),
              (f"docker compose{env} --profile '*' down", "stops all of it, every profile; the data stays")]
     width = max(len(command) for command, _ in lines) + 3
@@ -108,7 +113,7 @@ def render(config: StackConfig, out: Path, checkout: Path = CHECKOUT) -> list[Re
     context = {
         "config_label": config_label, "env_label": env_label, "usage": _usage(config_label, env_label),
         "name": config.name, "tenants": tenants, "width": max(17, *(len(t["service"]) + 2 for t in tenants)), "fl": tenants[0], "images": config.images.model_dump(),
-        "build_context": build_context, "initdb_dir": INITDB_DIR,
+        "build_context": build_context, "initdb_dir": INITDB_DIR, "hierarchy": HIERARCHY,
         "mysql_admin_key": secrets_module.MYSQL_ADMIN_KEY, "mysql_port": config.backend_store.port,
         "ftp": {"port": store.port, "pasv_min": store.passive_ports[0], "pasv_max": store.passive_ports[1],
                 "pasv_address": store.pasv_address, "connect_timeout": store.connect_timeout,

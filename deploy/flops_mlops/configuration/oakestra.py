@@ -29,6 +29,8 @@ NameLimit = Annotated[StrictInt, Field(ge=1, le=30),
                       explained("expected 10 (releases up to v0.4.204) or 30, got {value!r}")]
 Registry = Annotated[Text, Field(pattern=r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:[0-9]{1,5})?(/[a-z0-9][a-z0-9._-]*)*$"),
                      explained("{value!r} is not a registry host[:port][/path]")]
+ClusterName = Annotated[StrictStr, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"),
+                        explained("{value!r} is not an Oakestra cluster name (letters, digits, '.', '_', '-')")]
 OAKESTRA_NAME = re.compile(r"^[A-Za-z0-9]+$")  # application and service names: letters and digits only
 RESERVED_APPS = ("tracking", "stores", "serving")  # application names of our own; no project may take them
 
@@ -91,6 +93,17 @@ class OakestraProject(Model):
     data_host_path: HostPath | None = doc(
         "folder on the learners' nodes: learner i mounts <data_host_path>/learner-<i> read-only as its "
         "FLOPS_DATA_DIR (Oakestra's host-path CSI driver); none: no data folder", None)
+    mode: Literal["classic", "hierarchical"] = doc(
+        "classic: one aggregator and `learners` learners; hierarchical (FLOps' hierarchical mode): a root "
+        "aggregator (FLOPS_MODE) and, per cluster in `clusters`, a cluster aggregator and `learners` learners "
+        "pinned to that cluster; only the root logs to MLflow", "classic")
+    clusters: list[ClusterName] = doc(
+        "hierarchical: names of the Oakestra clusters, one cluster aggregator and its learners each (SLA "
+        "constraints: direct and clusters/allowed with that name)", [])
+    cycles: Positive = doc("hierarchical: training cycles of the root (FLOPS_CYCLES); each runs `rounds` rounds "
+                           "in every cluster", 1)
+    min_clusters: Amount = doc("hierarchical: cluster aggregators a cycle needs to go on when others fail "
+                               "(FLOPS_MIN_CLUSTERS; 0: all)", 0)
 
 
 HOSTPATH_DRIVER = "csi.oakestra.io/hostpath"  # Oakestra's host-path CSI plugin (csi/hostpath in oakestra/oakestra)

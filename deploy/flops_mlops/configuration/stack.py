@@ -141,6 +141,34 @@ def image(config: StackConfig, key: str) -> str:
     return f"{config.oakestra.registry}/{reference}"
 
 
+def hierarchical_problem(project, where: str, fail) -> None:
+    """A project's mode and its clusters agree, and its services fit its /24 (root .1, cluster aggregators and
+    learners after it)."""
+    if project.mode == "classic":
+        extra = [key for key, unset in (("clusters", []), ("cycles", 1), ("min_clusters", 0))
+                 if getattr(project, key) != unset]
+        if extra:
+            raise fail(f"{where}.{extra[0]}", "only for mode: hierarchical (this project is classic: one "
+                                              "aggregator and its learners)")
+        return
+    if not project.clusters:
+        raise fail(f"{where}.clusters", "mode hierarchical needs the names of the Oakestra clusters (one cluster "
+                                        "aggregator and its learners each)")
+    seen = set()
+    for k, name in enumerate(project.clusters):
+        if name in seen:
+            raise fail(f"{where}.clusters[{k}]", f"cluster {name!r} is listed twice")
+        seen.add(name)
+    if project.min_clusters > len(project.clusters):
+        raise fail(f"{where}.min_clusters", f"expected 0 (all) to {len(project.clusters)} (the project's clusters), "
+                                            f"got {project.min_clusters}")
+    services = 1 + len(project.clusters) * (1 + project.learners)
+    if services > 254 or len(project.clusters) * project.learners > 64:
+        raise fail(f"{where}.learners", f"{len(project.clusters)} clusters x {project.learners} learners do not fit "
+                                        "one project (at most 64 learners, and 254 service IPs with the "
+                                        "aggregators)")
+
+
 def oakestra_rules(config: StackConfig) -> None:
     """What `render` and `push` need beyond each key's own type: raises Broken naming the key and value.
 
@@ -234,6 +262,7 @@ def oakestra_rules(config: StackConfig) -> None:
         if project.min_learners > project.learners:
             raise fail(f"{where}.min_learners", f"expected 0 (all) to {project.learners} (the project's learners), "
                                                f"got {project.min_learners}")
+        hierarchical_problem(project, where, fail)
         block = o.ip_plan.projects_block + project.slot - 1
         if block > 255:
             raise fail(f"{where}.slot", f"slot {project.slot} puts the project outside 10.30.0.0/16 "

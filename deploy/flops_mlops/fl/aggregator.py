@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import threading
 import time
@@ -53,7 +54,12 @@ def weighted_mean(values: list[tuple[int, float]]) -> float:
 
 
 class Rounds:
-    """Flower-independent round bookkeeping shared by both Flower adapters."""
+    """Flower-independent round bookkeeping shared by both Flower adapters (and the cluster aggregator's).
+
+    Its clients are learners, or, for a hierarchical root, cluster aggregators (``settings.members``); a
+    hierarchical root's rounds are cycles. Results may name their client (a cluster aggregator's name,
+    ``cluster-<i>``): the root then logs per-cluster aggregates and names a cluster that returned nothing.
+    """
 
     def __init__(self, settings: FLSettings, tracker: LocalOnly, events: Events):
         self.settings = settings
@@ -62,37 +68,55 @@ class Rounds:
         self.started: dict[int, float] = {}
         self.train_examples: dict[int, int] = {}
         self.params: dict[int, list[np.ndarray]] = {}
-        self.active = settings.learners  # learners still taking part
+        self.cluster_examples: dict[int, dict[str, int]] = {}
+        self.received_bytes: dict[int, int] = {}
+        self.active = settings.members  # clients still taking part
+        self.present: set[str] = set()  # named clients (cluster aggregators) that took part so far
 
     def fit_config(self, server_round: int) -> dict[str, Any]:
         return {"server_round": server_round}
 
-    def enough(self, server_round: int, got: int, what: str) -> None:
-        """Raise NotEnoughLearners if ``got`` learners are fewer than a round needs; say so when some failed."""
-        needed = self.settings.required_learners
+    def enough(self, server_round: int, got: int, what: str, names: list[str] | None = None) -> None:
+        """Raise NotEnoughLearners if ``got`` clients are fewer than a round needs; say so (naming the missing
+        ones when clients have names) when some failed."""
+        needed = self.settings.required_members
+        unit, clients, flag = self.settings.words
+        missing = sorted(self.present - set(names or []))
+        named = f" ({', '.join(missing)})" if missing else ""
         if got < needed:
-            raise NotEnoughLearners(f"round {server_round}: only {got} of {self.settings.learners} learners "
-                                    f"returned {what}; a round needs {needed} (--min-learners)")
+            raise NotEnoughLearners(f"{unit} {server_round}: only {got} of {self.settings.members} {clients} "
+                                    f"returned {what}{named}; a {unit} needs {needed} ({flag})")
         if got < self.active:
-            self.events.emit("notice", message=f"round {server_round}: {self.active - got} learner(s) failed to "
-                                               f"return {what}; going on with {got} (a round needs {needed})")
+            self.events.emit("notice", message=f"{unit} {server_round}: {self.active - got} "
+                                               f"{clients.removesuffix('s')}(s) failed to "
+                                               f"return {what}{named}; going on with {got} (a {unit} needs "
+                                               f"{needed})")
             self.active = got
+        self.present = set(names or []) or self.present
 
     def begin(self, server_round: int) -> None:
         self.started[server_round] = time.monotonic()
         self.tracker.round_started(server_round)
 
-    def trained(self, server_round: int, results: list[tuple[int, list[np.ndarray]]]) -> list[np.ndarray]:
+    def trained(self, server_round: int, results: list[tuple[int, list[np.ndarray]]],
+                names: list[str] | None = None) -> list[np.ndarray]:
         """Federated averaging of (num_examples, arrays); returns the new global model."""
-        self.enough(server_round, len(results), "a model")
+        names = _cluster_names(names)
+        self.enough(server_round, len(results), "a model", names)
         averaged = faults.corrupt(average(results), server_round)
         self.train_examples[server_round] = sum(n for n, _ in results)
+        # the models' bytes that reached this aggregator in the round (parameter arrays of the fit replies)
+        self.received_bytes[server_round] = sum(a.nbytes for _, arrays in results for a in arrays)
+        if names:
+            self.cluster_examples[server_round] = {name: n for name, (n, _) in zip(names, results)}
         self.params[server_round] = averaged
         return averaged
 
-    def evaluated(self, server_round: int, results: list[tuple[int, float, float]]) -> dict[str, Any]:
-        """(num_examples, loss, accuracy) per learner -> one logged round; returns the round's entry."""
-        self.enough(server_round, len(results), "an evaluation")
+    def evaluated(self, server_round: int, results: list[tuple[int, float, float]],
+                  names: list[str] | None = None) -> dict[str, Any]:
+        """(num_examples, loss, accuracy) per client -> one logged round; returns the round's entry."""
+        names = _cluster_names(names)
+        self.enough(server_round, len(results), "an evaluation", names)
         result = RoundResult(
             round=server_round,
             loss=weighted_mean([(n, loss) for n, loss, _ in results]),
@@ -101,16 +125,46 @@ class Rounds:
             eval_examples=sum(n for n, _, _ in results),
             wall_time=time.monotonic() - self.started.get(server_round, time.monotonic()),
         )
-        entry = self.tracker.round_finished(result, self.params.pop(server_round))
-        self.events.emit("round", rounds=self.settings.rounds, **entry)
+        clusters = self.cluster_metrics(server_round, results, names)
+        entry = self.tracker.round_finished(result, self.params.pop(server_round), clusters)
+        unit = self.settings.words[0]
+        self.events.emit("round", rounds=self.settings.server_rounds, unit=unit,
+                         received_bytes=self.received_bytes.pop(server_round, 0), **entry)
         return entry
+
+    def cluster_metrics(self, server_round: int, results: list[tuple[int, float, float]],
+                        names: list[str] | None) -> dict[str, float]:
+        """A hierarchical root's per-cluster aggregates: ``cluster-<i>/loss``, ``/accuracy``, ``/examples`` (the
+        cluster's training examples, its weight in the average) and ``/eval_examples``; nothing per learner."""
+        if not names:
+            return {}
+        trained = self.cluster_examples.pop(server_round, {})
+        metrics: dict[str, float] = {}
+        for name, (n, loss, accuracy) in sorted(zip(names, results)):
+            metrics.update({f"{name}/loss": loss, f"{name}/accuracy": accuracy,
+                            f"{name}/examples": trained.get(name, 0), f"{name}/eval_examples": n})
+        return metrics
+
+
+CLUSTER_NAME = re.compile(r"^cluster-[0-9]{1,4}$")
+
+
+def _cluster_names(names: list[str | None] | None) -> list[str] | None:
+    """The clients' names when every one is a cluster aggregator's (``cluster-<i>``), else None (learners have
+    none; a name becomes a metric key, so nothing else is taken)."""
+    if not names or not all(isinstance(name, str) and CLUSTER_NAME.fullmatch(name) for name in names):
+        return None
+    return list(names)
 
 
 def strategy_params(settings: FLSettings, model: ModelLogging) -> dict[str, Any]:
     return {"strategy": "FedAvg", "rounds": settings.rounds, "learners": settings.learners,
             "min_learners": settings.required_learners, "fraction_fit": 1.0, "fraction_evaluate": 1.0,
             "seed": settings.seed, "better": settings.better, "flavor": model.flavor, "model": model.type_name,
-            "ml_repo_tag": model.metadata["flops.ml_repo_tag"]}
+            "ml_repo_tag": model.metadata["flops.ml_repo_tag"],
+            **({"mode": "hierarchical", "clusters": settings.clusters, "min_clusters": settings.required_members,
+                "cycles": settings.cycles, "learners": settings.clusters * settings.learners,
+                "learners_per_cluster": settings.learners} if settings.hierarchical else {})}
 
 
 @dataclass
@@ -168,7 +222,9 @@ def quiet_network_defaults() -> None:
 
 def finish(settings: FLSettings, tracker: LocalOnly, events: Events) -> dict[str, Any]:
     summary = tracker.finish()
-    summary.update(project=settings.project, rounds_planned=settings.rounds, learners=settings.learners,
+    summary.update(project=settings.project, rounds_planned=settings.server_rounds, unit=settings.words[0],
+                   mode=settings.mode, clusters=settings.clusters if settings.hierarchical else None,
+                   cycles=settings.cycles if settings.hierarchical else None, learners=settings.learners,
                    better=settings.better, alias=settings.alias, model_dir=str(settings.model_dir),
                    model_file=str(tracker.best.arrays_file.absolute()), aggregator_address=settings.aggregator_address)
     events.emit("summary", **summary)
@@ -211,8 +267,11 @@ def main(argv: list[str] | None = None) -> int:
     if not events.machine:  # a person reads this: our lines, not MLflow's and Flower's progress logs (warnings stay)
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
         tracking = settings.ui_url or settings.tracking_uri
-        print(f"FL project {settings.project}: {settings.rounds} rounds, {settings.learners} learners, listening on "
-              f"{settings.aggregator_address}, tracking at {tracking}", flush=True)
+        shape = (f"{settings.cycles} cycles over {settings.clusters} cluster aggregators ({settings.rounds} rounds "
+                 f"with {settings.learners} learners each)" if settings.hierarchical else
+                 f"{settings.rounds} rounds, {settings.learners} learners")
+        print(f"FL project {settings.project}: {shape}, listening on {settings.aggregator_address}, tracking at "
+              f"{tracking}", flush=True)
     model = ModelLogging.load(settings)
     if not model.has_example:
         events.emit("notice", message=f"{model.type_name} has no get_input_example(): the model will be logged "

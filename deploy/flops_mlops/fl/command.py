@@ -18,7 +18,7 @@ from ..tracking.users import AuthAdmin, ensure_project_user
 from .environments import for_repository
 from .ml_repo import RepoError, repository_folder, resolve
 from .runner import FLRunError, PreflightError, Runtime, preflight, run_project
-from .settings import BETTER_CHOICES, FLAVORS, PROJECT_RULE, FLSettings, SettingsError, validate_project
+from .settings import BETTER_CHOICES, FLAVORS, MODES, PROJECT_RULE, FLSettings, SettingsError, validate_project
 from .summary import round_line, summary_lines
 
 
@@ -48,10 +48,24 @@ def add_round_parser(commands) -> argparse.ArgumentParser:
     parser.add_argument("--data", type=Path, default=None, metavar="DIR",
                         help="each learner's own data: learner i gets DIR/learner-<i>/ as FLOPS_DATA_DIR (default: "
                              "none; the examples then split scikit-learn's bundled digits themselves)")
-    parser.add_argument("--rounds", type=int, default=3, help="training rounds (default 3)")
-    parser.add_argument("--learners", type=int, default=2, help="learner processes (default 2)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="training rounds (default 3); hierarchical: per cycle, in every cluster")
+    parser.add_argument("--learners", type=int, default=None, help="learner processes (default 2; classic mode)")
     parser.add_argument("--min-learners", type=int, default=0,
-                        help="learners a round needs to go on when others fail (default 0: all of them)")
+                        help="learners a round needs to go on when others fail (default 0: all of them); "
+                             "hierarchical: in each cluster")
+    parser.add_argument("--mode", choices=MODES, default="classic",
+                        help="classic (default): one aggregator, the learners are its clients; hierarchical "
+                             "(FLOps' hierarchical mode): a root aggregator runs --cycles cycles over --clusters "
+                             "cluster aggregators, each of which runs --rounds rounds with its own "
+                             "--learners-per-cluster learners and returns their average; only the root logs")
+    parser.add_argument("--clusters", type=int, default=None, help="hierarchical: cluster aggregators (default 2)")
+    parser.add_argument("--learners-per-cluster", type=int, default=None,
+                        help="hierarchical: learners of each cluster aggregator (default 2)")
+    parser.add_argument("--cycles", type=int, default=None, help="hierarchical: training cycles (default 1)")
+    parser.add_argument("--min-clusters", type=int, default=None,
+                        help="hierarchical: cluster aggregators a cycle needs to go on when others fail (default "
+                             "0: all of them)")
     parser.add_argument("--seed", type=int, default=42,
                         help="seed the repository's data split may read as FLOPS_SEED (default 42)")
     parser.add_argument("--better", choices=BETTER_CHOICES, default="loss",
@@ -75,13 +89,14 @@ def round_command(config, args) -> int:
     try:
         validate_project(args.project, "--project")
         settings = FLSettings(project=args.project, tracking_uri=config.tracking_uri(tenant), rounds=args.rounds,
-                              learners=args.learners, min_learners=args.min_learners, seed=args.seed,
+                              min_learners=args.min_learners, seed=args.seed,
                               better=args.better, alias=args.alias, timeout=args.timeout,
                               round_timeout=args.round_timeout, flavor=args.flavor or "",
-                              model_dir=work_dir / "model")
+                              model_dir=work_dir / "model", **mode_settings(args))
         settings.check("aggregator")
+        learners = settings.clusters * settings.learners if settings.hierarchical else settings.learners
         if args.data is not None:
-            missing = [f"learner-{i}" for i in range(args.learners) if not (args.data / f"learner-{i}").is_dir()]
+            missing = [f"learner-{i}" for i in range(learners) if not (args.data / f"learner-{i}").is_dir()]
             if missing:
                 raise SettingsError(f"--data: {args.data} has no folder {', '.join(missing)} (learner i reads "
                                     f"DIR/learner-<i>/)")
@@ -103,7 +118,8 @@ def round_command(config, args) -> int:
         say(f"environment: {environment.description}")
         runtime = Runtime(environment.python, environment.variables(work_dir / "runtime"))
         settings = replace(settings, ml_repo=str(repo.folder), ml_repo_tag=repo.tag)
-        checked = preflight(settings, runtime, work_dir, args.data.resolve() if args.data else None)
+        checked = preflight(replace(settings, learners=learners), runtime, work_dir,
+                            args.data.resolve() if args.data else None)
     except (RepoError, PreflightError) as exc:
         raise ConfigError(str(exc)) from None
     settings = replace(settings, flavor=settings.flavor or checked["flavor"])
@@ -119,33 +135,67 @@ def round_command(config, args) -> int:
 
     def on_event(event: dict[str, Any]) -> None:
         if event["event"] == "learner_failed":
-            say(f"{event['learner']} failed (exit {event['code']}): {event['message']}")
+            role = " (cluster aggregator)" if event.get("role") == "cluster aggregator" else ""
+            say(f"{event['learner']}{role} failed (exit {event['code']}): {event['message']}")
             return
         if event["event"] == "notice":
             say(f"note: {event['message']}")
             return
         say(round_line(event))
 
-    say(f"FL project {settings.project} for tenant {tenant.id}: {settings.rounds} rounds, {settings.learners} "
-        f"learners ({args.engine} engine), tracking at {settings.tracking_uri}")
+    shape = (f"hierarchical, {settings.cycles} cycles over {settings.clusters} cluster aggregators, each "
+             f"{settings.rounds} rounds with {settings.learners} learners" if settings.hierarchical else
+             f"{settings.rounds} rounds, {settings.learners} learners")
+    say(f"FL project {settings.project} for tenant {tenant.id}: {shape} ({args.engine} engine), tracking at "
+        f"{settings.tracking_uri}")
     try:
         summary = run_project(settings, work_dir, on_event, engine=args.engine, env=login, runtime=runtime,
                               data_dir=args.data.resolve() if args.data else None)
     except FLRunError as exc:
         if exc.summary and exc.summary.get("model_uri"):
-            say(f"the training could not go on; the best model so far (round {exc.summary['best_round']}) is "
+            say(f"the training could not go on; the best model so far ({settings.words[0]} "
+                f"{exc.summary['best_round']}) is "
                 f"registered: {exc.summary['model_uri']} (version {exc.summary['model_version']})")
         raise
     if args.json:
         keys = ("project", "experiment_id", "run_ids", "best_round", "better", "model_uri", "model_version",
                 "logged_model_uri", "flavor", "signature", "model_bytes", "ui_url", "best_run_url", "model_url",
-                "model_dir", "aggregator_address", "rounds", "failed_learners")
+                "model_dir", "aggregator_address", "rounds", "failed_learners", "mode", "clusters", "cycles",
+                "unit")
         print(json.dumps({key: summary.get(key) for key in keys}, indent=2))
         return 0
     print("\n" + "\n".join(summary_lines(summary)))
     print(f"log in as:        admin, password {admin_password_key(tenant.id)} in {config.secrets_file} "
           f"(or a user of your own: flops-mlops user add --tenant {tenant.id} --name NAME)")
     return 0
+
+
+HIERARCHICAL_FLAGS = ("clusters", "learners_per_cluster", "cycles", "min_clusters")
+
+
+def mode_settings(args) -> dict[str, Any]:
+    """The mode's settings from the flags; SettingsError for a flag of the other mode (it would be ignored)."""
+    def flag(name: str) -> str:
+        return "--" + name.replace("_", "-")
+
+    given = [flag(name) for name in HIERARCHICAL_FLAGS if getattr(args, name) is not None]
+    if args.mode == "classic":
+        if given:
+            raise SettingsError(f"{', '.join(given)}: only for --mode hierarchical (this is a classic run: one "
+                                "aggregator and --learners learners)")
+        return {"learners": 2 if args.learners is None else args.learners}
+    if args.learners is not None:
+        raise SettingsError("--learners: in hierarchical mode say --clusters K --learners-per-cluster N (K*N "
+                            "learners in all)")
+    if args.engine != "legacy":
+        raise SettingsError(f"--engine {args.engine}: hierarchical mode runs on the legacy engine only")
+    defaults = {"clusters": 2, "learners_per_cluster": 2, "cycles": 1, "min_clusters": 0}
+    values = {name: default if getattr(args, name) is None else getattr(args, name)
+              for name, default in defaults.items()}
+    if values["learners_per_cluster"] < 1:
+        raise SettingsError(f"--learners-per-cluster: expected at least 1, got {values['learners_per_cluster']}")
+    return {"mode": "hierarchical", "clusters": values["clusters"], "learners": values["learners_per_cluster"],
+            "cycles": values["cycles"], "min_clusters": values["min_clusters"]}
 
 
 def project_login(config, tenant, project: str) -> dict[str, str]:

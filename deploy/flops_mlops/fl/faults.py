@@ -5,6 +5,8 @@
                                         model is registered)
     FLOPS_FAULT_CRASH_LEARNER=I:N       learner I's process dies (exit code 3) while training in round N
     FLOPS_FAULT_STRATEGY_ERROR_ROUND=N  the aggregation of round N raises (the aggregator must exit, not hang)
+    FLOPS_FAULT_CRASH_CLUSTER=K:C       cluster aggregator K's process dies (exit code 3) when the root asks it to
+                                        train in cycle C (hierarchical mode)
 """
 
 from __future__ import annotations
@@ -30,12 +32,20 @@ def corrupt(params: list[np.ndarray], server_round: int) -> list[np.ndarray]:
     return [rng.normal(0, 25, size=p.shape).astype(p.dtype) for p in params]
 
 
-def crash_learner_if_asked(learner_index: int, server_round: int) -> None:
-    value = os.environ.get("FLOPS_FAULT_CRASH_LEARNER")
+def _crash_if_asked(variable: str, what: str, index: int, when: str, at: int) -> None:
+    """Exit with code 3 when ``variable`` is ``<index>:<at>`` (``at`` defaults to 1)."""
+    value = os.environ.get(variable)
     if not value:
         return
-    index, _, at_round = value.partition(":")
-    if int(index) == learner_index and int(at_round or 1) == server_round:
-        print(f"FAULT INJECTION: learner {learner_index} crashes in round {server_round}", file=sys.stderr,
-              flush=True)
+    wanted, _, at_value = value.partition(":")
+    if int(wanted) == index and int(at_value or 1) == at:
+        print(f"FAULT INJECTION: {what} {index} crashes in {when} {at}", file=sys.stderr, flush=True)
         os._exit(3)
+
+
+def crash_learner_if_asked(learner_index: int, server_round: int) -> None:
+    _crash_if_asked("FLOPS_FAULT_CRASH_LEARNER", "learner", learner_index, "round", server_round)
+
+
+def crash_cluster_if_asked(cluster_index: int, cycle: int) -> None:
+    _crash_if_asked("FLOPS_FAULT_CRASH_CLUSTER", "cluster aggregator", cluster_index, "cycle", cycle)

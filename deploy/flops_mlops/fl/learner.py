@@ -106,26 +106,33 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     no_telemetry_defaults()  # before Flower is imported
     os.environ.update(environment(settings, "learner"))  # what the repository reads: its index, the data folder
-    from . import legacy
-
     deadline = time.monotonic() + settings.timeout
     learner = LocalLearner(settings, repository_folder(settings.ml_repo))
+    return take_part(settings.aggregator_address, f"learner {settings.learner_index}", learner,
+                     lambda: learner.rounds_trained > 0, deadline)
+
+
+def take_part(address: str, who: str, client, started, deadline: float) -> int:
+    """Join the training at ``address`` as ``client`` (a learner, or a cluster aggregator joining the root) until
+    the aggregator ends it: 0; retried while the aggregator is not up yet, 1 once it is lost after ``started()``
+    or at ``deadline``."""
+    from . import legacy
+
     attempt = 0
     while True:
         attempt += 1
         try:
-            wait_for_aggregator(settings.aggregator_address, deadline)
-            legacy.join(settings.aggregator_address, learner)
+            wait_for_aggregator(address, deadline)
+            legacy.join(address, client)
             return 0
         except TimeoutError as exc:
-            print(f"error: learner {settings.learner_index}: {exc}", file=sys.stderr)
+            print(f"error: {who}: {exc}", file=sys.stderr)
             return 1
         except Exception as exc:  # the aggregator went away, or refused us before the first round
-            if learner.rounds_trained or time.monotonic() > deadline:
-                print(f"error: learner {settings.learner_index}: lost the aggregator: {exc}", file=sys.stderr)
+            if started() or time.monotonic() > deadline:
+                print(f"error: {who}: lost the aggregator: {exc}", file=sys.stderr)
                 return 1
-            print(f"learner {settings.learner_index}: connection attempt {attempt} failed ({exc}); retrying",
-                  file=sys.stderr, flush=True)
+            print(f"{who}: connection attempt {attempt} failed ({exc}); retrying", file=sys.stderr, flush=True)
             time.sleep(1)
 
 

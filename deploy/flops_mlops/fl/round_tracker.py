@@ -1,6 +1,8 @@
 """The tracking policy: what the aggregator records in MLflow for an FL project, independent of Flower.
 
-- Experiment = FL project (named after it); one MLflow run per training round, named ``round-<n>``.
+- Experiment = FL project (named after it); one MLflow run per training round, named ``round-<n>``; for a
+  hierarchical root one per cycle, named ``cycle-<n>``, with per-cluster aggregates (``cluster-<k>/loss``,
+  ``/accuracy``, ``/examples``, ``/eval_examples``) beside the global ones.
 - Per round, in one ``log_batch`` call: the strategy parameters (params), the aggregated evaluation
   ``loss`` and ``accuracy``, ``train_examples`` and ``eval_examples`` (sums over learners), and
   ``round_time_s`` (wall time of the round), and one end-of-round sample of the aggregator process
@@ -88,9 +90,11 @@ class LocalOnly:
     def round_started(self, server_round: int) -> None:
         pass
 
-    def round_finished(self, result: RoundResult, params: list[np.ndarray]) -> dict[str, Any]:
+    def round_finished(self, result: RoundResult, params: list[np.ndarray],
+                       clusters: dict[str, float] | None = None) -> dict[str, Any]:
+        """``clusters``: a hierarchical root's per-cluster aggregates (``cluster-<i>/loss`` ...), logged too."""
         replaced = self.best.offer(result, params)
-        entry = {**asdict(result), "best": replaced, "run_id": None}
+        entry = {**asdict(result), "best": replaced, "run_id": None, **({"clusters": clusters} if clusters else {})}
         self.rounds.append(entry)
         return entry
 
@@ -174,9 +178,22 @@ class RoundTracker(LocalOnly):
                 self._step(f"tagging the experiment ({key})", mlflow.MlflowClient().set_experiment_tag,
                            self.experiment_id, key, value)
 
+    @property
+    def unit(self) -> str:
+        """What a run stands for: a round, or (hierarchical root) a cycle; runs are named ``<unit>-<n>``."""
+        return "cycle" if self.strategy_params.get("mode") == "hierarchical" else "round"
+
     def description(self, server_round: int) -> str:
         """The run's description (``mlflow.note.content``), shown on its page in the UI."""
         p = self.strategy_params
+        if self.unit == "cycle":
+            return (f"Cycle {server_round} of {p.get('cycles', '?')} of FL project {self.project} (hierarchical): "
+                    f"{p.get('strategy', '?')} over {p.get('clusters', '?')} cluster aggregators, each of which runs "
+                    f"{p.get('rounds', '?')} rounds with its {p.get('learners_per_cluster', '?')} learners (they "
+                    f"train the {p.get('flavor', '?')} model {p.get('model', '?')} on their own data) and returns "
+                    f"their average; a cycle needs {p.get('min_clusters', '?')} cluster aggregators. Metrics are "
+                    "aggregates over the clusters (cluster-<i>/...: over that cluster's learners); the best cycle "
+                    f"({BETTER.get(p.get('better', 'loss'), '?')}) holds the registered model.")
         return (f"Round {server_round} of {p.get('rounds', '?')} of FL project {self.project}: "
                 f"{p.get('strategy', '?')} over {p.get('learners', '?')} learners (each trains the "
                 f"{p.get('flavor', '?')} model {p.get('model', '?')} on its own data, then all evaluate the new "
@@ -201,7 +218,7 @@ class RoundTracker(LocalOnly):
         tags = {"flops.project": self.project, "flops.round": str(server_round), "flops.code_version": self.version,
                 "mlflow.note.content": self.description(server_round)}
         run = self._step(f"starting the run of round {server_round}", mlflow.start_run,
-                         experiment_id=self.experiment_id, run_name=f"round-{server_round}", tags=tags,
+                         experiment_id=self.experiment_id, run_name=f"{self.unit}-{server_round}", tags=tags,
                          log_system_metrics=True)
         return run.info.run_id
 
@@ -210,14 +227,15 @@ class RoundTracker(LocalOnly):
         """The run of the round in progress (waits until the server has created it), or None between rounds."""
         return self._open_round[1].result() if self._open_round else None
 
-    def round_finished(self, result: RoundResult, params: list[np.ndarray]) -> dict[str, Any]:
+    def round_finished(self, result: RoundResult, params: list[np.ndarray],
+                       clusters: dict[str, float] | None = None) -> dict[str, Any]:
         """Keep the model if best, queue the round's logging; the entry's ``run_id`` is filled in once logged
         (None until then: the round does not wait for the server)."""
-        entry = super().round_finished(result, params)  # the best model reaches the disk first
+        entry = super().round_finished(result, params, clusters)  # the best model reaches the disk first
         self._previous_round_seconds = time.monotonic() - self._round_started_at
         values = [("loss", result.loss), ("accuracy", result.accuracy), ("train_examples", result.train_examples),
                   ("eval_examples", result.eval_examples), ("round_time_s", result.wall_time),
-                  *self._process_sample()]
+                  *sorted((clusters or {}).items()), *self._process_sample()]
         started, self._open_round = self._open_round, None
         self._submit(self._log_round, entry, started[1], values, int(time.time() * 1000))
         self._raise_failures()

@@ -12,6 +12,11 @@ run fails when the aggregator does, or at the overall timeout, with what failed 
 Learners get an environment without any MLflow or tracking setting, one thread each for the numeric libraries
 (K learners share the machine's cores), and their own data folder (``data_dir``/learner-<i>) when given.
 
+Hierarchical mode (``settings.hierarchical``, legacy API only): the aggregator is the root; per cluster a
+``python -m flops_mlops.fl.cluster`` process (``cluster-<k>``, a client of the root and the aggregator of its own
+learners, on a free port) and its learners, numbered across clusters. Cluster aggregators get the learners'
+environment (no MLflow setting, no secret); one that fails is reported by name as learners are.
+
 Deployment engine (``engine="deployment"``): a private SuperLink and K SuperNodes on free loopback ports, and
 the ServerApp/ClientApp of ``flops_mlops.fl.engine`` submitted with ``flwr run``; the same supervision.
 """
@@ -90,12 +95,11 @@ def run_project(settings: FLSettings, work_dir: Path, on_event: Callable[[dict[s
                                   stdout=subprocess.PIPE, cwd=work_dir)
     reader = threading.Thread(target=_read_events, args=(aggregator, events, on_event), daemon=True)
     reader.start()
-    for index in range(settings.learners):
-        # each in a folder of its own: what a repository writes locally (checkpoints, a local MLflow store of its
-        # own autologging) stays with that learner
-        supervisor.start(f"learner-{index}", [str(runtime.python), "-m", "flops_mlops.fl.learner"], {
-            **learner_environment(base), **learner_settings(settings, index, data_dir)},
-            cwd=work_dir / "learners" / f"learner-{index}")
+    if settings.hierarchical:
+        start_clusters(supervisor, settings, runtime, base, work_dir, data_dir)
+    else:
+        for index in range(settings.learners):
+            start_learner(supervisor, settings, index, runtime, base, work_dir, data_dir)
     deadline = time.monotonic() + settings.timeout
     reported: set[str] = set()
     try:
@@ -103,7 +107,8 @@ def run_project(settings: FLSettings, work_dir: Path, on_event: Callable[[dict[s
             for child in supervisor.learner_failures():
                 if child.name not in reported and on_event is not None:
                     on_event({"event": "learner_failed", "learner": child.name, "code": child.process.returncode,
-                              "message": child.error_line()})
+                              "message": child.error_line(),
+                              "role": "cluster aggregator" if child.name.startswith("cluster-") else "learner"})
                 reported.add(child.name)
             if aggregator.process.poll() not in (None, 0):
                 reader.join(timeout=10)
@@ -122,6 +127,36 @@ def run_project(settings: FLSettings, work_dir: Path, on_event: Callable[[dict[s
             time.sleep(0.1)
     finally:
         supervisor.stop_all()
+
+
+def start_learner(supervisor: Supervisor, settings: FLSettings, index: int, runtime: Runtime, base: dict[str, str],
+                  work_dir: Path, data_dir: Path | None) -> None:
+    """Learner ``index`` of ``settings.learners``, joining ``settings.aggregator_address``."""
+    # each in a folder of its own: what a repository writes locally (checkpoints, a local MLflow store of its
+    # own autologging) stays with that learner
+    supervisor.start(f"learner-{index}", [str(runtime.python), "-m", "flops_mlops.fl.learner"], {
+        **learner_environment(base), **learner_settings(settings, index, data_dir)},
+        cwd=work_dir / "learners" / f"learner-{index}")
+
+
+def start_clusters(supervisor: Supervisor, settings: FLSettings, runtime: Runtime, base: dict[str, str],
+                   work_dir: Path, data_dir: Path | None) -> None:
+    """Hierarchical mode: per cluster k a cluster aggregator ``cluster-<k>`` (a client of the root at
+    ``settings.aggregator_address``, listening on a free port of its own) and its ``settings.learners`` learners.
+    Learners are numbered across clusters (cluster k has learner-<k*N>..learner-<k*N+N-1>: their data split and
+    data folders are those of a classic run with K*N learners). Cluster aggregators get what learners get: no
+    MLflow setting, no secret."""
+    per_cluster = settings.learners
+    everyone = replace(settings, mode="classic", learners=settings.clusters * per_cluster)
+    for cluster in range(settings.clusters):
+        address = f"127.0.0.1:{free_port()}"
+        cluster_settings = replace(settings, mode="classic", cluster_index=cluster, cluster_address=address)
+        supervisor.start(f"cluster-{cluster}", [str(runtime.python), "-m", "flops_mlops.fl.cluster"],
+                         {**learner_environment(base), **environment(cluster_settings, "cluster")},
+                         cwd=work_dir / "clusters" / f"cluster-{cluster}")
+        for index in range(cluster * per_cluster, (cluster + 1) * per_cluster):
+            start_learner(supervisor, replace(everyone, aggregator_address=address), index, runtime, base,
+                          work_dir, data_dir)
 
 
 def _wait_learners(supervisor: Supervisor, aggregator: Child) -> None:

@@ -30,6 +30,23 @@ configured only through these; command-line flags override the environment.
     FLOPS_TIMEOUT             seconds after which the process gives up and exits non-zero (default 600)
     FLOPS_ROUND_TIMEOUT       seconds one round may take; a learner whose fit_model or evaluate_model runs longer
                               gives up and leaves (default 300)
+
+Hierarchical FL (FLOps' hierarchical mode): one root aggregator runs FLOPS_CYCLES cycles over FLOPS_CLUSTERS cluster
+aggregators (``cluster``); each cycle, every cluster aggregator runs FLOPS_ROUNDS rounds with its own FLOPS_LEARNERS
+learners and returns their average. Only the root logs to MLflow.
+
+    FLOPS_MODE                aggregator only: classic (default: one aggregator, the learners are its clients) or
+                              hierarchical (the root aggregator: its clients are cluster aggregators)
+    FLOPS_CLUSTERS            root aggregator only: cluster aggregators it waits for (hierarchical mode)
+    FLOPS_MIN_CLUSTERS        root aggregator only: cluster aggregators a cycle needs to go on after others failed
+                              (default 0: all)
+    FLOPS_CYCLES              root aggregator only: training cycles (default 1); each runs FLOPS_ROUNDS rounds in
+                              every cluster
+    FLOPS_CLUSTER_INDEX       cluster aggregator only: which cluster this is, 0..CLUSTERS-1 (named cluster-<i>)
+    FLOPS_CLUSTER_ADDRESS     cluster aggregator only: host:port it listens on for its learners (they have it as
+                              their FLOPS_AGGREGATOR_ADDRESS; its own FLOPS_AGGREGATOR_ADDRESS is the root's)
+In hierarchical mode FLOPS_LEARNERS is the learners per cluster for the root and a cluster aggregator, and the
+learners of all clusters for a learner (its FLOPS_LEARNER_INDEX counts across clusters: the data split).
 """
 
 from __future__ import annotations
@@ -62,6 +79,7 @@ def no_telemetry_defaults() -> None:
 
 ADDRESS_PATTERN = re.compile(r"^(?P<host>[A-Za-z0-9.-]+):(?P<port>[0-9]{1,5})$")
 BETTER_CHOICES = ("loss", "accuracy")
+MODES = ("classic", "hierarchical")
 FLAVORS = ("sklearn", "pytorch", "keras")  # FLOps' names (flops_utils.types.MLModelFlavor), as flavors.py logs them
 URL_PATTERN = r"^https?://[A-Za-z0-9.:\[\]-]+/?$"
 
@@ -85,6 +103,7 @@ def parse_address(value: str, where: str = "FLOPS_AGGREGATOR_ADDRESS") -> tuple[
 
 
 A, L, B = ("aggregator",), ("learner",), ("aggregator", "learner")
+C, AC, ALC = ("cluster",), ("aggregator", "cluster"), ("aggregator", "learner", "cluster")
 
 
 def _setting(default, roles: tuple[str, ...], text: str):
@@ -100,18 +119,52 @@ class FLSettings:
     tracking_uri: str = _setting("", A, "the tenant's tracking server, http://host:port; off: no tracking")
     ui_url: str = _setting("", A, "the tracking server as a browser reaches it, for printed links "
                                   "(default: the tracking URI)")
-    rounds: int = _setting(3, A, "training rounds")
-    learners: int = _setting(2, B, "number of learners (the aggregator waits for all; the data split)")
-    min_learners: int = _setting(0, A, "learners a round needs to go on after others failed (0: all)")
+    rounds: int = _setting(3, AC, "training rounds (hierarchical: per cycle, in every cluster)")
+    learners: int = _setting(2, ALC, "number of learners (the aggregator waits for all; the data split); "
+                                       "hierarchical: per cluster")
+    min_learners: int = _setting(0, AC, "learners a round needs to go on after others failed (0: all)")
     seed: int = _setting(42, B, "seed the repository's data split may read")
-    aggregator_address: str = _setting("127.0.0.1:8080", B, "host:port the aggregator listens on / learners join")
+    aggregator_address: str = _setting("127.0.0.1:8080", ALC, "host:port the aggregator listens on / learners "
+                                                                 "(hierarchical: cluster aggregators) join")
     learner_index: int = _setting(-1, L, "which learner this is, 0..learners-1")
     data_dir: str = _setting("", L, "this learner's own data folder (FLOPS_DATA_DIR, read by the repository)")
     better: str = _setting("loss", A, "best model: lowest aggregated loss, or highest accuracy")
     alias: str = _setting("champion", A, "registry alias pointed at the new model version")
     model_dir: Path = _setting(Path("flops-model"), A, "folder that holds the one best global model")
-    timeout: float = _setting(600.0, B, "seconds before giving up (exit 1)")
-    round_timeout: float = _setting(300.0, B, "seconds one round (a learner's fit or evaluation) may take")
+    timeout: float = _setting(600.0, ALC, "seconds before giving up (exit 1)")
+    round_timeout: float = _setting(300.0, ALC, "seconds one round (a learner's fit or evaluation) may take")
+    mode: str = _setting("classic", A, "classic, or hierarchical (a root aggregator over cluster aggregators)")
+    clusters: int = _setting(0, A, "hierarchical: cluster aggregators the root waits for")
+    min_clusters: int = _setting(0, A, "hierarchical: cluster aggregators a cycle needs after others failed (0: all)")
+    cycles: int = _setting(1, A, "hierarchical: training cycles (each runs the rounds in every cluster)")
+    cluster_index: int = _setting(-1, C, "which cluster this is, 0..clusters-1")
+    cluster_address: str = _setting("", C, "host:port this cluster aggregator listens on for its learners")
+
+    @property
+    def hierarchical(self) -> bool:
+        return self.mode == "hierarchical"
+
+    @property
+    def members(self) -> int:
+        """The aggregator's Flower clients: its learners, or (hierarchical root) its cluster aggregators."""
+        return self.clusters if self.hierarchical else self.learners
+
+    @property
+    def required_members(self) -> int:
+        """Clients a round (cycle) needs: the minimum, or all of them."""
+        return (self.min_clusters or self.clusters) if self.hierarchical else self.required_learners
+
+    @property
+    def server_rounds(self) -> int:
+        """The aggregator's own rounds: training rounds, or (hierarchical root) cycles."""
+        return self.cycles if self.hierarchical else self.rounds
+
+    @property
+    def words(self) -> tuple[str, str, str]:
+        """How messages name a round, a client and the minimum's flag."""
+        if self.hierarchical:
+            return "cycle", "cluster aggregators", "--min-clusters"
+        return "round", "learners", "--min-learners"
 
     @property
     def required_learners(self) -> int:
@@ -135,6 +188,29 @@ class FLSettings:
             if not 0 <= self.min_learners <= self.learners:
                 raise SettingsError(f"FLOPS_MIN_LEARNERS/--min-learners: expected 0 (all) to {self.learners} (the "
                                     f"learners), got {self.min_learners}")
+            if self.mode not in MODES:
+                raise SettingsError(f"FLOPS_MODE/--mode: {self.mode!r} is not one of {', '.join(MODES)}")
+            if self.hierarchical:
+                if self.clusters < 1:
+                    raise SettingsError(f"FLOPS_CLUSTERS/--clusters: hierarchical mode needs at least 1 cluster "
+                                        f"aggregator, got {self.clusters}")
+                if self.cycles < 1:
+                    raise SettingsError(f"FLOPS_CYCLES/--cycles: expected at least 1, got {self.cycles}")
+                if not 0 <= self.min_clusters <= self.clusters:
+                    raise SettingsError(f"FLOPS_MIN_CLUSTERS/--min-clusters: expected 0 (all) to {self.clusters} (the "
+                                        f"clusters), got {self.min_clusters}")
+                if self.clusters * self.learners > MAX_LEARNERS:
+                    raise SettingsError(f"FLOPS_CLUSTERS/--clusters: {self.clusters} clusters x {self.learners} "
+                                        f"learners are more processes than one project should start (at most "
+                                        f"{MAX_LEARNERS} learners)")
+        if role == "cluster":
+            if self.cluster_index < 0:
+                raise SettingsError(f"FLOPS_CLUSTER_INDEX/--cluster-index: expected 0 or more, got "
+                                    f"{self.cluster_index}")
+            if not 0 <= self.min_learners <= self.learners:
+                raise SettingsError(f"FLOPS_MIN_LEARNERS/--min-learners: expected 0 (all) to {self.learners} (the "
+                                    f"cluster's learners), got {self.min_learners}")
+            parse_address(self.cluster_address, "FLOPS_CLUSTER_ADDRESS")
         if role == "learner" and not 0 <= self.learner_index < self.learners:
             raise SettingsError(f"FLOPS_LEARNER_INDEX/--learner-index: {self.learner_index} is outside "
                                 f"0..{self.learners - 1}")
@@ -157,6 +233,9 @@ class FLSettings:
         return self
 
 
+HIERARCHICAL_ONLY = {"mode", "clusters", "min_clusters", "cycles"}
+
+
 def environment(settings: FLSettings, role: str) -> dict[str, str]:
     """The FLOPS_* variables that give a process of ``role`` (aggregator or learner) these settings.
 
@@ -166,6 +245,8 @@ def environment(settings: FLSettings, role: str) -> dict[str, str]:
     variables = {}
     for f in fields(FLSettings):
         value = str(getattr(settings, f.name))
+        if f.name in HIERARCHICAL_ONLY and not settings.hierarchical:
+            continue  # a classic aggregator's environment stays as it was before the hierarchical mode
         if role in f.metadata["roles"] and value != "":  # empty: unset, the reader's default
             variables[f"FLOPS_{f.name.upper()}"] = value
     return variables

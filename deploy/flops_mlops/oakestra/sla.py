@@ -3,7 +3,8 @@
 One JSON file per application, in deploy order: ``stores.json`` (MySQL, and one vsftpd per tenant; when
 oakestra.run_stores),
 ``tracking.json`` (one MLflow tracking server per tenant), ``<project>.json`` per FL project (an
-aggregator and N learners) and ``serving.json`` (one model server per project with serve: true). The
+aggregator and N learners; hierarchical: a root aggregator and, per cluster, a cluster aggregator and N learners
+pinned to it) and ``serving.json`` (one model server per project with serve: true). The
 output is a pure function of the configuration and the templates, so it
 is byte-for-byte the same on every run and can be reviewed as a diff.
 
@@ -97,6 +98,14 @@ def _constraints(target: OakestraTarget) -> list[dict]:
     return [constraint] if len(constraint) > 1 else []
 
 
+def _cluster_constraints(cluster: str) -> list[dict]:
+    """A hierarchical project's services of one cluster, pinned to it: ``clusters``/``allowed`` as the SLA
+    documentation of oakestra/oakestra describes it (root_orchestrator/system-manager-python/sla/; the v0.4.410
+    schema accepts it, but only the cloud scheduler of v0.4.400-v0.4.402 reads it) and ``direct``/``cluster``, the
+    one constraint the v0.4.410 scheduler honours (and the v0.4.402 one before any other)."""
+    return [{"type": "direct", "cluster": cluster}, {"type": "clusters", "allowed": [cluster]}]
+
+
 def _store_placement(config: StackConfig, key: str, tenant: str | None = None) -> dict[str, Any]:
     """A store service's SLA fields for placement and data: constraints, target_node and volumes."""
     o = config.oakestra
@@ -185,29 +194,55 @@ def context(config: StackConfig) -> dict[str, Any]:
         tracking = by_id[project.tenant]
         aggregator_ip = _address(block, 1)
         code, tag = project_image(config, project, index)
+        hierarchical = project.mode == "hierarchical"
         settings = FLSettings(project=project.name, tracking_uri=f"http://{tracking['rr_ip']}:{o.tracking_port}",
                               rounds=project.rounds, learners=project.learners, min_learners=project.min_learners,
                               flavor=project.flavor or "", ml_repo_tag=tag,
-                              aggregator_address=f"0.0.0.0:{o.aggregator_port}")
-        learner = replace(settings, aggregator_address=f"{aggregator_ip}:{o.aggregator_port}",
+                              aggregator_address=f"0.0.0.0:{o.aggregator_port}", mode=project.mode,
+                              clusters=len(project.clusters), cycles=project.cycles,
+                              min_clusters=project.min_clusters)
+        # Hierarchical: cluster aggregator k at .<2+k>, then the learners of all clusters (cluster k has learners
+        # k*N..k*N+N-1, numbered across clusters: the data split of a classic project with K*N learners).
+        cluster_ips = [_address(block, 2 + k) for k in range(len(project.clusters))]
+        learners = len(project.clusters) * project.learners if hierarchical else project.learners
+        first_learner = 2 + len(cluster_ips)
+        learner = replace(settings, mode="classic", learners=learners,
+                          aggregator_address=f"{aggregator_ip}:{o.aggregator_port}",
                           data_dir=PROJECT_DATA_MOUNT if project.data_host_path else "")
+
+        def joins(i: int) -> str:
+            """The aggregator learner i joins: its cluster's, or the project's."""
+            return (f"{cluster_ips[i // project.learners]}:{o.aggregator_port}" if hierarchical else
+                    learner.aggregator_address)
+
+        def placed(i: int) -> list[dict]:
+            return _cluster_constraints(project.clusters[i // project.learners]) if hierarchical else \
+                _constraints(o.target)
+
         entry = {
-            "name": project.name, "tenant": project.tenant, "rounds": project.rounds, "learners": project.learners,
+            "name": project.name, "tenant": project.tenant, "rounds": project.rounds, "learners": learners,
             "tracking_uri": settings.tracking_uri,
             "user": project_user(project.name),
             "password_key": secrets_module.project_password_key(project.name),
             "aggregator_ip": aggregator_ip,
-            "learner_ips": [_address(block, 2 + i) for i in range(project.learners)],
+            "learner_ips": [_address(block, first_learner + i) for i in range(learners)],
             # The FL processes' settings, by the one mapping flops_mlops.fl reads back (settings.environment).
             "aggregator_environment": environment(settings, "aggregator"),
-            "learner_environments": [environment(replace(learner, learner_index=i), "learner")
-                                     for i in range(project.learners)],
+            "learner_environments": [environment(replace(learner, learner_index=i, aggregator_address=joins(i)),
+                                                 "learner") for i in range(learners)],
+            "learner_constraints": [placed(i) for i in range(learners)],
+            "cluster_aggregators": [{
+                "ip": ip, "constraints": _cluster_constraints(name),
+                "environment": environment(replace(settings, mode="classic", cluster_index=k,
+                                                   aggregator_address=f"{aggregator_ip}:{o.aggregator_port}",
+                                                   cluster_address=f"0.0.0.0:{o.aggregator_port}"), "cluster")}
+                for k, (name, ip) in enumerate(zip(project.clusters, cluster_ips))],
             "image": code,
             # Learner i's own data: <data_host_path>/learner-<i> of its node (host-path CSI driver).
             "learner_volumes": [[{"volume_id": f"{o.namespace}-{project.name}-data{i}".lower(),
                                   "csi_driver": HOSTPATH_DRIVER, "mount_path": PROJECT_DATA_MOUNT,
                                   "config": {"host_path": f"{project.data_host_path}/learner-{i}"}}]
-                                if project.data_host_path else [] for i in range(project.learners)],
+                                if project.data_host_path else [] for i in range(learners)],
         }
         projects.append(entry)
         tracking["projects"].append(entry)
