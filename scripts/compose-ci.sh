@@ -9,7 +9,8 @@
 #      deploy/images/constraints.txt, mlflow[auth] included) plus our own wheel into deploy/images/wheelhouse/,
 #      and checks that it resolves offline,
 #   5. builds the images compose.yaml runs, with compose.yaml + compose.ci.yaml (which swaps only the base
-#      image; see that file), and prints the command to use them.
+#      image; see that file), and prints the command to use them,
+#   6. builds the PyTorch example's project image (`flops-mlops build-fl-image`), which tests/compose runs.
 # Usage: scripts/compose-ci.sh          prepare everything (idempotent; reuses what is already there)
 #        scripts/compose-ci.sh test     prepare, then run tests/compose with services required
 #        scripts/compose-ci.sh STEP...  only the named steps (see STEPS at the end), e.g.
@@ -247,6 +248,22 @@ build_images() {
         'flops-mlops/*' | tr '\n' ' ')"
 }
 
+build_example_image() {
+    # The PyTorch example's project image, which tests/compose runs through the fl and serve profiles:
+    # `flops-mlops build-fl-image` (examples/pytorch with its dependencies, torch's CPU build included, and the FL
+    # runtime, from wheels fetched on this machine; the docker build itself is offline). Named
+    # flops-mlops/fl-digitstorch:<content hash of examples/pytorch>; Docker reuses its layers when nothing changed.
+    local start
+    start=$(date +%s)
+    make --no-print-directory venv >/dev/null
+    log "building the PyTorch example's image (log: $CACHE/example-image.log)"
+    .venv/bin/flops-mlops --config configs/compose.yaml build-fl-image --project digitstorch \
+        --ml-repo examples/pytorch --base-image "$BASE_IMAGE" >"$CACHE/example-image.log" 2>&1 || {
+        tail -40 "$CACHE/example-image.log" >&2; echo "example image build failed; see $CACHE/example-image.log" >&2
+        exit 1; }
+    log "$(grep '^built ' "$CACHE/example-image.log" | sed 's/: run .*//') ($(elapsed "$start"))"
+}
+
 engine_note() {
     # Whether the engine that runs is the one this script started, and how to stop it.
     local pid
@@ -270,6 +287,7 @@ main() {
     build_base_image
     build_wheelhouse
     build_images
+    build_example_image
     log "ready ($(elapsed "$start"))"
     cat <<USAGE
 
@@ -286,7 +304,7 @@ USAGE
 }
 
 STEPS=(install_packages start_engine install_compose_plugin build_base_image build_wheelhouse build_images
-       build_systemd_host_image)
+       build_example_image build_systemd_host_image)
 if [ $# -gt 0 ] && [ "$1" != test ]; then
     # Single steps, for development: scripts/compose-ci.sh build_wheelhouse build_images
     for step in "$@"; do
