@@ -205,7 +205,9 @@ build_wheelhouse() {
     make --no-print-directory venv >/dev/null
     # Build from a copy of the sources, so that setuptools leaves no build/ or egg-info in the work tree.
     src="$(mktemp -d)"
-    cp -r pyproject.toml README.md deploy "$src"/
+    # (setup.py and MANIFEST.in bundle examples/ and sla_templates/ into the wheel: the fl-actor image trains
+    # examples/sklearn by default.)
+    cp -r pyproject.toml README.md setup.py MANIFEST.in deploy examples sla_templates "$src"/
     rm -rf "$src"/deploy/*.egg-info "$src"/deploy/images/wheelhouse/*.whl
     key="$(cat deploy/images/constraints.txt pyproject.toml | sha256sum | cut -c1-16)"
     cached="$CACHE/wheelhouse-$key"
@@ -292,14 +294,17 @@ main() {
     cat <<USAGE
 
 The images compose.yaml runs are built. Without a registry, compose needs this machine's override to build
-them again; set it once in your shell, then every command of docs/compose.md works as written:
-    export COMPOSE_FILE=compose.yaml:compose.ci.yaml
+them again, and build-fl-image this machine's base image; set both once in your shell, then every command of
+docs/compose.md works as written:
+    export COMPOSE_FILE=compose.yaml:compose.ci.yaml FLOPS_BASE_IMAGE=$BASE_IMAGE
     docker compose up -d
-The compose tests use it too: FLOPS_COMPOSE_OVERRIDE=compose.ci.yaml .venv/bin/pytest tests/compose
+The compose tests use them too:
+    FLOPS_COMPOSE_OVERRIDE=compose.ci.yaml FLOPS_BASE_IMAGE=$BASE_IMAGE .venv/bin/pytest tests/compose
 USAGE
     engine_note
     if [ "${1:-}" = test ]; then
-        FLOPS_REQUIRE_SERVICES=1 FLOPS_COMPOSE_OVERRIDE=compose.ci.yaml .venv/bin/pytest tests/compose
+        FLOPS_REQUIRE_SERVICES=1 FLOPS_COMPOSE_OVERRIDE=compose.ci.yaml FLOPS_BASE_IMAGE="$BASE_IMAGE" \
+            .venv/bin/pytest tests/compose
     fi
 }
 
