@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import requests
 
+FEATURES = 64  # the scikit-learn example's digits (8x8 pixels): what `round` trains without --ml-repo
 BAD_PAYLOADS = {
     "wrong columns": ("application/json", json.dumps({"dataframe_split": {"columns": ["a", "b", "c"],
                                                                           "data": [[1.0, 2.0, 3.0]]}})),
@@ -19,7 +20,7 @@ BAD_PAYLOADS = {
     "empty body": ("application/json", ""),
     "not JSON": ("application/json", "{inputs: oops"),
     "JSON list": ("application/json", "[1, 2, 3]"),
-    "no content type": ("", json.dumps({"inputs": [[0.0] * 8]})),
+    "no content type": ("", json.dumps({"inputs": [[0.0] * FEATURES]})),
     "unsupported content type": ("image/png", "x"),
     "10 MB body": ("application/json", json.dumps({"inputs": [[0.123456789] * 8] * 110_000})),
 }
@@ -47,7 +48,7 @@ def assert_serves(url: str, model_uri: str) -> None:
 
 def assert_bad_payloads_refused(url: str) -> None:
     """Each bad request gets a 4xx in MLflow's error shape; the server answers a good request after each."""
-    good = json.dumps({"inputs": [[0.5] * 8]})
+    good = json.dumps({"inputs": [[0.5] * FEATURES]})
     for what, (content_type, body) in BAD_PAYLOADS.items():
         headers = {"Content-Type": content_type} if content_type else {}
         answer = requests.post(f"{url}/invocations", data=body.encode(), headers=headers, timeout=60)

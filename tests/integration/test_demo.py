@@ -34,7 +34,10 @@ def test_make_demo_ends_with_a_curl_line_that_gets_predictions(clean_checkout):
     assert changed == {("tracking", "base_port"), ("artifact_store", "port"), ("artifact_store", "passive_ports")}
     config = "configs/local-free-ports.yaml"  # beside local.yaml: its relative paths (.flops/local, .env) hold
     (folder / config).write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("FLOPS_", "MLFLOW_", "VIRTUAL_ENV"))}
+    # A new user's shell: none of our variables, and not inside another make (`make test` runs this test; its
+    # MAKELEVEL and MAKEFLAGS would make the inner make print "Entering/Leaving directory" lines around the demo).
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("FLOPS_", "MLFLOW_", "VIRTUAL_ENV")) and k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
     knobs = [f"CONFIG={config}", f"DEMO_PORT={free_port()}"]
 
     def make(*args: str) -> subprocess.CompletedProcess:
@@ -50,7 +53,10 @@ def test_make_demo_ends_with_a_curl_line_that_gets_predictions(clean_checkout):
                                 text=True, timeout=60)
         assert answer.returncode == 0, answer.stderr
         predictions = json.loads(answer.stdout)["predictions"]
-        assert len(predictions) == 5 and set(predictions) <= {0, 1, 2}, answer.stdout
+        # the served scikit-learn example: five held-out digits (5, 3, 9, 9, 6), answered with digits 0-9, and a
+        # model that learnt something tells them apart
+        assert len(predictions) == 5 and set(predictions) <= set(range(10)), answer.stdout
+        assert len(set(predictions)) >= 3, answer.stdout
         status = subprocess.run([".venv/bin/flops-mlops", "--config", config, "status", "--json"], cwd=folder,
                                 env=env, capture_output=True, text=True, timeout=120, check=True)
         pids = [s["pid"] for s in json.loads(status.stdout)["services"] if s["running"]]

@@ -101,18 +101,19 @@ def test_a_new_champion_is_served_without_a_restart(stack, served):
 def test_unmet_requirements_stop_the_start_with_a_clear_error(stack, served):
     import mlflow
     import numpy as np
-    from flops_mlops.fl.model import initial_parameters, to_sklearn
+    from sklearn.linear_model import LogisticRegression
 
-    x = np.zeros((2, 8))
+    x = np.vstack([np.zeros(8), np.ones(8)])
     with mlflow.start_run(experiment_id=mlflow.set_experiment("Old").experiment_id):
-        mlflow.sklearn.log_model(to_sklearn(initial_parameters()), name="model", input_example=x,
+        mlflow.sklearn.log_model(LogisticRegression().fit(x, [0, 1]), name="model", input_example=x,
                                  pip_requirements=["scikit-learn==1.0.2", "numpy"], registered_model_name="Old")
     mlflow.MlflowClient().set_registered_model_alias("Old", "champion", "1")
     done = stack.cli("serve", "--tenant", "acme", "--project", "Old", "--port", str(free_port()), "--detach")
     assert done.returncode == 1
     assert "scikit-learn==1.0.2: this environment has scikit-learn==" in done.stderr
     status = json.loads(stack.cli("status", "--json", check=True).stdout)
-    assert next(s for s in status["services"] if s["name"] == "model-acme-Old")["state"] != "running"
+    # refused before anything of the service was written or started
+    assert [s["state"] for s in status["services"] if s["name"] == "model-acme-Old"] in ([], ["stopped"]), status
 
 
 def test_bad_serve_arguments_exit_2(stack, served):

@@ -1,5 +1,6 @@
 """The FL tracking policy and settings, without Flower or a tracking server: better-model rule, the one best
-model on disk, sampling interval, project names, FLOPS_* settings, the non-IID split, learner isolation."""
+model on disk, sampling interval, project names, FLOPS_* settings, the examples' non-IID split, learner
+isolation."""
 
 from __future__ import annotations
 
@@ -11,10 +12,9 @@ import sys
 import numpy as np
 import pytest
 from conftest import ROOT, run_cli
-from flops_mlops.fl import data
 from flops_mlops.fl.best_model import BestModel, RoundResult, is_better
 from flops_mlops.fl.round_tracker import sampling_interval
-from flops_mlops.fl.runner import learner_environment
+from flops_mlops.fl.supervision import learner_environment
 from flops_mlops.fl.settings import SettingsError, from_environment, validate_project
 
 
@@ -102,16 +102,34 @@ def test_learner_index_must_fit_the_learner_count(monkeypatch):
         from_environment([], "learner", "test")
 
 
-def test_split_is_deterministic_disjoint_complete_and_non_iid():
-    _, y, _, _ = data._dataset(42)
-    shares = data.partition_indices(y, 3, 42)
-    again = data.partition_indices(y, 3, 42)
-    assert all((a == b).all() for a, b in zip(shares, again))
-    joined = np.concatenate(shares)
-    assert len(joined) == len(set(joined.tolist())) == len(y)
-    assert min(len(s) for s in shares) >= data.MIN_PER_LEARNER
-    mixes = np.array([np.bincount(y[s], minlength=data.CLASSES) / len(s) for s in shares])
+@pytest.fixture(scope="module")
+def digits_split():
+    """The examples' data_manager (the same file in each example), imported as the learners import it."""
+    from flops_mlops.fl.ml_repo import import_model_manager
+
+    import_model_manager(ROOT / "examples" / "sklearn")
+    import data_manager
+
+    return data_manager
+
+
+def test_split_is_deterministic_disjoint_complete_and_non_iid(digits_split):
+    (x, _), (_, held_y) = digits_split._shuffled(42)
+    shares = [digits_split.share(i, 3, 42) for i in range(3)]
+    again = [digits_split.share(i, 3, 42) for i in range(3)]
+    assert all((a[0] == b[0]).all() and (a[1] == b[1]).all() for a, b in zip(shares, again))
+    rows = np.concatenate([s[0] for s in shares])
+    assert len(rows) == len(x) == 1797 - len(held_y)  # every training digit, once; the held-out fifth to none
+    assert len({row.tobytes() for row in rows}) == len({row.tobytes() for row in x})
+    assert min(len(y) for _, y in shares) >= digits_split.MIN_PER_LEARNER
+    mixes = np.array([np.bincount(y, minlength=10) / len(y) for _, y in shares])
     assert np.abs(mixes - mixes.mean(axis=0)).max() > 0.1  # label mixes differ between learners
+
+
+def test_every_example_holds_the_same_data_manager():
+    texts = {name: (ROOT / "examples" / name / "data_manager.py").read_text() for name in ("sklearn", "pytorch",
+                                                                                           "keras")}
+    assert len(set(texts.values())) == 1, "examples/*/data_manager.py differ"
 
 
 def test_learners_get_no_tracking_settings_and_no_secrets():
@@ -121,7 +139,9 @@ def test_learners_get_no_tracking_settings_and_no_secrets():
                                "AWS_SECRET_ACCESS_KEY": "s3cret", "FLOPS_LEARNER_INDEX": "0",
                                "FLOPS_AGGREGATOR_ADDRESS": "127.0.0.1:1", "PYTHONPATH": "/x"})
     assert env == {"PATH": "/bin", "FLOPS_SEED": "1", "FLOPS_LEARNER_INDEX": "0",
-                   "FLOPS_AGGREGATOR_ADDRESS": "127.0.0.1:1", "PYTHONPATH": "/x"}
+                   "FLOPS_AGGREGATOR_ADDRESS": "127.0.0.1:1", "PYTHONPATH": "/x", "OMP_NUM_THREADS": "1",
+                   "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # K learners share the cores
+    assert learner_environment({"OMP_NUM_THREADS": "4"})["OMP_NUM_THREADS"] == "4"  # an explicit setting wins
 
 
 def test_learner_code_does_not_import_mlflow():
@@ -135,7 +155,10 @@ def test_learner_code_does_not_import_mlflow():
     (["--tenant", "acme", "--project", "../etc"], "--project: '../etc' is not a valid project name"),
     (["--tenant", "nobody", "--project", "demo"], "no tenant 'nobody'"),
     (["--tenant", "acme", "--project", "demo", "--rounds", "0"], "FLOPS_ROUNDS/--rounds: expected at least 1"),
-    (["--tenant", "acme", "--project", "demo", "--learners", "73"], "--learners: 73 learners would get too few"),
+    (["--tenant", "acme", "--project", "demo", "--learners", "73"], "FLOPS_LEARNERS/--learners: 73 learners are more processes than one project should start (at most 64)"),
+    (["--tenant", "acme", "--project", "demo", "--min-learners", "3"],
+     "FLOPS_MIN_LEARNERS/--min-learners: expected 0 (all) to 2 (the learners), got 3"),
+    (["--tenant", "acme", "--project", "demo", "--round-timeout", "0"], "FLOPS_ROUND_TIMEOUT/--round-timeout"),
     (["--tenant", "acme", "--project", "demo", "--timeout", "inf"], "FLOPS_TIMEOUT/--timeout: expected seconds"),
     (["--tenant", "acme", "--project", "demo", "--timeout", "nan"], "FLOPS_TIMEOUT/--timeout: expected seconds"),
     (["--tenant", "acme", "--project", "demo", "--seed", "-1"], "FLOPS_SEED/--seed: expected 0-4294967295 (a seed of the data generator), got -1"),
@@ -147,17 +170,12 @@ def test_round_rejects_bad_input_before_starting_anything(args, message):
     assert message in done.stderr
 
 
-def test_the_largest_allowed_learner_count_fits_the_synthetic_data():
+def test_the_largest_allowed_learner_count_fits_the_digits(digits_split):
     from flops_mlops.fl.settings import MAX_LEARNERS
 
-    # 1800 examples, 360 held out for the aggregator: 1440 to share, at least 20 each, so 72 learners.
-    assert (data.SAMPLES, len(data._dataset(42)[1]), data.MIN_PER_LEARNER) == (1800, 1440, 20)
-    assert MAX_LEARNERS == 72
-    shares = data.partition_indices(data._dataset(42)[1], 72, 42)
-    assert min(len(share) for share in shares) == 20
-    assert min(len(s.y_train) + len(s.y_eval) for s in (data.learner_split(42, 72, i) for i in (0, 71))) >= 20
-    with pytest.raises(ValueError, match="1440 examples are too few for 73 learners"):
-        data.partition_indices(data._dataset(42)[1], 73, 42)
+    assert MAX_LEARNERS == 64
+    sizes = [len(digits_split.share(i, MAX_LEARNERS, 42)[1]) for i in range(MAX_LEARNERS)]
+    assert min(sizes) >= digits_split.MIN_PER_LEARNER  # 1437 training digits: 22 each on average
 
 
 def test_a_learner_started_on_its_own_turns_flower_telemetry_off(tmp_path):
@@ -182,7 +200,8 @@ def test_settings_reach_each_role_through_one_mapping_and_back(monkeypatch):
 
     settings = FLSettings(project="Roundtrip", tracking_uri="http://127.0.0.1:5000", rounds=4, learners=3, seed=9,
                           aggregator_address="127.0.0.1:9999", better="accuracy", alias="best", timeout=120.0,
-                          local_epochs=5, learning_rate=0.1)
+                          ml_repo="/srv/repo", flavor="pytorch", ml_repo_tag="c0123456789ab", min_learners=2,
+                          round_timeout=30.0, data_dir="/srv/data")
     for role, expected in (("aggregator", settings), ("learner", replace(settings, learner_index=2))):
         variables = environment(expected, role)
         for key in [k for k in os.environ if k.startswith("FLOPS_")]:

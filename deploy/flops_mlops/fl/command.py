@@ -87,9 +87,6 @@ def round_command(config, args) -> int:
                                     f"DIR/learner-<i>/)")
     except SettingsError as exc:
         raise ConfigError(str(exc)) from None
-    if not is_healthy(settings.tracking_uri):
-        raise FLRunError(f"tracking server of tenant {tenant.id} at {settings.tracking_uri} is not answering; "
-                         f"start the stack first: flops-mlops --config {args.config} up --detach")
     progress = sys.stderr if args.json else sys.stdout
 
     def say(text: str) -> None:
@@ -114,6 +111,10 @@ def round_command(config, args) -> int:
         f"{settings.flavor}" + ("" if args.flavor else ", inferred from get_model()") + "; "
         + ("input example from get_input_example()" if checked.get("input_example") else
            "no get_input_example(): the model will be logged without a signature or input example") + ")")
+    # After the repository's checks: a broken repository is named (exit 2) whether the stack is up or not.
+    if not is_healthy(settings.tracking_uri):
+        raise FLRunError(f"tracking server of tenant {tenant.id} at {settings.tracking_uri} is not answering; "
+                         f"start the stack first: flops-mlops --config {args.config} up --detach")
     login = project_login(config, tenant, settings.project)
 
     def on_event(event: dict[str, Any]) -> None:

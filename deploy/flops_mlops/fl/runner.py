@@ -87,12 +87,15 @@ def run_project(settings: FLSettings, work_dir: Path, on_event: Callable[[dict[s
     aggregator = supervisor.start("aggregator", [str(runtime.python), "-m", "flops_mlops.fl.aggregator"],
                                   {**base, **(env or {}), **environment(settings, "aggregator"),
                                    EVENTS_VARIABLE: "json"},
-                                  stdout=subprocess.PIPE)
+                                  stdout=subprocess.PIPE, cwd=work_dir)
     reader = threading.Thread(target=_read_events, args=(aggregator, events, on_event), daemon=True)
     reader.start()
     for index in range(settings.learners):
+        # each in a folder of its own: what a repository writes locally (checkpoints, a local MLflow store of its
+        # own autologging) stays with that learner
         supervisor.start(f"learner-{index}", [str(runtime.python), "-m", "flops_mlops.fl.learner"], {
-            **learner_environment(base), **learner_settings(settings, index, data_dir)})
+            **learner_environment(base), **learner_settings(settings, index, data_dir)},
+            cwd=work_dir / "learners" / f"learner-{index}")
     deadline = time.monotonic() + settings.timeout
     reported: set[str] = set()
     try:

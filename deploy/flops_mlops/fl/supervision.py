@@ -13,6 +13,7 @@ import sys
 import time
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any
 
 from ..processes import StackError, signal_group
 from .settings import NO_TELEMETRY, FLSettings, environment
@@ -110,12 +111,15 @@ class Supervisor:
     children: list[Child] = field(default_factory=list)
     failures: list[Child] = field(default_factory=list)  # in the order they were seen
 
-    def start(self, name: str, argv: list[str], env: dict[str, str], stdout=None) -> Child:
+    def start(self, name: str, argv: list[str], env: dict[str, str], stdout=None, cwd: Path | None = None) -> Child:
+        """Start ``argv`` as ``name``, logging to log_dir/<name>.log, in ``cwd`` (created; default: here)."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        if cwd is not None:
+            cwd.mkdir(parents=True, exist_ok=True)
         log_file = self.log_dir / f"{name}.log"
         log_file.write_bytes(b"")
         with open(log_file, "ab") as log:  # append mode: the event reader appends stdout to the same file
-            process = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL,
+            process = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, cwd=cwd,
                                        stdout=stdout if stdout is not None else log,
                                        stderr=log, start_new_session=True)
         child = Child(name, process, log_file)
