@@ -10,6 +10,7 @@ downloads the last champion, models:/<project>@champion, REPEATS times each way 
   proxied      mlflow.artifacts.download_artifacts through the tracking server (our FTP repository, pooled logins),
                counting the artifact HTTP requests in the server's access log
   raw ftplib   one login, a walk of the same folder, RETR of each file (bench/ftp_download.py's raw_download)
+  one metadata request   one logged-in API call without FTP (experiments/get): the fixed cost of each HTTP request
 and copies today's small-file figure (the scikit-learn model of bench/results/ftp_download.json, embedded store)
 next to it. Writes bench/results/fl_project.json.
 
@@ -168,6 +169,7 @@ def main() -> int:
 
 def measure_download(config, tenant, uri: str, project: str, repeats: int, mlflow, Secrets) -> dict:
     """The champion of ``project`` downloaded through the tracking server and with raw ftplib, after a warm-up."""
+    import requests
     from flops_mlops.stores import ftp_client
 
     secrets = Secrets.load(config)
@@ -187,8 +189,16 @@ def measure_download(config, tenant, uri: str, project: str, repeats: int, mlflo
         text = access_log.read_text(errors="replace") if access_log.exists() else ""
         return text.count("/api/2.0/mlflow-artifacts/artifacts")
 
+    experiment = mlflow.get_run(version.run_id).info.experiment_id
+
+    def one_metadata_request(out: Path) -> None:
+        """One logged-in API call without FTP: what each of the proxied download's HTTP requests costs anyway."""
+        requests.get(f"{uri}/api/2.0/mlflow/experiments/get", params={"experiment_id": experiment}, auth=login,
+                     timeout=60).raise_for_status()
+
     ways = {"proxied": lambda out: mlflow.artifacts.download_artifacts(model_uri, dst_path=str(out)),
-            "raw_ftplib": lambda out: raw_download(store.host, store.port, tenant.ftp_user, password, remote, out)}
+            "raw_ftplib": lambda out: raw_download(store.host, store.port, tenant.ftp_user, password, remote, out),
+            "one_metadata_request": one_metadata_request}
     results, size, files = {}, 0, 0
     with tempfile.TemporaryDirectory(prefix="flops-bench-dl-") as tmp:
         for name, way in ways.items():

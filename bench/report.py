@@ -231,8 +231,10 @@ def fl_project(datasets: list[tuple[str, dict]]) -> str:
         rows = [["PyTorch champion", way, f"{num(d[key]['median_s'] * 1000)} ms",
                  f"{num(d[key]['min_s'] * 1000, 0)}-{num(d[key]['max_s'] * 1000, 0)}",
                  num(d[key]["median_s"] / d["raw_ftplib"]["median_s"], 2), num(d[key]["artifact_http_requests"], 0)]
-                for key, way in (("proxied", "proxied through the tracking server"), ("raw_ftplib", "raw ftplib, "
-                                                                                                   "one login"))]
+                for key, way in (("proxied", "proxied through the tracking server"),
+                                 ("raw_ftplib", "raw ftplib, one login"),
+                                 ("one_metadata_request", "one logged-in metadata call (experiments/get), no FTP"))
+                if key in d]
         small = data.get("small_file_reference")
         if small:
             rows.append([f"scikit-learn model ({small['files']} files; `ftp_download.json`, {small['date']})",
