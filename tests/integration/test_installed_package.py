@@ -10,6 +10,7 @@ not in folders added this way); the first test checks that the CLI imports flops
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -24,7 +25,7 @@ from conftest import ROOT
 GOLDEN = ROOT / "tests" / "unit" / "golden" / "oakestra"
 # What building the wheel reads (pyproject.toml, setup.py and MANIFEST.in name the rest).
 SOURCES = ["pyproject.toml", "setup.py", "MANIFEST.in", "README.md", "sla_templates", "deploy/flops_mlops",
-           "deploy/pyinfra", "deploy/images/constraints.txt"]
+           "deploy/pyinfra", "deploy/images/constraints.txt", "deploy/images/fl-project", "examples"]
 
 
 def run(argv: list, cwd: Path, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -72,6 +73,21 @@ def test_the_cli_runs_the_installed_package_with_its_templates_and_deploys(insta
     for path in (module, templates, deploys):
         assert Path(path).is_relative_to(venv), path
     assert command.is_file()
+
+
+def test_the_installed_package_trains_its_bundled_example_by_default(installed):
+    """`round` without --ml-repo: the scikit-learn example inside the wheel, with FLOps' flops_utils beside it,
+    passes the contract check as learner 0 (its own share of the digits)."""
+    command, folder, python = installed
+    where = run([python, "-c", "from flops_mlops.fl.ml_repo import repository_folder; print(repository_folder(''))"],
+                folder)
+    example = Path(where.stdout.strip())
+    assert example.is_relative_to(command.parent.parent) and (example / "model_manager.py").is_file(), example
+    checked = run([python, "-m", "flops_mlops.fl.contract", "--ml-repo", example, "--json"], folder,
+                  env={"FLOPS_LEARNER_INDEX": "0", "FLOPS_LEARNERS": "2"})
+    assert checked.returncode == 0, checked.stderr[-3000:]
+    result = json.loads(checked.stdout.splitlines()[-1])
+    assert result["violations"] == [] and result["flavor"] == "sklearn" and result["parameters"] == 650
 
 
 def test_render_from_an_empty_folder_writes_what_the_checkout_renders(installed):

@@ -238,11 +238,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    # Everything is logged, registered and printed by now. Leave without the interpreter's teardown: with a framework's
-    # native threads still about (PyTorch's and gRPC's), it sometimes aborts ("terminate called without an active
-    # exception") and turns a finished project into a failed exit.
-    exit_code = main()
+def leave(code: int) -> None:
+    """Exit with ``code`` once everything is written, without the interpreter's finalization: threads a framework
+    left behind (torch.export's, after a PyTorch model was logged) can abort it ("terminate called without an
+    active exception", SIGABRT) after the model was registered."""
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(exit_code)
+    os._exit(code)
+
+
+if __name__ == "__main__":
+    leave(main())

@@ -4,7 +4,7 @@ offline, the flavour inferred from get_model(), the environment cache's key, and
 repository reads to find its own data.
 
 The repositories are written here, small and numpy-only (this interpreter meets them: no virtualenv is built);
-the examples and their frameworks run in tests/integration/test_ml_repos.py.
+the examples and their frameworks run in tests/integration/test_ml_repos.py (rounds, serving).
 """
 
 from __future__ import annotations
