@@ -130,10 +130,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # Everything is logged, registered and printed by now. Leave without the interpreter's teardown: with a framework's
-    # native threads still about (PyTorch's and gRPC's), it sometimes aborts ("terminate called without an active
-    # exception") and turns a finished project into a failed exit.
-    exit_code = main()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(exit_code)
+    sys.exit(main())
