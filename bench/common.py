@@ -18,6 +18,8 @@ import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 CLI = [sys.executable, "-m", "flops_mlops.cli"]
@@ -81,3 +83,25 @@ def write_report(report: dict, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {out}; render its report with: .venv/bin/python bench/report.py")
+
+
+FL_QUIET = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1", "MLFLOW_DISABLE_TELEMETRY": "true",
+            "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2"}
+
+
+def start_embedded_stack(folder: Path, passive_ports: list[int]) -> Path:
+    """A private one-tenant stack (tenant bench: SQLite + embedded FTP, free ports, state under ``folder``), up and
+    detached; returns its configuration file. Stop it with ``stop_stack``."""
+    config = {"name": "bench", "state_dir": str(folder / "state"), "secrets_file": str(folder / "secrets.env"),
+              "artifact_store": {"kind": "embedded", "port": free_port(), "passive_ports": passive_ports},
+              "tracking": {"workers": 1, **service_account(folder)},
+              "tenants": [{"id": "bench", "port": free_port()}]}
+    path = folder / "stack.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    for command in (["secrets", "init"], ["up", "--detach"]):
+        subprocess.run([*CLI, "--config", str(path), *command], check=True, cwd=ROOT, capture_output=True, text=True)
+    return path
+
+
+def stop_stack(path: Path) -> None:
+    subprocess.run([*CLI, "--config", str(path), "down", "--purge"], cwd=ROOT, capture_output=True)

@@ -16,14 +16,12 @@ import argparse
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import yaml
-from common import CLI, ROOT, free_port, machine, service_account, started_at, write_report
+from common import FL_QUIET, ROOT, free_port, machine, start_embedded_stack, started_at, stop_stack, write_report
 
 def children_cpu_seconds() -> float:
     """User + system CPU seconds of this process's finished children (the FL processes run_project waited for)."""
@@ -38,8 +36,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "fl_tracking_overhead.json"))
     args = parser.parse_args()
-    os.environ.update({"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
-                       "MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2"})
+    os.environ.update(FL_QUIET)
 
     from flops_mlops.configuration.loading import load
     from flops_mlops.fl.command import project_login
@@ -50,18 +47,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="flops-bench-") as tmp:
         folder = Path(tmp)
         low = free_port()
-        config = {"name": "bench", "state_dir": str(folder / "state"), "secrets_file": str(folder / "secrets.env"),
-                  "artifact_store": {"kind": "embedded", "port": free_port(), "passive_ports": [low, low]},
-                  "tracking": {"workers": 1, **service_account(folder)},
-                  "tenants": [{"id": "bench", "port": free_port()}]}
-        config_path = folder / "stack.yaml"
-        config_path.write_text(yaml.safe_dump(config), encoding="utf-8")
-        run = lambda *a: subprocess.run([*CLI, "--config", str(config_path), *a], check=True, cwd=ROOT,  # noqa: E731
-                                        capture_output=True, text=True)
-        run("secrets", "init")
-        run("up", "--detach")
+        config_path = start_embedded_stack(folder, [low, low])
         loaded = load(config_path)
-        uri = f"http://127.0.0.1:{config['tenants'][0]['port']}"
+        uri = loaded.tracking_uri(loaded.tenant("bench"))
         results: dict[str, list[dict]] = {"off": [], "on": []}
         try:
             for repeat in range(args.repeats):
@@ -82,7 +70,7 @@ def main() -> int:
                     print(f"repeat {repeat + 1}/{args.repeats} tracking {mode:>3}: {wall:6.2f} s wall, "
                           f"rounds {rounds_s:5.2f} s, {cpu:5.2f} s CPU", flush=True)
         finally:
-            subprocess.run([*CLI, "--config", str(config_path), "down", "--purge"], cwd=ROOT, capture_output=True)
+            stop_stack(config_path)
 
     def median(mode: str, key: str) -> float:
         return statistics.median(r[key] for r in results[mode])

@@ -229,10 +229,51 @@ def fl_hierarchical(datasets: list[tuple[str, dict]]) -> str:
     return "\n\n".join(parts)
 
 
+def fl_project(datasets: list[tuple[str, dict]]) -> str:
+    parts = ["# An FL project from an ML repository: the PyTorch example",
+             "`bench/fl_project.py`: the PyTorch example (a copy with more local epochs, so rounds take seconds) on a "
+             "private embedded stack, in the environment `round --ml-repo` builds for it, with tracking off (only the "
+             "best model kept on disk) and on (a run per round, the best model logged with `mlflow.pytorch` and "
+             "registered as champion), taking turns; then the last champion downloaded through the tracking server "
+             "and with raw ftplib, medians after a warm-up, next to today's figure for the test suite's small "
+             "scikit-learn model (`ftp_download.json`, embedded store)."]
+    for name, data in datasets:
+        parts.append(section(name, f"bench/fl_project.py --rounds {data['rounds']} --learners {data['learners']} "
+                                   f"--repeats {data['repeats']} --epochs {data['epochs']}", data))
+        on = [r["last_round_to_registered_s"] for r in data["runs"]["on"]]
+        parts.append(f"Repository: {data['ml_repo']}; environment: {data['environment']}.")
+        parts.append(table(["rounds", "learners", "median round (after the first)", "median wall, untracked",
+                            "median wall, tracked", "ratio", "CPU s of the FL processes, untracked → tracked"],
+                           [[str(data["rounds"]), str(data["learners"]), f"{num(data['median_round_s'], 2)} s",
+                             f"{num(data['median_wall_s']['off'], 2)} s", f"{num(data['median_wall_s']['on'], 2)} s",
+                             f"**{num(data['overhead_ratio_wall'], 3)}**",
+                             f"{num(data['median_cpu_s']['off'])} → {num(data['median_cpu_s']['on'])}"]]))
+        d = data["download"]
+        parts.append(f"Last round → champion registered: **{num(data['median_last_round_to_registered_s'], 2)} s** "
+                     f"median ({each(on, 2)}), for a model of **{d['model_bytes']:,} bytes** in {d['files']} files.")
+        rows = [["PyTorch champion", way, f"{num(d[key]['median_s'] * 1000)} ms",
+                 f"{num(d[key]['min_s'] * 1000, 0)}-{num(d[key]['max_s'] * 1000, 0)}",
+                 num(d[key]["median_s"] / d["raw_ftplib"]["median_s"], 2), num(d[key]["artifact_http_requests"], 0)]
+                for key, way in (("proxied", "proxied through the tracking server"),
+                                 ("raw_ftplib", "raw ftplib, one login"),
+                                 ("one_metadata_request", "one logged-in metadata call (experiments/get), no FTP"))
+                if key in d]
+        small = data.get("small_file_reference")
+        if small:
+            rows.append([f"scikit-learn model ({small['files']} files; `ftp_download.json`, {small['date']})",
+                         "proxied through the tracking server", f"{num(small['proxied_ms'])} ms", "-",
+                         num(small["ratio"], 2), num(small["artifact_http_requests"], 0)])
+        parts.append(table(["model", "way", "median", "min-max (ms)", "x raw", "artifact HTTP requests"], rows))
+        if data.get("images"):
+            parts.append("Image sizes when it ran (`docker image ls`): "
+                         + ", ".join(f"`{image}` {size}" for image, size in sorted(data["images"].items())) + ".")
+    return "\n\n".join(parts)
+
+
 RENDERERS: dict[str, Callable[[list[tuple[str, dict]]], str]] = {
     "stack_footprint": stack_footprint, "fl_tracking_overhead": fl_tracking_overhead,
     "ftp_download": ftp_download, "serving": serving, "tracking_healthcheck": tracking_healthcheck,
-    "fl_hierarchical": fl_hierarchical}
+    "fl_hierarchical": fl_hierarchical, "fl_project": fl_project}
 
 
 # --- reports -----------------------------------------------------------------------------------------------------

@@ -9,7 +9,8 @@
 #      deploy/images/constraints.txt, mlflow[auth] included) plus our own wheel into deploy/images/wheelhouse/,
 #      and checks that it resolves offline,
 #   5. builds the images compose.yaml runs, with compose.yaml + compose.ci.yaml (which swaps only the base
-#      image; see that file), and prints the command to use them.
+#      image; see that file), and prints the command to use them,
+#   6. builds the PyTorch example's project image (`flops-mlops build-fl-image`), which tests/compose runs.
 # Usage: scripts/compose-ci.sh          prepare everything (idempotent; reuses what is already there)
 #        scripts/compose-ci.sh test     prepare, then run tests/compose with services required
 #        scripts/compose-ci.sh STEP...  only the named steps (see STEPS at the end), e.g.
@@ -204,7 +205,9 @@ build_wheelhouse() {
     make --no-print-directory venv >/dev/null
     # Build from a copy of the sources, so that setuptools leaves no build/ or egg-info in the work tree.
     src="$(mktemp -d)"
-    cp -r pyproject.toml README.md deploy "$src"/
+    # (setup.py and MANIFEST.in bundle examples/ and sla_templates/ into the wheel: the fl-actor image trains
+    # examples/sklearn by default.)
+    cp -r pyproject.toml README.md setup.py MANIFEST.in deploy examples sla_templates "$src"/
     rm -rf "$src"/deploy/*.egg-info "$src"/deploy/images/wheelhouse/*.whl
     key="$(cat deploy/images/constraints.txt pyproject.toml | sha256sum | cut -c1-16)"
     cached="$CACHE/wheelhouse-$key"
@@ -247,6 +250,22 @@ build_images() {
         'flops-mlops/*' | tr '\n' ' ')"
 }
 
+build_example_image() {
+    # The PyTorch example's project image, which tests/compose runs through the fl and serve profiles:
+    # `flops-mlops build-fl-image` (examples/pytorch with its dependencies, torch's CPU build included, and the FL
+    # runtime, from wheels fetched on this machine; the docker build itself is offline). Named
+    # flops-mlops/fl-digitstorch:<content hash of examples/pytorch>; Docker reuses its layers when nothing changed.
+    local start
+    start=$(date +%s)
+    make --no-print-directory venv >/dev/null
+    log "building the PyTorch example's image (log: $CACHE/example-image.log)"
+    .venv/bin/flops-mlops --config configs/compose.yaml build-fl-image --project digitstorch \
+        --ml-repo examples/pytorch --base-image "$BASE_IMAGE" >"$CACHE/example-image.log" 2>&1 || {
+        tail -40 "$CACHE/example-image.log" >&2; echo "example image build failed; see $CACHE/example-image.log" >&2
+        exit 1; }
+    log "$(grep '^built ' "$CACHE/example-image.log" | sed 's/: run .*//') ($(elapsed "$start"))"
+}
+
 engine_note() {
     # Whether the engine that runs is the one this script started, and how to stop it.
     local pid
@@ -270,23 +289,27 @@ main() {
     build_base_image
     build_wheelhouse
     build_images
+    build_example_image
     log "ready ($(elapsed "$start"))"
     cat <<USAGE
 
 The images compose.yaml runs are built. Without a registry, compose needs this machine's override to build
-them again; set it once in your shell, then every command of docs/compose.md works as written:
-    export COMPOSE_FILE=compose.yaml:compose.ci.yaml
+them again, and build-fl-image this machine's base image; set both once in your shell, then every command of
+docs/compose.md works as written:
+    export COMPOSE_FILE=compose.yaml:compose.ci.yaml FLOPS_BASE_IMAGE=$BASE_IMAGE
     docker compose up -d
-The compose tests use it too: FLOPS_COMPOSE_OVERRIDE=compose.ci.yaml .venv/bin/pytest tests/compose
+The compose tests use them too:
+    FLOPS_COMPOSE_OVERRIDE=compose.ci.yaml FLOPS_BASE_IMAGE=$BASE_IMAGE .venv/bin/pytest tests/compose
 USAGE
     engine_note
     if [ "${1:-}" = test ]; then
-        FLOPS_REQUIRE_SERVICES=1 FLOPS_COMPOSE_OVERRIDE=compose.ci.yaml .venv/bin/pytest tests/compose
+        FLOPS_REQUIRE_SERVICES=1 FLOPS_COMPOSE_OVERRIDE=compose.ci.yaml FLOPS_BASE_IMAGE="$BASE_IMAGE" \
+            .venv/bin/pytest tests/compose
     fi
 }
 
 STEPS=(install_packages start_engine install_compose_plugin build_base_image build_wheelhouse build_images
-       build_systemd_host_image)
+       build_example_image build_systemd_host_image)
 if [ $# -gt 0 ] && [ "$1" != test ]; then
     # Single steps, for development: scripts/compose-ci.sh build_wheelhouse build_images
     for step in "$@"; do

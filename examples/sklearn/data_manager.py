@@ -14,8 +14,12 @@ import os
 from pathlib import Path
 
 import numpy as np
-from flops_utils.ml_repo_templates import DataManagerTemplate
 from sklearn.datasets import load_digits
+
+try:
+    from flops_utils.ml_repo_templates import DataManagerTemplate
+except ImportError:  # run as a script (writing the learners' folders) outside the FL runtime, which provides it
+    DataManagerTemplate = object
 
 ALPHA = 0.5
 MIN_PER_LEARNER = 20

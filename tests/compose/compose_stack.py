@@ -32,6 +32,21 @@ VOLUMES = ("backend-store", "artifact-store", "tracking-auth")
 # The project compose.yaml gives the FL user when FLOPS_FL_PROJECT is not set.
 DEFAULT_FL_PROJECT = "composedemo"
 QUIET = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+# The deep-learning project the compose tests run: the PyTorch example, in the image scripts/compose-ci.sh builds
+# for it (step build_example_image: `flops-mlops build-fl-image --project digitstorch --ml-repo examples/pytorch`).
+TORCH_EXAMPLE = ROOT / "examples" / "pytorch"
+TORCH_IMAGE_PROJECT = "digitstorch"
+
+
+def torch_example_image() -> str:
+    """flops-mlops/fl-digitstorch:<tag of examples/pytorch as it is now>; skips (or fails) when not built."""
+    from flops_mlops.fl.ml_repo import resolve
+    from flops_mlops.fl.project_image import image_name
+
+    image = image_name(TORCH_IMAGE_PROJECT, resolve(str(TORCH_EXAMPLE), None, Path("/nonexistent")).tag)
+    if subprocess.run(["docker", "image", "inspect", image], capture_output=True).returncode != 0:
+        missing_service(f"image {image} not built (scripts/compose-ci.sh build_example_image)")
+    return image
 
 
 def compose_files(main: Path = ROOT / "compose.yaml") -> list[str]:

@@ -33,10 +33,12 @@ from compose_stack import (
     TENANT,
     VOLUMES,
     compose_config,
+    compose_config,
     db_password,  # noqa: F401 (stack: the fixture)
     ftp_password,
     need_compose,
     stack,
+    torch_example_image,
 )
 from conftest import ROOT, free_port, run_cli
 
@@ -332,6 +334,76 @@ def test_serve_profile_serves_the_fl_projects_champion(stack, monkeypatch):
     logs = stack.compose("--profile", "serve", "logs", "--no-color", "model-server", extra_env=serve_env).stdout
     assert not [key for key, value in stack.secrets.items() if value and value in logs]
     stack.compose("--profile", "serve", "rm", "--stop", "--force", "model-server", extra_env=serve_env)
+
+
+def write_learner_data(folder: Path, sizes: tuple[int, ...]) -> None:
+    """<folder>/learner-<i>/digits.npz with sizes[i] of scikit-learn's digits, as examples/*/data_manager.py reads."""
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    start = 0
+    for i, size in enumerate(sizes):
+        (folder / f"learner-{i}").mkdir(parents=True)
+        np.savez(folder / f"learner-{i}" / "digits.npz", x=(x[start:start + size] / 16.0).astype(np.float32),
+                 y=y[start:start + size].astype(np.int64))
+        start += size
+
+
+def test_fl_profile_runs_the_pytorch_example_in_its_image_and_serves_its_champion(stack, monkeypatch, tmp_path):
+    """One deep-learning project through the fl profile: the aggregator and both learners run the project's own
+    image (built from examples/pytorch offline by build-fl-image), each learner trains on its own mounted data
+    folder, the champion is a registered PyTorch model, and the serve profile serves it on that same image."""
+    import mlflow
+
+    image = torch_example_image()
+    for key, value in QUIET.items():
+        monkeypatch.setenv(key, value)
+    project, rounds, port = "DigitsTorch", 2, free_port()
+    data = tmp_path / "fl-data"
+    write_learner_data(data, (100, 150))
+    fl_env = {"FLOPS_FL_PROJECT": project, "FLOPS_FL_ROUNDS": str(rounds), "FLOPS_FL_IMAGE": image,
+              "FLOPS_FL_FLAVOR": "pytorch", "FLOPS_FL_DATA": str(data), "FLOPS_SERVE_IMAGE": image,
+              "FLOPS_SERVE_PORT": str(port), "FLOPS_SERVE_MEM_LIMIT": "1536m"}
+    stack.compose("up", "--detach", "--wait", "--pull", "never", "--no-build", "tracking-server", extra_env=fl_env)
+    ran = stack.compose("run", "--rm", "--use-aliases", "--pull", "never", "fl-aggregator", extra_env=fl_env)
+    learners = {}
+    for service in FL_SERVICES[1:]:
+        container = stack.compose("--profile", "fl", "ps", "--all", "--quiet", service, extra_env=fl_env).stdout.strip()
+        code = subprocess.run(["docker", "wait", container], capture_output=True, text=True, timeout=300).stdout
+        ran_image = subprocess.run(["docker", "inspect", "--format", "{{.Config.Image}}", container],
+                                   capture_output=True, text=True).stdout
+        learners[service] = (code.strip(), ran_image.strip())
+    logs = ran.stdout + ran.stderr
+    assert learners == {service: ("0", image) for service in FL_SERVICES[1:]}, logs[-6000:]
+    assert f"summary of {project} " in ran.stdout, logs[-6000:]
+
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", stack.admin[0])
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", stack.admin[1])
+    mlflow.set_tracking_uri(stack.tracking_uri)
+    experiment = mlflow.get_experiment_by_name(project)
+    runs = mlflow.search_runs(experiment_ids=[experiment.experiment_id], output_format="list")
+    assert sorted(int(r.data.tags["flops.round"]) for r in runs) == list(range(1, rounds + 1))
+    # Each learner trained on its own folder: 80% of 100 and of 150 digits, not the example's default split.
+    assert [r.data.metrics["train_examples"] for r in runs] == [80 + 120] * rounds
+    assert all(0.0 <= r.data.metrics["accuracy"] <= 1.0 and r.data.metrics["loss"] > 0 for r in runs)
+    version = mlflow.MlflowClient().get_model_version_by_alias(project, "champion")
+    local = Path(mlflow.artifacts.download_artifacts(f"models:/{project}/{version.version}"))
+    mlmodel = yaml.safe_load((local / "MLmodel").read_text())
+    assert "pytorch" in mlmodel["flavors"] and mlmodel["metadata"]["flops.ml_repo_tag"] == image.split(":")[-1]
+
+    # The serve profile, on the project's image (torch is in no other image).
+    stack.compose("--profile", "serve", "up", "--detach", "--wait", "--wait-timeout", "240", "--pull", "never",
+                  "--no-build", "model-server", extra_env=fl_env)
+    try:
+        served = requests.get(f"http://127.0.0.1:{port}/model", timeout=30).json()
+        assert (served["name"], str(served["version"]), served["alias"]) == (project, version.version, "champion")
+        example = json.loads((local / "serving_input_example.json").read_text())
+        answer = requests.post(f"http://127.0.0.1:{port}/invocations", json=example, timeout=60)
+        assert answer.status_code == 200, answer.text
+        assert len(answer.json()["predictions"]) == len(example["inputs"]) == 5
+    finally:
+        stack.compose("--profile", "serve", "rm", "--stop", "--force", "model-server", extra_env=fl_env)
 
 
 def test_down_then_up_keeps_the_data(stack, monkeypatch):

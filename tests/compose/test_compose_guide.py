@@ -47,10 +47,20 @@ def test_the_guide_is_the_sequence_this_test_checks():
         "docker compose run --rm --use-aliases fl-aggregator",
         "docker compose --profile serve up -d --wait",
         "curl -s -X POST \"http://$(docker compose port model-server 8080)/invocations\" -H 'Content-Type: "
-        "application/json' -d '{\"inputs\": [[0.5, -1.2, 0.3, 2.0, -0.7, 0.1, 1.1, -0.4], [0, 0, 0, 0, 0, 0, 0, 0]]}'",
+        "application/json' -d @examples/sklearn/two_digits.json",
         "docker compose --profile '*' down",
         "docker compose --profile serve up -d --wait",
         "curl -s \"http://$(docker compose port model-server 8080)/model\"",
+        "docker compose --profile '*' down -v",
+        # Your own ML repository: the PyTorch example in its own image.
+        ".venv/bin/flops-mlops --config configs/compose.yaml build-fl-image --project digitscnn --ml-repo "
+        "examples/pytorch --compose-env .env",
+        ".venv/bin/python examples/pytorch/data_manager.py .flops/fl-data --learners 2",
+        "docker compose up -d --wait",
+        "docker compose run --rm --use-aliases fl-aggregator",
+        "docker compose --profile serve up -d --wait",
+        "curl -s -X POST \"http://$(docker compose port model-server 8080)/invocations\" -H 'Content-Type: "
+        "application/json' -d @examples/pytorch/two_digits.json",
         "docker compose --profile '*' down -v",
     ]
 
@@ -70,6 +80,8 @@ def test_the_guide_runs_as_written(clean_checkout):
     tracking_port, serve_port = free_port(), free_port()
     project = f"flopsguide-{uuid.uuid4().hex[:8]}"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FLOPS_", "MLFLOW_", "COMPOSE_", "VIRTUAL_ENV"))}
+    if os.environ.get("FLOPS_BASE_IMAGE"):  # the local base image, which the guide tells readers without a registry
+        env["FLOPS_BASE_IMAGE"] = os.environ["FLOPS_BASE_IMAGE"]  # to export (scripts/compose-ci.sh prints it)
     env.update({
         "COMPOSE_PROJECT_NAME": project,
         "FLOPS_TRACKING_PORT": str(tracking_port), "FLOPS_MYSQL_PORT": str(free_port()),
@@ -79,7 +91,7 @@ def test_the_guide_runs_as_written(clean_checkout):
     override = os.environ.get("FLOPS_COMPOSE_OVERRIDE", "").strip()
     if override:
         env["COMPOSE_FILE"] = f"compose.yaml{os.pathsep}{override}"
-    served = []
+    served, projects = [], iter(["composedemo", "digitscnn"])
     try:
         for command in guide_commands():
             result = subprocess.run(["bash", "-c", command], cwd=folder, env=env, capture_output=True, text=True,
@@ -90,7 +102,8 @@ def test_the_guide_runs_as_written(clean_checkout):
             if plain.startswith("docker compose run"):
                 # The aggregator prints a summary for a person (no FLOPS_EVENT lines), whose links a browser on
                 # this machine opens, as the tenant's admin.
-                assert "summary of composedemo" in result.stdout and "FLOPS_EVENT" not in output, output[-3000:]
+                project_name = next(projects)
+                assert f"summary of {project_name}" in result.stdout and "FLOPS_EVENT" not in output, output[-3000:]
                 links = re.findall(r"https?://[^\s\"',]+/#/experiments/\d+[^\s]*", result.stdout)
                 assert len(links) == 2 and all(link.startswith(f"http://127.0.0.1:{tracking_port}/") for link in links)
                 admin = dict(line.split("=", 1) for line in (folder / ".env").read_text().splitlines()
@@ -98,6 +111,12 @@ def test_the_guide_runs_as_written(clean_checkout):
                 assert requests.get(links[-1].split("#")[0], auth=("admin", admin), timeout=30).status_code == 200
             if plain.startswith("curl") and "/invocations" in plain:
                 assert len(json.loads(result.stdout)["predictions"]) == 2, output
+            if plain.startswith(".venv/bin/flops-mlops") and "build-fl-image" in plain:
+                # The project's image is named in .env, for the fl and serve profiles.
+                image = re.search(r"^built (flops-mlops/fl-digitscnn:\S+) ", result.stdout, re.MULTILINE).group(1)
+                settings = (folder / ".env").read_text().splitlines()
+                assert {"FLOPS_FL_PROJECT=digitscnn", f"FLOPS_FL_IMAGE={image}",
+                        f"FLOPS_SERVE_IMAGE={image}"} <= set(settings), settings[-5:]
             if plain.startswith("curl") and plain.endswith('/model"'):
                 served.append(json.loads(result.stdout))
             if plain == "docker compose --profile '*' down":

@@ -1,6 +1,7 @@
 """The MLflow UI as an FL user sees it, in a real browser: after a real `round` on the embedded stack, the links it
 printed open the rounds with their loss and accuracy, their charts, the best run and the registered model with its
-alias; another tenant sees none of it.
+alias; another tenant sees none of it. A deep-learning project (the PyTorch example) opens, on a first visit in a
+fresh browser profile, in MLflow's model-training mode with its rounds' loss and accuracy in view, nothing over them.
 
 Playwright for Python drives Debian's `chromium` package (FLOPS_CHROMIUM names another executable); no browser is
 downloaded. Screenshots go to FLOPS_UI_SCREENSHOTS (default test-artifacts/ui/); `make ui-screenshots` writes
@@ -22,6 +23,9 @@ pytestmark = [pytest.mark.services, pytest.mark.timeout(600)]
 
 ROUNDS = 3
 PROJECT = "Demo"
+TORCH_PROJECT = "DigitsCNN"
+# What MLflow 3's GenAI mode puts in the sidebar; none of it may show for an FL project.
+GENAI_ITEMS = ("Judges", "Prompts", "AI Gateway", "Evaluation", "Sessions")
 WAIT_MS = 60_000  # the machine may be shared and slow; a page that never shows fails after this
 SCREENSHOTS = Path(os.environ.get("FLOPS_UI_SCREENSHOTS", ROOT / "test-artifacts" / "ui"))
 ROUND_LINE = re.compile(r"^round (\d+)/\d+: loss ([0-9.]+)  accuracy ([0-9.]+)", re.MULTILINE)
@@ -68,10 +72,21 @@ def trained(tmp_path_factory):
         shutil.rmtree(stack.data["state_dir"], ignore_errors=True)
 
 
-def browse(chromium, login: tuple[str, str]):
-    """A fresh browser session that answers MLflow's basic-auth prompt with ``login``."""
+@pytest.fixture(scope="module")
+def trained_torch(trained):
+    """The PyTorch example trained on acme's server of the same stack (3 rounds, 2 learners)."""
+    stack, _, _ = trained
+    done = stack.cli("round", "--tenant", "acme", "--project", TORCH_PROJECT, "--rounds", str(ROUNDS), "--learners",
+                     "2", "--ml-repo", str(ROOT / "examples" / "pytorch"), "--flavor", "pytorch", check=True,
+                     timeout=900)
+    return stack, done.stdout
+
+
+def browse(chromium, login: tuple[str, str], viewport: tuple[int, int] = (1600, 1000)):
+    """A fresh browser session (a new profile: no cookies, no local storage) that answers MLflow's basic-auth prompt
+    with ``login``."""
     context = chromium.new_context(http_credentials={"username": login[0], "password": login[1]},
-                                   viewport={"width": 1600, "height": 1000})
+                                   viewport={"width": viewport[0], "height": viewport[1]})
     context.set_default_timeout(WAIT_MS)
     return context, context.new_page()
 
@@ -177,5 +192,57 @@ def test_another_tenant_sees_none_of_it(trained, chromium):
         assert page.get_by_text(PROJECT, exact=True).count() == 0
         tidy(page)
         shot(page, "other-tenant-models")
+    finally:
+        context.close()
+
+
+def uncovered_in_view(page, locator) -> bool:
+    """The element is inside the viewport (no scrolling needed) and its centre is not covered by anything else."""
+    box = locator.bounding_box()
+    size = page.viewport_size
+    if box is None or box["x"] < 0 or box["y"] < 0 or box["x"] + box["width"] > size["width"] \
+            or box["y"] + box["height"] > size["height"]:
+        return False
+    return locator.evaluate("(el, p) => { const top = document.elementFromPoint(p.x, p.y);"
+                            " return top !== null && (el === top || el.contains(top)); }",
+                            {"x": box["x"] + box["width"] / 2, "y": box["y"] + box["height"] / 2})
+
+
+def test_a_deep_learning_project_opens_on_its_rounds_in_model_training_mode_on_a_first_visit(trained_torch,
+                                                                                              chromium):
+    stack, output = trained_torch
+    rounds = {f"round-{n}": (float(loss), float(acc)) for n, loss, acc in ROUND_LINE.findall(output)}
+    assert list(rounds) == [f"round-{n}" for n in range(1, ROUNDS + 1)] and "pytorch" in output, output
+    # A laptop's window, a fresh profile, and nothing closed by the test: what a first visit shows.
+    context, page = browse(chromium, stack.admin("acme"), viewport=(1280, 800))
+    try:
+        page.goto(printed("MLflow UI", output))
+        page.get_by_text(f"round-{ROUNDS}", exact=True).first.wait_for()
+        headers = {name: page.get_by_role("columnheader", name=name, exact=True).first for name in ("loss", "accuracy")}
+        for header in headers.values():
+            header.wait_for()
+        page.wait_for_timeout(2000)  # what opens by itself (a panel, a banner) has opened by now
+        shot(page, "first-visit-pytorch")
+        # Model-training mode: the sidebar offers the experiment's runs and models, none of GenAI's items.
+        sidebar = page.locator("nav").first
+        assert sidebar.get_by_text("Runs", exact=True).count() and sidebar.get_by_text("Models", exact=True).count()
+        for item in GENAI_ITEMS:
+            assert page.get_by_text(item, exact=True).count() == 0, f"GenAI item {item!r} on the page"
+        # No assistant panel and no banner over the page (the assistant's button may stay in its corner).
+        assert page.locator('[data-component-id="mlflow.assistant.chat_panel.close"]').count() == 0
+        assert page.locator('button[aria-label="Hide banner"]').count() == 0
+        # Each round's loss and accuracy are in view and visible, without scrolling.
+        for name, header in headers.items():
+            assert uncovered_in_view(page, header), f"the {name} column header is out of view or covered"
+        shown = grid_rows(page)
+        assert set(shown) == set(rounds), shown
+        for row in page.locator("[role=row][row-index]").all():
+            for cell in row.locator("[role=gridcell]").all():
+                if re.fullmatch(r"\d\.\d+\S*", cell.inner_text().strip()):
+                    assert uncovered_in_view(page, cell), f"{cell.inner_text()!r} is out of view or covered"
+        for name, (loss, accuracy) in rounds.items():
+            values = numbers(shown[name])
+            assert any(abs(v - loss) < 6e-5 for v in values), (name, loss, shown[name])
+            assert any(abs(v - accuracy) < 6e-5 for v in values), (name, accuracy, shown[name])
     finally:
         context.close()

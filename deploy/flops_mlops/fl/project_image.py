@@ -54,6 +54,9 @@ def add_build_fl_image_parser(commands):
     parser.add_argument("--revision", default=None, help="branch, tag or commit of a git --ml-repo")
     parser.add_argument("--base-image", default=os.environ.get("FLOPS_BASE_IMAGE", DEFAULT_BASE_IMAGE),
                         help=f"Debian 12 base image (default $FLOPS_BASE_IMAGE or {DEFAULT_BASE_IMAGE})")
+    parser.add_argument("--compose-env", type=Path, default=None, metavar="FILE",
+                        help="also set the compose variables that run this project on the image in FILE (compose's "
+                             ".env): " + ", ".join(COMPOSE_VARIABLES) + " (earlier values of them are replaced)")
     return parser
 
 
@@ -65,10 +68,29 @@ def build_fl_image_command(config, args) -> int:
         raise ConfigError(str(exc)) from None
     if shutil.which("docker") is None:
         raise ConfigError("build-fl-image: no docker command on this machine")
+    if args.compose_env is not None and not args.compose_env.is_file():
+        raise ConfigError(f"--compose-env: {args.compose_env} is not a file (compose's .env: flops-mlops secrets "
+                          "init writes it)")
     image = build(repo, args.project, args.base_image, progress=print)
+    if args.compose_env is not None:
+        set_compose_variables(args.compose_env, {"FLOPS_FL_PROJECT": args.project, "FLOPS_FL_IMAGE": image,
+                                                 "FLOPS_SERVE_IMAGE": image})
+        print(f"{args.compose_env}: {', '.join(COMPOSE_VARIABLES)} set for {image}")
     print(f"built {image} ({image_size(image) / 1e9:.2f} GB): run its actors with python -m "
           "flops_mlops.fl.aggregator | python -m flops_mlops.fl.learner (compose: FLOPS_FL_IMAGE=" + image + ")")
     return 0
+
+
+COMPOSE_VARIABLES = ("FLOPS_FL_PROJECT", "FLOPS_FL_IMAGE", "FLOPS_SERVE_IMAGE")
+
+
+def set_compose_variables(path: Path, values: dict[str, str]) -> None:
+    """``values`` as KEY=value lines at the end of the env file ``path``, earlier lines of those keys removed; the
+    file keeps its mode (it holds the stack's passwords)."""
+    kept = [line for line in path.read_text(encoding="utf-8").splitlines()
+            if line.split("=", 1)[0].strip() not in values]
+    path.write_text("\n".join([*kept, *(f"{key}={value}" for key, value in values.items())]) + "\n",
+                    encoding="utf-8")
 
 
 def build(repo: MLRepo, project: str, base_image: str, progress=print) -> str:
