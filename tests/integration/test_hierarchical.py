@@ -171,6 +171,18 @@ def test_too_few_cluster_aggregators_end_the_run_with_the_best_model_so_far_regi
     assert runs_by_cycle(local, "Stranded")[2].info.status == "FAILED"
 
 
+def test_a_learner_lost_inside_a_cluster_is_handled_by_that_clusters_minimum(local):
+    """Learner 1 (cluster 0's second) dies in its cluster's round 2: with --min-learners 1 that cluster goes on with
+    learner 0, as a classic aggregator would, and every cycle of the project still runs to the champion."""
+    done = round_cli(local, "--project", "Lossy", *HIERARCHY, "--cycles", "2", "--rounds", "2",
+                     "--min-learners", "1", "--timeout", "180", env={"FLOPS_FAULT_CRASH_LEARNER": "1:2"})
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "learner-1 failed (exit 3): FAULT INJECTION: learner 1 crashes in round 2" in done.stdout, done.stdout
+    assert "learner-1 (the cycles went on without them)" in done.stdout, done.stdout
+    assert sorted(runs_by_cycle(local, "Lossy")) == [1, 2]
+    assert "models:/Lossy@champion" in done.stdout
+
+
 def test_with_one_round_per_cycle_the_root_computes_what_a_classic_aggregator_does(tmp_path):
     """A cycle of one round is a classic round: averaging the clusters' averages, weighted by their examples,
     gives the classic average of all learners (tracking off; same learners, data and seed)."""
