@@ -26,8 +26,6 @@ from conftest import ROOT, free_port, free_port_range, missing_service, run_cli
 TENANT = "default"
 SERVICES = ("backend-store", "artifact-store", "tracking-server")
 FL_SERVICES = ("fl-aggregator", "fl-learner-0", "fl-learner-1")
-# The fl profile's hierarchical project: the root, 2 cluster aggregators, 2 learners each.
-HIERARCHICAL_FL_SERVICES = ("fl-root", "fl-cluster-0", "fl-cluster-1", *(f"fl-cluster-learner-{i}" for i in range(4)))
 VOLUMES = ("backend-store", "artifact-store", "tracking-auth")
 # The project compose.yaml gives the FL user when FLOPS_FL_PROJECT is not set.
 DEFAULT_FL_PROJECT = "composedemo"
@@ -159,19 +157,22 @@ def images_missing(env_file: Path) -> list[str]:
                   if subprocess.run(["docker", "image", "inspect", image], capture_output=True).returncode != 0)
 
 
-def start_stack(tmp_path_factory, more_tenants: tuple[str, ...] = ()):
-    """A stack of configs/compose.yaml: compose.yaml at the root, or with ``more_tenants`` after tenant default,
-    the compose project `flops-mlops render --target compose` writes for them."""
+def start_stack(tmp_path_factory, more_tenants: tuple[str, ...] = (), fl: dict | None = None):
+    """A stack of configs/compose.yaml: compose.yaml at the root, or with ``more_tenants`` after tenant default
+    or another FL project (``fl``: compose.fl), the compose project `flops-mlops render --target compose` writes
+    for that configuration."""
     need_engine()
     folder = tmp_path_factory.mktemp("compose")
     data = yaml.safe_load((ROOT / "configs" / "compose.yaml").read_text(encoding="utf-8"))
     data.update(state_dir=str(folder / "state"), secrets_file=str(folder / ".env"))
     data["tenants"] += [{"id": tenant} for tenant in more_tenants]
+    if fl is not None:
+        data["compose"]["fl"] = fl
     config_path = folder / "compose-stack.yaml"
     config_path.write_text(yaml.safe_dump(data), encoding="utf-8")
     run_cli("secrets", "init", config=config_path, check=True)
     files = compose_files()
-    if more_tenants:
+    if more_tenants or fl is not None:
         run_cli("render", "--target", "compose", "--out", str(folder), config=config_path, check=True)
         files = compose_files(folder / "compose.yaml")
     missing = images_missing(folder / ".env")

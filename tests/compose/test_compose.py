@@ -27,7 +27,6 @@ import yaml
 from compose_stack import (
     DEFAULT_FL_PROJECT,
     FL_SERVICES,
-    HIERARCHICAL_FL_SERVICES,
     QUIET,
     SERVICES,
     TENANT,
@@ -52,7 +51,7 @@ def test_compose_config_accepts_env_example():
     need_compose()
     # The user's file alone (no CI override).
     config = compose_config(ROOT / ".env.example", "--profile", "fl", files=["-f", str(ROOT / "compose.yaml")])
-    assert set(config["services"]) == {*SERVICES, *FL_SERVICES, *HIERARCHICAL_FL_SERVICES}
+    assert set(config["services"]) == {*SERVICES, *FL_SERVICES}
     for name, service in config["services"].items():
         assert service["image"] and not service["image"].endswith(":latest"), name
         assert ":" in service["image"], f"{name}: image tag is not pinned"
@@ -106,17 +105,6 @@ def test_only_the_aggregator_is_told_where_the_tracking_server_is():
         assert not [key for key in environment if "PASSWORD" in key or "SECRET" in key], environment
         assert environment["FLOPS_AGGREGATOR_ADDRESS"] == services["fl-aggregator"]["environment"][
             "FLOPS_AGGREGATOR_ADDRESS"]
-    # The hierarchical project: only the root logs in; its cluster aggregators and their learners get nothing.
-    root = services["fl-root"]["environment"]
-    assert (root["FLOPS_MODE"], root["MLFLOW_TRACKING_USERNAME"]) == ("hierarchical", f"fl-{DEFAULT_FL_PROJECT}")
-    assert root["MLFLOW_TRACKING_PASSWORD"] == aggregator["MLFLOW_TRACKING_PASSWORD"]
-    for name in HIERARCHICAL_FL_SERVICES[1:]:
-        environment = services[name]["environment"]
-        assert not [key for key in environment if "TRACKING" in key or key.startswith("MLFLOW")], name
-        assert not [key for key in environment if "PASSWORD" in key or "SECRET" in key], name
-        joins = "fl-root:9092" if name.startswith("fl-cluster-") and "learner" not in name else \
-            f"fl-cluster-{int(name.rsplit('-', 1)[1]) // 2}:9093"
-        assert environment["FLOPS_AGGREGATOR_ADDRESS"] == joins, name
 
 
 def test_compose_yaml_holds_no_password_and_names_match_the_config_model():
@@ -267,45 +255,6 @@ def test_fl_profile_runs_a_project_in_containers(stack, monkeypatch):
     model_files = stack.exec("artifact-store", "find", f"/srv/ftp/flops_{TENANT}/artifacts/{experiment.experiment_id}",
                              "-name", "MLmodel").stdout.split()
     assert len(model_files) == 1
-
-
-def test_fl_profile_runs_the_project_in_hierarchical_mode(stack, monkeypatch):
-    """fl-root: the root aggregator over two cluster aggregators with two learners each, all in containers; only
-    the root logs (one run per cycle, per-cluster aggregates) and the best cycle's model is the champion."""
-    import mlflow
-
-    for key, value in QUIET.items():
-        monkeypatch.setenv(key, value)
-    project, cycles = "ComposeTiers", 2
-    fl_env = {"FLOPS_FL_PROJECT": project, "FLOPS_FL_CYCLES": str(cycles), "FLOPS_FL_ROUNDS": "2"}
-    stack.compose("up", "--detach", "--wait", "--pull", "never", "--no-build", "tracking-server", extra_env=fl_env)
-    ran = stack.compose("run", "--rm", "--use-aliases", "--pull", "never", "fl-root", extra_env=fl_env)
-    others = HIERARCHICAL_FL_SERVICES[1:]
-    exits = {service: subprocess.run(["docker", "wait", stack.compose("--profile", "fl", "ps", "--all", "--quiet",
-                                                                      service, extra_env=fl_env).stdout.strip()],
-                                     capture_output=True, text=True, timeout=300).stdout.strip()
-             for service in others}
-    logs = ran.stdout + ran.stderr + stack.compose("--profile", "fl", "logs", "--no-color", *others,
-                                                   extra_env=fl_env).stdout
-    assert exits == {service: "0" for service in others}, logs[-6000:]
-    assert f"summary of {project} " in ran.stdout and f"cycle {cycles}/{cycles}" in ran.stdout, logs[-6000:]
-    assert "cluster-1: cycle 2: 2 rounds with 2 learners" in logs
-    assert not [key for key, value in stack.secrets.items() if value and value in logs]
-    best = int(re.search(r"^best cycle: +(\d+)$", ran.stdout, re.MULTILINE).group(1))
-
-    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", stack.admin[0])
-    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", stack.admin[1])
-    mlflow.set_tracking_uri(stack.tracking_uri)
-    experiment = mlflow.get_experiment_by_name(project)
-    runs = {r.info.run_name: r for r in mlflow.search_runs(experiment_ids=[experiment.experiment_id],
-                                                           output_format="list")}
-    assert sorted(runs) == [f"cycle-{c}" for c in range(1, cycles + 1)]
-    for run in runs.values():
-        assert {"loss", "accuracy", "cluster-0/loss", "cluster-1/accuracy", "cluster-1/examples"} <= set(
-            run.data.metrics)
-        assert run.data.params["mode"] == "hierarchical" and run.info.status == "FINISHED"
-    version = mlflow.MlflowClient().get_model_version_by_alias(project, "champion")
-    assert version.run_id == runs[f"cycle-{best}"].info.run_id
 
 
 def test_serve_profile_serves_the_fl_projects_champion(stack, monkeypatch):

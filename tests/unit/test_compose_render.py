@@ -54,8 +54,7 @@ def test_every_tenant_gets_its_database_ftp_user_and_tracking_server(tmp_path):
     document = render(tmp_path, [{"id": "default"}, {"id": "acme"}, {"id": "globex", "port": 5100}])
     services = document["services"]
     assert set(services) == {"backend-store", "artifact-store", "tracking-server", "tracking-server-acme",
-                             "tracking-server-globex", "fl-aggregator", "fl-learner-0", "fl-learner-1", "model-server",
-                             "fl-root", "fl-cluster-0", "fl-cluster-1", *(f"fl-cluster-learner-{i}" for i in range(4))}
+                             "tracking-server-globex", "fl-aggregator", "fl-learner-0", "fl-learner-1", "model-server"}
     assert set(document["volumes"]) == {"backend-store", "artifact-store", "tracking-auth", "tracking-auth-acme",
                                         "tracking-auth-globex"}
     backend = services["backend-store"]["environment"]
@@ -93,6 +92,82 @@ def test_the_fl_profile_prints_links_a_browser_on_this_machine_opens(tmp_path):
     aggregator = document["services"]["fl-aggregator"]["environment"]
     assert aggregator["FLOPS_TRACKING_URI"] == "http://tracking-server:5000"  # inside the compose network
     assert aggregator["FLOPS_UI_URL"] == "http://${FLOPS_PUBLIC_HOST:-mlflow.example.org}:${FLOPS_TRACKING_PORT:-5500}"
+
+
+def test_the_fl_profile_runs_the_project_of_compose_fl(tmp_path):
+    """compose.fl, the same keys as an Oakestra project: 3 classic learners, rounds, flavour, name."""
+    document = render(tmp_path, [{"id": "default"}], **{"compose.fl": {
+        "name": "Digits", "learners": 3, "rounds": 7, "flavor": "pytorch", "min_learners": 2}})
+    services = document["services"]
+    assert {name for name in services if name.startswith("fl-")} == {"fl-aggregator", *(f"fl-learner-{i}"
+                                                                                        for i in range(3))}
+    aggregator = services["fl-aggregator"]["environment"]
+    assert (aggregator["FLOPS_PROJECT"], aggregator["FLOPS_ROUNDS"], aggregator["FLOPS_FLAVOR"]) == (
+        "${FLOPS_FL_PROJECT:-Digits}", "${FLOPS_FL_ROUNDS:-7}", "${FLOPS_FL_FLAVOR:-pytorch}")  # .env may override
+    assert (aggregator["FLOPS_LEARNERS"], aggregator["FLOPS_MIN_LEARNERS"]) == ("3", "2")
+    assert aggregator["MLFLOW_TRACKING_USERNAME"] == "fl-${FLOPS_FL_PROJECT:-Digits}"
+    assert services["tracking-server"]["environment"]["FLOPS_FL_USERS"].startswith("${FLOPS_FL_PROJECT:-Digits}:")
+    assert set(services["fl-aggregator"]["depends_on"]) == {"tracking-server", "fl-learner-0", "fl-learner-1",
+                                                            "fl-learner-2"}
+    for i in range(3):
+        learner = services[f"fl-learner-{i}"]
+        assert (learner["environment"]["FLOPS_LEARNER_INDEX"], learner["environment"]["FLOPS_LEARNERS"]) == (str(i), "3")
+        assert learner["environment"]["FLOPS_AGGREGATOR_ADDRESS"] == "fl-aggregator:9092"
+        assert learner["volumes"] == [f"${{FLOPS_FL_DATA:-./.flops/fl-data}}/learner-{i}:/srv/fl/data:ro"]
+
+
+def test_a_hierarchical_compose_fl_runs_a_root_over_cluster_aggregators(tmp_path):
+    """FLOps' hierarchical mode from compose.fl: the aggregator is the root (the only one with a login), one
+    cluster aggregator per cluster joins it, and each cluster's learners (numbered across clusters, the data split
+    of all of them) join their cluster's aggregator."""
+    document = render(tmp_path, [{"id": "default"}], **{"compose.fl": {
+        "mode": "hierarchical", "clusters": ["factory", "district", "fleet"], "learners": 2, "cycles": 4,
+        "rounds": 2, "min_clusters": 2, "min_learners": 1}})
+    services = document["services"]
+    assert {name for name in services if name.startswith("fl-")} == {
+        "fl-aggregator", "fl-cluster-0", "fl-cluster-1", "fl-cluster-2", *(f"fl-learner-{i}" for i in range(6))}
+    root = services["fl-aggregator"]["environment"]
+    assert {key: root[key] for key in ("FLOPS_MODE", "FLOPS_CLUSTERS", "FLOPS_LEARNERS", "FLOPS_CYCLES",
+                                       "FLOPS_ROUNDS", "FLOPS_MIN_CLUSTERS")} == {
+        "FLOPS_MODE": "hierarchical", "FLOPS_CLUSTERS": "3", "FLOPS_LEARNERS": "2",
+        "FLOPS_CYCLES": "${FLOPS_FL_CYCLES:-4}", "FLOPS_ROUNDS": "${FLOPS_FL_ROUNDS:-2}", "FLOPS_MIN_CLUSTERS": "2"}
+    assert set(services["fl-aggregator"]["depends_on"]) == {"tracking-server", "fl-cluster-0", "fl-cluster-1",
+                                                            "fl-cluster-2"}
+    for k in range(3):
+        cluster = services[f"fl-cluster-{k}"]
+        assert cluster["command"] == ["python", "-m", "flops_mlops.fl.cluster"]
+        assert {key: cluster["environment"][key] for key in ("FLOPS_CLUSTER_INDEX", "FLOPS_LEARNERS",
+                                                             "FLOPS_MIN_LEARNERS", "FLOPS_AGGREGATOR_ADDRESS")} == {
+            "FLOPS_CLUSTER_INDEX": str(k), "FLOPS_LEARNERS": "2", "FLOPS_MIN_LEARNERS": "1",
+            "FLOPS_AGGREGATOR_ADDRESS": "fl-aggregator:9092"}
+        assert set(cluster["depends_on"]) == {f"fl-learner-{2 * k}", f"fl-learner-{2 * k + 1}"}
+    for i in range(6):
+        learner = services[f"fl-learner-{i}"]["environment"]
+        assert (learner["FLOPS_LEARNER_INDEX"], learner["FLOPS_LEARNERS"]) == (str(i), "6")
+        assert learner["FLOPS_AGGREGATOR_ADDRESS"] == f"fl-cluster-{i // 2}:9093"
+    # Only the root logs in: cluster aggregators and learners get no MLflow variable and no password.
+    for name, service in services.items():
+        if name.startswith("fl-") and name != "fl-aggregator":
+            assert not [key for key in service["environment"] if "TRACKING" in key or key.startswith("MLFLOW")
+                        or "PASSWORD" in key or "SECRET" in key], name
+
+
+@pytest.mark.parametrize("fl, message", [
+    ({"mode": "hierarchical"}, "compose.fl.clusters: mode hierarchical needs the clusters"),
+    ({"cycles": 3}, "compose.fl.cycles: only for mode: hierarchical"),
+    ({"mode": "hierarchical", "clusters": ["a", "a"]}, "compose.fl.clusters[1]: cluster 'a' is listed twice"),
+    ({"mode": "hierarchical", "clusters": ["a"], "min_clusters": 2},
+     "compose.fl.min_clusters: expected 0 (all) to 1 (the project's clusters), got 2"),
+    ({"learners": 2, "min_learners": 3}, "compose.fl.min_learners: expected 0 (all) to 2 (the project's learners), "
+                                         "got 3"),
+    ({"mode": "tiered"}, "compose.fl.mode"),
+    ({"name": "my-project"}, "compose.fl.name"),
+])
+def test_a_bad_compose_fl_is_refused_naming_its_key(tmp_path, fl, message):
+    config = write_config(tmp_path, [{"id": "default"}], **{"compose.fl": fl})
+    result = run_cli("render", "--target", "compose", "--out", str(tmp_path / "out"), config=config)
+    assert result.returncode == 2 and message in result.stderr and str(config) in result.stderr, result.stderr
+    assert not (tmp_path / "out").exists()
 
 
 def test_nothing_rendered_holds_a_secret_value(tmp_path):

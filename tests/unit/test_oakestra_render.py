@@ -623,7 +623,7 @@ HIERARCHICAL_ERRORS = [
     ("classic with clusters", {"clusters": ["factory"]},
      "oakestra.projects[1].clusters: only for mode: hierarchical"),
     ("hierarchical without clusters", {"mode": "hierarchical"},
-     "oakestra.projects[1].clusters: mode hierarchical needs the names of the Oakestra clusters"),
+     "oakestra.projects[1].clusters: mode hierarchical needs the clusters"),
     ("a cluster twice", {"mode": "hierarchical", "clusters": ["factory", "factory"]},
      "oakestra.projects[1].clusters[1]: cluster 'factory' is listed twice"),
     ("min_clusters above the clusters", {"mode": "hierarchical", "clusters": ["factory"], "min_clusters": 2},

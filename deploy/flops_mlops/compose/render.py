@@ -10,10 +10,9 @@ configuration. Every tenant's facts come from the configuration:
   FLOPS_TRACKING_PORT, its login database on the volume ``tracking-auth``), tenant t's after it is
   ``tracking-server-t`` (FLOPS_TENANT_T_TRACKING_PORT, volume ``tracking-auth-t``), so adding a tenant adds
   services and changes nothing of the others;
-- profile ``fl``: an aggregator and two learners of one FL project of the first tenant, run only by
-  ``docker compose run``, or the same project in hierarchical mode (``fl-root``: a root aggregator over
-  HIERARCHY's cluster aggregators and their learners); profile ``serve``: the model server of that project's
-  champion.
+- profile ``fl``: the FL project of ``compose.fl`` against the first tenant, run only by ``docker compose run``:
+  an aggregator and its learners, or in hierarchical mode a root aggregator over one cluster aggregator per
+  cluster with its learners; profile ``serve``: the model server of that project's champion.
 
 Ports, addresses and workers default to the configuration's values; .env may override them (.env.example). The
 passwords are read only from the secrets file, by name (``${KEY:?}``): nothing rendered holds a secret.
@@ -28,6 +27,7 @@ from pathlib import Path
 import jinja2
 
 from ..configuration import secrets as secrets_module
+from ..configuration.fl_project import FLProject
 from ..configuration.schema import ConfigError
 from ..configuration.stack import StackConfig
 from ..configuration.tracking import Tenant
@@ -39,8 +39,6 @@ COMPOSE_FILE = "compose.yaml"
 INITDB_DIR = "deploy/compose/backend-store/initdb.d"
 INITDB_FILE = f"{INITDB_DIR}/10-flops-tenants.sh"
 FIRST_SERVICE, FIRST_PORT_VARIABLE, FIRST_AUTH_VOLUME = "tracking-server", "FLOPS_TRACKING_PORT", "tracking-auth"
-# The fl profile's hierarchical project: clusters x learners per cluster (FLOps' example shape).
-HIERARCHY = {"clusters": 2, "learners": 2}
 # A checkout has the Dockerfiles compose builds from; an installed package does not (images must exist then).
 CHECKOUT = Path(__file__).resolve().parents[3]
 
@@ -79,6 +77,23 @@ def check(config: StackConfig) -> None:
                           "got true")
 
 
+def fl_services(project: FLProject) -> dict:
+    """The fl profile's services of ``project``: its learners (``index``, the aggregator it ``joins``), the cluster
+    aggregators of a hierarchical project (``name``, ``service``, its ``learners``) and the services the
+    aggregator starts first."""
+    if project.mode == "classic":
+        learners = [{"index": i, "joins": "fl-aggregator:9092"} for i in range(project.learners)]
+        return {"project": project, "learners": learners, "clusters": [],
+                "first_joiners": [f"fl-learner-{i}" for i in range(project.learners)]}
+    clusters, learners = [], []
+    for k, name in enumerate(project.clusters):
+        indexes = range(k * project.learners, (k + 1) * project.learners)
+        clusters.append({"name": name, "service": f"fl-cluster-{k}", "learners": list(indexes)})
+        learners += [{"index": i, "joins": f"fl-cluster-{k}:9093"} for i in indexes]
+    return {"project": project, "learners": learners, "clusters": clusters,
+            "first_joiners": [cluster["service"] for cluster in clusters]}
+
+
 def _relative(path: Path, out: Path) -> str:
     return os.path.relpath(path.resolve(), out.resolve())
 
@@ -88,7 +103,6 @@ def _usage(config_label: str, env_label: str) -> list[str]:
     lines = [(f"flops-mlops --config {config_label} secrets init", f"writes the passwords to {env_label} (mode 0600)"),
              (f"docker compose{env} up -d", "stores and tracking servers (builds our images on first use)"),
              (f"docker compose{env} run --rm --use-aliases fl-aggregator", "runs one FL project; prints its summary"),
-             (f"docker compose{env} run --rm --use-aliases fl-root", "the same, hierarchical: cluster aggregators"),
              (f"docker compose{env} --profile serve up -d --wait", "serves the project's champion model"),
              (f"docker compose{env} --profile '*' down", "stops all of it, every profile; the data stays")]
     width = max(len(command) for command, _ in lines) + 3
@@ -113,7 +127,7 @@ def render(config: StackConfig, out: Path, checkout: Path = CHECKOUT) -> list[Re
     context = {
         "config_label": config_label, "env_label": env_label, "usage": _usage(config_label, env_label),
         "name": config.name, "tenants": tenants, "width": max(17, *(len(t["service"]) + 2 for t in tenants)), "fl": tenants[0], "images": config.images.model_dump(),
-        "build_context": build_context, "initdb_dir": INITDB_DIR, "hierarchy": HIERARCHY,
+        "build_context": build_context, "initdb_dir": INITDB_DIR, **fl_services(config.compose.fl),
         "mysql_admin_key": secrets_module.MYSQL_ADMIN_KEY, "mysql_port": config.backend_store.port,
         "ftp": {"port": store.port, "pasv_min": store.passive_ports[0], "pasv_max": store.passive_ports[1],
                 "pasv_address": store.pasv_address, "connect_timeout": store.connect_timeout,

@@ -4,12 +4,13 @@ that span several sections are in stack.py (``oakestra_rules``)."""
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import Annotated
 
 from pydantic import AfterValidator, Field, StrictInt, StrictStr
 
+from .fl_project import Amount, FLProject
 from .schema import Model, doc, rule
-from .values import HostPath, Port, Positive, ProjectName, TenantId, Text, between, explained
+from .values import HostPath, Port, ProjectName, TenantId, Text, between, explained
 
 
 def _unprivileged_min_max(value: list[int]) -> list[int]:
@@ -21,16 +22,12 @@ def _unprivileged_min_max(value: list[int]) -> list[int]:
 
 
 OakestraPortRange = Annotated[list[StrictInt], AfterValidator(_unprivileged_min_max)]
-Amount = Annotated[StrictInt, Field(ge=0), explained("expected 0 or more, got {value!r}")]
 Block = between(0, 255)
 TenantSlot = between(1, 254)
-Learners = between(1, 253)
 NameLimit = Annotated[StrictInt, Field(ge=1, le=30),
                       explained("expected 10 (releases up to v0.4.204) or 30, got {value!r}")]
 Registry = Annotated[Text, Field(pattern=r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:[0-9]{1,5})?(/[a-z0-9][a-z0-9._-]*)*$"),
                      explained("{value!r} is not a registry host[:port][/path]")]
-ClusterName = Annotated[StrictStr, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"),
-                        explained("{value!r} is not an Oakestra cluster name (letters, digits, '.', '_', '-')")]
 OAKESTRA_NAME = re.compile(r"^[A-Za-z0-9]+$")  # application and service names: letters and digits only
 RESERVED_APPS = ("tracking", "stores", "serving")  # application names of our own; no project may take them
 
@@ -71,14 +68,13 @@ class OakestraTenant(Model):
                     "its FTP server 10.30.<ftp_block>.<slot>")
 
 
-class OakestraProject(Model):
-    """An FL project: one Oakestra application with an aggregator and `learners` learner services."""
+class OakestraProject(FLProject):
+    """An FL project: one Oakestra application with an aggregator and `learners` learner services (hierarchical: a
+    root aggregator, and per cluster a cluster aggregator and `learners` learners pinned to that cluster)."""
 
     name: ProjectName = doc("project name = application name = MLflow experiment (letters and digits)")
     tenant: TenantId = doc("the tenant whose tracking server the aggregator logs to")
     slot: StrictInt = doc("stable number from 1: the project's service IPs are 10.30.<projects_block+slot-1>.x")
-    learners: Learners = doc("number of learner services (FLOPS_LEARNERS)", 2)
-    rounds: Positive = doc("training rounds (FLOPS_ROUNDS)", 3)
     serve: bool = doc("also serve the project's champion: a model server in the serving application", False)
     ml_repo: Text | None = doc(
         "the project's ML repository (FLOps' contract): a git URL, or a folder (relative to this file). Its "
@@ -87,23 +83,9 @@ class OakestraProject(Model):
         "scikit-learn example", None)
     revision: Text | None = doc("branch, tag or commit of a git ml_repo (a full 40-digit commit names the image "
                                 "without cloning; anything else is resolved by cloning at render time)", None)
-    flavor: Literal["sklearn", "pytorch", "keras"] | None = doc(
-        "MLflow flavour of the model (FLOPS_FLAVOR; none: inferred from get_model())", None)
-    min_learners: Amount = doc("learners a round needs to go on when others fail (FLOPS_MIN_LEARNERS; 0: all)", 0)
     data_host_path: HostPath | None = doc(
         "folder on the learners' nodes: learner i mounts <data_host_path>/learner-<i> read-only as its "
         "FLOPS_DATA_DIR (Oakestra's host-path CSI driver); none: no data folder", None)
-    mode: Literal["classic", "hierarchical"] = doc(
-        "classic: one aggregator and `learners` learners; hierarchical (FLOps' hierarchical mode): a root "
-        "aggregator (FLOPS_MODE) and, per cluster in `clusters`, a cluster aggregator and `learners` learners "
-        "pinned to that cluster; only the root logs to MLflow", "classic")
-    clusters: list[ClusterName] = doc(
-        "hierarchical: names of the Oakestra clusters, one cluster aggregator and its learners each (SLA "
-        "constraints: direct and clusters/allowed with that name)", [])
-    cycles: Positive = doc("hierarchical: training cycles of the root (FLOPS_CYCLES); each runs `rounds` rounds "
-                           "in every cluster", 1)
-    min_clusters: Amount = doc("hierarchical: cluster aggregators a cycle needs to go on when others fail "
-                               "(FLOPS_MIN_CLUSTERS; 0: all)", 0)
 
 
 HOSTPATH_DRIVER = "csi.oakestra.io/hostpath"  # Oakestra's host-path CSI plugin (csi/hostpath in oakestra/oakestra)

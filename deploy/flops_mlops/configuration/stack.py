@@ -8,6 +8,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, PrivateAttr, model_validator
 
+from .fl_project import Compose, project_problem
 from .oakestra import OAKESTRA_NAME, RESERVED_APPS, Oakestra, OakestraStore, OakestraTarget
 from .schema import Broken, ConfigError, Model, doc, rule
 from .stores import ArtifactStore, BackendStore
@@ -52,6 +53,7 @@ class StackConfig(Model):
     tracking: Tracking = doc("the tracking servers", Tracking())
     images: Images = doc("container images (compose and Oakestra)", Images())
     oakestra: Oakestra = doc("Oakestra SLA rendering and push", Oakestra())
+    compose: Compose = doc("Docker Compose rendering (`render --target compose`): its FL project", Compose())
     _source: Path = PrivateAttr(default=Path("<memory>"))
 
     def tenant(self, tenant_id: str) -> Tenant:
@@ -103,6 +105,7 @@ class StackConfig(Model):
             port = min(taken)
             raise Broken("artifact_store.passive_ports", f"[{low}, {high}] includes port {port}, used by "
                                                          f"{taken[port]}; choose a range apart from the other ports")
+        project_problem(self.compose.fl, "compose.fl")
         if "oakestra" in self.model_fields_set:
             oakestra_rules(self)
         return self
@@ -139,34 +142,6 @@ def image(config: StackConfig, key: str) -> str:
     if rest and ("." in first or ":" in first or first == "localhost"):
         return reference
     return f"{config.oakestra.registry}/{reference}"
-
-
-def hierarchical_problem(project, where: str, fail) -> None:
-    """A project's mode and its clusters agree, and its services fit its /24 (root .1, cluster aggregators and
-    learners after it)."""
-    if project.mode == "classic":
-        extra = [key for key, unset in (("clusters", []), ("cycles", 1), ("min_clusters", 0))
-                 if getattr(project, key) != unset]
-        if extra:
-            raise fail(f"{where}.{extra[0]}", "only for mode: hierarchical (this project is classic: one "
-                                              "aggregator and its learners)")
-        return
-    if not project.clusters:
-        raise fail(f"{where}.clusters", "mode hierarchical needs the names of the Oakestra clusters (one cluster "
-                                        "aggregator and its learners each)")
-    seen = set()
-    for k, name in enumerate(project.clusters):
-        if name in seen:
-            raise fail(f"{where}.clusters[{k}]", f"cluster {name!r} is listed twice")
-        seen.add(name)
-    if project.min_clusters > len(project.clusters):
-        raise fail(f"{where}.min_clusters", f"expected 0 (all) to {len(project.clusters)} (the project's clusters), "
-                                            f"got {project.min_clusters}")
-    services = 1 + len(project.clusters) * (1 + project.learners)
-    if services > 254 or len(project.clusters) * project.learners > 64:
-        raise fail(f"{where}.learners", f"{len(project.clusters)} clusters x {project.learners} learners do not fit "
-                                        "one project (at most 64 learners, and 254 service IPs with the "
-                                        "aggregators)")
 
 
 def oakestra_rules(config: StackConfig) -> None:
@@ -259,10 +234,7 @@ def oakestra_rules(config: StackConfig) -> None:
         if project.slot < 1 or project.slot in project_slots:
             raise fail(f"{where}.slot", f"expected an unused number from 1, got {project.slot}")
         project_slots[project.slot] = project.name
-        if project.min_learners > project.learners:
-            raise fail(f"{where}.min_learners", f"expected 0 (all) to {project.learners} (the project's learners), "
-                                               f"got {project.min_learners}")
-        hierarchical_problem(project, where, fail)
+        project_problem(project, f"oakestra.{where}")
         block = o.ip_plan.projects_block + project.slot - 1
         if block > 255:
             raise fail(f"{where}.slot", f"slot {project.slot} puts the project outside 10.30.0.0/16 "
