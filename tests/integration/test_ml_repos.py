@@ -154,7 +154,7 @@ import warnings
 from typing import Any, Tuple
 
 import numpy as np
-from data_manager import DataManager
+from flops_ml_repo_digits_sklearn.data_manager import DataManager  # as FLOps v0.3.2 examples import it
 from flops_utils.ml_repo_templates import ModelManagerTemplate
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss

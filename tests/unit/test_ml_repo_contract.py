@@ -23,7 +23,7 @@ import yaml
 from conftest import ROOT, run_cli
 from flops_mlops.fl import environments, flavors
 from flops_mlops.fl.contract import check_repository
-from flops_mlops.fl.ml_repo import RepoError, read_dependencies, resolve
+from flops_mlops.fl.ml_repo import RepoError, read_dependencies, resolve, self_import_names
 from flops_mlops.fl.settings import FLSettings
 from flops_mlops.fl.supervision import Runtime, learner_settings
 
@@ -205,6 +205,29 @@ def test_the_template_s_abstract_methods_are_not_an_implementation(tmp_path):
     assert "model_manager.py: ModelManager.get_model: missing" not in found
     assert {f.split(":")[1].strip() for f in found} == {f"ModelManager.{m}" for m in METHODS if m != "get_model"}
     assert all(f.endswith("not implemented (still the template's abstract method)") for f in found)
+
+
+def test_a_repository_importing_its_own_modules_by_its_name_loads_as_flops_examples_do(tmp_path):
+    """FLOps' examples import their data manager through the repository's name (flops_ml_repo_mnist_sklearn's
+    model_manager.py: ``from flops_ml_repo_mnist_sklearn.data_manager import DataManager``); that name becomes a
+    package of the repository's folder, whatever the folder is called. An installed module's name is never taken."""
+    data_manager = "import os\n\ndef rows():\n    return 40 + int(os.environ['FLOPS_LEARNER_INDEX'])\n"
+    source = replaced("from sklearn.linear_model import LogisticRegression",
+                      "from sklearn.linear_model import LogisticRegression\n\n"
+                      "from flops_ml_repo_numbers.data_manager import rows\nimport flops_ml_repo_numbers.helpers.ones")
+    source = source.replace("rng.normal(size=(40, 3))", "rng.normal(size=(rows(), 3))")
+    (tmp_path / "clone-of-any-name" / "helpers").mkdir(parents=True)
+    folder = write_repo(tmp_path / "clone-of-any-name", source, files={
+        "requirements.txt": REQUIREMENTS, "data_manager.py": data_manager, "helpers/__init__.py": "",
+        "helpers/ones.py": "ONE = 1\n", "stray.py": "from numpy.linalg import norm\nimport numpy.data_manager\n"})
+    assert self_import_names(folder) == ["flops_ml_repo_numbers", "numpy"]
+    found, info = check_repository(folder)
+    assert found == [] and info["train_examples"] == 40
+    assert sys.modules["flops_ml_repo_numbers"].__path__ == [str(folder.resolve())]
+    assert sys.modules["numpy"].__file__.endswith("numpy/__init__.py")  # installed: never made the repository
+    # a second repository loaded in the same process forgets the first one's package
+    check_repository(write_repo(tmp_path / "other"))
+    assert "flops_ml_repo_numbers" not in sys.modules
 
 
 def test_a_missing_dependency_file_is_named(tmp_path):

@@ -11,16 +11,23 @@
   own) and ``flops-utils`` (fl/compat provides it). A repository that imports
   ``flops_utils.ml_repo_building_blocks`` gets ``datasets>=3,<4``, which that module needs.
 - Loading: the repository's folder and fl/compat (the FLOps-compatible ``flops_utils``) go first on ``sys.path``,
-  then ``model_manager`` is imported; FLOps ran the files from their own folder the same way.
+  then ``model_manager`` is imported; FLOps ran the files from their own folder the same way. FLOps' example
+  repositories also import their own modules through the repository's name
+  (``from flops_ml_repo_mnist_sklearn.data_manager import DataManager``, FLOps v0.3.2's image puts the repository
+  in a folder of that name): every such top-level name that the repository's own files import with one of its
+  modules after it, and that names no installed module, becomes a package whose folder is the repository's.
 """
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import importlib
+import importlib.util
 import re
 import subprocess
 import sys
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -291,14 +298,46 @@ def import_model_manager(folder: Path):
         while str(previous) in sys.path:
             sys.path.remove(str(previous))
     _LOADED.clear()
-    for name in ("model_manager", "data_manager"):
+    for name in ("model_manager", "data_manager", *_ALIASES):
         sys.modules.pop(name, None)
+    _ALIASES.clear()
     while str(COMPAT_DIR) in sys.path:
         sys.path.remove(str(COMPAT_DIR))
     sys.path[0:0] = [str(folder), str(COMPAT_DIR)]
     _LOADED.append(folder)
     importlib.invalidate_caches()
+    for name in self_import_names(folder):
+        if importlib.util.find_spec(name) is None:
+            package = types.ModuleType(name, f"the ML repository in {folder}, under the name its files import it by")
+            package.__path__ = [str(folder)]
+            sys.modules[name] = package
+            _ALIASES.append(name)
     return importlib.import_module("model_manager")
 
 
+def self_import_names(folder: Path) -> list[str]:
+    """Top-level names the repository's own files import one of its modules through (``from <name>.<module>
+    import ...`` or ``import <name>.<module>``, where <module>.py or the package <module>/ is in ``folder``)."""
+    names: list[str] = []
+    for path in sorted(folder.glob("*.py")):
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8", errors="replace"), filename=str(path))
+        except SyntaxError:
+            continue  # importing the file reports it
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                dotted = [node.module]
+            elif isinstance(node, ast.Import):
+                dotted = [alias.name for alias in node.names]
+            else:
+                continue
+            for module in dotted:
+                first, _, rest = module.partition(".")
+                own = rest.split(".")[0]
+                if own and ((folder / f"{own}.py").is_file() or (folder / own).is_dir()) and first not in names:
+                    names.append(first)
+    return names
+
+
 _LOADED: list[Path] = []  # the repository folders imported in this process
+_ALIASES: list[str] = []  # the packages self_import_names made of the last one
