@@ -1,4 +1,4 @@
-"""The tracking server's web app: MLflow's basic-auth app, with our two guards around it.
+"""The tracking server's web app: MLflow's basic-auth app, with our guards around it.
 
 The tracking server's process builds it (runner.py; or `mlflow server --app-name flops-basic-auth`,
 which loads ``create_app`` from the ``mlflow.app`` entry point group in its uvicorn worker). It returns MLflow's
@@ -13,6 +13,9 @@ configured from the environment, and adds:
   ``mlflow-artifacts:/``). Artifact uploads and downloads of a run or model version elsewhere are refused.
   Both checks run after MLflow's login check, so an anonymous client still gets 401.
 - **Only the admin lists users** (and their grants): MLflow shows the list to any logged-in user.
+- **Bad input is a 400 that names what is wrong, and no answer shows internals** (checks.py): malformed bodies,
+  names and artifact paths are refused before MLflow reads them; SQL, tracebacks and the host's paths are cut
+  from every error answer.
 - **The UI opens on model training** (ui.py): on a first visit, not on GenAI, without its assistant panel, and an
   FL project's runs with their loss and accuracy.
 
@@ -39,6 +42,8 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from ..configuration.secrets import redact
+from . import checks
+from .checks import endpoint_of, request_json
 from .ui import add_first_visit_defaults
 
 ADMIN_USERNAME = "admin"
@@ -124,9 +129,10 @@ def _writes_to_a_file(stream) -> bool:
 class RedactErrorAnswers:
     """ASGI wrapper: error answers (status >= 400) and every header go out cleaned; other bodies stream as is."""
 
-    def __init__(self, app, clean: Callable[[str], str]):
+    def __init__(self, app, clean: Callable[[str], str], scrub: Callable[[str], str] = lambda text: text):
         self.app = app
         self.clean = clean
+        self.scrub = scrub  # also filters the error answers' bodies (checks.without_internals)
 
     def _headers(self, headers) -> list[tuple[bytes, bytes]]:
         return [(name, self.clean(value.decode("latin-1")).encode("latin-1")) for name, value in headers]
@@ -151,7 +157,8 @@ class RedactErrorAnswers:
             parts.append(message.get("body", b""))
             if message.get("more_body"):
                 return
-            body = self.clean(b"".join(parts).decode("utf-8", "surrogateescape")).encode("utf-8", "surrogateescape")
+            text = self.scrub(self.clean(b"".join(parts).decode("utf-8", "surrogateescape")))
+            body = text.encode("utf-8", "surrogateescape")
             start = held.pop("start")
             headers = [(n, v) for n, v in start["headers"] if n.lower() != b"content-length"]
             headers.append((b"content-length", str(len(body)).encode()))
@@ -181,28 +188,20 @@ def refused(message: str):
     return Response(body, status=400, mimetype="application/json")
 
 
-def _endpoint(path: str) -> str:
-    """The route without its API prefix: /api/2.0/mlflow/x and /ajax-api/2.0/mlflow/x give mlflow/x."""
-    for prefix in ("/api/2.0/", "/ajax-api/2.0/", "/api/3.0/", "/ajax-api/3.0/"):
-        if path.startswith(prefix):
-            return path[len(prefix):]
-    return path.lstrip("/")
-
-
 def refuse_foreign_artifact_locations():
     """Flask before_request hook, registered after MLflow's login check."""
     from flask import request
     from mlflow.exceptions import MlflowException
     from mlflow.server import handlers
 
-    endpoint = _endpoint(request.path)
+    endpoint = endpoint_of(request.path)
     if request.method == "POST" and endpoint == "mlflow/experiments/create":
-        location = (request.get_json(silent=True) or {}).get("artifact_location") or ""
+        location = request_json().get("artifact_location") or ""
         if location and not is_proxied_location(str(location)):
             return refused(f"artifact_location {str(location)!r} is not allowed: experiments keep their artifacts "
                            "in this server's proxied store (leave it empty, or use mlflow-artifacts:/<path>)")
     elif request.method == "POST" and endpoint == "mlflow/model-versions/create":
-        source = str((request.get_json(silent=True) or {}).get("source") or "")
+        source = str(request_json().get("source") or "")
         if not is_allowed_model_source(source):
             return refused(f"source {source!r} is not allowed: a model version's files must be in this server's "
                            "proxied store (models:/, runs:/ or mlflow-artifacts:/)")
@@ -267,7 +266,7 @@ def refuse_user_listing_to_non_admins():
     from flask import request
     from mlflow.server.auth import make_forbidden_response, sender_is_admin
 
-    if _endpoint(request.path) == "mlflow/users/list" and not sender_is_admin():
+    if endpoint_of(request.path) == "mlflow/users/list" and not sender_is_admin():
         return make_forbidden_response()
     return None
 
@@ -319,6 +318,7 @@ def create_app():
 
     app = basic_auth_app(flask_app)
     # After the login check MLflow registered: these run for logged-in users only (anonymous ones get 401).
+    checks.install(app, flask_app)  # bad input: a 400 naming what is wrong; no internals in any answer
     flask_app.before_request(refuse_foreign_artifact_locations)
     flask_app.before_request(refuse_user_listing_to_non_admins)
     flask_app.after_request(add_first_visit_defaults)  # the UI opens on model training, not GenAI (ui.py)
@@ -327,4 +327,4 @@ def create_app():
         ensure_fl_users_when_up(os.environ.get("FLOPS_FL_USERS", ""), os.environ.get("FLOPS_LOCAL_URI", ""),
                                 os.environ.get("MLFLOW_AUTH_ADMIN_PASSWORD", ""),
                                 serve_spec=os.environ.get("FLOPS_SERVE_USERS", ""))
-    return RedactErrorAnswers(app, clean)
+    return RedactErrorAnswers(app, clean, checks.without_internals)
