@@ -14,11 +14,16 @@ def status(uri: str, path: str, login, method: str = "GET", **kwargs) -> int:
     return requests.request(method, uri + path, auth=login, timeout=30, **kwargs).status_code
 
 
-def test_a_user_sees_only_what_it_was_granted_and_nothing_after_removal(make_stack, tmp_path):
+def started(make_stack):
+    """A running embedded stack with tenant acme, and that tenant's tracking URI."""
     stack = make_stack("local")
     stack.up()
     config = stack.load()
-    uri = config.tracking_uri(config.tenant("acme"))
+    return stack, config.tracking_uri(config.tenant("acme"))
+
+
+def test_a_user_sees_only_what_it_was_granted_and_nothing_after_removal(make_stack, tmp_path):
+    stack, uri = started(make_stack)
     logged = log_example(uri, experiment="demo", login=stack.admin())
     log_example(uri, experiment="other", login=stack.admin())
     password_file = tmp_path / "alice.pw"
@@ -56,6 +61,36 @@ def test_a_user_sees_only_what_it_was_granted_and_nothing_after_removal(make_sta
 
     stack.cli("user", "remove", "--tenant", "acme", "--name", "alice", check=True)
     assert status(uri, get_demo, alice) == 401
+
+
+def test_revoke_withdraws_one_projects_grant_and_keeps_the_others(make_stack, tmp_path):
+    stack, uri = started(make_stack)
+    demo = log_example(uri, experiment="demo", login=stack.admin())
+    other = log_example(uri, experiment="other", login=stack.admin())
+    (tmp_path / "bob.pw").write_text("bob-has-a-long-password\n")
+    bob = ("bob", "bob-has-a-long-password")
+    stack.cli("user", "add", "--tenant", "acme", "--name", "bob", "--password-file", str(tmp_path / "bob.pw"),
+              check=True)
+    for project, permission in (("demo", "EDIT"), ("other", "READ")):
+        stack.cli("user", "grant", "--tenant", "acme", "--name", "bob", "--project", project, "--permission",
+                  permission, check=True)
+    runs = {project: f"/api/2.0/mlflow/runs/get?run_id={logged.run_id}"
+            for project, logged in (("demo", demo), ("other", other))}
+    assert status(uri, runs["demo"], bob) == 200 and status(uri, runs["other"], bob) == 200
+
+    revoked = stack.cli("user", "revoke", "--tenant", "acme", "--user", "bob", "--project", "demo")
+    assert revoked.returncode == 0, revoked.stderr
+    assert revoked.stdout.strip() == (f"bob no longer holds EDIT on experiment {demo.experiment_id} and EDIT on "
+                                      "registered model demo of tenant acme")
+    assert status(uri, runs["demo"], bob) == 403 and status(uri, runs["other"], bob) == 200
+    listing = stack.cli("user", "list", "--tenant", "acme", check=True).stdout
+    assert "registered_model demo" not in listing and "registered_model other: READ" in listing
+    again = stack.cli("user", "revoke", "--tenant", "acme", "--user", "bob", "--project", "demo", check=True)
+    assert "held no grant on project demo" in again.stdout  # idempotent
+    unknown = stack.cli("user", "revoke", "--tenant", "acme", "--user", "nobody", "--project", "demo")
+    assert unknown.returncode != 0 and "no user 'nobody'" in unknown.stderr
+    bad = stack.cli("user", "revoke", "--tenant", "acme", "--user", "bob", "--project", "not-a-name")
+    assert bad.returncode == 2 and "not-a-name" in bad.stderr
 
 
 def test_passwords_come_from_a_file_or_a_prompt_never_an_argument(make_stack, tmp_path):

@@ -1,7 +1,8 @@
 """Users of a tenant's tracking server: MLflow basic-auth users and grants, managed as the tenant's admin.
 
 A thin client of MLflow's own auth REST API (the routes of ``mlflow.server.auth``), used by:
-- ``flops-mlops user add|list|remove|passwd|grant``: an operator gives a data scientist access to one project;
+- ``flops-mlops user add|list|remove|passwd|grant|revoke``: an operator gives a data scientist access to one
+  project, and takes it back;
 - the FL runner (``round``) and the tracking-server containers (compose, Oakestra): one user per FL project,
   ``fl-<project>``, with EDIT on that project's experiment and registered model and nothing else.
 
@@ -118,15 +119,22 @@ class AuthAdmin:
     def grant(self, name: str, resource_type: str, resource_id: str, permission: str) -> None:
         """``permission`` on the resource, whatever ``name`` had on it before (MLflow refuses a second grant on
         one resource: an existing other permission is revoked first, the same one is kept)."""
-        for held in self.permissions(name):
-            if (held["resource_type"], held["resource_pattern"]) == (resource_type, resource_id):
-                if held["permission"] == permission:
-                    return
-                self.call("POST", "/api/3.0/mlflow/users/permissions/revoke",
-                          json={"username": name, "resource_type": resource_type, "resource_id": resource_id})
+        held = {(h["resource_type"], h["resource_pattern"]): h["permission"] for h in self.permissions(name)}
+        if held.get((resource_type, resource_id)) == permission:
+            return
+        self.revoke(name, resource_type, resource_id)
         self.call("POST", "/api/3.0/mlflow/users/permissions/grant",
                   json={"username": name, "resource_type": resource_type, "resource_id": resource_id,
                         "permission": permission})
+
+    def revoke(self, name: str, resource_type: str, resource_id: str) -> str | None:
+        """Withdraw ``name``'s permission on the resource; the permission it held, or None if it held none."""
+        for held in self.permissions(name):
+            if (held["resource_type"], held["resource_pattern"]) == (resource_type, resource_id):
+                self.call("POST", "/api/3.0/mlflow/users/permissions/revoke",
+                          json={"username": name, "resource_type": resource_type, "resource_id": resource_id})
+                return held["permission"]
+        return None
 
     # --- a project's experiment and registered model ---
 
@@ -158,6 +166,17 @@ class AuthAdmin:
             self.ensure_registered_model(project)
         self.grant(name, "experiment", experiment, permission)
         self.grant(name, "registered_model", project, permission)
+
+    def revoke_project(self, name: str, project: str) -> list[str]:
+        """Withdraw ``name``'s grants on the project's experiment and registered model; what was withdrawn."""
+        if not self.has_user(name):
+            raise UserError(f"no user {name!r} on {self.tracking_uri}")
+        withdrawn = []
+        experiment = self.experiment_id(project)
+        for resource_type, resource_id in (("experiment", experiment), ("registered_model", project)):
+            if resource_id is not None and (held := self.revoke(name, resource_type, resource_id)):
+                withdrawn.append(f"{held} on {resource_type.replace('_', ' ')} {resource_id}")
+        return withdrawn
 
 
 def add_or_rekey(admin: AuthAdmin, name: str, password: str) -> None:
@@ -243,6 +262,10 @@ def add_user_parser(commands):
     grant.add_argument("--permission", choices=PERMISSIONS, default="READ",
                        help="READ (default): see runs and download models; EDIT: also log; MANAGE: also grant "
                             "and delete")
+    revoke = action("revoke", "withdraw a user's permission on one FL project (its experiment and registered model); "
+                              "its other grants stay")
+    revoke.add_argument("--name", "--user", dest="name", required=True, help="user name")
+    revoke.add_argument("--project", required=True, help=f"FL project ({PROJECT_RULE})")
     return parser
 
 
@@ -300,6 +323,11 @@ def user_command(config, args) -> int:
         admin.grant_project(name, project, args.permission)
         print(f"{name} may now {args.permission} project {project} (experiment and registered model) of tenant "
               f"{tenant.id}")
+    elif args.user_action == "revoke":
+        project = validate_project(args.project)
+        withdrawn = admin.revoke_project(name, project)
+        print(f"{name} no longer holds {' and '.join(withdrawn)} of tenant {tenant.id}" if withdrawn else
+              f"{name} held no grant on project {project} of tenant {tenant.id}; nothing to revoke")
     return 0
 
 
