@@ -12,6 +12,7 @@ import json
 import os
 import posixpath
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -182,6 +183,19 @@ def test_registered_model_is_the_best_round_not_the_last(local, corrupted_run):
     kept = model_manager.ModelManager()
     kept.set_model_parameters(best.load())
     assert (served == kept.get_model().predict(x)).all()
+
+
+def test_the_projects_files_on_disk_are_its_owners_only(local, corrupted_run):
+    """The best model, the actors' logs and working files of a `round`: folders 0700, files 0600, from the
+    state dir's fl folder down (docs/security.md)."""
+    fl = local.load().state_dir / "fl"
+    work = fl / "acme" / "Fraud"
+    assert (work / "model" / "best.npz").is_file()
+    for path in (fl, fl / "acme", *work.rglob("*")):
+        if path.is_symlink():
+            continue  # runtime/flops_mlops: a link to the installed package
+        mode = stat.S_IMODE(path.stat().st_mode)
+        assert mode & 0o077 == 0, f"{path} is {mode:o}"
 
 
 def test_champion_predicts_held_out_data_better_than_chance(local, corrupted_run):

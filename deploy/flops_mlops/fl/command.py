@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any
 
 from ..configuration.schema import ConfigError
 from ..configuration.secrets import Secrets, admin_password_key, new_password
+from ..processes import private_dir
 from ..tracking.server import TrackingServer, is_healthy
 from ..tracking.users import AuthAdmin, ensure_project_user
 from .environments import for_repository
@@ -116,6 +118,11 @@ def round_command(config, args) -> int:
             say(f"  {note}")
         environment = for_repository(dependencies, progress=lambda text, **_: say(text))
         say(f"environment: {environment.description}")
+        # What the project writes from here on (best model, logs, the actors' files) is its owner's only, as the
+        # rest of the state dir: folders 0700, files 0600 (the umask the FL processes inherit).
+        for folder in (config.state_dir / "fl", config.state_dir / "fl" / tenant.id, work_dir):
+            private_dir(folder)
+        os.umask(0o077)
         runtime = Runtime(environment.python, environment.variables(work_dir / "runtime"))
         settings = replace(settings, ml_repo=str(repo.folder), ml_repo_tag=repo.tag)
         checked = preflight(replace(settings, learners=learners), runtime, work_dir,
