@@ -198,6 +198,40 @@ def test_the_projects_files_on_disk_are_its_owners_only(local, corrupted_run):
         assert mode & 0o077 == 0, f"{path} is {mode:o}"
 
 
+def test_the_next_round_closes_runs_an_earlier_training_left_running(local):
+    """A training whose tracking server or database went away leaves its open run RUNNING; the project's next
+    `round` marks it FAILED (tag flops.failure says why) before it trains, and touches nothing else: another
+    project's open run, or a run of the same experiment no FL training made."""
+    import mlflow
+    from flops_mlops.fl.recovery import project_lock
+
+    client = mlflow.MlflowClient(tracking_uri(local))
+    runs = {}
+    for project, tags in (("Stale", {"flops.project": "Stale", "flops.round": "2"}), ("Stale", {}),
+                          ("Elsewhere", {"flops.project": "Elsewhere"})):
+        experiment = client.get_experiment_by_name(project)
+        experiment_id = experiment.experiment_id if experiment else client.create_experiment(project)
+        runs[(project, bool(tags))] = client.create_run(experiment_id, tags=tags, run_name="round-2").info.run_id
+
+    # While a training of the project holds its lock, a second `round` of it is refused, and closes nothing.
+    with project_lock(model_dir(local, "Stale").parent, "acme", "Stale"):
+        refused = round_cli(local, "--project", "Stale", "--rounds", "1")
+    assert refused.returncode == 1 and "another `round` of project Stale of tenant acme is running" in refused.stderr
+    assert client.get_run(runs[("Stale", True)]).info.status == "RUNNING"
+
+    done = round_cli(local, "--project", "Stale", "--rounds", "2")
+    assert done.returncode == 0, done.stderr
+    stale = client.get_run(runs[("Stale", True)])
+    assert stale.info.status == "FAILED" and "marked FAILED by the project's next round" in stale.data.tags[
+        "flops.failure"]
+    assert f"marked FAILED: 1 run(s) an earlier training of Stale left RUNNING (tag flops.failure): round-2 " \
+           f"({stale.info.run_id})" in done.stdout
+    assert client.get_run(runs[("Stale", False)]).info.status == "RUNNING"  # not made by a training
+    assert client.get_run(runs[("Elsewhere", True)]).info.status == "RUNNING"  # another project's
+    trained = client.search_runs([stale.info.experiment_id], "tags.`flops.project` = 'Stale'")
+    assert sorted(r.info.status for r in trained) == ["FAILED", "FINISHED", "FINISHED"]
+
+
 def test_champion_predicts_held_out_data_better_than_chance(local, corrupted_run):
     assert champion_accuracy(tracking_uri(local), "Fraud") > 1 / 10 + 0.3  # ten digits
 

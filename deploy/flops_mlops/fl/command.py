@@ -19,6 +19,7 @@ from ..tracking.server import TrackingServer, is_healthy
 from ..tracking.users import AuthAdmin, ensure_project_user
 from .environments import for_repository
 from .ml_repo import RepoError, repository_folder, resolve
+from .recovery import close_stale_runs, project_lock
 from .runner import FLRunError, PreflightError, Runtime, preflight, run_project
 from .settings import BETTER_CHOICES, FLAVORS, MODES, PROJECT_RULE, FLSettings, SettingsError, validate_project
 from .summary import round_line, summary_lines
@@ -86,6 +87,8 @@ def add_round_parser(commands) -> argparse.ArgumentParser:
 
 
 def round_command(config, args) -> int:
+    """`round`: its flags checked, then one training of the project, holding the project's lock
+    (fl/recovery.py) from the repository's checks to the summary."""
     tenant = config.tenant(args.tenant)
     work_dir = config.state_dir / "fl" / tenant.id / args.project
     try:
@@ -104,6 +107,11 @@ def round_command(config, args) -> int:
                                     f"DIR/learner-<i>/)")
     except SettingsError as exc:
         raise ConfigError(str(exc)) from None
+    with project_lock(work_dir, tenant.id, args.project):
+        return train(config, args, tenant, work_dir, settings, learners)
+
+
+def train(config, args, tenant, work_dir: Path, settings: FLSettings, learners: int) -> int:
     progress = sys.stderr if args.json else sys.stdout
 
     def say(text: str) -> None:
@@ -138,7 +146,12 @@ def round_command(config, args) -> int:
     if not is_healthy(settings.tracking_uri):
         raise FLRunError(f"tracking server of tenant {tenant.id} at {settings.tracking_uri} is not answering; "
                          f"start the stack first: flops-mlops --config {args.config} up --detach")
-    login = project_login(config, tenant, settings.project)
+    admin = project_admin(config, tenant)
+    closed = close_stale_runs(admin, settings.project)
+    if closed:
+        say(f"marked FAILED: {len(closed)} run(s) an earlier training of {settings.project} left RUNNING "
+            f"(tag flops.failure): {', '.join(closed)}")
+    login = project_login(config, tenant, settings.project, admin)
 
     def on_event(event: dict[str, Any]) -> None:
         if event["event"] == "learner_failed":
@@ -205,13 +218,17 @@ def mode_settings(args) -> dict[str, Any]:
             "cycles": values["cycles"], "min_clusters": values["min_clusters"]}
 
 
-def project_login(config, tenant, project: str) -> dict[str, str]:
+def project_admin(config, tenant) -> AuthAdmin:
+    """The tenant's admin session with its tracking server (the password from the secrets file)."""
+    return AuthAdmin(TrackingServer(config, tenant).local_uri, Secrets.load(config).admin_password(tenant.id))
+
+
+def project_login(config, tenant, project: str, admin: AuthAdmin | None = None) -> dict[str, str]:
     """The aggregator's own MLflow login: user fl-<project>, EDIT on this project only, a new password each run.
 
     Created (or re-keyed) here as the tenant's admin; only the aggregator gets it, learners get no credentials.
     """
-    secrets = Secrets.load(config)
-    admin = AuthAdmin(TrackingServer(config, tenant).local_uri, secrets.admin_password(tenant.id))
+    admin = admin or project_admin(config, tenant)
     password = new_password()
     user = ensure_project_user(admin, project, password)
     return {"MLFLOW_TRACKING_USERNAME": user, "MLFLOW_TRACKING_PASSWORD": password}
