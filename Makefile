@@ -21,7 +21,8 @@ $(VENV)/.installed: pyproject.toml $(LOCK)
 	$(BIN)/pip install --quiet --constraint $(LOCK) -e '.[fl,provision,test]'
 	touch $@
 
-## make account: as root, the unprivileged account the tracking servers run as (tracking.os_user in configs/)
+## make account: as root, the stack's unprivileged account (tracking.os_user in configs/): the embedded FTP store runs
+## as it; each tenant's servers run as <os_user>-<tenant>, which `up` creates
 account:
 	@if [ "$$(id -u)" = 0 ] && ! id -u flops-mlops >/dev/null 2>&1; then \
 	    echo "creating the system account flops-mlops (tracking servers never run as root)"; \

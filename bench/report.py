@@ -137,23 +137,70 @@ FTP_WAYS = {"proxied": "proxied through the tracking server (pooled FTP connecti
             "mlflow_direct": "MLflow's FTPArtifactRepository, in process"}
 
 
+FTP_MODELS = {"sklearn": "the test suite's scikit-learn model", "pytorch": "the PyTorch example's champion"}
+PROFILE_PARTS = {"client_s": "the whole download, at the client",
+                 "app": "whole requests in the server's app (our ASGI guards, MLflow's FastAPI and Flask apps)",
+                 "mlflow_app": "of them: inside our ASGI guards (MLflow's FastAPI app)",
+                 "login_check": "MLflow's Flask before_request: login and permission check (Flask routes only)",
+                 "password_check": "password checks (the auth store's authenticate_user; Flask and FastAPI routes)",
+                 "user_lookup": "user lookups (the auth store's get_user: is the user an admin?)",
+                 "our_hooks": "our Flask before/after_request hooks",
+                 "mlflow_hooks": "MLflow's other Flask hooks",
+                 "handler": "MLflow's Flask artifact views",
+                 "ftp": "FTP: our repository's list_artifacts and download_artifacts (Flask and FastAPI routes)",
+                 "sql": "SQL statements (any store)"}
+
+
+def ftp_models(result: dict) -> dict:
+    """{model: {files, bytes, ways, profile}} of one store (JSON written before --models: the scikit-learn model)."""
+    return {"sklearn": result} if "ways" in result else result
+
+
 def ftp_download(datasets: list[tuple[str, dict]]) -> str:
     parts = ["# FTP download: a model through the tracking server against raw ftplib, logins counted",
-             "`bench/ftp_download.py`: a one-tenant stack per store, the test suite's scikit-learn model logged "
-             "through the tracking server, then downloaded each way; medians after a warm-up. FTP logins are "
-             "counted in the store's own log, artifact HTTP requests in the tracking server's access log."]
+             "`bench/ftp_download.py`: a one-tenant stack per store, each model logged through the tracking server "
+             "(the test suite's small scikit-learn model; the PyTorch example's champion, trained, logged and "
+             "registered by a real `round --ml-repo examples/pytorch`), then downloaded each way by its logged "
+             "model's URI; medians after a warm-up. FTP logins are counted in the store's own log, artifact HTTP "
+             "requests in the tracking server's access log. A model's size is what the raw download brought."]
     for name, data in datasets:
-        parts.append(section(name, f"bench/ftp_download.py --repeats {data['repeats']}", data))
-        rows = []
+        models = " ".join(data.get("models", []))
+        parts.append(section(name, f"bench/ftp_download.py --repeats {data['repeats']}"
+                                   + (f" --stores {' '.join(data['results'])} --models {models}" if models else ""),
+                             data))
+        rows, sizes, profiles = [], [], []
         for store, result in data["results"].items():
-            for way, r in result["ways"].items():
-                rows.append([store, FTP_WAYS.get(way, way), f"{num(r['median_s'] * 1000)} ms",
-                             f"{num(r['min_s'] * 1000, 0)}-{num(r['max_s'] * 1000, 0)}", num(r["ratio_to_raw"]),
-                             num(r["logins"], 0), "-" if r.get("artifact_http_requests") is None
-                             else num(r["artifact_http_requests"], 0)])
-        files = ", ".join(f"{store}: {result['files']}" for store, result in data["results"].items())
-        parts.append(f"Files in the model ({files}).\n\n" + table(
-            ["store", "way", "median", "min-max (ms)", "x raw", "FTP logins", "artifact HTTP requests"], rows))
+            for model, m in ftp_models(result).items():
+                sizes.append(f"{store}, {FTP_MODELS.get(model, model)}: {m['files']} files"
+                             + (f", {m['bytes']:,} bytes" if "bytes" in m else ""))
+                for way, r in m["ways"].items():
+                    rows.append([store, model, FTP_WAYS.get(way, way), f"{num(r['median_s'] * 1000)} ms",
+                                 f"{num(r['min_s'] * 1000, 0)}-{num(r['max_s'] * 1000, 0)}",
+                                 num(r["ratio_to_raw"], 2), num(r["logins"], 0),
+                                 "-" if r.get("artifact_http_requests") is None
+                                 else num(r["artifact_http_requests"], 0)])
+                if "profile" in m:
+                    profiles.append((store, model, m["profile"]))
+        parts.append("Models: " + "; ".join(sizes) + ".\n\n" + table(
+            ["store", "model", "way", "median", "min-max (ms)", "x raw", "FTP logins", "artifact HTTP requests"],
+            rows))
+        if profiles:
+            parts.append("Where a proxied download spends its time: the tenant server's app (runner.create_app, same "
+                         "environment and stores) built in a child process with its parts timed, served by uvicorn "
+                         "in a thread, downloaded by MLflow's client in the same process; medians per download of "
+                         "the time summed over its requests, and of the calls.")
+            header = ["part"] + [f"{store}, {model}: ms (calls)" for store, model, _ in profiles]
+            prows = []
+            for part, label in PROFILE_PARTS.items():
+                row = [label]
+                for _, _, prof in profiles:
+                    value = prof["median"].get(part)
+                    if part == "client_s":
+                        row.append(f"{num(value * 1000)}")
+                    else:
+                        row.append(f"{num(value['s'] * 1000)} ({num(value['calls'], 0)})" if value else "-")
+                prows.append(row)
+            parts.append(table(header, prows))
     return "\n\n".join(parts)
 
 
@@ -274,10 +321,53 @@ def fl_project(datasets: list[tuple[str, dict]]) -> str:
     return "\n\n".join(parts)
 
 
+def project_images(datasets: list[tuple[str, dict]]) -> str:
+    parts = ["# FL project images: the examples'",
+             "`bench/project_images.py`: `flops-mlops build-fl-image` for each example of `examples/` (its repository, "
+             "its dependencies and the FL runtime in one virtualenv, from a wheelhouse prepared here); the image's "
+             "size as the engine reports it (base image included), the build's wall time and the heaviest packages "
+             "of its virtualenv."]
+    for name, data in datasets:
+        parts.append(section(name, "bench/project_images.py", data))
+        parts.append(f"Base image `{data['base_image']}`: {num(data['base_image_bytes'] / 1e6, 0)} MB. Build cache: "
+                     f"{data['build_cache']}.")
+        rows = [[f"examples/{i['example']}", f"`{i['image']}`", f"**{num(i['image_bytes'] / 1e6, 0)} MB**",
+                 f"{num(i['build_s'], 0)} s",
+                 ", ".join(f"{p['package']} {num(p['bytes'] / 1e6, 0)} MB" for p in i["heaviest_packages"])]
+                for i in data["images"]]
+        parts.append(table(["example", "image", "size", "build", "heaviest in its virtualenv"], rows))
+    return "\n\n".join(parts)
+
+
+def oci_images(datasets: list[tuple[str, dict]]) -> str:
+    parts = ["# Our images without Docker: size per platform",
+             "`bench/oci_images.py`: `flops-mlops build-image NAME` for each of our images, both platforms in one "
+             "build, as an OCI archive; per platform the layers' bytes as stored and sent (gzip) and unpacked (what "
+             "a node's disk holds), read from the archive; the wall time of the whole build."]
+    for name, data in datasets:
+        parts.append(section(name, "bench/oci_images.py", data))
+        parts.append(f"Platforms `{data['platforms']}`. Cache: {data['cache']}.")
+        rows = []
+        for image in data["images"]:
+            goal = image.get("goal_unpacked_mb")
+            for platform in image["platforms"]:
+                unpacked = platform["unpacked_bytes"] / 1e6
+                verdict = "-" if goal is None else (f"<= {goal} MB: " + ("met" if unpacked <= goal else "missed"))
+                rows.append([f"`{image['image']}`", platform["platform"], f"**{num(unpacked, 0)} MB**",
+                             f"{num(platform['gzip_bytes'] / 1e6, 0)} MB", verdict, f"{num(image['build_s'], 0)} s"])
+        parts.append(table(["image", "platform", "unpacked", "gzip", "goal", "build (both platforms)"], rows))
+        layer_rows = [[f"`{image['image']}`", platform["platform"], layer["what"],
+                       f"{num(layer['unpacked_bytes'] / 1e6, 0)} MB"]
+                      for image in data["images"] for platform in image["platforms"] for layer in platform["layers"]]
+        parts.append(table(["image", "platform", "layer", "unpacked"], layer_rows))
+    return "\n\n".join(parts)
+
+
 RENDERERS: dict[str, Callable[[list[tuple[str, dict]]], str]] = {
     "stack_footprint": stack_footprint, "fl_tracking_overhead": fl_tracking_overhead,
     "ftp_download": ftp_download, "serving": serving, "tracking_healthcheck": tracking_healthcheck,
-    "fl_hierarchical": fl_hierarchical, "fl_project": fl_project}
+    "fl_hierarchical": fl_hierarchical, "fl_project": fl_project, "project_images": project_images,
+    "oci_images": oci_images}
 
 
 # --- reports -----------------------------------------------------------------------------------------------------

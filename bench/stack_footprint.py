@@ -72,7 +72,8 @@ def start_shape(shape: str, config_path: Path) -> tuple[int, float]:
     from flops_mlops.configuration.loading import load
     from flops_mlops.configuration.secrets import Secrets
     from flops_mlops.processes import ManagedProcess
-    from flops_mlops.tracking.server import TrackingServer, auth_db_path, server_env, service_account
+    from flops_mlops.configuration.accounts import tenant_account
+    from flops_mlops.tracking.server import TrackingServer, auth_db_path, server_env
 
     config = load(config_path)
     tenant = config.tenant(TENANT)
@@ -83,7 +84,7 @@ def start_shape(shape: str, config_path: Path) -> tuple[int, float]:
     argv = shape_argv(shape, config, tenant)
     started = time.monotonic()
     pid = ManagedProcess(server.process.name, config.state_dir).start(argv, env=env, cwd=workdir,
-                                                                      account=service_account(config))
+                                                                      account=tenant_account(config, tenant))
     while time.monotonic() - started < 600:
         try:
             if requests.get(f"{server.local_uri}/health", timeout=2).status_code == 200:

@@ -164,6 +164,22 @@ class TestStack:
         return "admin", self.secrets().admin_password(tenant)
 
 
+def client_from(address: str):
+    """A requests session whose connections come from ``address`` (any of 127.0.0.0/8: all loopback on Linux), so
+    that a test can tell client addresses apart, as the login throttle does (tracking/logins.py)."""
+    import requests
+    from requests.adapters import HTTPAdapter
+
+    class FromAddress(HTTPAdapter):
+        def init_poolmanager(self, *args, **kwargs):
+            kwargs["source_address"] = (address, 0)
+            super().init_poolmanager(*args, **kwargs)
+
+    session = requests.Session()
+    session.mount("http://", FromAddress())
+    return session
+
+
 def need_native_services() -> None:
     """MariaDB or MySQL, vsftpd with pam_pwdfile, and root (vsftpd chroots each tenant)."""
     from flops_mlops.stores.vsftpd import PAM_MODULE_DIRS

@@ -5,6 +5,7 @@ The caller is logged in to the tenant's tracking server as someone who may read 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -68,3 +69,19 @@ def wait_for_version(url: str, version: str, timeout: float) -> None:
     while served_version(url) != version:
         assert time.monotonic() < deadline, f"{url} still serves version {served_version(url)}, not {version}"
         time.sleep(0.5)
+
+
+@contextlib.contextmanager
+def serving_stack(folder: Path):
+    """A one-tenant (acme) embedded stack in ``folder``, up, with MLflow's client logged in as its admin; purged
+    after."""
+    import conftest
+    from tracking_checks import logged_in
+
+    stack = conftest.TestStack.create("local", folder, ["acme"])
+    stack.up()
+    try:
+        with logged_in(stack.admin()):
+            yield stack
+    finally:
+        stack.cli("down", "--purge")

@@ -10,7 +10,9 @@ import contextlib
 import ftplib
 import os
 import posixpath
+import ssl
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -83,11 +85,30 @@ def load_and_predict(tracking_uri: str, model_uri: str, login: tuple[str, str] |
         return mlflow.pyfunc.load_model(model_uri).predict(np.array([[2.0, 2.0, 0.0], [-2.0, -2.0, 0.0]]))
 
 
-def ftp_listing(host: str, port: int, user: str, password: str, path: str = "/") -> list[str]:
-    """Every file path under ``path`` as seen by ``user`` (recursive)."""
+class VerifiedFTPS(ftplib.FTP_TLS):
+    """Explicit FTPS as our tracking servers speak it: the store's certificate checked (chain and the host name
+    dialled) against the CA file ``ca``, data connections encrypted too (PROT P, right after the login)."""
+
+    def __init__(self, ca: Path) -> None:
+        super().__init__(context=ssl.create_default_context(cafile=str(ca)))
+
+    def login(self, user: str = "", passwd: str = "", acct: str = "", secure: bool = True) -> str:
+        answer = super().login(user, passwd, acct, secure)
+        self.prot_p()
+        return answer
+
+
+def ftp_client(host: str, port: int, ca: Path | None = None) -> ftplib.FTP:
+    """A client connected to ``host``:``port``, not logged in: plain FTP, or with ``ca`` FTPS (VerifiedFTPS)."""
+    ftp = ftplib.FTP() if ca is None else VerifiedFTPS(ca)
+    ftp.connect(host, port, timeout=10)
+    return ftp
+
+
+def ftp_listing(host: str, port: int, user: str, password: str, path: str = "/", ca: Path | None = None) -> list[str]:
+    """Every file path under ``path`` as seen by ``user`` (recursive); with ``ca`` over verified FTPS."""
     found: list[str] = []
-    with ftplib.FTP() as ftp:
-        ftp.connect(host, port, timeout=10)
+    with ftp_client(host, port, ca) as ftp:
         ftp.login(user, password)
 
         def walk(folder: str) -> None:
@@ -106,9 +127,9 @@ def ftp_listing(host: str, port: int, user: str, password: str, path: str = "/")
 
 
 def model_files_on_ftp(host: str, port: int, user: str, password: str, logged: Logged,
-                       artifact_path: str = "/artifacts") -> list[str]:
+                       artifact_path: str = "/artifacts", ca: Path | None = None) -> list[str]:
     folder = f"{artifact_path}/{logged.experiment_id}/models/{logged.model_id}/artifacts"
-    return [posixpath.basename(p) for p in ftp_listing(host, port, user, password, folder)]
+    return [posixpath.basename(p) for p in ftp_listing(host, port, user, password, folder, ca)]
 
 
 def mysql_counts(host: str, port: int, user: str, password: str, database: str, logged: Logged) -> dict[str, int]:

@@ -14,13 +14,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 from . import rendered
+from .backup import command as backup  # backup, restore (backup/)
 from .compose import render as compose
-from .configuration import keys, loading
+from .configuration import certificates, keys, loading
 from .configuration import secrets as secrets_module
 from .configuration.schema import ConfigError
 from .configuration.stack import StackConfig
 from .fl.command import add_round_parser, round_command  # FL projects (fl/)
 from .fl.project_image import add_build_fl_image_parser, build_fl_image_command
+from .images import command as images  # build-image: our images without Docker (images/)
 from .native import commands as native  # up, restart, status, down (native/)
 from .oakestra import sla
 from .oakestra.commands import add_parsers as add_oakestra_parsers  # push, undeploy (oakestra/)
@@ -29,6 +31,7 @@ from .processes import StackError
 from .pyinfra.provision import add_provision_parser, provision_command  # pyinfra deploys (pyinfra/)
 from .serving.image import add_build_image_parser, build_image_command  # (serving/)
 from .serving.service import add_serve_parser, serve_command  # a registered model over HTTP (serving/)
+from .tracking.gc import add_gc_parser, gc_command  # mlflow gc for one tenant (tracking/)
 from .tracking.users import add_user_parser, user_command  # who may log in to a tracking server (tracking/)
 
 DEFAULT_CONFIG = "configs/local.yaml"
@@ -56,8 +59,18 @@ def build_parser() -> argparse.ArgumentParser:
                     "created with: after --force, start them with the backup, or recreate them.")
     init.add_argument("--force", action="store_true", help="regenerate every password (old file is backed up)")
     init.set_defaults(handler=cmd_secrets_init)
+    renew = secrets_commands.add_parser(
+        "renew-certificates", help="replace the tracking servers' HTTPS certificates (tracking.tls)",
+        description="Make a new certificate and key for each tenant's tracking server (or only --tenant's), signed "
+                    "by the deployment's CA, which is kept (clients keep trusting it). Nothing else changes: runs, "
+                    "models, users and passwords stay. A running server serves its old certificate until it is "
+                    "restarted: flops-mlops restart --tenant T. A certificate of your own (tracking.tls_certificate) "
+                    "is not ours to renew: replace its files, then restart.")
+    renew.add_argument("--tenant", metavar="T", help="only this tenant's server (default: every tenant's)")
+    renew.set_defaults(handler=cmd_secrets_renew)
 
     native.add_parsers(commands, load_config)
+    backup.add_parsers(commands, load_config)
 
     keys = commands.add_parser("config", help="check a configuration, or list every key with its default",
                                description="check: load the configuration with every rule (exit 2 names the file, "
@@ -88,8 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_oakestra_parsers(commands)
 
     add_user_parser(commands).set_defaults(handler=with_config(user_command))
+    add_gc_parser(commands).set_defaults(handler=with_config(gc_command))
     add_serve_parser(commands).set_defaults(handler=with_config(serve_command))
     add_build_image_parser(commands).set_defaults(handler=with_config(build_image_command))
+    images.add_parser(commands).set_defaults(handler=with_config(images.build_image))
     add_provision_parser(commands).set_defaults(handler=with_config(provision_command))
     return parser
 
@@ -113,6 +128,23 @@ def cmd_secrets_init(args: argparse.Namespace) -> int:
     else:
         print(f"{result.path} already holds all {len(result.kept)} secrets; nothing changed "
               "(use --force to regenerate them)")
+    return 0
+
+
+def cmd_secrets_renew(args: argparse.Namespace) -> int:
+    config = load_config(args)
+    t = config.tracking
+    if not t.tls:
+        raise ConfigError(f"{config.source}: tracking.tls: false, so the tracking servers have no certificate to "
+                          "renew; set tracking.tls: true")
+    if t.tls_certificate is not None:
+        raise ConfigError(f"{config.source}: tracking.tls_certificate: {t.tls_certificate} is your own certificate; "
+                          "replace that file and tracking.tls_key, then restart each tenant's server")
+    tenant_ids = [config.tenant(args.tenant).id] if args.tenant else None
+    for tenant_id in certificates.make_tracking_certificates(config, force=True, tenant_ids=tenant_ids):
+        crt = certificates.tracking_files(config, tenant_id)[0]
+        print(f"tenant {tenant_id}: new certificate {crt}, expires {certificates.expiry(crt)}; the server uses it "
+              f"after: flops-mlops --config {args.config} restart --tenant {tenant_id}")
     return 0
 
 

@@ -10,6 +10,7 @@ A test module gets its own stack by importing the fixture: ``from compose_stack 
 
 from __future__ import annotations
 
+import ftplib
 import json
 import os
 import shutil
@@ -22,10 +23,12 @@ import pytest
 import requests
 import yaml
 from conftest import ROOT, free_port, free_port_range, missing_service, run_cli
+from tracking_checks import ftp_client
 
 TENANT = "default"
 SERVICES = ("backend-store", "artifact-store", "tracking-server")
 FL_SERVICES = ("fl-aggregator", "fl-learner-0", "fl-learner-1")
+ONE_SHOT = ("tracking-volumes",)  # runs before the tracking servers and exits
 VOLUMES = ("backend-store", "artifact-store", "tracking-auth")
 # The project compose.yaml gives the FL user when FLOPS_FL_PROJECT is not set.
 DEFAULT_FL_PROJECT = "composedemo"
@@ -73,7 +76,8 @@ def compose_config(env_file: Path, *extra: str, files: list[str] | None = None) 
     files = compose_files() if files is None else files
     result = subprocess.run(["docker", "compose", *files, "--env-file", str(env_file), *extra,
                              "config", "--format", "json"],
-                            capture_output=True, text=True, cwd=ROOT)
+                            capture_output=True, text=True, cwd=ROOT,
+                            env={**os.environ, "FLOPS_SECRETS_FILE": str(env_file)})
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 
@@ -96,6 +100,16 @@ class ComposeStack:
             raise AssertionError(f"docker compose {' '.join(args)} exited {result.returncode}\n"
                                  f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}\n{self.logs()}")
         return result
+
+    @property
+    def ca(self) -> Path:
+        """The deployment's CA certificate, beside the secrets file (`secrets init`; artifact_store.tls)."""
+        return self.env_file.with_name(self.env_file.name + ".ca.crt")
+
+    def ftp(self) -> ftplib.FTP:
+        """A client connected to the published FTP port, not logged in: FTPS verified against the deployment's CA
+        (configs/compose.yaml turns artifact_store.tls on), data connections encrypted after the login."""
+        return ftp_client("127.0.0.1", self.ports["FLOPS_FTP_PORT"], self.ca)
 
     def logs(self) -> str:
         argv = ["docker", "compose", *self.files, "--env-file", str(self.env_file), "-p", self.project,
@@ -186,6 +200,8 @@ def start_stack(tmp_path_factory, more_tenants: tuple[str, ...] = (), fl: dict |
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLOPS_") or k == "FLOPS_COMPOSE_OVERRIDE"}
     env = {k: v for k, v in env.items() if not k.startswith("MLFLOW_TRACKING_")}
     env.update({k: str(v) for k, v in ports.items()})
+    # The certificates `secrets init` made beside this stack's secrets file (compose.yaml's secrets section).
+    env["FLOPS_SECRETS_FILE"] = str(folder / ".env")
     from flops_mlops.configuration.secrets import read_env
 
     project = f"flopstest-{uuid.uuid4().hex[:8]}"

@@ -27,6 +27,7 @@ import yaml
 from compose_stack import (
     DEFAULT_FL_PROJECT,
     FL_SERVICES,
+    ONE_SHOT,
     QUIET,
     SERVICES,
     TENANT,
@@ -51,7 +52,7 @@ def test_compose_config_accepts_env_example():
     need_compose()
     # The user's file alone (no CI override).
     config = compose_config(ROOT / ".env.example", "--profile", "fl", files=["-f", str(ROOT / "compose.yaml")])
-    assert set(config["services"]) == {*SERVICES, *FL_SERVICES}
+    assert set(config["services"]) == {*SERVICES, *ONE_SHOT, *FL_SERVICES}
     for name, service in config["services"].items():
         assert service["image"] and not service["image"].endswith(":latest"), name
         assert ":" in service["image"], f"{name}: image tag is not pinned"
@@ -78,7 +79,7 @@ def test_compose_config_accepts_env_example():
                                    "fl-learner-1": "service_started"}
     assert "depends_on" not in config["services"]["fl-learner-0"]
     serving = compose_config(ROOT / ".env.example", "--profile", "serve", files=["-f", str(ROOT / "compose.yaml")])
-    assert set(serving["services"]) == {*SERVICES, "model-server"}
+    assert set(serving["services"]) == {*SERVICES, *ONE_SHOT, "model-server"}
     assert serving["services"]["model-server"]["depends_on"] == {
         "tracking-server": {"condition": "service_healthy", "required": True}}
     ftp_ports = config["services"]["artifact-store"]["ports"]
@@ -164,9 +165,8 @@ def test_logged_model_lands_on_the_artifact_volume_and_in_mysql(stack, monkeypat
     assert {"MLmodel", "requirements.txt", "input_example.json"} <= {Path(p).name for p in on_volume}
     # ... reachable as the tenant's FTP user through the published control port and passive range ...
     assert "MLmodel" in tracking_checks.model_files_on_ftp(
-        "127.0.0.1", stack.ports["FLOPS_FTP_PORT"], f"flops_{TENANT}", ftp_password(stack), logged)
-    with ftplib.FTP() as ftp:  # passive mode announces pasv_address and a port of the published range
-        ftp.connect("127.0.0.1", stack.ports["FLOPS_FTP_PORT"], timeout=10)
+        "127.0.0.1", stack.ports["FLOPS_FTP_PORT"], f"flops_{TENANT}", ftp_password(stack), logged, ca=stack.ca)
+    with stack.ftp() as ftp:  # passive mode announces pasv_address and a port of the published range
         ftp.login(f"flops_{TENANT}", ftp_password(stack))
         announced_host, announced_port = ftplib.parse227(ftp.sendcmd("PASV"))
     assert announced_host == "127.0.0.1"

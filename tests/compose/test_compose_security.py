@@ -14,7 +14,10 @@ that adding a tenant changes nothing of the others) and acme.
 - No experiment can put its artifacts outside the tenant's proxied store (400).
 - Error answers of the artifact routes and the containers' logs hold no secret of .env (plain or URL-quoted).
 - Processes run as non-root users, except the vsftpd listener (it must chroot; its sessions do not) and tini,
-  the artifact store's PID 1.
+  the artifact store's PID 1; each tenant's tracking server as a uid of its own.
+- The artifact store speaks only explicit FTPS (artifact_store.tls, on in configs/compose.yaml): a plain FTP login
+  is refused, an FTPS login verifies the deployment's CA; the store's key is a 0600 file in the artifact store
+  only, and the tracking servers check the certificate's chain and host name.
 - `docker inspect` shows no secret in any container's command line (its environment is visible to anyone who
   may run `docker inspect`, as documented for Docker; .env is the same secret on disk).
 """
@@ -25,6 +28,7 @@ import ftplib
 import io
 import json
 import re
+import ssl
 import subprocess
 import time
 import uuid
@@ -34,6 +38,7 @@ import pymysql
 import pytest
 import requests
 from compose_stack import DEFAULT_FL_PROJECT, SERVICES, TENANT, ComposeStack, ftp_password, start_stack
+from tracking_checks import ftp_client
 
 pytestmark = [pytest.mark.docker, pytest.mark.services, pytest.mark.timeout(1800)]
 
@@ -125,8 +130,7 @@ def test_one_tenant_reaches_nothing_of_the_other(stack, private):
         if foreign in names:
             successes.append(f"{uri} lists the other tenant's experiment {foreign}")
     # FTP: acme's user is chrooted to its own folder, and default's password is not acme's.
-    with ftplib.FTP() as ftp:
-        ftp.connect("127.0.0.1", stack.ports["FLOPS_FTP_PORT"], timeout=10)
+    with stack.ftp() as ftp:
         ftp.login(f"flops_{OTHER}", stack.secrets[f"FLOPS_TENANT_{OTHER.upper()}_FTP_PASSWORD"])
         own = [name.split("/")[-1] for name in ftp.nlst("artifacts")]
         assert logged.experiment_id in own, own  # its own artifacts are there
@@ -139,8 +143,7 @@ def test_one_tenant_reaches_nothing_of_the_other(stack, private):
             if listing:
                 successes.append(f"FTP flops_{OTHER} lists {path}: {listing[:3]}")
     attempts += 1
-    with ftplib.FTP() as ftp:
-        ftp.connect("127.0.0.1", stack.ports["FLOPS_FTP_PORT"], timeout=10)
+    with stack.ftp() as ftp:
         try:
             ftp.login(f"flops_{OTHER}", ftp_password(stack))
             successes.append(f"FTP flops_{OTHER} logs in with default's password")
@@ -153,14 +156,15 @@ def test_one_tenant_reaches_nothing_of_the_other(stack, private):
         cursor.execute("SHOW DATABASES")
         attempts += 1
         visible = {row[0] for row in cursor.fetchall()} - {"information_schema"}
-        if visible != {f"mlflow_{OTHER}"}:
+        if visible != {f"mlflow_{OTHER}", f"mlflow_{OTHER}_auth"}:  # its records and its own logins
             successes.append(f"mlflow_{OTHER} sees databases {sorted(visible)}")
-        attempts += 1
-        try:
-            cursor.execute(f"SELECT COUNT(*) FROM mlflow_{TENANT}.runs")
-            successes.append(f"mlflow_{OTHER} reads mlflow_{TENANT}.runs")
-        except pymysql.err.OperationalError:
-            pass
+        for table in (f"mlflow_{TENANT}.runs", f"mlflow_{TENANT}_auth.users"):
+            attempts += 1
+            try:
+                cursor.execute(f"SELECT COUNT(*) FROM {table}")
+                successes.append(f"mlflow_{OTHER} reads {table}")
+            except pymysql.err.OperationalError:
+                pass
     assert successes == [], report("one tenant at another's data", attempts, successes)
 
 
@@ -301,7 +305,7 @@ def test_no_experiment_stores_artifacts_outside_the_proxied_store(stack, who):
         answer = stack.api("POST", "/api/2.0/mlflow/experiments/create", login=login,
                            json={"name": f"elsewhere-{who}-{number}-{uuid.uuid4().hex[:6]}",
                                  "artifact_location": location})
-        if answer.status_code != 400:
+        if answer.status_code not in (400, 403):  # 403: a project user creates no experiment at all
             successes.append(f"{location}: HTTP {answer.status_code} {answer.text[:120]!r}")
     assert successes == [], report(f"experiments with a foreign artifact_location ({who})", len(locations),
                                    successes)
@@ -387,8 +391,7 @@ def test_processes_run_as_non_root_except_vsftpd(stack):
                                                     text=True, check=True).stdout)[0]["State"]["Pid"]
                 for service, container in ids.items()}
     # While an FTP session is open, so that its processes are in the picture too.
-    with ftplib.FTP() as ftp:
-        ftp.connect("127.0.0.1", stack.ports["FLOPS_FTP_PORT"], timeout=10)
+    with stack.ftp() as ftp:
         ftp.login(f"flops_{TENANT}", ftp_password(stack))
         seen: dict[str, list[dict]] = {}
         for _ in range(3):  # a few samples: healthchecks come and go
@@ -409,6 +412,12 @@ def test_processes_run_as_non_root_except_vsftpd(stack):
                 continue  # the listener (tini's child): chroot needs root; its sessions run as nobody, then ftp
             successes.append(f"{service}: pid {row['pid']} {row['comm']} runs as root: {row['args'][:100]}")
     assert successes == [], report("processes running as root", attempts, successes)
+    # Each tenant's tracking server runs as a uid of its own, which no other container's process has.
+    servers = ("tracking-server", f"tracking-server-{OTHER}")
+    uids = {service: {row["uid"] for row in seen[service]} for service in servers}
+    assert uids == {"tracking-server": {20001}, f"tracking-server-{OTHER}": {20002}}, uids
+    others = {row["uid"] for service, rows in seen.items() if service not in uids for row in rows}
+    assert not others & {20001, 20002}, others
     assert vsftpd_root >= 1  # the listener was seen (the check above looked at the right container)
     # The logged-in FTP session itself runs as the account the virtual users map to.
     ftp_uid = int(stack.exec("artifact-store", "id", "-u", "ftp").stdout)
@@ -428,12 +437,14 @@ def test_processes_run_as_non_root_except_vsftpd(stack):
         assert configured.stdout.strip() == "fl"
 
 
-def test_login_database_is_private_to_the_server(stack):
-    listing = stack.exec("tracking-server", "stat", "-c", "%n %U %a", "/srv/mlflow/auth",
-                         "/srv/mlflow/auth/auth.db", "/srv/mlflow/auth/basic_auth.ini").stdout.split("\n")
+def test_login_database_is_in_the_backend_store_and_nothing_stays_beside_the_server(stack):
+    listing = stack.exec("tracking-server", "stat", "-c", "%n %u %a", "/srv/mlflow/auth").stdout.split("\n")
     modes = {line.split()[0]: tuple(line.split()[1:]) for line in listing if line.strip()}
-    assert modes == {"/srv/mlflow/auth": ("mlflow", "700"), "/srv/mlflow/auth/auth.db": ("mlflow", "600"),
-                     "/srv/mlflow/auth/basic_auth.ini": ("mlflow", "600")}
+    # The tenant's own uid (20001: the first tenant's), no other tenant's server's.
+    assert modes == {"/srv/mlflow/auth": ("20001", "700")}
+    # Users and grants are in backend-store's mlflow_default_auth: no SQLite file, and no basic_auth.ini (with
+    # MySQL it holds the database password for a moment, in a private temporary folder, then it is removed).
+    assert stack.exec("tracking-server", "ls", "-A", "/srv/mlflow/auth").stdout.split() == []
     # The healthcheck is the server's own: as admin, database readable, FL user present.
     check = stack.exec("tracking-server", "flops-tracking-healthcheck")
     assert f"fl-{DEFAULT_FL_PROJECT}" in check.stdout
@@ -444,8 +455,7 @@ def test_ftp_tenant_cannot_chmod_and_uploads_are_private(stack):
     config = stack.exec("artifact-store", "cat", "/run/flops-artifact-store/vsftpd.conf").stdout
     assert re.search(r"(?m)^chmod_enable=NO$", config) and re.search(r"(?m)^local_umask=077$", config), config
     name = f"private-{uuid.uuid4().hex[:8]}.txt"
-    with ftplib.FTP() as ftp:
-        ftp.connect("127.0.0.1", stack.ports["FLOPS_FTP_PORT"], timeout=10)
+    with stack.ftp() as ftp:
         ftp.login(f"flops_{TENANT}", ftp_password(stack))
         ftp.storbinary(f"STOR {name}", io.BytesIO(b"tenant data"))
         with pytest.raises(ftplib.error_perm):
@@ -453,3 +463,60 @@ def test_ftp_tenant_cannot_chmod_and_uploads_are_private(stack):
         mode = stack.exec("artifact-store", "stat", "-c", "%a", f"/srv/ftp/flops_{TENANT}/{name}").stdout.strip()
         ftp.delete(name)
     assert mode == "600", mode
+
+
+# Run in the tracking server's container: an FTPS handshake (AUTH TLS, no login) with the store, verified against
+# the CA compose mounts there, by the service name (must pass) and by the store's IP address, which the
+# certificate does not name (must fail: the host name is checked, not only the chain).
+HANDSHAKES = """
+import ftplib, socket, ssl
+context = ssl.create_default_context(cafile="/etc/flops-tls/ca.crt")
+for host in ("artifact-store", socket.gethostbyname("artifact-store")):
+    ftp = ftplib.FTP_TLS(context=context)
+    ftp.connect(host, 21, timeout=10)
+    try:
+        ftp.auth()
+        print(host, "verified")
+    except ssl.SSLCertVerificationError as exc:
+        print(host, "refused", exc.verify_message)
+    finally:
+        ftp.close()
+"""
+
+
+def test_the_artifact_store_speaks_only_ftps_verified_against_the_deployments_ca(stack, tmp_path):
+    attempts, successes = 0, []
+    for tenant in (TENANT, OTHER):
+        user, password = f"flops_{tenant}", stack.secrets[f"FLOPS_TENANT_{tenant.upper()}_FTP_PASSWORD"]
+        attempts += 1
+        with ftp_client("127.0.0.1", stack.ports["FLOPS_FTP_PORT"]) as ftp:  # plain FTP, the right password
+            try:
+                ftp.login(user, password)
+                successes.append(f"plain FTP login as {user}")
+            except ftplib.error_perm as refused:
+                assert str(refused).startswith("530"), refused
+        with stack.ftp() as ftp:  # FTPS, the certificate verified for 127.0.0.1 against the CA
+            ftp.login(user, password)
+            assert "artifacts" in [name.rsplit("/", 1)[-1] for name in ftp.nlst("/")]  # a TLS data connection
+    # A client that trusts another CA stops at the handshake, before it sends a password.
+    other = tmp_path / "other-ca.crt"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                    "-keyout", str(tmp_path / "other-ca.key"), "-out", str(other), "-days", "2", "-subj", "/CN=other",
+                    "-addext", "basicConstraints=critical,CA:TRUE"], check=True, capture_output=True)
+    with ftp_client("127.0.0.1", stack.ports["FLOPS_FTP_PORT"], other) as ftp:
+        with pytest.raises(ssl.SSLCertVerificationError):
+            ftp.auth()
+    # vsftpd is configured for TLS only, with the key a 0600 file of the artifact store's root alone.
+    config = stack.exec("artifact-store", "cat", "/run/flops-artifact-store/vsftpd.conf").stdout
+    for line in ("ssl_enable=YES", "force_local_logins_ssl=YES", "force_local_data_ssl=YES",
+                 "rsa_private_key_file=/etc/flops-tls/ftp.key"):
+        assert re.search(rf"(?m)^{re.escape(line)}$", config), line
+    assert stack.exec("artifact-store", "stat", "-c", "%a", "/etc/flops-tls/ftp.key").stdout.strip() == "600"
+    for service in ("tracking-server", f"tracking-server-{OTHER}"):
+        assert stack.exec(service, "ls", "/etc/flops-tls").stdout.split() == ["ca.crt"]  # no key there
+    answers = stack.exec("tracking-server", "python", "-c", HANDSHAKES).stdout.splitlines()
+    assert answers[0] == "artifact-store verified", answers
+    assert answers[1].endswith("refused IP address mismatch, certificate is not valid for "
+                               f"'{answers[1].split()[0]}'."), answers
+    print(f"FTPS: {attempts} plain logins tried, {len(successes)} got in")
+    assert successes == []

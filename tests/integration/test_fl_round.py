@@ -360,6 +360,52 @@ def test_tracking_server_going_down_fails_the_run_and_keeps_the_best_model(local
     assert (best / "best.npz").exists()
 
 
+def test_a_store_down_at_the_final_upload_leaves_a_kept_model_that_publish_kept_registers(local, tmp_path):
+    """The FTP store dies between the last round and the final upload: the round exits 1, says the best model is
+    kept and how to register it; once the store is back, that command registers it as the champion, in the best
+    round's run, and it predicts."""
+    import mlflow
+
+    from flops_mlops.processes import ManagedProcess
+
+    config = local.load()
+    hold = tmp_path / "hold"
+    hold.mkdir()
+    argv = [*conftest.CLI, "--config", str(local.config_path), "round", "--tenant", "acme", "--project", "Kept",
+            "--rounds", "3", "--timeout", "200"]
+    training = subprocess.Popen(argv, cwd=conftest.ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, **QUIET, "FLOPS_FAULT_HOLD_BEFORE_UPLOAD": str(hold)})
+    try:
+        for _ in range(2400):  # the three rounds train, then the aggregator holds
+            if (hold / "ready").exists() or training.poll() is not None:
+                break
+            threading.Event().wait(0.1)
+        assert (hold / "ready").exists(), training.communicate(timeout=60)
+        assert ManagedProcess("artifact-store", config.state_dir).stop()  # the FTP store goes down
+        (hold / "go").touch()
+        out, err = training.communicate(timeout=300)
+    finally:
+        if training.poll() is None:
+            training.kill()
+        local.up()  # the store comes back (also for the tests after this one)
+    assert training.returncode == 1, out + err
+    kept = json.loads((model_dir(local, "Kept") / "best.json").read_text())
+    assert f"the best model (round {kept['round']}) is kept in" in out, out + err
+    command = next(line.split("register it with: ", 1)[1] for line in out.splitlines() if "register it with: " in line)
+    assert command.endswith("--publish-kept") and "--project Kept" in command
+    client = mlflow.MlflowClient(tracking_uri(local))
+    assert not client.search_model_versions("name='Kept'")  # nothing registered while the store was down
+    published = run_cli(*command.split()[3:], config=local.config_path, env=QUIET, timeout=300)
+    assert published.returncode == 0, published.stdout + published.stderr
+    assert "registered:       models:/Kept@champion (version 1" in published.stdout, published.stdout
+    version = client.get_model_version_by_alias("Kept", "champion")
+    assert client.get_run(version.run_id).data.tags["flops.round"] == str(kept["round"])
+    assert champion_accuracy(tracking_uri(local), "Kept") > 0.5
+    # Without a kept model there is nothing to publish: exit 2, naming the folder.
+    nothing = round_cli(local, "--project", "NeverTrained", "--publish-kept")
+    assert nothing.returncode == 2 and "holds no kept model" in nothing.stderr, nothing.stdout + nothing.stderr
+
+
 def test_aggregator_exits_at_once_when_the_tracking_server_is_unreachable(tmp_path):
     env = {**os.environ, **QUIET, "FLOPS_TRACKING_URI": f"http://127.0.0.1:{free_port()}",
            "FLOPS_PROJECT": "Nowhere", "FLOPS_AGGREGATOR_ADDRESS": f"127.0.0.1:{free_port()}",

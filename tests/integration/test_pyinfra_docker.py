@@ -39,7 +39,8 @@ def need_engine_and_images(secrets_file) -> None:
         missing_service("Docker Compose v2 plugin is not installed (scripts/compose-ci.sh installs it)")
     files = [arg for name in compose_files() for arg in ("-f", str(ROOT / name))]
     result = subprocess.run(["docker", "compose", *files, "--env-file", str(secrets_file), "config", "--images"],
-                            capture_output=True, text=True, cwd=ROOT)
+                            capture_output=True, text=True, cwd=ROOT,
+                            env={**os.environ, "FLOPS_SECRETS_FILE": str(secrets_file)})
     # The engine and Compose are there: a failing `config` is a broken compose.yaml or override, not a missing
     # service, so it fails the test even where services may be missing.
     assert result.returncode == 0, f"docker compose config failed: {result.stderr.strip()}"
@@ -97,7 +98,8 @@ def test_apply_starts_the_compose_stack_and_second_apply_changes_nothing(docker_
 
 @pytest.mark.parametrize("tenant", ["default", "acme"])
 def test_each_tenant_end_to_end_through_published_ports(docker_sandbox, tenant):
-    check_tenant_end_to_end(docker_sandbox["config"], "127.0.0.1", "127.0.0.1", "127.0.0.1", tenant)
+    check_tenant_end_to_end(docker_sandbox["config"], "127.0.0.1", "127.0.0.1", "127.0.0.1", tenant,
+                            mysql_tls=False)  # docker mode runs compose: its MySQL has no TLS yet
 
 
 def test_compose_file_is_the_render_of_the_configuration_with_its_ports(docker_sandbox):
@@ -128,6 +130,11 @@ def test_env_file_is_private_and_carries_exactly_the_secrets_compose_reads(docke
     # Every tenant's store and login secrets; the FL and serving passwords only of the fl and serve profiles'
     # tenant (the first).
     expected = set(required_keys(config)) - {"FLOPS_TENANT_ACME_FL_PASSWORD", "FLOPS_TENANT_ACME_SERVE_PASSWORD"}
-    assert written == expected | {"FLOPS_BIND_ADDRESS"}
+    assert written == expected | {"FLOPS_BIND_ADDRESS", "FLOPS_SECRETS_FILE"}
     for key in expected:
         assert f"\n{key}={secrets.values[key]}\n" in text, key
+    # artifact_store.tls: compose.yaml's secrets find the certificates beside this .env; only the CA is public.
+    assert f"\nFLOPS_SECRETS_FILE={env_file}\n" in text
+    modes = {suffix: oct(env_file.with_name(f".env.{suffix}").stat().st_mode & 0o777)
+             for suffix in ("ca.crt", "ftp-tls.crt", "ftp-tls.key")}
+    assert modes == {"ca.crt": "0o644", "ftp-tls.crt": "0o600", "ftp-tls.key": "0o600"}

@@ -203,9 +203,9 @@ def test_each_tenant_logs_a_model_found_on_ftp_and_in_mysql_as_that_tenant(lab, 
 
 
 def test_servers_ask_for_a_login_run_as_their_account_and_keep_secrets_private(lab):
-    """On the three hosts: every tenant's server answers 401 without a login and runs as flops-mlops (never
-    root); files holding passwords are root's, mode 0600; no password in process arguments, journals or the
-    output of any apply."""
+    """On the three hosts: every tenant's server answers 401 without a login and runs as its own account,
+    flops-mlops-<tenant> (never root, never another tenant's); files holding passwords are root's, mode 0600; no
+    password in process arguments, journals or the output of any apply."""
     from flops_mlops.configuration.secrets import Secrets
 
     three = lab["three_hosts"]
@@ -213,9 +213,10 @@ def test_servers_ask_for_a_login_run_as_their_account_and_keep_secrets_private(l
     secrets = [value for value in Secrets.load(config).values.values() if value]
     leaked = lambda text: [value for value in secrets if value in text or quote(value, safe="") in text]  # noqa: E731
     tracking = three["tracking"]
-    account = tracking.run("id -u flops-mlops").strip()
-    assert account != "0"
+    accounts = {t.id: tracking.run(f"id -u flops-mlops-{t.id}").strip() for t in config.tenants}
+    assert "0" not in accounts.values() and len(set(accounts.values())) == len(accounts), accounts
     for tenant, unit in zip(config.tenants, units(three)["tracking"]):
+        account = accounts[tenant.id]
         uri = f"http://{tracking.address}:{config.tracking_port(tenant)}"
         anonymous = requests.get(f"{uri}/api/2.0/mlflow/experiments/search", params={"max_results": 1}, timeout=10)
         assert anonymous.status_code == 401, (anonymous.status_code, anonymous.text[:300])
@@ -225,8 +226,10 @@ def test_servers_ask_for_a_login_run_as_their_account_and_keep_secrets_private(l
         assert leaked(tracking.run(f"tr '\\0' ' ' < /proc/{pid}/cmdline")) == [], unit
         assert leaked(tracking.run(f"journalctl -u {unit} --no-pager")) == [], unit
         work = f"/var/lib/flops-mlops/{config.name}/tracking/{tenant.id}"
-        assert tracking.run(f"stat -c '%a %U' {work} {work}/auth {work}/auth/auth.db").split("\n")[:3] == [
-            "700 flops-mlops", "700 flops-mlops", "600 flops-mlops"]
+        assert tracking.run(f"stat -c '%a %U' {work} {work}/auth").split("\n")[:2] == [
+            f"700 flops-mlops-{tenant.id}", f"700 flops-mlops-{tenant.id}"]
+        # Users and grants are in the backend store's mlflow_<tenant>_auth: no SQLite file beside the server.
+        assert tracking.run(f"ls -A {work}/auth").split() == []
     private = {tracking: [f"/etc/flops-mlops/{config.name}/tracking/{t.id}.env" for t in config.tenants],
                three["backend"]: [f"/etc/flops-mlops/{config.name}/tenants.sql"],
                three["artifacts"]: [f"/etc/flops-mlops/{config.name}/vsftpd/passwd"]}

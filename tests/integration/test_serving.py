@@ -13,8 +13,8 @@ import conftest
 import pytest
 import requests
 from conftest import free_port
-from serving_checks import assert_bad_payloads_refused, assert_serves, served_version, wait_for_version
-from tracking_checks import logged_in
+from serving_checks import (assert_bad_payloads_refused, assert_serves, served_version, serving_stack,
+                            wait_for_version)
 
 pytestmark = pytest.mark.timeout(600)
 QUIET = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "FLWR_TELEMETRY_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true"}
@@ -29,12 +29,8 @@ def run_round(stack: conftest.TestStack, project: str, seed: int) -> dict:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("serving")
-    stack = conftest.TestStack.create("local", folder, ["acme"])
-    stack.up()
-    with logged_in(stack.admin()):
+    with serving_stack(tmp_path_factory.mktemp("serving")) as stack:
         yield stack
-    stack.cli("down", "--purge")
 
 
 @pytest.fixture(scope="module")
@@ -165,6 +161,7 @@ def test_build_model_image_serves_offline_and_holds_no_secret(stack, served, tmp
     """build-model-image bakes the champion into an image FROM the model-server image: with no network at all it
     serves what pyfunc predicts; no layer, history entry or environment variable holds a secret."""
     import mlflow
+    from flops_mlops.tracking.users import AuthAdmin
     from mlflow.models import Model
 
     need_model_server_image(stack.load().images.model_server)
@@ -190,6 +187,13 @@ def test_build_model_image_serves_offline_and_holds_no_secret(stack, served, tmp
         secrets = [value for value in stack.secrets().values.values() if len(value) >= 8]
         assert secrets and not [value for value in secrets if value in added]
         assert "PASSWORD" not in docker("image", "inspect", "--format", "{{json .Config.Env}}", tag).stdout
+        # It read the model as image-<project>: the running model server's serve-<project> kept its password.
+        config = stack.load()
+        admin = AuthAdmin(config.tracking_uri(config.tenant("acme")), stack.secrets().admin_password("acme"))
+        grants = [(p["resource_type"], p["resource_pattern"], p["permission"]) for p in admin.permissions("image-Shop")]
+        assert grants == [("registered_model", "Shop", "READ")]
+        time.sleep(3)  # three polls of the running server (--poll 1)
+        assert "refused" not in (config.state_dir / "logs" / "model-acme-Shop.log").read_text(encoding="utf-8")
     finally:
         if container:
             docker("rm", "--force", container, check=False)
@@ -201,6 +205,35 @@ def need_model_server_image(image: str) -> None:
         conftest.missing_service("no Docker engine (build-model-image needs one)")
     if subprocess.run(["docker", "image", "inspect", image], capture_output=True).returncode:
         conftest.missing_service(f"image {image} is missing (scripts/compose-ci.sh builds it)")
+
+
+def test_a_rekeyed_server_stops_following_and_locks_no_one_out(stack, served):
+    """serve-Shop re-keyed behind a running server's back (as another start does): the server keeps serving what it
+    has and stops asking, rather than failing a login every poll until the tracking server's throttle blocks the
+    user and the address (every login from 127.0.0.1, the admin's too)."""
+    from flops_mlops.tracking.users import AuthAdmin, ensure_serving_user
+
+    config = stack.load()
+    uri = config.tracking_uri(config.tenant("acme"))
+    admin = AuthAdmin(uri, stack.secrets().admin_password("acme"))
+    services = json.loads(stack.cli("status", "--json", check=True).stdout)["services"]
+    url = next(f"http://{s['address']}" for s in services
+               if s["name"] == "model-acme-Shop" and s["state"] == "running")
+    version = served_version(url)
+    ensure_serving_user(admin, "Shop", "a-new-password-0123456789")  # what another start does
+    log = config.state_dir / "logs" / "model-acme-Shop.log"
+    deadline = time.monotonic() + 30
+    while "no longer followed" not in log.read_text(encoding="utf-8"):
+        assert time.monotonic() < deadline, log.read_text(encoding="utf-8")[-2000:]
+        time.sleep(0.5)
+    time.sleep(8)  # eight more polls, were it still asking
+    assert log.read_text(encoding="utf-8").count("login was refused") == 1
+    assert served_version(url) == version
+    new_password = "a-new-password-0123456789"
+    for user, password in (("admin", stack.secrets().admin_password("acme")), ("serve-Shop", new_password)):
+        answer = requests.get(f"{uri}/api/2.0/mlflow/registered-models/get", params={"name": "Shop"},
+                              auth=(user, password), timeout=10)
+        assert answer.status_code == 200, (user, answer.status_code, answer.text[:200])
 
 
 def test_stop_and_down_stop_the_model_server(stack, served):

@@ -102,7 +102,10 @@ def test_two_tenants_log_to_their_own_stores_and_see_only_their_own(make_stack, 
         with pymysql.connect(host=b.host, port=b.port, user=acme.db_user,
                              password=secrets.db_password("acme")) as conn, conn.cursor() as cur:
             cur.execute("SHOW DATABASES")
-            assert globex.database not in {row[0] for row in cur.fetchall()}
+            shown = {row[0] for row in cur.fetchall()}
+            # Its own two databases (tracking, and its server's users and grants), none of globex's.
+            assert {acme.database, f"{acme.database}_auth"} <= shown
+            assert not {globex.database, f"{globex.database}_auth"} & shown
             with pytest.raises(pymysql.err.OperationalError) as denied:
                 cur.execute(f"SELECT COUNT(*) FROM `{globex.database}`.runs")
             assert denied.value.args[0] in (1044, 1142)  # access denied

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ftplib
 import io
 import itertools
+import json
 import os
 import pwd
 import signal
@@ -26,6 +27,7 @@ import conftest
 import psutil
 import pytest
 import requests
+from flops_mlops.tracking.logins import MAX_DELAY
 from tracking_checks import log_example
 
 pytestmark = [pytest.mark.services, pytest.mark.timeout(900)]
@@ -153,12 +155,16 @@ def test_every_route_refuses_outsiders_and_other_tenants(target):
                   "a wrong password": ("admin", "not-the-password")}
         for (who, login), (method, route) in itertools.product(logins.items(), ROUTES):
             answer = target.call(method, victim, route, login=login)
-            ledger.attempt(f"{who} {method} {route} on {victim}", answer.status_code != 401,
+            # 401, or 429 once the wrong logins are throttled (tracking/logins.py): both refuse without data.
+            ledger.attempt(f"{who} {method} {route} on {victim}", answer.status_code not in (401, 429),
                            f"{answer.status_code} {answer.text[:120]}")
     # /health stays open for health checks, and says nothing else.
     for tenant in TENANTS:
         health = target.call("GET", tenant, "/health")
         assert health.status_code == 200 and len(health.content) < 20
+    # The wrong logins above blocked the name admin and this address for at most MAX_DELAY s: let that pass, so
+    # that the tests after this one log in as before.
+    time.sleep(MAX_DELAY + 1)
     ledger.verdict()
 
 
@@ -181,6 +187,10 @@ def test_a_project_user_sees_only_its_own_project(target):
             ("GET", "/api/2.0/mlflow/registered-models/get?name=ProjectTwo", {}),
             ("POST", "/api/2.0/mlflow/runs/create", {"json": {"experiment_id": target.experiment_ids[tenant]}}),
             ("GET", "/api/2.0/mlflow/users/list", {}),
+            # a name of its own: MLflow would make it MANAGE the new experiment or model (a store to fill)
+            ("POST", "/api/2.0/mlflow/experiments/create", {"json": {"name": f"mine-{tenant}"}}),
+            ("POST", "/ajax-api/2.0/mlflow/experiments/create", {"json": {"name": f"mine-ajax-{tenant}"}}),
+            ("POST", "/api/2.0/mlflow/registered-models/create", {"json": {"name": f"mine-{tenant}"}}),
             ("POST", "/api/3.0/mlflow/users/permissions/grant",
              {"json": {"username": "fl-ProjectOne", "resource_type": "experiment",
                        "resource_id": target.experiment_ids[tenant], "permission": "MANAGE"}}),
@@ -344,16 +354,26 @@ def test_no_sql_across_tenant_databases(target):
     config = target.stack.load()
     secrets = target.stack.secrets()
     b = config.backend_store
+    # Tenants' logins over TLS, the server verified against the deployment's CA (backend_store.tls, the default).
+    from flops_mlops.configuration import certificates
+    from flops_mlops.stores.mysql import verified_ssl
+
+    tls = verified_ssl(certificates.ca_certificate_path(config)) if certificates.mysql_tls(config) else None
     for attacker, victim in PAIRS:
         with pymysql.connect(host=b.host, port=b.port, user=f"mlflow_{attacker}",
-                             password=secrets.db_password(attacker)) as conn, conn.cursor() as cur:
+                             password=secrets.db_password(attacker), ssl=tls) as conn, conn.cursor() as cur:
             cur.execute("SHOW DATABASES")
-            ledger.attempt(f"{attacker} SHOW DATABASES", f"mlflow_{victim}" in {r[0] for r in cur.fetchall()})
+            shown = {r[0] for r in cur.fetchall()}
+            ledger.attempt(f"{attacker} SHOW DATABASES", bool({f"mlflow_{victim}", f"mlflow_{victim}_auth"} & shown))
             for statement in (f"SELECT COUNT(*) FROM `mlflow_{victim}`.runs", f"USE `mlflow_{victim}`",
                               f"SELECT * FROM `mlflow_{victim}`.experiments",
                               f"CREATE TABLE `mlflow_{victim}`.planted (x INT)",
                               "SELECT user, host FROM mysql.user", "SELECT * FROM information_schema.USER_PRIVILEGES",
-                              f"GRANT ALL ON `mlflow_{victim}`.* TO 'mlflow_{attacker}'@'%'"):
+                              f"GRANT ALL ON `mlflow_{victim}`.* TO 'mlflow_{attacker}'@'%'",
+                              # the victim's users and grants (its auth database, tracking/auth_store.py)
+                              f"SELECT username, password_hash FROM `mlflow_{victim}_auth`.users",
+                              f"UPDATE `mlflow_{victim}_auth`.users SET is_admin = 1",
+                              f"GRANT ALL ON `mlflow_{victim}_auth`.* TO 'mlflow_{attacker}'@'%'"):
                 try:
                     cur.execute(statement)
                     rows = cur.fetchall()
@@ -365,11 +385,19 @@ def test_no_sql_across_tenant_databases(target):
         for password in (secrets.db_password(attacker), "", "root"):
             try:
                 pymysql.connect(host=b.host, port=b.port, user=f"mlflow_{victim}", password=password,
-                                connect_timeout=5).close()
+                                connect_timeout=5, ssl=tls).close()
                 worked = True
             except pymysql.err.OperationalError:
                 worked = False
             ledger.attempt(f"{attacker} logs in as mlflow_{victim}", worked)
+        if tls is not None:  # an eavesdropper's way: the right password, without TLS
+            try:
+                pymysql.connect(host=b.host, port=b.port, user=f"mlflow_{attacker}",
+                                password=secrets.db_password(attacker), connect_timeout=5, ssl_disabled=True).close()
+                worked = True
+            except pymysql.err.OperationalError:
+                worked = False
+            ledger.attempt(f"mlflow_{attacker} logs in without TLS", worked)
     ledger.verdict()
 
 
@@ -480,3 +508,52 @@ def _environ_as_nobody(secrets: list[str]) -> str:
                           user=nobody.pw_uid, group=nobody.pw_gid, extra_groups=[], timeout=60, cwd="/")
     assert done.returncode == 0, done.stderr
     return done.stdout.strip()
+
+
+def test_each_tenant_runs_as_its_own_account_and_reads_nothing_of_the_others(target):
+    """As each tenant's account (and the embedded FTP store's), try to read the other tenants' environments, files
+    and logs, as a server given over to an attacker could. Its own environment it reads: the attempt is real."""
+    target.stack.up()  # the stores an earlier test stopped come back
+    config = target.stack.load()
+    secrets = target.stack.secrets()
+    ledger = Ledger(f"[{target.kind}] one OS account per tenant")
+    servers = {t: running_service(config, f"tracking-{t}") for t in TENANTS}
+    for tenant, proc in servers.items():
+        ledger.attempt(f"{tenant}'s server as another account than its own",
+                       proc.username() != f"{conftest.TRACKING_ACCOUNT}-{tenant}", proc.username())
+    accounts = {t: pwd.getpwnam(servers[t].username()) for t in TENANTS}
+    if target.kind == "local":
+        ftp = running_service(config, "artifact-store")
+        ledger.attempt("embedded FTP store as root", ftp.username() != conftest.TRACKING_ACCOUNT, ftp.username())
+        accounts["the FTP store"] = pwd.getpwnam(ftp.username())
+    for reader, account in accounts.items():
+        own = f"/proc/{servers[reader].pid}/environ" if reader in servers else None
+        if own:
+            read = _read_as(account, [own])[own]
+            assert secrets.admin_password(reader) in read, f"{reader}'s account cannot read its own environment: {read}"
+        for victim in TENANTS:
+            if victim == reader:
+                continue
+            paths = [f"/proc/{servers[victim].pid}/environ",
+                     str(config.state_dir / "tenants" / victim / "auth.db"),
+                     str(config.state_dir / "tenants" / victim),
+                     str(config.state_dir / "logs" / f"tracking-{victim}.log")]
+            if reader in servers:
+                paths.append(str(config.state_dir / "ftp" / f"flops_{victim}"))
+            for path, result in _read_as(account, paths).items():
+                ledger.attempt(f"{reader} reads {path}", not result.startswith("refused"), result[:80])
+    ledger.verdict()
+
+
+def _read_as(account: pwd.struct_passwd, paths: list[str]) -> dict[str, str]:
+    """What ``account`` gets from each path: a file's text, a folder's names, or 'refused: <error>'."""
+    script = ("import json,os,sys\nout={}\n"
+              "for p in json.load(sys.stdin):\n"
+              "    try: out[p]=' '.join(os.listdir(p)) if os.path.isdir(p) else "
+              "open(p,'rb').read().decode('utf-8','replace')\n"
+              "    except OSError as e: out[p]='refused: '+type(e).__name__\n"
+              "print(json.dumps(out))\n")
+    done = subprocess.run([sys.executable, "-c", script], input=json.dumps(paths), capture_output=True, text=True,
+                          user=account.pw_uid, group=account.pw_gid, extra_groups=[], timeout=60, cwd="/")
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)

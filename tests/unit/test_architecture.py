@@ -55,10 +55,12 @@ LAYERS = [
     {"processes", "bundled"},  # this machine's processes and private files; the folders shipped beside the code
     {"rendered"},  # files that `render` writes or checks
     {"configuration"},
+    {"images"},  # root filesystems, wheels per platform, OCI image indexes (no Docker daemon)
     {"stores"},
     {"tracking"},
     {"fl"},
     {"serving"},
+    {"backup"},  # a tenant's data out of its stores and back (backup, restore)
     {"native", "compose", "oakestra", "pyinfra"},  # the four targets
     {"cli"},
 ]

@@ -53,8 +53,8 @@ def test_check_names_a_file_that_drifted(tmp_path):
 def test_every_tenant_gets_its_database_ftp_user_and_tracking_server(tmp_path):
     document = render(tmp_path, [{"id": "default"}, {"id": "acme"}, {"id": "globex", "port": 5100}])
     services = document["services"]
-    assert set(services) == {"backend-store", "artifact-store", "tracking-server", "tracking-server-acme",
-                             "tracking-server-globex", "fl-aggregator", "fl-learner-0", "fl-learner-1", "model-server"}
+    assert set(services) == {"backend-store", "artifact-store", "tracking-volumes", "tracking-server",
+                             "tracking-server-acme", "tracking-server-globex", "fl-aggregator", "fl-learner-0", "fl-learner-1", "model-server"}
     assert set(document["volumes"]) == {"backend-store", "artifact-store", "tracking-auth", "tracking-auth-acme",
                                         "tracking-auth-globex"}
     backend = services["backend-store"]["environment"]
@@ -83,6 +83,12 @@ def test_every_tenant_gets_its_database_ftp_user_and_tracking_server(tmp_path):
         assert services[service]["ports"] == [f"${{FLOPS_TRACKING_BIND_ADDRESS:-127.0.0.1}}:${{{variable}:-{port}}}:5000"]
         volume = "tracking-auth" if tenant == "default" else f"tracking-auth-{tenant}"
         assert services[service]["volumes"] == [f"{volume}:/srv/mlflow/auth"]
+        # ... and a uid of its own, which tracking-volumes gives that volume to first.
+        uid = {"default": 20001, "acme": 20002, "globex": 20003}[tenant]
+        assert services[service]["user"] == f"{uid}:{uid}"
+        assert f"{uid}:{tenant}" in services["tracking-volumes"]["command"]
+        assert f"{volume}:/auth/{tenant}" in services["tracking-volumes"]["volumes"]
+        assert services[service]["depends_on"]["tracking-volumes"] == {"condition": "service_completed_successfully"}
         assert ("FLOPS_FL_USERS" in environment) == (tenant == "default")  # the fl profile's tenant: the first
 
 
@@ -184,7 +190,7 @@ def test_nothing_rendered_holds_a_secret_value(tmp_path):
 
 @pytest.mark.parametrize("changes, message", [
     ({"backend_store.kind": "sqlite"}, "backend_store.kind: compose runs MySQL, so expected mysql, got 'sqlite'"),
-    ({"artifact_store.kind": "embedded"},
+    ({"artifact_store.kind": "embedded", "artifact_store.tls": False},
      "artifact_store.kind: compose runs vsftpd, so expected vsftpd, got 'embedded'"),
 ])
 def test_a_configuration_compose_cannot_run_is_refused_and_nothing_is_written(tmp_path, changes, message):
@@ -199,6 +205,35 @@ def test_sla_templates_are_an_oakestra_option(tmp_path):
     result = run_cli("render", "--target", "compose", "--out", str(tmp_path), "--templates", "sla_templates",
                      config=config)
     assert result.returncode == 2 and "--templates: only for --target oakestra" in result.stderr
+
+
+def test_ftps_gives_the_store_its_key_as_a_file_and_the_tracking_servers_only_the_ca(tmp_path):
+    """artifact_store.tls (on in configs/compose.yaml): certificate and key reach the artifact store as files
+    mounted from beside the secrets file, the tracking servers get the CA alone and verify the store with it."""
+    document = render(tmp_path, [{"id": "default"}, {"id": "acme"}])
+    services = document["services"]
+    mounted = {s["source"]: s["target"] for s in services["artifact-store"]["secrets"]}
+    assert mounted == {"ftp-tls-certificate": "/etc/flops-tls/ftp.crt", "ftp-tls-key": "/etc/flops-tls/ftp.key",
+                       "deployment-ca": "/etc/flops-tls/ca.crt"}
+    assert services["artifact-store"]["environment"]["FLOPS_FTP_TLS"] == "true"
+    for name in ("tracking-server", "tracking-server-acme"):
+        assert services[name]["secrets"] == [{"source": "deployment-ca", "target": "/etc/flops-tls/ca.crt"}]
+        assert services[name]["environment"]["FLOPS_FTP_TLS"] == "true"
+        assert services[name]["environment"]["FLOPS_FTP_CA_FILE"] == "/etc/flops-tls/ca.crt"
+    beside = "${FLOPS_SECRETS_FILE:-../secrets.env}"  # the secrets file, relative to the compose project
+    assert document["secrets"] == {"deployment-ca": {"file": f"{beside}.ca.crt"},
+                                   "ftp-tls-certificate": {"file": f"{beside}.ftp-tls.crt"},
+                                   "ftp-tls-key": {"file": f"{beside}.ftp-tls.key"}}
+    assert not any("FLOPS_FTP_TLS" in str(s.get("environment", "")) or "secrets" in s
+                   for name, s in services.items() if name not in ("artifact-store", "tracking-server",
+                                                                   "tracking-server-acme"))
+
+
+def test_plain_ftp_is_one_key_and_mounts_nothing(tmp_path):
+    document = render(tmp_path, [{"id": "default"}], **{"artifact_store.tls": False})
+    assert "secrets" not in document
+    assert not any("secrets" in s or "FLOPS_FTP_TLS" in s.get("environment", {})
+                   for s in document["services"].values() if isinstance(s.get("environment", {}), dict))
 
 
 # --- the artifact-store image's FTP users (its checks run before it touches anything) ------------------------
@@ -226,3 +261,16 @@ def test_the_artifact_store_refuses_a_bad_user_list(environment, message):
     assert result.returncode == 2, result.stderr
     assert message in result.stderr
     assert not re.search(r"pw-1", result.stderr)
+
+
+@pytest.mark.parametrize("environment, message", [
+    ({"FLOPS_FTP_TLS": "on"}, "FLOPS_FTP_TLS: expected true or false, got 'on'"),
+    ({"FLOPS_FTP_TLS": "true", "FLOPS_FTP_TLS_KEY": "/nonexistent/ftp.key", "FLOPS_FTP_TLS_CERT": str(ENTRYPOINT),
+      "FLOPS_FTP_CA_FILE": str(ENTRYPOINT)},
+     "FLOPS_FTP_TLS is true, but '/nonexistent/ftp.key' is not a readable file (made by flops-mlops secrets init)"),
+    ({"FLOPS_FTP_TLS": "true", "FLOPS_FTP_TLS_CERT": "/tmp/a b.crt"}, "FTPS file '/tmp/a b.crt' is not an absolute"),
+])
+def test_the_artifact_store_refuses_bad_ftps_settings(environment, message):
+    result = run_entrypoint(FLOPS_FTP_USERS="flops_acme=ACME", ACME="pw-1", **environment)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr

@@ -62,6 +62,10 @@ BAD = [
     ("artifact_store.host", "bad host", "artifact_store.host: expected a host name or IP address"),
     ("artifact_store.connect_timeout", 0, "artifact_store.connect_timeout: expected at least 1 second, got 0"),
     ("artifact_store.data_timeout", "60", "artifact_store.data_timeout: expected an integer, got str '60'"),
+    ("artifact_store.quota", "10 gigs", "artifact_store.quota: expected a size such as 10GB, 500MB or 0 (no limit), "
+                                        "got '10 gigs'"),
+    ("artifact_store.quota", -1, "artifact_store.quota: expected a size such as 10GB, 500MB or 0 (no limit), got -1"),
+    ("artifact_store.quota", 1.5, "artifact_store.quota: expected an integer, got float 1.5"),
     ("artifact_store.tls", True, "artifact_store.tls: FTPS needs kind vsftpd (the embedded server speaks plain FTP "
                                  "only), got kind 'embedded'"),
     ("tenants", [], "tenants: expected at least one tenant"),
@@ -87,6 +91,11 @@ BAD = [
     ("tracking.allowed_hosts", ["10.0.*"], "got '10.0.*'"),
     ("tracking.allowed_hosts", ["*.org"], "got '*.org'"),
     ("tracking.allowed_hosts", ["ok.example:99999"], "got 'ok.example:99999'"),
+    # HTTPS of the tracking servers: a bool; a certificate of one's own comes with its key, and only with tls on.
+    ("tracking.tls", "yes", "tracking.tls: expected true or false, got str 'yes'"),
+    ("tracking.tls_certificate", "my.crt", "tracking.tls_key: required with tracking.tls_certificate"),
+    ("tracking.tls_key", "my.key", "tracking.tls_certificate: required with tracking.tls_key"),
+    ("tracking.tls_ca", "ca.crt", "tracking.tls_ca: set to 'ca.crt', but tracking.tls is false"),
     # Passive data ports apart from every other port of the stack.
     ("artifact_store.passive_ports", [5000, 5009],
      "artifact_store.passive_ports: [5000, 5009] includes port 5000, used by tracking server of tenant acme"),
@@ -165,3 +174,11 @@ def test_every_key_is_documented():
 def test_a_trailing_or_embedded_newline_is_not_a_valid_tenant_id(value):
     with pytest.raises(ConfigError, match="is not a valid tenant id"):
         validate_tenant_id(value)
+
+
+@pytest.mark.parametrize("text, size", [("10GB", 10 * 10**9), ("500 MiB", 500 * 2**20), ("0", 0), ("none", 0),
+                                        (1234, 1234), ("2tb", 2 * 10**12)])
+def test_a_quota_is_read_as_bytes(text, size):
+    from flops_mlops.configuration.stores import ArtifactStore
+
+    assert ArtifactStore(quota=text).quota == size

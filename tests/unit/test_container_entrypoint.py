@@ -20,11 +20,11 @@ def test_uris_come_from_the_environment_and_stay_out_of_the_command_line():
     assert env["MLFLOW_ARTIFACTS_DESTINATION"] == "ftp://flops_default:ftp%2Fsecret@artifact-store:21/artifacts"
     assert env["MLFLOW_AUTH_ADMIN_PASSWORD"] == "admin-secret-123"
     assert env["MLFLOW_FLASK_SERVER_SECRET_KEY"] == "key-secret-123"
-    # The only settings of ours MLflow's worker gets are where its auth database is and our FTP repository's
-    # timeouts (defaults, as artifact_store's); no password under our names.
+    # The only settings of ours MLflow's worker gets are where its auth database is, its tenant (for the login
+    # audit) and our FTP repository's timeouts and quota (defaults, as artifact_store's); no password under our names.
     assert {key: value for key, value in env.items() if key.startswith("FLOPS_")} == {
-        "FLOPS_AUTH_DB": "/srv/mlflow/auth/auth.db", "FLOPS_FTP_CONNECT_TIMEOUT": "10",
-        "FLOPS_FTP_DATA_TIMEOUT": "60"}
+        "FLOPS_AUTH_DB": "/srv/mlflow/auth/auth.db", "FLOPS_TENANT": "default", "FLOPS_FTP_CONNECT_TIMEOUT": "10",
+        "FLOPS_FTP_DATA_TIMEOUT": "60", "FLOPS_ARTIFACT_QUOTA": "10000000000"}
     # The container runs the same single-process runner as the native stack.
     assert argv[1:3] == ["-m", "flops_mlops.tracking.runner"]
     assert not any("secret" in arg for arg in argv)
@@ -83,3 +83,25 @@ def test_entrypoint_exits_2_on_bad_settings(monkeypatch, capsys):
     monkeypatch.setenv("FLOPS_FTP_PASSWORD", "x")
     assert container.main(["tracking-server"]) == 2
     assert "FLOPS_DB_PASSWORD: required" in capsys.readouterr().err
+
+
+def test_ftps_verifies_the_store_against_the_mounted_ca(tmp_path):
+    ca = tmp_path / "ca.crt"
+    ca.write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n", encoding="ascii")
+    env = {**BASE, "FLOPS_FTP_TLS": "true", "FLOPS_FTP_CA_FILE": str(ca)}
+    config, tenant, secrets = container.stack_from_env(env)
+    server = server_env(config, tenant, secrets, container.auth_db(env), ftp_ca=container.ftp_ca_file(env))
+    assert server["MLFLOW_ARTIFACTS_DESTINATION"].startswith("ftps://flops_default:ftp%2Fsecret@artifact-store:21/")
+    assert server["FLOPS_FTP_CA_PEM"] == ca.read_text()
+    assert container.ftp_ca_file(BASE) is None  # plain FTP unless FLOPS_FTP_TLS is true
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"FLOPS_FTP_TLS": "yes"}, "environment: FLOPS_FTP_TLS: expected true or false, got 'yes'"),
+    ({"FLOPS_FTP_TLS": "true", "FLOPS_FTP_CA_FILE": "/nonexistent/ca.crt"},
+     "environment: FLOPS_FTP_CA_FILE: cannot read the CA certificate '/nonexistent/ca.crt'"),
+])
+def test_bad_ftps_settings_are_refused_with_the_variable_named(override, message):
+    with pytest.raises(ConfigError, match=message):
+        container.stack_from_env({**BASE, **override})
+        container.ftp_ca_file({**BASE, **override})

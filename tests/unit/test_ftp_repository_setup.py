@@ -51,20 +51,21 @@ def test_bad_timeouts_in_the_environment_are_named(monkeypatch, value):
         ftp_client.repository("ftp://u:p@h/x")
 
 
-def test_the_servers_environment_carries_the_configured_timeouts_and_tls():
+def test_the_servers_environment_carries_the_configured_timeouts_quota_and_tls():
     config = StackConfig(name="t", state_dir="/tmp/x", secrets_file="/tmp/x.env", tenants=[Tenant(id="acme")],
-                         artifact_store={"kind": "vsftpd", "connect_timeout": 4, "data_timeout": 30})
+                         artifact_store={"kind": "vsftpd", "connect_timeout": 4, "data_timeout": 30,
+                                         "quota": "2GiB"})
     secrets = Secrets(config.secrets_file, {ftp_password_key("acme"): "pw"})
-    assert ftp_client.environment(config) == {"FLOPS_FTP_CONNECT_TIMEOUT": "4", "FLOPS_FTP_DATA_TIMEOUT": "30"}
+    assert ftp_client.environment(config) == {"FLOPS_FTP_CONNECT_TIMEOUT": "4", "FLOPS_FTP_DATA_TIMEOUT": "30",
+                                              "FLOPS_ARTIFACT_QUOTA": str(2 * 2**30)}
     assert artifacts_destination(config, config.tenant("acme"), secrets).startswith("ftp://")
     tls = config.model_copy(update={"artifact_store": config.artifact_store.model_copy(update={"tls": True})})
     assert artifacts_destination(tls, tls.tenant("acme"), secrets).startswith("ftps://flops_acme:pw@")
 
 
-@pytest.mark.parametrize("name, check", [("compose.yaml", "flops_mlops.compose.render:check"),
-                                         ("oakestra.yaml", "flops_mlops.oakestra.sla:check")])
+@pytest.mark.parametrize("name, check", [("oakestra.yaml", "flops_mlops.oakestra.sla:check")])
 def test_targets_without_ftps_refuse_tls(name, check):
-    """FTPS is for `flops-mlops up`: compose and Oakestra run plain-FTP stores, and say so instead of ignoring it."""
+    """Oakestra runs a plain-FTP store still, and says so instead of ignoring artifact_store.tls."""
     import importlib
     from pathlib import Path
 
@@ -76,5 +77,5 @@ def test_targets_without_ftps_refuse_tls(name, check):
     tls = config.model_copy(update={"artifact_store": store}).located(config.source)
     module, function = check.split(":")
     getattr(importlib.import_module(module), function)(config)  # as shipped: accepted
-    with pytest.raises(ConfigError, match="artifact_store.tls: FTPS is for `flops-mlops up`.*got true"):
+    with pytest.raises(ConfigError, match="artifact_store.tls: FTPS runs natively, on compose and with pyinfra; the Oakestra .*got true"):
         getattr(importlib.import_module(module), function)(tls)

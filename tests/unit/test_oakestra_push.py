@@ -122,7 +122,7 @@ def environment_of(service: dict) -> dict[str, str]:
     return dict(item.split("=", 1) for item in service["environment"])
 
 
-def test_push_fills_the_login_secrets_and_stores_the_auth_volume(deployment):
+def test_push_fills_the_login_secrets_and_pins_no_tracking_server(deployment):
     d = deployment()
     result = d.push()
     assert result.returncode == 0, result.stderr
@@ -142,10 +142,8 @@ def test_push_fills_the_login_secrets_and_stores_the_auth_volume(deployment):
         learner = mnist[name]["environment"]
         assert not any(item.startswith("MLFLOW_") for item in learner), name
         assert not any(value in item for value in d.secrets.values() for item in learner), name
-    assert tracking["acme"]["volumes"] == [{
-        "volume_id": "flops-acme-auth", "csi_driver": "csi.oakestra.io/hostpath", "mount_path": "/srv/mlflow/auth",
-        "config": {"host_path": "/mnt/oakestra/hostpath/flops-mlops/auth/acme"}}]
-    assert tracking["globex"]["constraints"] == [{"type": "direct", "cluster": "cluster1", "node": "worker1"}]
+    # Logins are in the backend store: no volume, no node of their own.
+    assert not tracking["acme"].get("volumes") and not tracking["globex"].get("constraints")
     stores = d.fake.services_of("stores")  # the stores' data folders and their node reach the orchestrator
     assert stores["mysql"]["volumes"][0]["config"] == {"host_path": "/mnt/oakestra/hostpath/flops-mlops/mysql"}
     assert stores["ftpglobex"]["volumes"][0]["config"] == {"host_path": "/mnt/oakestra/hostpath/flops-mlops/ftp/globex"}

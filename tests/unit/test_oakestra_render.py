@@ -229,18 +229,15 @@ def test_fl_users_list_the_tenants_projects_and_push_fills_every_placeholder_in_
 
 
 @pytest.mark.parametrize("tenant, index", [("acme", 0), ("globex", 1)])
-def test_each_tracking_server_keeps_its_logins_on_a_host_path_volume_of_its_pinned_node(tmp_path, tenant, index):
+def test_a_tracking_server_has_no_volume_and_no_node_of_its_own(tmp_path, tenant, index):
+    """Its logins are in the backend store (tracking/auth_store.py): nothing pins it, a rescheduled one loses none."""
     config = config_module.load(write_config(tmp_path))
     item = next(r for r in sla.render_all(config) if r.application_name == "tracking")
     service = item.document["applications"][0]["microservices"][index]
     assert service["microservice_name"] == tenant
-    assert service["volumes"] == [{
-        "volume_id": f"flops-{tenant}-auth", "csi_driver": "csi.oakestra.io/hostpath", "mount_path": "/srv/mlflow/auth",
-        "config": {"host_path": f"/mnt/oakestra/hostpath/flops-mlops/auth/{tenant}"},
-    }]
-    auth_db = env(service)["FLOPS_AUTH_DB"]
-    assert auth_db.startswith(service["volumes"][0]["mount_path"] + "/")  # the database is on the volume
-    assert service["constraints"] == [{"type": "direct", "cluster": "cluster1", "node": "worker1"}]
+    assert "volumes" not in service and "target_node" not in service
+    assert "FLOPS_AUTH_DB" not in env(service)
+    assert service["constraints"] == []  # oakestra.target of configs/oakestra.yaml names no cluster or node
 
 
 def test_the_stores_keep_their_data_on_a_host_path_of_their_pinned_node(tmp_path):
@@ -272,21 +269,16 @@ def test_a_store_without_settings_keeps_its_data_only_in_its_container(tmp_path)
     assert rendered["stores/ftpacme"]["constraints"] == [{"type": "direct", "cluster": "edge1", "node": "worker2"}]
 
 
-def test_the_tracking_servers_fall_back_to_target_and_use_their_own_host_path(tmp_path):
+def test_the_tracking_servers_go_where_target_says(tmp_path):
     def edit(data):
-        data["oakestra"]["tracking_target"] = None
         data["oakestra"]["target"] = {"cluster": "edge1", "node": "disknode"}
-        data["oakestra"]["auth_host_path"] = "/srv/flops/auth"
         data["oakestra"]["stores"] = {}  # the stores' data only in their containers
         data["oakestra"]["stores_target"] = None
     config = config_module.load(write_config(tmp_path, edit))
     rendered = services(sla.render_all(config))
     for name in ("tracking/acme", "tracking/globex", "mnist/aggregator"):
         assert rendered[name]["constraints"] == [{"type": "direct", "cluster": "edge1", "node": "disknode"}], name
-    assert rendered["tracking/globex"]["volumes"][0]["config"] == {"host_path": "/srv/flops/auth/globex"}
-    volume_ids = [s["volumes"][0]["volume_id"] for n, s in rendered.items() if n.startswith("tracking/")]
-    assert len(set(volume_ids)) == len(volume_ids) == 2
-    assert all("volumes" not in s for n, s in rendered.items() if not n.startswith("tracking/"))
+    assert all("volumes" not in s for s in rendered.values())
 
 
 # --- the service IP plan --------------------------------------------------------------------------
@@ -353,18 +345,9 @@ CONFIG_ERRORS = [
      "oakestra.projects[0].slot: its addresses 10.30.101.x overlap ip_plan.tracking_block"),
     ("namespace with dash", _set("oakestra.namespace", "flo-ps"), "oakestra.namespace: 'flo-ps' must be 1-30 letters"),
     ("resources as string", _set("oakestra.mysql.memory", "1024"), "oakestra.mysql.memory: expected an integer"),
-    ("tracking not pinned", _set("oakestra.tracking_target", None),
-     "oakestra.target: the tracking servers must be pinned to one node, with its cluster"),
-    ("tracking pinned to a cluster only", _set("oakestra.tracking_target", {"cluster": "edge1"}),
-     "oakestra.tracking_target: the tracking servers must be pinned to one node"),
-    ("tracking pinned to a node only", _set("oakestra.tracking_target", {"node": "worker1"}),
-     "oakestra.tracking_target: the tracking servers must be pinned"),
-    ("relative auth host path", _set("oakestra.auth_host_path", "auth"),
-     "oakestra.auth_host_path: 'auth' must be an absolute path"),
-    ("auth host path escaping", _set("oakestra.auth_host_path", "/mnt/oakestra/hostpath/../../etc"),
-     "oakestra.auth_host_path: '/mnt/oakestra/hostpath/../../etc' must be an absolute path"),
-    ("auth host path with a space", _set("oakestra.auth_host_path", "/mnt/my auth"),
-     "oakestra.auth_host_path: '/mnt/my auth' must be"),
+    ("tracking_target is gone", _set("oakestra.tracking_target", {"cluster": "c", "node": "n"}),
+     "oakestra.tracking_target"),
+    ("auth_host_path is gone", _set("oakestra.auth_host_path", "/srv/flops/auth"), "oakestra.auth_host_path"),
     ("store volume without a node", _set("oakestra.stores.mysql.target_node", None),
      "oakestra.stores.mysql.target_node: a volume's folder is on one node: name the node"),
     ("store node without a cluster", _set("oakestra.stores_target", None),
@@ -399,6 +382,7 @@ def test_configuration_errors_name_the_key_and_value(tmp_path, edit, expected):
 
 # --- schema violations in templates (table) -------------------------------------------------------
 
+TRACKING_RR_IP = '"addresses": {"rr_ip": {{ t.rr_ip | tojson }}}'  # a volume goes after it in these cases
 VIOLATIONS = [
     # (case, template, text to replace, replacement, expected message)
     ("memory as a string", "tracking.json.j2", '"memory": {{ resources.tracking_server.memory | tojson }}',
@@ -428,14 +412,16 @@ VIOLATIONS = [
      "project.json.j2: applications[0].microservices[0].cmd: "),
     ("unknown secret", "tracking.json.j2", 'secret(t.ftp_password_key)', '"${FLOPS_NOPE}"',
      "${FLOPS_NOPE} is not a secret of this configuration"),
-    ("volume without csi_driver", "tracking.json.j2", '"volumes": {{ [t.auth_volume] | tojson }}',
-     '"volumes": [{"volume_id": "x", "mount_path": "/srv/mlflow/auth"}]',
+    ("volume without csi_driver", "tracking.json.j2", TRACKING_RR_IP,
+     TRACKING_RR_IP + ', "volumes": [{"volume_id": "x", "mount_path": "/srv/mlflow/auth"}]',
      "tracking.json.j2: applications[0].microservices[0].volumes[0] (service acme): "),
-    ("volume config not a string", "tracking.json.j2", '"volumes": {{ [t.auth_volume] | tojson }}',
-     '"volumes": [{"volume_id": "x", "csi_driver": "csi.oakestra.io/hostpath", "config": {"host_path": 1}}]',
+    ("volume config not a string", "tracking.json.j2", TRACKING_RR_IP,
+     TRACKING_RR_IP + ', "volumes": [{"volume_id": "x", "csi_driver": "csi.oakestra.io/hostpath", '
+     '"config": {"host_path": 1}}]',
      "tracking.json.j2: applications[0].microservices[0].volumes[0].config.host_path (service acme): 1: "),
-    ("secret in a volume", "tracking.json.j2", '"volumes": {{ [t.auth_volume] | tojson }}',
-     '"volumes": [{"volume_id": "${FLOPS_TENANT_ACME_SECRET_KEY}", "csi_driver": "csi.oakestra.io/hostpath"}]',
+    ("secret in a volume", "tracking.json.j2", TRACKING_RR_IP,
+     TRACKING_RR_IP + ', "volumes": [{"volume_id": "${FLOPS_TENANT_ACME_SECRET_KEY}", '
+     '"csi_driver": "csi.oakestra.io/hostpath"}]',
      "tracking.json.j2: applications[0].microservices[0].volumes: "),
     ("undefined variable", "tracking.json.j2", "{{ t.rr_ip | tojson }}", "{{ t.service_ip | tojson }}",
      "tracking.json.j2: 'dict object' has no attribute 'service_ip'"),
@@ -496,7 +482,7 @@ def test_placement_constraints_and_external_stores(tmp_path):
     rendered = sla.render_all(config_module.load(write_config(tmp_path, edit)))
     assert [r.file_name for r in rendered] == ["tracking.json", "mnist.json"]
     acme = rendered[0].document["applications"][0]["microservices"][0]
-    assert acme["constraints"] == [{"type": "direct", "cluster": "cluster1", "node": "worker1"}]  # tracking_target
+    assert acme["constraints"] == [{"type": "direct", "cluster": "edge1"}]  # target: nothing pins it further
     for service in rendered[1].document["applications"][0]["microservices"]:
         assert service["constraints"] == [{"type": "direct", "cluster": "edge1"}]
     assert acme["port"] == ""
@@ -517,7 +503,7 @@ def test_stores_can_be_placed_apart_from_the_other_services(tmp_path):
     for service in rendered["mnist"]["applications"][0]["microservices"]:
         assert service["constraints"] == [{"type": "direct", "cluster": "edge1"}]
     for service in rendered["tracking"]["applications"][0]["microservices"]:
-        assert service["constraints"] == [{"type": "direct", "cluster": "cluster1", "node": "worker1"}]
+        assert service["constraints"] == [{"type": "direct", "cluster": "edge1"}]  # as the other stateless ones
 
 
 def test_cmd_of_our_images_is_their_entrypoint(tmp_path):

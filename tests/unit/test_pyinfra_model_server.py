@@ -23,7 +23,7 @@ def test_unit_runs_the_model_server_as_the_service_account_without_its_password(
     svc = model_server.service(s, acme, "mnist", "0.0.0.0", 8081)
     unit = render(services.UNIT_TEMPLATE, services.unit_data(svc))
     assert f"ExecStart={shlex.join(['/opt/flops-mlops/venv/bin/python', '-m', 'flops_mlops.serving.server'])}" in unit
-    assert "User=flops-mlops" in unit and f"EnvironmentFile={svc.env_file}" in unit
+    assert "User=flops-mlops-acme\n" in unit and f"EnvironmentFile={svc.env_file}" in unit
     assert "http://127.0.0.1:8081/ping" in svc.ready
     for secret in (SERVE_PASSWORD, *FAKE_SECRETS.values()):
         assert secret not in unit and secret not in " ".join(svc.argv)

@@ -104,7 +104,9 @@ def test_sql_literals_escape_quotes_and_backslashes(tmp_path):
 def test_tracking_environment_holds_store_uris_with_url_safe_passwords(tmp_path):
     s = host_settings(tmp_path)
     env = tracking_server.environment(s, s.config, s.config.tenants[0])
-    assert env["MLFLOW_BACKEND_STORE_URI"] == "mysql+pymysql://mlflow_acme:acme-db@10.0.0.11:3306/mlflow_acme?charset=utf8mb4"
+    assert env["MLFLOW_BACKEND_STORE_URI"] == ("mysql+pymysql://mlflow_acme:acme-db@10.0.0.11:3306/mlflow_acme?charset="
+                                               "utf8mb4&ssl_ca=/etc/flops-mlops/golden/mysql-ca.crt"
+                                               "&ssl_check_hostname=true")  # the CA's copy on the host
     assert env["MLFLOW_ARTIFACTS_DESTINATION"] == "ftp://flops_acme:acme-ftp@10.0.0.12:2121/artifacts"
 
 
@@ -120,7 +122,7 @@ def test_tracking_environment_holds_the_login_settings_and_nothing_from_this_mac
     assert "FLOPS_SOMETHING_LOCAL" not in env and "PATH" not in env
     svc = tracking_server.service(s, s.config.tenants[0])
     # The venv's Python runs our single-process runner (MLflow's app with our login), as flops-mlops up does.
-    assert svc.user == "flops-mlops" and svc.argv[:3] == ["/opt/flops-mlops/venv/bin/python", "-m",
+    assert svc.user == "flops-mlops-acme" and svc.argv[:3] == ["/opt/flops-mlops/venv/bin/python", "-m",
                                                           "flops_mlops.tracking.runner"]
 
 
@@ -152,3 +154,30 @@ def test_compose_env_carries_every_secret_the_rendered_compose_reads(tmp_path):
     del s.secrets.values["FLOPS_TENANT_ACME_FTP_PASSWORD"]
     with pytest.raises(ConfigError, match="compose.yaml needs FLOPS_TENANT_ACME_FTP_PASSWORD"):
         docker_host.env_data(s, rendered)
+
+
+def test_ftps_hosts_get_the_store_certificate_and_the_servers_the_ca_file(tmp_path):
+    """artifact_store.tls: vsftpd is rendered for TLS only, with its certificate and key under <etc>/vsftpd; the
+    tracking servers reach the store by ftps:// and read the CA from a file on their host (one line in the
+    environment file, not the PEM text)."""
+    import dataclasses
+
+    from flops_mlops.configuration import certificates
+    from tasks.settings import STACK_TEMPLATES
+
+    s = host_settings(tmp_path)
+    store = s.config.artifact_store.model_copy(update={"tls": True})
+    s = dataclasses.replace(s, config=s.config.model_copy(update={"artifact_store": store}).located(s.config.source))
+    certificates.make_certificate(s.config)
+    assert "IP:10.0.0.12" in certificates.certificate_names(certificates.certificate_path(s.config))
+    env = tracking_server.environment(s, s.config, s.config.tenants[0])
+    assert env["MLFLOW_ARTIFACTS_DESTINATION"] == "ftps://flops_acme:acme-ftp@10.0.0.12:2121/artifacts"
+    assert env["FLOPS_FTP_CA_FILE"] == "/etc/flops-mlops/golden/ftp-ca.crt" and "FLOPS_FTP_CA_PEM" not in env
+    conf = render(STACK_TEMPLATES / "vsftpd.conf.j2", {
+        "listen_address": "0.0.0.0", "listen_port": 2121, "os_user": "ftp", "ftp_root": "/srv", "pam_service": "p",
+        "pasv_min_port": 1, "pasv_max_port": 2, "pasv_address": "10.0.0.12", "empty_dir": "/e", "log_file": "/l",
+        **artifact_store.tls_settings(s)})
+    for line in ("ssl_enable=YES", "force_local_logins_ssl=YES", "force_local_data_ssl=YES",
+                 "rsa_cert_file=/etc/flops-mlops/golden/vsftpd/ftp.crt",
+                 "rsa_private_key_file=/etc/flops-mlops/golden/vsftpd/ftp.key"):
+        assert line in conf.splitlines(), line

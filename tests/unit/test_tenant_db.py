@@ -65,10 +65,12 @@ def test_one_template_names_a_binary_no_pad_collation_for_each_server(tmp_path):
     for tenant in config.tenants:
         for verb in ("CREATE DATABASE IF NOT EXISTS", "ALTER DATABASE"):
             assert f"{verb} `{tenant.database}` CHARACTER SET utf8mb4 COLLATE {collation};" in sql
-        assert (f"CREATE USER IF NOT EXISTS '{tenant.db_user}'@'%' IDENTIFIED BY '{PASSWORDS[tenant.id]}';"
-                in sql)
-        assert f"ALTER USER '{tenant.db_user}'@'%' IDENTIFIED BY '{PASSWORDS[tenant.id]}';" in sql
+        assert (f"CREATE USER IF NOT EXISTS '{tenant.db_user}'@'%' IDENTIFIED BY '{PASSWORDS[tenant.id]}' "
+                "REQUIRE SSL;" in sql)  # backend_store.tls is on by default
+        assert f"ALTER USER '{tenant.db_user}'@'%' IDENTIFIED BY '{PASSWORDS[tenant.id]}' REQUIRE SSL;" in sql
         assert f"GRANT ALL PRIVILEGES ON `{tenant.database}`.* TO '{tenant.db_user}'@'%';" in sql
+    without_tls = tenant_db.render(tenant_db.for_config(config, lambda t: secrets.db_password(t.id)))
+    assert "REQUIRE SSL" not in without_tls and without_tls.count("REQUIRE NONE;") == 2 * len(config.tenants)
 
 
 @pytest.mark.parametrize("tenant_id", ["acme`; DROP DATABASE mysql; --", "acme'@'%", "a b", "ACME", "acme\n"])
@@ -91,9 +93,9 @@ def test_an_injection_attempt_in_a_tenant_id_is_refused_before_rendering(tmp_pat
 
 def test_passwords_are_quoted_as_sql_string_literals():
     sql = tenant_db.render([tenant_db.TenantDB("mlflow_acme", "mlflow_acme", "it's\\odd;\nDROP")])
-    assert "IDENTIFIED BY 'it''s\\\\odd;\\nDROP';" in sql
+    assert "IDENTIFIED BY 'it''s\\\\odd;\\nDROP' REQUIRE NONE;" in sql
     statements = tenant_db.statements(sql)
-    assert len(statements) == 5 and all(";" not in s.replace("odd;", "") for s in statements)
+    assert len(statements) == 8 and all(";" not in s.replace("odd;", "") for s in statements)
 
 
 def test_statements_are_the_template_without_comments():
@@ -101,7 +103,9 @@ def test_statements_are_the_template_without_comments():
     statements = tenant_db.statements(sql)
     assert [s.split(" `")[0].split(" '")[0] for s in statements] == [
         "CREATE DATABASE IF NOT EXISTS", "ALTER DATABASE", "CREATE USER IF NOT EXISTS", "ALTER USER",
-        "GRANT ALL PRIVILEGES ON"]
+        "GRANT ALL PRIVILEGES ON", "CREATE DATABASE IF NOT EXISTS", "ALTER DATABASE", "GRANT ALL PRIVILEGES ON"]
+    # The second database holds MLflow's users and grants (tracking/auth_store.py): the tenant's user only.
+    assert statements[-1] == "GRANT ALL PRIVILEGES ON `mlflow_acme_auth`.* TO 'mlflow_acme'@'%'"
     assert not any(s.lstrip().startswith("--") for s in statements)
 
 
@@ -197,8 +201,11 @@ def _compose(config, secrets, tmp_path, monkeypatch) -> list[str]:
                          ids=["native", "pyinfra", "oakestra", "compose"])
 def test_the_same_statements_reach_every_target(tmp_path, monkeypatch, target):
     config, secrets = load_config(tmp_path)
-    expected = tenant_db.statements(tenant_db.render(tenant_db.with_secrets(config, secrets)))
-    assert len(expected) == 5 * len(config.tenants)
+    # The containers' MySQL (compose, Oakestra) has no TLS yet: the same statements with REQUIRE NONE.
+    tls = target in (_native, _pyinfra)
+    expected = tenant_db.statements(tenant_db.render(
+        tenant_db.for_config(config, lambda t: secrets.db_password(t.id), require_ssl=tls)))
+    assert len(expected) == 8 * len(config.tenants)
     assert target(config, secrets, tmp_path, monkeypatch) == expected
 
 

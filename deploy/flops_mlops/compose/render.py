@@ -5,9 +5,13 @@ render of configs/compose.yaml (CI checks it for drift), and pyinfra's docker ho
 configuration. Every tenant's facts come from the configuration:
 
 - backend-store: one MariaDB (our image; the MySQL protocol); its init script (stores/tenant_db.py) creates every tenant's database and user;
-- artifact-store: one vsftpd with every tenant's FTP user (FLOPS_FTP_USERS);
+- artifact-store: one vsftpd with every tenant's FTP user (FLOPS_FTP_USERS); with artifact_store.tls it speaks
+  only explicit FTPS, with the certificate `secrets init` made (signed by the deployment's CA, for the service
+  name artifact-store and loopback), and the tracking servers verify it against that CA. Certificate, key and CA
+  reach the containers as files (compose secrets, bind-mounted read-only), found beside the secrets file
+  (FLOPS_SECRETS_FILE, default the one the configuration names);
 - one tracking server per tenant: the first tenant's is ``tracking-server`` (its port variable
-  FLOPS_TRACKING_PORT, its login database on the volume ``tracking-auth``), tenant t's after it is
+  FLOPS_TRACKING_PORT, the volume ``tracking-auth`` for an earlier release's login database), tenant t's after it is
   ``tracking-server-t`` (FLOPS_TENANT_T_TRACKING_PORT, volume ``tracking-auth-t``), so adding a tenant adds
   services and changes nothing of the others;
 - profile ``fl``: the FL project of ``compose.fl`` against the first tenant, run only by ``docker compose run``:
@@ -26,6 +30,7 @@ from pathlib import Path
 
 import jinja2
 
+from ..configuration import certificates
 from ..configuration import secrets as secrets_module
 from ..configuration.fl_project import FLProject
 from ..configuration.schema import ConfigError
@@ -39,6 +44,10 @@ COMPOSE_FILE = "compose.yaml"
 INITDB_DIR = "deploy/compose/backend-store/initdb.d"
 INITDB_FILE = f"{INITDB_DIR}/10-flops-tenants.sh"
 FIRST_SERVICE, FIRST_PORT_VARIABLE, FIRST_AUTH_VOLUME = "tracking-server", "FLOPS_TRACKING_PORT", "tracking-auth"
+# Each tenant's tracking server runs as a uid of its own: FIRST_TENANT_UID + the tenant's position (the images'
+# own accounts are 10001-10003).
+FIRST_TENANT_UID = 20001
+ONE_SHOT = "tracking-volumes"  # the service that gives each login volume to its tenant's uid, then exits
 # A checkout has the Dockerfiles compose builds from; an installed package does not (images must exist then).
 CHECKOUT = Path(__file__).resolve().parents[3]
 
@@ -53,6 +62,7 @@ def tenant_service(config: StackConfig, tenant: Tenant) -> dict[str, str | int]:
         "port_variable": FIRST_PORT_VARIABLE if first else f"FLOPS_TENANT_{suffix}_TRACKING_PORT",
         "auth_volume": FIRST_AUTH_VOLUME if first else f"{FIRST_AUTH_VOLUME}-{tenant.id}",
         "port": config.tracking_port(tenant),
+        "uid": FIRST_TENANT_UID + config.tenants.index(tenant),
         "db_password_key": secrets_module.db_password_key(tenant.id),
         "ftp_password_key": secrets_module.ftp_password_key(tenant.id),
         "ftp_user_entry": f"{tenant.ftp_user}={secrets_module.ftp_password_key(tenant.id)}",
@@ -71,10 +81,7 @@ def check(config: StackConfig) -> None:
     if config.artifact_store.kind != "vsftpd":
         raise ConfigError(f"{config.source}: artifact_store.kind: compose runs vsftpd, so expected vsftpd, got "
                           f"{config.artifact_store.kind!r} (see configs/compose.yaml)")
-    if config.artifact_store.tls:
-        raise ConfigError(f"{config.source}: artifact_store.tls: FTPS is for `flops-mlops up` (native vsftpd); "
-                          "compose's artifact store speaks plain FTP on its private network, so expected false, "
-                          "got true")
+    certificates.refuse_https(config, "compose's")
 
 
 def fl_services(project: FLProject) -> dict:
@@ -126,12 +133,14 @@ def render(config: StackConfig, out: Path, checkout: Path = CHECKOUT) -> list[Re
     store, tracking = config.artifact_store, config.tracking
     context = {
         "config_label": config_label, "env_label": env_label, "usage": _usage(config_label, env_label),
-        "name": config.name, "tenants": tenants, "width": max(17, *(len(t["service"]) + 2 for t in tenants)), "fl": tenants[0], "images": config.images.model_dump(),
-        "build_context": build_context, "initdb_dir": INITDB_DIR, **fl_services(config.compose.fl),
+        "name": config.name, "tenants": tenants, "width": max(17, *(len(t["service"]) + 2 for t in tenants)),
+        "fl": tenants[0], "images": config.images.model_dump(), "build_context": build_context,
+        "initdb_dir": INITDB_DIR, "initdb_file_name": Path(INITDB_FILE).name, "one_shot": ONE_SHOT,
+        **fl_services(config.compose.fl),
         "mysql_admin_key": secrets_module.MYSQL_ADMIN_KEY, "mysql_port": config.backend_store.port,
         "ftp": {"port": store.port, "pasv_min": store.passive_ports[0], "pasv_max": store.passive_ports[1],
                 "pasv_address": store.pasv_address, "connect_timeout": store.connect_timeout,
-                "data_timeout": store.data_timeout},
+                "data_timeout": store.data_timeout, "quota": store.quota, "tls": store.tls},
         "tracking": {"bind_address": tracking.host, "public_host": tracking.public_host,
                      "allowed_hosts": ",".join(tracking.allowed_hosts), "workers": tracking.workers},
     }

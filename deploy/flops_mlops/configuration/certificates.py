@@ -1,9 +1,16 @@
-"""The FTPS certificate of a deployment (artifact_store.tls), made by `secrets init` next to the secrets file.
+"""A deployment's certificates, made by `secrets init` (or `up`) next to the secrets file with openssl, every file
+mode 0600 (for .env: .env.ca.crt, .env.ca.key, ...).
 
-``<secrets_file>.ftp-tls.crt`` and ``<secrets_file>.ftp-tls.key`` (both mode 0600; for .env: .env.ftp-tls.crt and
-.env.ftp-tls.key): a self-signed certificate for artifact_store.host, made by openssl with a new key. vsftpd
-presents it (rsa_cert_file, rsa_private_key_file); the tracking servers get its PEM text (not the key) and accept
-only a store that presents it.
+- The deployment's CA: ``<secrets_file>.ca.crt`` and ``.ca.key``. Clients trust the CA's certificate; the key
+  only signs leaf certificates here (make_leaf).
+- Leaf certificates signed by that CA, ``<secrets_file>.<name>.crt`` and ``.key``, each for a list of DNS names
+  and IP addresses (subjectAltName), for servers: ``mysql-tls``, the backend store's (backend_store.tls; the
+  tracking servers and our other MySQL clients verify it against the CA), and ``ftp-tls``, the FTP artifact
+  store's (artifact_store.tls; vsftpd presents it, the tracking servers verify chain and host name against the
+  CA). HTTPS certificates of the tracking servers can be made the same way.
+
+The CA's certificate is mode 0644: it is public (every client needs it), and compose hands it to containers that
+run as other uids by bind-mounting the file as it is. Every key, and the leaf certificates, are mode 0600.
 """
 
 from __future__ import annotations
@@ -11,7 +18,10 @@ from __future__ import annotations
 import ipaddress
 import os
 import shutil
+import secrets
 import subprocess
+import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 from .schema import ConfigError
@@ -20,52 +30,302 @@ from .stack import StackConfig
 DAYS = 825
 
 
-def certificate_path(config: StackConfig) -> Path:
-    return config.secrets_file.with_name(config.secrets_file.name + ".ftp-tls.crt")
+# --- the deployment's CA and the leaf certificates it signs -------------------------------------------------
+
+MYSQL_LEAF = "mysql-tls"  # the backend store's certificate (backend_store.tls)
 
 
-def key_path(config: StackConfig) -> Path:
-    return config.secrets_file.with_name(config.secrets_file.name + ".ftp-tls.key")
+def beside_secrets(config: StackConfig, suffix: str) -> Path:
+    return config.secrets_file.with_name(f"{config.secrets_file.name}.{suffix}")
 
 
-def _subject_alt_names(host: str) -> str:
-    names = {"DNS:localhost", "IP:127.0.0.1"}
-    try:
-        ipaddress.ip_address(host)
-        names.add(f"IP:{host}")
-    except ValueError:
-        names.add(f"DNS:{host}")
-    return ",".join(sorted(names))
+def ca_certificate_path(config: StackConfig) -> Path:
+    return beside_secrets(config, "ca.crt")
 
 
-def make_certificate(config: StackConfig, force: bool = False) -> bool:
-    """Make the certificate and key when TLS is on and they are missing (or ``force``); True when made."""
-    if not config.artifact_store.tls:
-        return False
-    crt, key = certificate_path(config), key_path(config)
-    if crt.exists() and key.exists() and not force:
-        return False
+def ca_key_path(config: StackConfig) -> Path:
+    return beside_secrets(config, "ca.key")
+
+
+def leaf_paths(config: StackConfig, name: str) -> tuple[Path, Path]:
+    """(certificate, key) of the leaf ``name``."""
+    return beside_secrets(config, f"{name}.crt"), beside_secrets(config, f"{name}.key")
+
+
+def _openssl(config: StackConfig, argv: list[str], what: str) -> None:
     if shutil.which("openssl") is None:
-        raise ConfigError(f"{config.source}: artifact_store.tls: making the FTPS certificate needs openssl; "
-                          "on Debian: apt-get install openssl")
+        raise ConfigError(f"{config.source}: making {what} needs openssl; on Debian: apt-get install openssl")
+    result = subprocess.run(["openssl", *argv], capture_output=True, umask=0o077)
+    if result.returncode != 0:
+        message = result.stderr.decode("utf-8", "replace").strip().splitlines()
+        raise ConfigError(f"{config.source}: making {what} failed: {message[-1] if message else 'openssl failed'}")
+
+
+def _private(*paths: Path) -> None:
+    for path in paths:
+        os.chmod(path, 0o600)
+
+
+def _public(path: Path) -> None:
+    """The CA certificate readable by every account (an older release made it 0600); left alone when not ours."""
+    try:
+        os.chmod(path, 0o644)
+    except PermissionError:
+        pass
+
+
+def make_ca(config: StackConfig, force: bool = False) -> bool:
+    """The deployment's CA (certificate and key) when missing, or ``force``; True when made."""
+    crt, key = ca_certificate_path(config), ca_key_path(config)
+    if crt.exists() and key.exists() and not force:
+        _public(crt)
+        return False
     for path in (crt, key):
         path.unlink(missing_ok=True)
-    host = config.artifact_store.host
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-         "-keyout", str(key), "-out", str(crt), "-days", str(DAYS), "-subj", f"/CN={host}",
-         "-addext", f"subjectAltName={_subject_alt_names(host)}"],
-        check=True, capture_output=True, umask=0o077)
-    for path in (crt, key):
-        os.chmod(path, 0o600)
+    _openssl(config, ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                      "-keyout", str(key), "-out", str(crt), "-days", str(DAYS), "-subj",
+                      f"/O=FLOps MLOps/CN=FLOps MLOps CA {config.name}",
+                      "-addext", "basicConstraints=critical,CA:TRUE,pathlen:0",
+                      "-addext", "keyUsage=critical,keyCertSign,cRLSign"], "the deployment's CA")
+    _private(key)
+    _public(crt)
     return True
 
 
-def ca_pem(config: StackConfig) -> str:
-    """The certificate's PEM text, for the tracking servers (FLOPS_FTP_CA_PEM)."""
-    crt = certificate_path(config)
+def _names(dns_names: Iterable[str], ips: Iterable[str]) -> str:
+    found = []
+    for name in dict.fromkeys(dns_names):
+        found.append(f"DNS:{name}")
+    for ip in dict.fromkeys(ips):
+        found.append(f"IP:{ipaddress.ip_address(ip)}")
+    return ",".join(found)
+
+
+def split_hosts(hosts: Iterable[str]) -> tuple[list[str], list[str]]:
+    """(DNS names, IP addresses) among ``hosts``."""
+    dns, ips = [], []
+    for host in hosts:
+        try:
+            ipaddress.ip_address(host)
+            ips.append(host)
+        except ValueError:
+            dns.append(host)
+    return dns, ips
+
+
+def certificate_names(crt: Path) -> set[str]:
+    """The subjectAltName entries of the certificate ``crt`` (``DNS:name``, ``IP:address``); empty if unreadable."""
+    result = subprocess.run(["openssl", "x509", "-in", str(crt), "-noout", "-ext", "subjectAltName"],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        return set()
+    entries = result.stdout.splitlines()[1:]
+    names = {entry.strip().replace("IP Address:", "IP:") for line in entries for entry in line.split(",")}
+    return {name for name in names if name}
+
+
+def signed_by_ca(config: StackConfig, crt: Path) -> bool:
+    """Whether the deployment's CA verifies the certificate ``crt`` (not one self-signed by an older release)."""
+    result = subprocess.run(["openssl", "verify", "-CAfile", str(ca_certificate_path(config)), str(crt)],
+                            capture_output=True)
+    return result.returncode == 0
+
+
+def make_leaf(config: StackConfig, name: str, dns_names: Iterable[str], ips: Iterable[str],
+              force: bool = False) -> bool:
+    """A server certificate ``name`` for ``dns_names`` and ``ips``, signed by the deployment's CA (made first when
+    missing), when missing, when it lacks one of these names, when the CA does not verify it, or ``force``; True
+    when made. A CA made anew re-makes the leaf too."""
+    made_ca = make_ca(config)
+    crt, key = leaf_paths(config, name)
+    dns_names, ips = list(dns_names), list(ips)
+    wanted = set(_names(dns_names, ips).split(","))
+    if (crt.exists() and key.exists() and not force and not made_ca and wanted <= certificate_names(crt)
+            and signed_by_ca(config, crt)):
+        return False
+    common_name = (dns_names or ips)[0]
+    with tempfile.TemporaryDirectory(prefix="flops-cert-") as folder:
+        request, extensions = Path(folder) / "leaf.csr", Path(folder) / "leaf.ext"
+        extensions.write_text(f"basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n"
+                              f"extendedKeyUsage=serverAuth\nsubjectAltName={_names(dns_names, ips)}\n",
+                              encoding="ascii")
+        for path in (crt, key):
+            path.unlink(missing_ok=True)
+        _openssl(config, ["req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                          "-keyout", str(key), "-out", str(request), "-subj", f"/O=FLOps MLOps/CN={common_name}"],
+                 f"the {name} key")
+        _openssl(config, ["x509", "-req", "-in", str(request), "-CA", str(ca_certificate_path(config)),
+                          "-CAkey", str(ca_key_path(config)), "-set_serial", str(secrets.randbits(120)),
+                          "-days", str(DAYS), "-sha256", "-extfile", str(extensions), "-out", str(crt)],
+                 f"the {name} certificate")
+    _private(crt, key)
+    return True
+
+
+def mysql_tls(config: StackConfig) -> bool:
+    """Whether the tenants' MySQL connections use TLS (backend_store.tls on a mysql backend store)."""
+    return config.backend_store.kind == "mysql" and config.backend_store.tls
+
+
+def mysql_hosts(config: StackConfig, extra: Iterable[str] = ()) -> list[str]:
+    """The names the backend store's certificate holds: backend_store.host, loopback and ``extra`` (the address
+    other hosts reach it at, pyinfra)."""
+    return list(dict.fromkeys([config.backend_store.host, "localhost", "127.0.0.1", *extra]))
+
+
+def make_mysql_certificate(config: StackConfig, force: bool = False, extra_hosts: Iterable[str] = ()) -> bool:
+    """With backend_store.tls (kind mysql): the CA and the backend store's certificate when missing (or lacking
+    one of the names, see mysql_hosts)."""
+    if not mysql_tls(config):
+        return False
+    return make_leaf(config, MYSQL_LEAF, *split_hosts(mysql_hosts(config, extra_hosts)), force=force)
+
+
+def mysql_ca(config: StackConfig) -> Path:
+    """The CA certificate MySQL clients verify the server against; ConfigError when it is missing."""
+    return _existing(config, (ca_certificate_path(config),))[0]
+
+
+def mysql_files(config: StackConfig) -> tuple[Path, Path, Path]:
+    """(CA certificate, server certificate, server key) of the backend store; ConfigError when one is missing."""
+    return _existing(config, (ca_certificate_path(config), *leaf_paths(config, MYSQL_LEAF)))
+
+
+def _existing(config: StackConfig, files: tuple[Path, ...], key: str = "backend_store.tls") -> tuple[Path, ...]:
+    for path in files:
+        if not path.is_file():
+            raise ConfigError(f"{path}: not found ({key} is true); make it with "
+                              f"`flops-mlops --config {config.source} secrets init`, or set {key}: false")
+    return files
+
+
+# --- the FTP artifact store's certificate (artifact_store.tls) ---------------------------------------------
+
+FTP_LEAF = "ftp-tls"
+# The artifact store's service name in compose projects (compose/render.py): the host the tracking servers dial
+# there. Every FTPS certificate holds it, so `secrets init` makes one certificate for any target.
+COMPOSE_FTP_HOST = "artifact-store"
+
+
+def ftp_hosts(config: StackConfig, extra: Iterable[str] = ()) -> list[str]:
+    """The names the artifact store's certificate holds: artifact_store.host, compose's service name, loopback and
+    ``extra`` (the address other hosts reach it at, pyinfra)."""
+    hosts = [config.artifact_store.host, COMPOSE_FTP_HOST, "localhost", "127.0.0.1", *extra]
+    return list(dict.fromkeys(host for host in hosts if host not in ("0.0.0.0", "::")))  # a listening wildcard
+
+
+def certificate_path(config: StackConfig) -> Path:
+    return leaf_paths(config, FTP_LEAF)[0]
+
+
+def key_path(config: StackConfig) -> Path:
+    return leaf_paths(config, FTP_LEAF)[1]
+
+
+def make_certificate(config: StackConfig, force: bool = False, extra_hosts: Iterable[str] = ()) -> bool:
+    """With artifact_store.tls: the CA and the artifact store's certificate and key when missing, lacking a name
+    of ftp_hosts, not signed by the CA (an older release's self-signed one), or ``force``; True when made."""
+    if not config.artifact_store.tls:
+        return False
+    return make_leaf(config, FTP_LEAF, *split_hosts(ftp_hosts(config, extra_hosts)), force=force)
+
+
+def ftp_files(config: StackConfig) -> tuple[Path, Path, Path]:
+    """(CA certificate, store certificate, store key) of the FTP artifact store; ConfigError when one is missing."""
+    return _existing(config, (ca_certificate_path(config), *leaf_paths(config, FTP_LEAF)), "artifact_store.tls")
+
+
+def ca_pem(config: StackConfig, ca_file: Path | None = None) -> str:
+    """The CA certificate's PEM text the tracking servers verify the FTP store against (FLOPS_FTP_CA_PEM):
+    ``ca_file``, default the deployment's, beside the secrets file."""
+    ca = ca_file or ca_certificate_path(config)
     try:
-        return crt.read_text(encoding="ascii")
+        return ca.read_text(encoding="ascii")
     except FileNotFoundError:
-        raise ConfigError(f"{crt}: FTPS certificate not found (artifact_store.tls is true); make it with "
+        raise ConfigError(f"{ca}: CA certificate not found (artifact_store.tls is true); make it with "
                           f"`flops-mlops --config {config.source} secrets init`") from None
+
+
+# --- HTTPS of the tracking servers (tracking.tls) -------------------------------------------------------------
+
+
+def tracking_leaf(tenant_id: str) -> str:
+    """The name of a tenant's tracking server certificate: ``<secrets_file>.tracking-<tenant>.crt``."""
+    return f"tracking-{tenant_id}"
+
+
+def tracking_hosts(config: StackConfig) -> list[str]:
+    """The names a tracking server's certificate holds: public_host, host (unless a wildcard address),
+    allowed_hosts (without their port), localhost and 127.0.0.1."""
+    t = config.tracking
+    hosts = [t.public_host, *([] if t.host in ("0.0.0.0", "::") else [t.host])]
+    for allowed in t.allowed_hosts:  # HOST, HOST:PORT or HOST:* (values.AllowedHost); '*.domain' left out
+        host = allowed.partition(":")[0]
+        if "*" not in host:
+            hosts.append(host)
+    return list(dict.fromkeys([*hosts, "localhost", "127.0.0.1"]))
+
+
+def make_tracking_certificates(config: StackConfig, force: bool = False,
+                               tenant_ids: Iterable[str] | None = None) -> list[str]:
+    """With tracking.tls and no certificate of the user's own: the CA and each tenant server's certificate (of
+    ``tenant_ids``, default every tenant) when missing, lacking one of its names, or ``force`` (a renewal; the CA
+    is kept); the ids of the tenants whose certificate was made."""
+    t = config.tracking
+    if not t.tls or t.tls_certificate is not None:
+        return []
+    dns, ips = split_hosts(tracking_hosts(config))
+    ids = [tenant.id for tenant in config.tenants] if tenant_ids is None else list(tenant_ids)
+    return [tenant_id for tenant_id in ids if make_leaf(config, tracking_leaf(tenant_id), dns, ips, force=force)]
+
+
+def tracking_files(config: StackConfig, tenant_id: str) -> tuple[Path, Path]:
+    """(certificate, key) the tenant's tracking server presents: the user's own (tracking.tls_certificate and
+    tls_key) or ours; ConfigError naming the missing file."""
+    t = config.tracking
+    if t.tls_certificate is not None and t.tls_key is not None:
+        files = ((t.tls_certificate, "tracking.tls_certificate"), (t.tls_key, "tracking.tls_key"))
+        for path, key in files:
+            if not path.is_file():
+                raise ConfigError(f"{config.source}: {key}: {path}: no such file")
+        return t.tls_certificate, t.tls_key
+    crt, key = leaf_paths(config, tracking_leaf(tenant_id))
+    for path in (crt, key):
+        if not path.is_file():
+            raise ConfigError(f"{path}: not found (tracking.tls is true); make it with "
+                              f"`flops-mlops --config {config.source} secrets init`, or set tracking.tls: false")
+    return crt, key
+
+
+def tracking_ca(config: StackConfig) -> Path | None:
+    """The CA certificate our clients verify the tracking servers against: the deployment's, tracking.tls_ca with a
+    certificate of the user's own, None for the system's store (or when tracking.tls is off)."""
+    t = config.tracking
+    if not t.tls:
+        return None
+    if t.tls_certificate is not None:
+        if t.tls_ca is not None and not t.tls_ca.is_file():
+            raise ConfigError(f"{config.source}: tracking.tls_ca: {t.tls_ca}: no such file")
+        return t.tls_ca
+    ca = ca_certificate_path(config)
+    if not ca.is_file():
+        raise ConfigError(f"{ca}: not found (tracking.tls is true); make it with "
+                          f"`flops-mlops --config {config.source} secrets init`, or set tracking.tls: false")
+    return ca
+
+
+def refuse_https(config: StackConfig, servers: str) -> None:
+    """tracking.tls is for `flops-mlops up` so far: a target whose ``servers`` (``compose's``, ...) speak plain
+    HTTP says so (ConfigError) instead of ignoring it."""
+    if config.tracking.tls:
+        raise ConfigError(f"{config.source}: tracking.tls: HTTPS on the tracking servers is for `flops-mlops up` "
+                          f"so far; {servers} servers speak plain HTTP, so expected false, got true")
+
+
+def expiry(crt: Path) -> str | None:
+    """The certificate's notAfter date as openssl prints it (``Mar  9 12:00:00 2029 GMT``); None if unreadable."""
+    result = subprocess.run(["openssl", "x509", "-in", str(crt), "-noout", "-enddate"], capture_output=True,
+                            text=True)
+    if result.returncode != 0:
+        return None
+    return result.stdout.strip().partition("=")[2] or None

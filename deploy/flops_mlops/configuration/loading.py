@@ -63,6 +63,11 @@ def load(path: str | Path) -> StackConfig:
     except Broken as exc:
         raise ConfigError(f"{path}: {exc}") from None
     update = {"state_dir": _resolve(path, config.state_dir), "secrets_file": _resolve(path, config.secrets_file)}
+    t = config.tracking
+    own = {key: _resolve(path, value) for key in ("tls_certificate", "tls_key", "tls_ca")
+           if (value := getattr(t, key)) is not None}
+    if own:
+        update["tracking"] = t.model_copy(update=own)
     return config.model_copy(update=update).located(path)
 
 

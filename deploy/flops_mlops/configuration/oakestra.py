@@ -144,14 +144,6 @@ class Oakestra(Model):
     stores_target: OakestraTarget | None = doc("placement of the stores (default: target)", None)
     stores: OakestraStores = doc("persistent data of the stores (run_stores): a host-path volume and the node of "
                                  "each store", OakestraStores())
-    tracking_target: OakestraTarget | None = doc(
-        "placement of the tracking servers (default: target); must name both the cluster and the node, because "
-        "each server's login database lives on a host path of that node (auth_host_path)", None)
-    auth_host_path: HostPath = doc(
-        "absolute folder on the tracking servers' node for their login databases (MLflow basic auth, SQLite): "
-        "tenant t's is <auth_host_path>/<t>, mounted through Oakestra's host-path CSI driver "
-        "(csi.oakestra.io/hostpath; SLA volumes exist only after Oakestra v0.4.410); the folders must be "
-        "writable by the tracking-server image's user, uid 10001", "/mnt/oakestra/hostpath/flops-mlops/auth")
     tracking_port: Port = doc("port the tracking server listens on inside its container", 5000)
     tracking_host_port_base: StrictInt | None = doc(
         "expose tenant slot s's UI on its worker at host port base+s (none: reachable only inside the overlay)",

@@ -176,10 +176,15 @@ def init(config: StackConfig, force: bool = False) -> InitResult:
 
     An existing file keeps its values: only missing keys are added. With ``force`` every value is
     regenerated, and the old file is first copied to a timestamped backup (mode 0600), so nothing is lost.
-    With artifact_store.tls it also makes the FTPS certificate and key when missing (certificates.py).
+    With artifact_store.tls it also makes the deployment's CA and the FTP store's certificate and key when missing
+    (certificates.py; ``force`` makes a new store certificate); with backend_store.tls (kind mysql) the CA and the
+    MySQL server's certificate when missing (kept on ``force``); with tracking.tls each tenant's tracking server
+    certificate when missing (kept on ``force``; `secrets renew-certificates` replaces them).
     """
     path = config.secrets_file
-    certificates.make_certificate(config, force)  # with artifact_store.tls: the FTPS certificate and key, beside this file
+    certificates.make_certificate(config, force)  # with artifact_store.tls: the CA, the FTPS certificate and key
+    certificates.make_mysql_certificate(config)  # with backend_store.tls: the CA and the MySQL server's certificate
+    certificates.make_tracking_certificates(config)  # with tracking.tls: the CA and each tenant server's certificate
     existing = read_env(path) if path.exists() else {}
     keys = required_keys(config)
     backup = None

@@ -68,8 +68,13 @@ class StackConfig(Model):
             return tenant.port
         return self.tracking.base_port + self.tenants.index(tenant)
 
+    @property
+    def tracking_scheme(self) -> str:
+        """https with tracking.tls, else http."""
+        return "https" if self.tracking.tls else "http"
+
     def tracking_uri(self, tenant: Tenant) -> str:
-        return f"http://{self.tracking.public_host}:{self.tracking_port(tenant)}"
+        return f"{self.tracking_scheme}://{self.tracking.public_host}:{self.tracking_port(tenant)}"
 
     @property
     def source(self) -> Path:
@@ -90,6 +95,11 @@ class StackConfig(Model):
             if tenant.id in seen:
                 raise Broken(f"tenants[{i}].id", f"tenant {tenant.id!r} is listed twice")
             seen.add(tenant.id)
+        longest = max((t.id for t in self.tenants), key=len, default="")
+        if self.tracking.os_user and len(self.tracking.os_user) + 1 + len(longest) > 32:
+            raise Broken("tracking.os_user", f"{self.tracking.os_user!r} is too long: tenant {longest!r}'s servers run "
+                                             f"as {self.tracking.os_user}-{longest}, over the 32 characters of an "
+                                             "account name")
         ports: dict[int, str] = {}
         for tenant in self.tenants:
             _claim(ports, self.tracking_port(tenant), f"tracking server of tenant {tenant.id}")
@@ -128,12 +138,6 @@ def validate_tenant_id(value: str, where: str = "tenant id") -> str:
 # --- the Oakestra section's rules that span several sections ------------------------------------
 
 
-def tracking_target(config: StackConfig) -> OakestraTarget:
-    """Where the tracking servers run: oakestra.tracking_target, else oakestra.target."""
-    o = config.oakestra
-    return o.tracking_target if o.tracking_target is not None else o.target
-
-
 def image(config: StackConfig, key: str) -> str:
     """The full reference Oakestra workers pull for image ``key``: prefixed with oakestra.registry, unless its
     first part names a registry (a host with a '.' or ':', or localhost), as Docker reads references."""
@@ -165,14 +169,6 @@ def oakestra_rules(config: StackConfig) -> None:
             if host in ("localhost", "0.0.0.0") or host.startswith("127."):
                 raise Broken(key, f"{host!r} is not reachable from Oakestra workers "
                                   "(oakestra.run_stores is false, so the tracking servers connect to it)")
-    tracking = tracking_target(config)
-    if not (tracking.cluster and tracking.node):
-        key = "tracking_target" if o.tracking_target is not None else "target"
-        raise fail(key, "the tracking servers must be pinned to one node, with its cluster: their login "
-                        "databases live on a host path of that node (auth_host_path); set "
-                        "oakestra.tracking_target: {cluster: ..., node: ...} (the root scheduler picks "
-                        "the cluster by name, the cluster's scheduler the node)")
-
     for key in ("mysql", "artifact_store"):
         store = getattr(o.stores, key)
         if store == OakestraStore():

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, model_validator
 
 from .schema import Broken, Model, doc, rule
-from .values import AccountName, Host, IPv4, Port, Seconds
+from .values import AccountName, Host, IPv4, Port, Seconds, Size
 
 
 def _min_max(value: list[int]) -> list[int]:
@@ -26,7 +26,8 @@ class BackendStore(Model):
 
     kind: Literal["sqlite", "mysql"] = doc(
         "sqlite: one SQLite file per tenant in the state dir (only Python needed); "
-        "mysql: a MySQL/MariaDB server, one database and user per tenant", "sqlite")
+        "mysql: a MySQL/MariaDB server, one user and two databases per tenant (tracking, and the server's users and "
+        "grants)", "sqlite")
     managed: bool = doc(
         "mysql only: true starts a private MariaDB/MySQL server from this machine's binaries with its data "
         "in the state dir; false uses an existing server reachable at host:port", True)
@@ -35,6 +36,12 @@ class BackendStore(Model):
     admin_user: AccountName = doc(
         "mysql only: account that creates tenants' databases and users; its password is "
         "FLOPS_MYSQL_ADMIN_PASSWORD in the secrets file", "root")
+    tls: bool = doc(
+        "mysql only: TLS between the tracking servers (and our other MySQL clients) and the server, which they "
+        "verify against the deployment's CA; the tenants' DB users REQUIRE SSL. `secrets init` (or `up`) makes "
+        "the CA and the server's certificate next to the secrets file (<secrets_file>.ca.crt, .mysql-tls.crt "
+        "and their .key files, mode 0600). Native `up` and pyinfra only (compose and Oakestra run MySQL without "
+        "TLS still); false turns it off, and `status` warns while it is off", True)
 
 
 class ArtifactStore(Model):
@@ -60,10 +67,16 @@ class ArtifactStore(Model):
     data_timeout: Seconds = doc(
         "seconds a tracking server waits for any one FTP command or data transfer to make progress after login",
         60)
+    quota: Size = doc(
+        "most bytes each tenant may keep in its folder of the store, for example 10GB, 500MB or 20GiB; 0 or none: "
+        "no limit. An upload through the tracking server beyond it is refused (HTTP 507, naming the quota and "
+        "the usage); `status` shows each tenant's usage", 10 * 10**9)
     tls: bool = doc(
-        "vsftpd only: explicit FTPS (AUTH TLS, then PROT P) between the tracking servers and the store; "
-        "`secrets init` makes the certificate and key next to the secrets file (<secrets_file>.ftp-tls.crt "
-        "and .key, mode 0600), which the servers check the store against", False)
+        "vsftpd only: explicit FTPS (AUTH TLS, then PROT P) between the tracking servers and the store, and plain "
+        "FTP logins refused (native, compose and pyinfra); `secrets init` makes the deployment's CA "
+        "(<secrets_file>.ca.crt) and the store's certificate and key signed by it (<secrets_file>.ftp-tls.crt "
+        "and .key, mode 0600, for artifact_store.host, compose's artifact-store and loopback); the servers verify "
+        "chain and host name against the CA. configs/compose.yaml turns it on", False)
 
     @model_validator(mode="after")
     def _tls_needs_vsftpd(self) -> ArtifactStore:

@@ -3,8 +3,10 @@ server, database and database user, FTP user and folder."""
 
 from __future__ import annotations
 
-from .schema import Model, doc
-from .values import TENANT_ID_RULE, AllowedHost, Host, Port, Positive, Seconds, ServiceAccount, TenantId
+from pydantic import model_validator
+
+from .schema import Broken, Model, doc
+from .values import TENANT_ID_RULE, AllowedHost, FilePath, Host, Port, Positive, Seconds, ServiceAccount, TenantId
 
 
 class Tracking(Model):
@@ -19,8 +21,37 @@ class Tracking(Model):
     allowed_hosts: list[AllowedHost] = doc("extra Host header values the servers accept (--allowed-hosts)", [])
     startup_timeout: Seconds = doc("seconds to wait for a server's /health before giving up", 180)
     os_user: ServiceAccount | None = doc(
-        "local account the tracking servers run as when flops-mlops is started as root (required then: they "
-        "never run as root); ignored otherwise, when they run as the invoking user", None)
+        "the stack's account when flops-mlops is started as root (required then: no service stays root): each "
+        "tenant's tracking and model servers run as <os_user>-<tenant>, created when missing, and the embedded "
+        "FTP store as os_user itself; ignored otherwise, when everything runs as the invoking user", None)
+    tls: bool = doc(
+        "HTTPS on every tracking server (native `up` only so far): `secrets init` makes the deployment's CA and "
+        "one certificate per tenant server (<secrets_file>.ca.crt, .tracking-<tenant>.crt and .key, mode 0600) "
+        "for public_host, host, allowed_hosts, localhost and 127.0.0.1; our clients (round, the aggregator, serve, "
+        "the model server, status, user) verify it against that CA. `secrets renew-certificates` replaces them. "
+        "false serves plain HTTP, and `status` warns while it is off", False)
+    tls_certificate: FilePath | None = doc(
+        "with tls: your own server certificate (PEM, for every tenant's server) instead of ours; needs tls_key",
+        None)
+    tls_key: FilePath | None = doc("with tls: the private key of tls_certificate (PEM, a file of mode 0600)", None)
+    tls_ca: FilePath | None = doc(
+        "with tls_certificate: the CA certificate our clients verify it against (default: the system's store)",
+        None)
+
+    @model_validator(mode="after")
+    def _own_certificate(self) -> Tracking:
+        if (self.tls_certificate is None) != (self.tls_key is None):
+            given, missing = ("tls_certificate", "tls_key") if self.tls_key is None else ("tls_key", "tls_certificate")
+            raise Broken(f"tracking.{missing}", f"required with tracking.{given} (your own certificate and its key "
+                                                "come together)")
+        own = [key for key in ("tls_certificate", "tls_key", "tls_ca") if getattr(self, key) is not None]
+        if own and not self.tls:
+            raise Broken(f"tracking.{own[0]}", f"set to {str(getattr(self, own[0]))!r}, but tracking.tls is false "
+                                               "(it would be ignored); set tracking.tls: true")
+        if self.tls_ca is not None and self.tls_certificate is None:
+            raise Broken("tracking.tls_ca", "only with tracking.tls_certificate (our own certificates are "
+                                            "verified against the deployment's CA)")
+        return self
 
 
 class Tenant(Model):

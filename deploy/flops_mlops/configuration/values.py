@@ -159,3 +159,41 @@ def problem(kind: Any, value: Any) -> str | None:
             return error["msg"]
         return f"{value!r} is a {type(value).__name__}, not a value of this kind"
     return None
+
+
+def read(kind: Any, value: Any) -> Any:
+    """``value`` as a ``kind`` (``10GB`` as a Size: 10000000000); check it with problem() first."""
+    return _adapter(kind).validate_python(value)
+
+
+# Sizes: a number of bytes, or a number with a unit (KB, MB, GB, TB: powers of 1000; KiB, MiB, GiB, TiB: of 1024).
+SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+              "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+
+
+def _bytes(value: Any) -> Any:
+    """``10GB``, ``500 MiB``, ``0`` or a plain number of bytes as an integer; 'none' is 0 (no limit)."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        return value  # the strict integer check reports the type
+    if isinstance(value, int):
+        return value
+    text = value.strip().upper().replace(" ", "")
+    if text == "NONE":
+        return 0
+    number = text.rstrip("BKMGTI")
+    unit = text[len(number):]
+    if not number.isdigit() or unit not in SIZE_UNITS:
+        raise PydanticCustomError(RULE_ERROR, f"expected a size such as 10GB, 500MB or 0 (no limit), got {value!r}")
+    return int(number) * SIZE_UNITS[unit]
+
+
+def size_text(size: int) -> str:
+    """A size as people read it: 9.5 GB, 120 MB, 512 B (powers of 1000, as the configuration's GB)."""
+    for unit, factor in (("TB", 10**12), ("GB", 10**9), ("MB", 10**6), ("KB", 10**3)):
+        if size >= factor:
+            return f"{size / factor:.1f} {unit}".replace(".0 ", " ")
+    return f"{size} B"
+
+
+Size = Annotated[StrictInt, BeforeValidator(_bytes), Field(ge=0),
+                 explained("expected a size such as 10GB, 500MB or 0 (no limit), got {value!r}")]

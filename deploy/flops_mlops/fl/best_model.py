@@ -79,6 +79,14 @@ class BestModel:
         self.result = result
         return True
 
+    def kept(self) -> RoundResult | None:
+        """The round of the model on disk (a training's, this process's or an earlier one's), or None."""
+        if not (self.arrays_file.exists() and self.info_file.exists()):
+            return None
+        info = json.loads(self.info_file.read_text(encoding="utf-8"))
+        info.pop("criterion", None)
+        return RoundResult(**info)
+
     def load(self) -> list[np.ndarray]:
         with np.load(self.arrays_file) as data:
             return [data[f"arr_{i}"] for i in range(len(data.files))]

@@ -15,12 +15,13 @@ from typing import Any
 from ..configuration.schema import ConfigError
 from ..configuration.secrets import Secrets, admin_password_key, new_password
 from ..processes import private_dir
-from ..tracking.server import TrackingServer, is_healthy
+from ..tracking.server import TrackingServer, client_env, client_verify, is_healthy
 from ..tracking.users import AuthAdmin, ensure_project_user
+from .best_model import BestModel
 from .environments import for_repository
 from .ml_repo import RepoError, repository_folder, resolve
 from .recovery import close_stale_runs, project_lock
-from .runner import FLRunError, PreflightError, Runtime, preflight, run_project
+from .runner import FLRunError, PreflightError, Runtime, preflight, publish_kept, run_project
 from .settings import BETTER_CHOICES, FLAVORS, MODES, PROJECT_RULE, FLSettings, SettingsError, validate_project
 from .summary import round_line, summary_lines
 
@@ -83,6 +84,9 @@ def add_round_parser(commands) -> argparse.ArgumentParser:
                              "engine (SuperLink, SuperNodes, flwr run)")
     parser.add_argument("--json", action="store_true",
                         help="print the summary as JSON on stdout (progress goes to stderr)")
+    parser.add_argument("--publish-kept", action="store_true",
+                        help="train nothing: register the best model an earlier training of the project kept on "
+                             "disk when its final upload failed (a store was down), as that training would have")
     return parser
 
 
@@ -133,6 +137,8 @@ def train(config, args, tenant, work_dir: Path, settings: FLSettings, learners: 
         os.umask(0o077)
         runtime = Runtime(environment.python, environment.variables(work_dir / "runtime"))
         settings = replace(settings, ml_repo=str(repo.folder), ml_repo_tag=repo.tag)
+        if args.publish_kept:
+            return publish(config, args, tenant, work_dir, settings, runtime, say)
         checked = preflight(replace(settings, learners=learners), runtime, work_dir,
                             args.data.resolve() if args.data else None)
     except (RepoError, PreflightError) as exc:
@@ -143,7 +149,7 @@ def train(config, args, tenant, work_dir: Path, settings: FLSettings, learners: 
         + ("input example from get_input_example()" if checked.get("input_example") else
            "no get_input_example(): the model will be logged without a signature or input example") + ")")
     # After the repository's checks: a broken repository is named (exit 2) whether the stack is up or not.
-    if not is_healthy(settings.tracking_uri):
+    if not is_healthy(settings.tracking_uri, client_verify(config)):
         raise FLRunError(f"tracking server of tenant {tenant.id} at {settings.tracking_uri} is not answering; "
                          f"start the stack first: flops-mlops --config {args.config} up --detach")
     admin = project_admin(config, tenant)
@@ -176,6 +182,10 @@ def train(config, args, tenant, work_dir: Path, settings: FLSettings, learners: 
             say(f"the training could not go on; the best model so far ({settings.words[0]} "
                 f"{exc.summary['best_round']}) is "
                 f"registered: {exc.summary['model_uri']} (version {exc.summary['model_version']})")
+        elif (kept := BestModel(settings.model_dir).kept()) is not None:
+            say(f"the best model ({settings.words[0]} {kept.round}) is kept in "
+                f"{settings.model_dir} but not registered; once the stores answer again, register it with: "
+                f"{finish_command(args, tenant.id)}")
         raise
     if args.json:
         keys = ("project", "experiment_id", "run_ids", "best_round", "better", "model_uri", "model_version",
@@ -187,6 +197,37 @@ def train(config, args, tenant, work_dir: Path, settings: FLSettings, learners: 
     print("\n" + "\n".join(summary_lines(summary)))
     print(f"log in as:        admin, password {admin_password_key(tenant.id)} in {config.secrets_file} "
           f"(or a user of your own: flops-mlops user add --tenant {tenant.id} --name NAME)")
+    return 0
+
+
+def finish_command(args, tenant_id: str) -> str:
+    """The `round --publish-kept` line that registers what this training kept."""
+    repo = f" --ml-repo {args.ml_repo}" + (f" --revision {args.revision}" if args.revision else "") \
+        if args.ml_repo else ""
+    flags = f" --flavor {args.flavor}" if args.flavor else ""
+    alias = f" --alias {args.alias}" if args.alias != "champion" else ""
+    return (f"flops-mlops --config {args.config} round --tenant {tenant_id} --project {args.project}{repo}{flags}"
+            f"{alias} --publish-kept")
+
+
+def publish(config, args, tenant, work_dir: Path, settings: FLSettings, runtime: Runtime, say) -> int:
+    """`round --publish-kept`: register the kept best model of an earlier training (fl/publish.py)."""
+    kept = BestModel(settings.model_dir).kept()
+    if kept is None:
+        raise ConfigError(f"--publish-kept: {settings.model_dir} holds no kept model (best.npz and best.json): "
+                          f"no training of {settings.project} for tenant {tenant.id} kept one on this machine")
+    if not is_healthy(settings.tracking_uri, client_verify(config)):
+        raise FLRunError(f"tracking server of tenant {tenant.id} at {settings.tracking_uri} is not answering; "
+                         f"start the stack first: flops-mlops --config {args.config} up --detach")
+    say(f"publishing the kept model of {settings.project} ({settings.words[0]} {kept.round}, loss {kept.loss:.4f}, "
+        f"accuracy {kept.accuracy:.4f}) from {settings.model_dir}")
+    published = publish_kept(settings, work_dir, project_login(config, tenant, settings.project), runtime)
+    if args.json:
+        print(json.dumps(published, indent=2))
+    else:
+        print(f"registered:       {published['model_uri']} (version {published['model_version']}, "
+              f"{published['logged_model_uri']}; {published['flavor']}), in the run of {settings.words[0]} "
+              f"{published['best_round']} ({published['run_id']})")
     return 0
 
 
@@ -220,15 +261,17 @@ def mode_settings(args) -> dict[str, Any]:
 
 def project_admin(config, tenant) -> AuthAdmin:
     """The tenant's admin session with its tracking server (the password from the secrets file)."""
-    return AuthAdmin(TrackingServer(config, tenant).local_uri, Secrets.load(config).admin_password(tenant.id))
+    tracker = TrackingServer(config, tenant)
+    return AuthAdmin(tracker.local_uri, Secrets.load(config).admin_password(tenant.id), verify=tracker.verify)
 
 
 def project_login(config, tenant, project: str, admin: AuthAdmin | None = None) -> dict[str, str]:
     """The aggregator's own MLflow login: user fl-<project>, EDIT on this project only, a new password each run.
 
     Created (or re-keyed) here as the tenant's admin; only the aggregator gets it, learners get no credentials.
+    With tracking.tls also the CA it verifies the server against (MLFLOW_TRACKING_SERVER_CERT_PATH).
     """
     admin = admin or project_admin(config, tenant)
     password = new_password()
     user = ensure_project_user(admin, project, password)
-    return {"MLFLOW_TRACKING_USERNAME": user, "MLFLOW_TRACKING_PASSWORD": password}
+    return {"MLFLOW_TRACKING_USERNAME": user, "MLFLOW_TRACKING_PASSWORD": password, **client_env(config)}

@@ -35,6 +35,7 @@ from pathlib import Path
 
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
+from packaging.version import InvalidVersion, Version
 
 from ..processes import StackError
 from .ml_repo import Dependencies, RepoError
@@ -101,6 +102,23 @@ def installed() -> dict[str, str]:
             if d.metadata["Name"]}
 
 
+# MLflow writes its own version into every model it logs as a pin (mlflow==X.Y.Z); a later release of the same major
+# version loads those models, so an upgrade (docs/backup.md) does not strand the models logged before it.
+MLFLOW_PACKAGES = {"mlflow", "mlflow-skinny"}
+
+
+def newer_mlflow_loads(requirement: Requirement, have: str) -> bool:
+    """Whether ``have`` is an MLflow of the same major version as, and not older than, the one ``requirement`` pins."""
+    pinned = [spec.version for spec in requirement.specifier if spec.operator == "=="]
+    if canonicalize_name(requirement.name) not in MLFLOW_PACKAGES or len(pinned) != 1:
+        return False
+    try:
+        wanted, got = Version(pinned[0]), Version(have)
+    except InvalidVersion:
+        return False
+    return got.major == wanted.major and got >= wanted
+
+
 def unmet(requirements: list[str] | tuple[str, ...], packages: dict[str, str]) -> list[str]:
     """The requirements that ``packages`` (name -> version) do not meet, each with what is there instead."""
     problems = []
@@ -118,7 +136,7 @@ def unmet(requirements: list[str] | tuple[str, ...], packages: dict[str, str]) -
         have = packages.get(canonicalize_name(requirement.name))
         if have is None:
             problems.append(f"{line}: not installed")
-        elif not requirement.specifier.contains(have, prereleases=True):
+        elif not requirement.specifier.contains(have, prereleases=True) and not newer_mlflow_loads(requirement, have):
             problems.append(f"{line}: this environment has {requirement.name}=={have}")
     return problems
 

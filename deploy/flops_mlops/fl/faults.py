@@ -7,12 +7,16 @@
     FLOPS_FAULT_STRATEGY_ERROR_ROUND=N  the aggregation of round N raises (the aggregator must exit, not hang)
     FLOPS_FAULT_CRASH_CLUSTER=K:C       cluster aggregator K's process dies (exit code 3) when the root asks it to
                                         train in cycle C (hierarchical mode)
+    FLOPS_FAULT_HOLD_BEFORE_UPLOAD=DIR  before the final upload, the aggregator writes DIR/ready and waits (up to
+                                        300 s) until DIR/go exists: a test stops a store in between
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import time
+from pathlib import Path
 
 import numpy as np
 
@@ -49,3 +53,14 @@ def crash_learner_if_asked(learner_index: int, server_round: int) -> None:
 
 def crash_cluster_if_asked(cluster_index: int, cycle: int) -> None:
     _crash_if_asked("FLOPS_FAULT_CRASH_CLUSTER", "cluster aggregator", cluster_index, "cycle", cycle)
+
+
+def hold_before_upload_if_asked() -> None:
+    folder = os.environ.get("FLOPS_FAULT_HOLD_BEFORE_UPLOAD")
+    if not folder:
+        return
+    print("FAULT INJECTION: holding before the final upload", file=sys.stderr, flush=True)
+    (Path(folder) / "ready").touch()
+    deadline = time.monotonic() + 300
+    while not (Path(folder) / "go").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)

@@ -27,6 +27,7 @@ from pathlib import Path
 from .. import bundled
 from ..configuration.schema import ConfigError
 from ..processes import StackError
+from ..images.wheels import own_wheel
 from .environments import default_cache, held_versions, key_of, runtime_requirements
 from .ml_repo import IGNORED_PARTS, MLRepo, RepoError, repository_folder, resolve
 from .settings import PROJECT_RULE, SettingsError, validate_project
@@ -123,26 +124,6 @@ def build(repo: MLRepo, project: str, base_image: str, progress=print) -> str:
         raise StackError(f"docker build of {image} failed (exit {built.returncode}):\n{tail}")
     progress(f"{image} built in {time.monotonic() - started:.0f} s", flush=True)
     return image
-
-
-def own_wheel(wheelhouse: Path) -> None:
-    """The flops-mlops wheel of the code running now, built from the checkout (fixed timestamps: the same code
-    gives the same wheel, so Docker reuses its layers)."""
-    checkout = bundled.CHECKOUT
-    if not (checkout / "pyproject.toml").is_file():
-        raise ConfigError("build-fl-image: the flops-mlops wheel is built from a checkout; run it from one")
-    with tempfile.TemporaryDirectory(prefix="flops-wheel-") as folder:
-        source = Path(folder)
-        for name in ("pyproject.toml", "README.md", "setup.py", "MANIFEST.in"):
-            shutil.copy2(checkout / name, source / name)
-        for name in ("deploy", "examples", "sla_templates"):
-            shutil.copytree(checkout / name, source / name, ignore=shutil.ignore_patterns(
-                "__pycache__", "*.pyc", "*.egg-info", "*.whl", "build"))
-        done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir",
-                               str(wheelhouse), str(source)], capture_output=True, text=True,
-                              env={**os.environ, "SOURCE_DATE_EPOCH": "315532800"})
-    if done.returncode != 0:
-        raise StackError(f"building the flops-mlops wheel failed:\n{done.stderr[-2000:]}")
 
 
 def fetch_wheels(context: Path, cache: Path, file_name: str) -> None:

@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from ..tracking.experiments import TRAINING_EXPERIMENT
+from . import faults
 from .best_model import BETTER, BestModel, RoundResult
 from .settings import validate_project
 
@@ -287,6 +288,7 @@ class RoundTracker(LocalOnly):
         if self.best.result is None:
             raise TrackingError("no round produced a usable model; nothing to register")
         best_round = self.best.result.round
+        faults.hold_before_upload_if_asked()
         started = time.monotonic()
         with self._step("reopening the best round's run", mlflow.start_run, run_id=self.run_ids[best_round]):
             info = self._step("logging the best model", self.model_logging.log, self.best.load(), self.project)

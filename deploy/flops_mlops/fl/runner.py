@@ -183,3 +183,17 @@ def _read_events(child: Child, events: list[dict[str, Any]], on_event) -> None:
             events.append(event)
             if event["event"] in ("round", "notice") and on_event is not None:
                 on_event(event)
+
+
+def publish_kept(settings: FLSettings, work_dir: Path, env: dict[str, str], runtime: Runtime) -> dict[str, Any]:
+    """Register the project's kept best model (``fl.publish``, as the aggregator: its environment and ``env``,
+    its login); what it registered, or FLRunError with its error."""
+    done = subprocess.run([str(runtime.python), "-m", "flops_mlops.fl.publish"],
+                          env={**os.environ, **QUIET_ENV, **runtime.variables, **env,
+                               **environment(settings, "aggregator")},
+                          capture_output=True, text=True, timeout=settings.timeout, cwd=work_dir)
+    if done.returncode != 0:
+        lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
+        raise FLRunError(f"publishing the kept model failed (exit {done.returncode}): "
+                         + (lines[-1] if lines else "no error output"))
+    return json.loads(done.stdout.strip().splitlines()[-1])

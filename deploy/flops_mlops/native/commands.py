@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..configuration import certificates
 from ..configuration.secrets import admin_password_key
 from ..configuration.stack import StackConfig
 from . import status as status_report
@@ -63,6 +64,9 @@ def print_endpoints(config: StackConfig) -> None:
     for tenant in config.tenants:
         print(f"tenant {tenant.id}: MLflow UI and tracking URI {config.tracking_uri(tenant)} (log in as admin, "
               f"password {admin_password_key(tenant.id)} in {config.secrets_file})")
+    if config.tracking.tls and (ca := certificates.tracking_ca(config)) is not None:
+        print(f"HTTPS: the servers' certificates are signed by the CA {ca} (give it to your browser or client; "
+              f"MLflow clients: MLFLOW_TRACKING_SERVER_CERT_PATH={ca})")
 
 
 def status_command(config: StackConfig, args: argparse.Namespace) -> int:

@@ -8,6 +8,7 @@ import os
 import sys
 from collections.abc import Callable
 
+from ..configuration import certificates
 from ..configuration.secrets import Secrets
 from ..configuration.stack import StackConfig
 from ..processes import ManagedProcess, port_answers, wait_until
@@ -31,8 +32,9 @@ def start_stores(c: StackConfig, secrets: Secrets, started: list[Callable[[], bo
             server.start(progress)
             admin = server.admin
         else:
+            ca = certificates.mysql_ca(c) if certificates.mysql_tls(c) else None
             admin = mysql.AdminConnection(c.backend_store.host, c.backend_store.port,
-                                          c.backend_store.admin_user, secrets.mysql_admin_password)
+                                          c.backend_store.admin_user, secrets.mysql_admin_password, ca=ca)
         progress(f"backend store: provisioning {len(c.tenants)} tenant database(s)")
         mysql.provision_tenants(admin, c, secrets)
     if c.artifact_store.managed and ARTIFACTS not in running:

@@ -152,7 +152,9 @@ class Deployer:
         for service in wanted:
             record = existing.get(service["microservice_name"])
             if record is not None:
-                changed = [name for name in COMPARED if name in service and record.get(name) != service[name]]
+                changed = [name for name in COMPARED if (name in service and record.get(name) != service[name])
+                           # a volume the SLA no longer has (the tracking servers' login folder of earlier releases)
+                           or (name == "volumes" and name not in service and record.get(name))]
                 note = (f"; differs from the SLA in {', '.join(changed)} (push does not update services: "
                         f"undeploy --app {item.application_name}, then push)") if changed else ""
                 self.say(f"{key}/{service['microservice_name']}: service exists{note}")

@@ -15,11 +15,9 @@ Secrets never reach a rendered file. Templates write ``${FLOPS_...}`` placeholde
 are allowed only in ``environment`` values (also inside a longer value, such as FLOPS_FL_USERS) and are
 replaced from the secrets file at push time (``resolve_secrets``).
 
-Logins: every tracking server runs MLflow's basic auth with its users and grants in a SQLite file (MLflow's
-auth migrations fail on MySQL). On Oakestra that file lives on a host-path volume (``csi.oakestra.io/hostpath``,
-SLA ``volumes``, only after Oakestra v0.4.410; older releases store the key and ignore it, so the file then
-dies with the container), so the tracking servers are pinned to one node (oakestra.tracking_target, cluster
-and node). The aggregator of a project logs in as ``fl-<project>``; learners get no credentials.
+Logins: every tracking server runs MLflow's basic auth with its users and grants in the backend store, in the
+tenant's database <database>_auth (tracking/auth_store.py). A tracking server keeps no state of its own: no
+volume, no node constraint beyond oakestra.target; a rescheduled or second instance finds every user. The aggregator of a project logs in as ``fl-<project>``; learners get no credentials.
 
 Stores' data: with oakestra.stores.<store>.volume, MySQL's data directory and each tenant's FTP folder are
 host-path volumes of the store's target_node (``_store_placement``), so they outlive the container there.
@@ -32,23 +30,23 @@ import json
 import re
 from dataclasses import dataclass, replace
 from functools import cache
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import jinja2
 import jsonschema
 
 from .. import bundled
+from ..configuration import certificates
 from ..configuration import secrets as secrets_module
 from ..configuration.oakestra import HOSTPATH_DRIVER, OakestraStore, OakestraTarget
 from ..configuration.schema import Broken, ConfigError
-from ..configuration.stack import StackConfig, image, oakestra_rules, tracking_target
+from ..configuration.stack import StackConfig, image, oakestra_rules
 from ..fl.ml_repo import RepoError, is_git_url, tag_of
 from ..fl.project_image import image_name
 from ..fl.settings import FLSettings, environment
 from ..rendered import RenderedFile
 from ..stores import tenant_db
-from ..tracking.container import AUTH_DB
 from ..tracking.users import project_user, serving_user
 
 TEMPLATES_DIR = bundled.folder("sla_templates")
@@ -63,7 +61,6 @@ FTP_PORT = 21
 # The stores' data folders inside their images (the volumes' default mount paths).
 STORE_DATA = {"mysql": "/var/lib/mysql", "artifact_store": "/srv/ftp"}
 PROJECT_DATA_MOUNT = "/srv/fl/data"  # where a learner sees its own data folder (FLOPS_DATA_DIR)
-AUTH_MOUNT = str(PurePosixPath(AUTH_DB).parent)  # the tracking-server image's auth folder (flops_mlops.tracking.container)
 
 
 class SlaError(ConfigError):
@@ -151,8 +148,9 @@ def check(config: StackConfig) -> None:
     except Broken as exc:
         raise ConfigError(f"{config.source}: {exc}") from None
     if config.artifact_store.tls:
-        raise ConfigError(f"{config.source}: artifact_store.tls: FTPS is for `flops-mlops up` (native vsftpd); the "
-                          "Oakestra artifact stores speak plain FTP, so expected false, got true")
+        raise ConfigError(f"{config.source}: artifact_store.tls: FTPS runs natively, on compose and with pyinfra; "
+                          "the Oakestra artifact stores speak plain FTP still, so expected false, got true")
+    certificates.refuse_https(config, "the Oakestra")
 
 
 def context(config: StackConfig) -> dict[str, Any]:
@@ -180,10 +178,6 @@ def context(config: StackConfig) -> dict[str, Any]:
             "admin_password_key": secrets_module.admin_password_key(tenant.id),
             "secret_key_key": secrets_module.secret_key_key(tenant.id),
             "ftp_placement": _store_placement(config, "artifact_store", tenant.id),
-            "auth_volume": {  # SLA volumes[] item: the login database's folder on the pinned node
-                "volume_id": f"{o.namespace}-{tenant.id}-auth", "csi_driver": HOSTPATH_DRIVER,
-                "mount_path": AUTH_MOUNT, "config": {"host_path": f"{o.auth_host_path}/{tenant.id}"},
-            },
             "projects": [],  # filled below: the FL projects whose aggregators log in to this server
             "served": [],  # filled below: the projects whose model servers read their models from this server
         })
@@ -261,8 +255,6 @@ def context(config: StackConfig) -> dict[str, Any]:
                       ("tracking_server", "mysql", "artifact_store", "aggregator", "learner", "model_server")},
         "constraints": _constraints(o.target),
         "mysql_placement": _store_placement(config, "mysql"),
-        "tracking_constraints": _constraints(tracking_target(config)),
-        "auth_db": AUTH_DB,
         "stores": stores,
         "mysql_admin_password_key": secrets_module.MYSQL_ADMIN_KEY,
         "mysql_init": mysql_init(config),
@@ -271,6 +263,7 @@ def context(config: StackConfig) -> dict[str, Any]:
         "tracking_workers": config.tracking.workers,
         "ftp_connect_timeout": config.artifact_store.connect_timeout,
         "ftp_data_timeout": config.artifact_store.data_timeout,
+        "artifact_quota": config.artifact_store.quota,
         "tracking_public_host": config.tracking.public_host,
         "tracking_allowed_hosts": config.tracking.allowed_hosts,
         "aggregator_port": o.aggregator_port,

@@ -34,7 +34,13 @@ FOLDER_FILES = {"keras": ("model.keras", "keras_module.txt"),
 
 
 class FetchError(Exception):
-    """The model could not be resolved or fetched; the message says which call and why."""
+    """The model could not be resolved or fetched; the message says which call and why. ``status``: the tracking
+    server's HTTP status, if it answered; ``retry_after``: its Retry-After in seconds (a 429), if any."""
+
+    def __init__(self, message: str, status: int | None = None, retry_after: float | None = None):
+        super().__init__(message)
+        self.status = status
+        self.retry_after = retry_after
 
 
 @dataclass(frozen=True)
@@ -45,11 +51,13 @@ class Registry:
     username: str
     password: str
     timeout: float = 30
+    verify: str | bool = True  # the CA an HTTPS tracking server is checked against (MLFLOW_TRACKING_SERVER_CERT_PATH)
 
     def _get(self, path: str, params: dict[str, str]) -> requests.Response:
         url = f"{self.tracking_uri.rstrip('/')}{path}"
         try:
-            response = requests.get(url, params=params, auth=(self.username, self.password), timeout=self.timeout)
+            response = requests.get(url, params=params, auth=(self.username, self.password), timeout=self.timeout,
+                                    verify=self.verify)
         except requests.RequestException as exc:
             raise FetchError(f"GET {url}: the tracking server does not answer ({type(exc).__name__})") from None
         if response.status_code != 200:
@@ -61,8 +69,12 @@ class Registry:
                     403: f" (user {self.username!r} has no READ on registered model {params.get('name')!r})",
                     404: f" (no such model, version or alias yet: has FL project {params.get('name')!r} registered "
                          "its model?)"}
+            try:
+                retry_after = float(response.headers.get("Retry-After", ""))
+            except ValueError:
+                retry_after = None
             raise FetchError(f"GET {url} {params}: HTTP {response.status_code}{hint.get(response.status_code, '')}: "
-                             f"{message}")
+                             f"{message}", status=response.status_code, retry_after=retry_after)
         return response
 
     def version_of(self, name: str, alias: str) -> str:

@@ -11,6 +11,8 @@ Where the model comes from (environment):
                             (FLOPS_SERVE_MODEL_NAME and FLOPS_SERVE_VERSION, if set, only say what it is); or
   MLFLOW_TRACKING_URI, MLFLOW_TRACKING_USERNAME, MLFLOW_TRACKING_PASSWORD
                             the tenant's tracking server and a user with READ on the registered model only
+  MLFLOW_TRACKING_SERVER_CERT_PATH  with an https:// tracking server: the CA certificate it is verified against
+                            (default: the system's store)
   FLOPS_SERVE_MODEL_NAME    registered model (= FL project)
   FLOPS_SERVE_ALIAS         alias to serve (default champion), or FLOPS_SERVE_VERSION: a fixed version
   FLOPS_SERVE_POLL_SECONDS  with an alias: how often to ask where the alias points (default 15; 0: never). When it
@@ -223,7 +225,8 @@ class Settings:
                 raise ServeError(f"{', '.join(missing)}: not set (or set FLOPS_SERVE_MODEL_DIR to serve a model "
                                  "folder)")
             registry = Registry(env["MLFLOW_TRACKING_URI"], env["MLFLOW_TRACKING_USERNAME"],
-                                env["MLFLOW_TRACKING_PASSWORD"])
+                                env["MLFLOW_TRACKING_PASSWORD"],
+                                verify=env.get("MLFLOW_TRACKING_SERVER_CERT_PATH") or True)
         elif not (model_dir / "MLmodel").is_file():
             raise ServeError(f"FLOPS_SERVE_MODEL_DIR: {model_dir} holds no MLmodel file")
         port = number("FLOPS_SERVE_PORT", "8080")
@@ -252,7 +255,11 @@ def first_model(settings: Settings) -> Served:
 
 
 def follow_alias(settings: Settings, guard: ScoringGuard, stop: threading.Event) -> None:
-    """Every ``settings.poll`` seconds: if the alias points elsewhere, load that version and swap it in."""
+    """Every ``settings.poll`` seconds: if the alias points elsewhere, load that version and swap it in.
+
+    A refused login ends the following (the version loaded is still served): the password was re-keyed by another
+    start, and asking again every poll would only trip the tracking server's login throttle for this user and this
+    address (tracking/logins.py). A 429 is waited out (its Retry-After) before the next poll."""
     while not stop.wait(settings.poll):
         try:
             version = settings.registry.version_of(settings.name, settings.alias)
@@ -261,7 +268,16 @@ def follow_alias(settings: Settings, guard: ScoringGuard, stop: threading.Event)
             log.info("alias %s of %s moved to version %s; loading it", settings.alias, settings.name, version)
             guard.served = fetch_and_load(settings, version)
             log.info("serving %s version %s", settings.name, version)
-        except (FetchError, ServeError, Exception) as exc:  # keep serving the old version
+        except FetchError as exc:  # keep serving the old version
+            log.error("alias %s of %s: reload failed, still serving version %s: %s", settings.alias, settings.name,
+                      guard.served.version, exc)
+            if exc.status == 401:
+                log.error("alias %s of %s: no longer followed (the login was refused: re-keyed by another start?); "
+                          "restart the server to follow it again", settings.alias, settings.name)
+                return
+            if exc.retry_after:
+                stop.wait(exc.retry_after)
+        except Exception as exc:  # keep serving the old version
             log.error("alias %s of %s: reload failed, still serving version %s: %s", settings.alias, settings.name,
                       guard.served.version, exc)
 

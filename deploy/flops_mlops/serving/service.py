@@ -25,6 +25,7 @@ from pathlib import Path
 
 import requests
 
+from ..configuration.accounts import own_tree, tenant_account
 from ..configuration.schema import ConfigError
 from ..configuration.stack import StackConfig
 from ..configuration.tracking import Tenant
@@ -162,15 +163,13 @@ def serve_command(config: StackConfig, args) -> int:
 
 def start(config: StackConfig, tenant: Tenant, service: ModelService, alias: str | None, args) -> dict:
     """Start the model server, wait until it answers /ping; return what GET /model says it serves."""
-    from ..tracking.server import service_account
-
-    account = service_account(config)
+    account = tenant_account(config, tenant, lambda line: print(line, flush=True))
     registry = serving_registry(config, tenant, args.project, args)
     python, variables = model_environment(registry, args.project, alias, args.version, service.folder / "runtime")
     private_dir(service.folder.parent, 0o711 if account else 0o700)
     private_dir(service.folder)
     if account:
-        os.chown(service.folder, account.pw_uid, account.pw_gid)
+        own_tree(service.folder, account)  # its model cache too, if an earlier release cached it as another account
     env = {key: value for key, value in os.environ.items() if not key.startswith(("MLFLOW_", "FLOPS_"))}
     env.update({
         "MLFLOW_TRACKING_URI": registry.tracking_uri, "MLFLOW_TRACKING_USERNAME": registry.username,
@@ -182,6 +181,11 @@ def start(config: StackConfig, tenant: Tenant, service: ModelService, alias: str
     })
     if account:
         env["HOME"] = str(service.folder)
+    from ..configuration.certificates import tracking_ca
+    from ..tracking.server import client_env, copy_private
+
+    if (ca := tracking_ca(config)) is not None:  # tracking.tls: a copy its account can read
+        env.update(client_env(config, copy_private(ca, service.folder / "tracking-ca.crt", account)))
     write_private(service.folder / "service.json", json.dumps({
         "tenant": tenant.id, "project": args.project, "host": config.tracking.host, "port": args.port,
         "alias": alias, "version": args.version}) + "\n", 0o644)
@@ -233,17 +237,19 @@ def answers(url: str) -> bool:
         return False
 
 
-def serving_registry(config: StackConfig, tenant: Tenant, project: str, args):
-    """The tenant's registry as serve-<project>, re-keyed now (the password stays in this process)."""
+def serving_registry(config: StackConfig, tenant: Tenant, project: str, args, user=None):
+    """The tenant's registry as serve-<project> (or ``user(project)``), re-keyed now (the password stays in this
+    process)."""
     from ..configuration.secrets import Secrets, new_password
-    from ..tracking.server import TrackingServer, is_healthy
-    from ..tracking.users import AuthAdmin, ensure_serving_user
+    from ..tracking.server import TrackingServer
+    from ..tracking.users import AuthAdmin, ensure_serving_user, serving_user
     from .fetch import Registry
 
     tracker = TrackingServer(config, tenant)
-    if not is_healthy(tracker.local_uri):
+    if not tracker.healthy():
         raise StackError(f"tracking server of tenant {tenant.id} at {tracker.local_uri} is not answering; start the "
                          f"stack first: flops-mlops --config {args.config} up --detach")
     password = new_password()
-    admin = AuthAdmin(tracker.local_uri, Secrets.load(config).admin_password(tenant.id))
-    return Registry(tracker.local_uri, ensure_serving_user(admin, project, password), password)
+    admin = AuthAdmin(tracker.local_uri, Secrets.load(config).admin_password(tenant.id), verify=tracker.verify)
+    return Registry(tracker.local_uri, ensure_serving_user(admin, project, password, user=user or serving_user),
+                    password, verify=tracker.verify)

@@ -1,12 +1,16 @@
 """The embedded artifact store: a pyftpdlib FTP server with one chrooted user per tenant.
 
 Run by the stack as ``python -m flops_mlops.stores.embedded_ftp CONFIG``; the passwords come from the
-secrets file named in the configuration, never from the command line.
+secrets file named in the configuration, never from the command line. Started as root, it reads them and binds its
+port, then runs as the stack's account (tracking.os_user, configuration/accounts.py), which owns the tenants'
+folders, as vsftpd drops to its own.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import pwd
 import sys
 from pathlib import Path
 
@@ -14,6 +18,7 @@ from pyftpdlib.authorizers import DummyAuthorizer
 from pyftpdlib.handlers import FTPHandler
 from pyftpdlib.servers import FTPServer
 
+from ..configuration.accounts import own_tree, stack_account
 from ..configuration.loading import load
 from ..configuration.secrets import Secrets
 from ..configuration.stack import StackConfig
@@ -50,6 +55,15 @@ def build_server(config: StackConfig, secrets: Secrets) -> FTPServer:
     return FTPServer((store.host, store.port), handler)
 
 
+def drop_to(account: pwd.struct_passwd, folder: Path) -> None:
+    """Give ``folder`` (the tenants' folders) to ``account`` and run as it from now on, without root's groups."""
+    own_tree(folder, account)
+    os.setgroups([])
+    os.setgid(account.pw_gid)
+    os.setuid(account.pw_uid)
+    logging.info("running as %s (uid %d)", account.pw_name, account.pw_uid)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
@@ -58,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     config = load(args[0])
     server = build_server(config, Secrets.load(config))
+    account = stack_account(config)
+    if account:
+        drop_to(account, ftp_root(config))
     server.serve_forever(handle_exit=True)
     return 0
 

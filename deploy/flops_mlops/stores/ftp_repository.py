@@ -19,6 +19,8 @@ Unlike MLflow's own, it:
 - deletes (files and folders, recursively), so `mlflow gc` removes the artifacts of deleted runs;
 - speaks explicit TLS for ftps:// (AUTH TLS, then PROT P: the data connections are encrypted too), checking
   the server's certificate against ``ca_pem`` (the deployment's certificate) or, without it, the system's CAs;
+- keeps the tenant's folder within its quota (artifact_store.quota; quota.py): an upload that would pass it is
+  refused (HTTP 507) before a byte is written;
 - never puts the password into a message: errors, logs and repr() name ftp://user@host:port/path.
 """
 
@@ -41,6 +43,7 @@ from mlflow.store.artifact.artifact_repo import ArtifactRepository
 from mlflow.utils.file_utils import create_tmp_dir
 
 from .ftp_pool import ConnectionPool
+from .quota import Usage
 
 BLOCK = 1024 * 1024
 
@@ -49,7 +52,8 @@ class FTPRepository(ArtifactRepository):
     """Artifacts in a folder of an FTP server: ftp://user:password@host[:port]/path (ftps:// for TLS)."""
 
     def __init__(self, artifact_uri: str, tracking_uri: str | None = None, registry_uri: str | None = None, *,
-                 connect_timeout: float = 10, data_timeout: float = 60, ca_pem: str | None = None) -> None:
+                 connect_timeout: float = 10, data_timeout: float = 60, ca_pem: str | None = None,
+                 quota: int = 0) -> None:
         parts = urlsplit(artifact_uri)
         self._tls = parts.scheme == "ftps"
         self._host = parts.hostname or "localhost"
@@ -66,6 +70,7 @@ class FTPRepository(ArtifactRepository):
         self._ca_pem = ca_pem
         self._local = threading.local()  # the server shares one repository between its request threads
         self._pool = ConnectionPool()
+        self.usage = Usage(quota, self._stored_bytes)  # the folder's bytes against its quota (0: no limit)
 
     # --- the connection: one login, reused by later calls --------------------------------------------
 
@@ -196,6 +201,26 @@ class FTPRepository(ArtifactRepository):
             else:
                 yield child, False
 
+    def _stored_bytes(self) -> int:
+        """The total size of the files in the folder (a walk over one connection)."""
+        with self._session() as ftp:
+            return sum(self._sizes(ftp, self._root))
+
+    def _sizes(self, ftp: ftplib.FTP, remote: str) -> Iterator[int]:
+        for name, is_dir, size in self._entries(ftp, remote):
+            if is_dir:
+                yield from self._sizes(ftp, posixpath.join(remote, name))
+            else:
+                yield size or 0
+
+    def _store(self, ftp: ftplib.FTP, local_file: str, remote_file: str) -> None:
+        """Upload one file, within the quota."""
+        size = os.path.getsize(local_file)
+        self.usage.admit(size)
+        with open(local_file, "rb") as data:
+            ftp.storbinary(f"STOR {remote_file}", data, BLOCK)
+        self.usage.added(size)
+
     def _make_dirs(self, ftp: ftplib.FTP, remote: str) -> None:
         if self._is_dir(ftp, remote):
             return
@@ -212,8 +237,7 @@ class FTPRepository(ArtifactRepository):
         with self._session() as ftp:
             folder = self._remote(artifact_path)
             self._make_dirs(ftp, folder)
-            with open(local_file, "rb") as data:
-                ftp.storbinary(f"STOR {posixpath.join(folder, os.path.basename(local_file))}", data, BLOCK)
+            self._store(ftp, local_file, posixpath.join(folder, os.path.basename(local_file)))
 
     def log_artifacts(self, local_dir, artifact_path=None):
         local_dir = os.path.abspath(local_dir)
@@ -226,8 +250,7 @@ class FTPRepository(ArtifactRepository):
                 remote = self._remote("/".join(parts))
                 self._make_dirs(ftp, remote)
                 for name in files:
-                    with open(os.path.join(folder, name), "rb") as data:
-                        ftp.storbinary(f"STOR {posixpath.join(remote, name)}", data, BLOCK)
+                    self._store(ftp, os.path.join(folder, name), posixpath.join(remote, name))
 
     def list_artifacts(self, path=None):
         with self._session() as ftp:
@@ -267,6 +290,12 @@ class FTPRepository(ArtifactRepository):
 
     def delete_artifacts(self, artifact_path=None):
         """Delete a file, or a folder with everything in it; the root folder itself stays. Missing: no-op."""
+        try:
+            self._delete(artifact_path)
+        finally:
+            self.usage.forget()
+
+    def _delete(self, artifact_path: str | None) -> None:
         with self._session() as ftp:
             remote = self._remote(artifact_path)
             if self._is_dir(ftp, remote):

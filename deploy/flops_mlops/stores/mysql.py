@@ -3,6 +3,12 @@
 Each tenant gets its own database (utf8mb4 with a binary NO PAD collation, so keys that differ only in
 case do not collide) and its own user with privileges on that database only: the statements of the one SQL
 template every target runs (stores/tenant_db.py, stores/templates/tenants.sql.j2).
+
+With backend_store.tls the server speaks TLS with the deployment's certificate (configuration/certificates.py),
+the tenants' users REQUIRE SSL, and every client of ours verifies the server against the deployment's CA and
+host name. pymysql verifies only when the CA reaches it in its ``ssl`` dict: through SQLAlchemy that is the
+URI's ``ssl_ca`` (with ``ssl_check_hostname``); its ``ssl_ca`` keyword alone (MLflow's MLFLOW_MYSQL_SSL_CA)
+leaves verification off.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
+import ssl
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,6 +25,7 @@ from urllib.parse import quote
 
 import pymysql
 
+from ..configuration import certificates
 from ..configuration.schema import ConfigError
 from ..configuration.secrets import Secrets
 from ..configuration.stack import StackConfig
@@ -28,10 +36,26 @@ from . import tenant_db
 SERVER_NAMES = ("mariadbd", "mysqld")
 
 
-def tenant_uri(config: StackConfig, tenant: Tenant, password: str) -> str:
+def tenant_uri(config: StackConfig, tenant: Tenant, password: str, ca: Path | None = None, auth: bool = False) -> str:
+    """The tenant's tracking database, or (``auth``) its auth database <database>_auth (tracking/auth_store.py); with
+    backend_store.tls it verifies the server against ``ca`` (default: the deployment's CA certificate beside the
+    secrets file) and the server's name."""
     b = config.backend_store
-    return (f"mysql+pymysql://{tenant.db_user}:{quote(password, safe='')}@{b.host}:{b.port}/"
-            f"{tenant.database}?charset=utf8mb4")
+    database = tenant_db.TenantDB.of(tenant, password).auth_database if auth else tenant.database
+    uri = (f"mysql+pymysql://{tenant.db_user}:{quote(password, safe='')}@{b.host}:{b.port}/"
+           f"{database}?charset=utf8mb4")
+    if certificates.mysql_tls(config):
+        ca = ca or certificates.ca_certificate_path(config)
+        uri += f"&ssl_ca={quote(str(ca), safe='/')}&ssl_check_hostname=true"
+    return uri
+
+
+def verified_ssl(ca: Path | str) -> ssl.SSLContext:
+    """A client TLS context that accepts only a server certificate from ``ca`` for the host name it dialled."""
+    context = ssl.create_default_context(cafile=str(ca))
+    context.check_hostname = True
+    context.verify_mode = ssl.CERT_REQUIRED
+    return context
 
 
 @dataclass(frozen=True)
@@ -43,9 +67,12 @@ class AdminConnection:
     user: str
     password: str
     unix_socket: str | None = None
+    ca: Path | None = None  # over TCP: verify the server against this CA certificate (backend_store.tls)
 
     def connect(self, password: str | None = None, database: str | None = None) -> pymysql.Connection:
         kwargs = {"unix_socket": self.unix_socket} if self.unix_socket else {"host": self.host, "port": self.port}
+        if self.ca is not None and not self.unix_socket:
+            kwargs["ssl"] = verified_ssl(self.ca)
         return pymysql.connect(user=self.user, password=self.password if password is None else password,
                                database=database, connect_timeout=5, autocommit=True, **kwargs)
 
@@ -120,12 +147,38 @@ class ManagedMySQL:
                 "--skip-name-resolve", "--character-set-server=utf8mb4",
                 # Small-machine tuning: the metadata of a few tenants fits easily.
                 "--innodb-buffer-pool-size=64M", "--max-connections=100", "--performance-schema=OFF"]
+        argv += self._tls_options()
         if os.geteuid() == 0:
             argv.append(f"--user={self._run_user()}")
         self.process.start(argv, env=_plain_env())
         wait_until(self._accepts_connections, self.process, "backend store (MySQL) did not come up", 120,
                    progress=progress, waiting_for=f"backend store (MySQL/MariaDB, {b.host}:{b.port})")
         self._secure_accounts()
+
+    def _tls_options(self) -> list[str]:
+        """With backend_store.tls: the server's TLS options, its certificate and key copied into ``<home>/tls``
+        (mode 0600, owned by the account the server runs as, which may not reach the secrets file's folder).
+        The certificates are made first when missing (an older deployment's secrets)."""
+        if not certificates.mysql_tls(self.config):
+            return []
+        certificates.make_mysql_certificate(self.config)
+        folder = self.home / "tls"
+        private_dir(folder)
+        owner = pwd.getpwnam(self._run_user()) if os.geteuid() == 0 else None
+        copies = []
+        for source, name in zip(certificates.mysql_files(self.config), ("ca.crt", "server.crt", "server.key")):
+            target = folder / name
+            target.unlink(missing_ok=True)
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(source.read_bytes())
+            if owner is not None:
+                os.chown(target, owner.pw_uid, owner.pw_gid)
+            copies.append(target)
+        if owner is not None:
+            os.chown(folder, owner.pw_uid, owner.pw_gid)
+        ca, crt, key = copies
+        return [f"--ssl-ca={ca}", f"--ssl-cert={crt}", f"--ssl-key={key}", "--tls-version=TLSv1.2,TLSv1.3"]
 
     def _secure_accounts(self) -> None:
         """Give root its password and drop every other passwordless account, if that is not done yet.

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import jinja2
 
+from ..configuration import certificates
 from ..configuration.schema import ConfigError
 from ..configuration.secrets import Secrets, db_password_key
 from ..configuration.stack import StackConfig
@@ -28,6 +29,7 @@ NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 # What a container accepts as a password from its environment: URL-safe (`flops-mlops secrets init`).
 URL_SAFE = "A-Za-z0-9_-"
 ENV_KEY_PATTERN = re.compile(r"^[A-Z][A-Z0-9_]*$")
+AUTH_SUFFIX = "_auth"  # the auth database's name: <database>_auth (tracking/auth_store.py)
 _MARK = "\x00"  # around an environment variable's name while the SQL becomes a printf format
 
 
@@ -44,21 +46,28 @@ class FromEnvironment:
 
 @dataclass(frozen=True)
 class TenantDB:
-    """One tenant's database, its user and the user's password."""
+    """One tenant's database, its user and the user's password (the user also owns the auth database);
+    ``require_ssl``: the user logs in over TLS only."""
 
     database: str
     user: str
     password: str | FromEnvironment
+    require_ssl: bool = False
 
     def __post_init__(self) -> None:
-        for what, value in (("database", self.database), ("user", self.user)):
+        for what, value in (("database", self.database), ("user", self.user), ("auth database", self.auth_database)):
             _check_name(what, value)
         if not isinstance(self.password, (str, FromEnvironment)):
             raise ConfigError(f"tenants.sql: password of {self.user}: expected a string")
 
+    @property
+    def auth_database(self) -> str:
+        """MLflow's basic-auth users and grants (tracking/auth_store.py)."""
+        return f"{self.database}{AUTH_SUFFIX}"
+
     @classmethod
-    def of(cls, tenant: Tenant, password: str | FromEnvironment) -> "TenantDB":
-        return cls(tenant.database, tenant.db_user, password)
+    def of(cls, tenant: Tenant, password: str | FromEnvironment, require_ssl: bool = False) -> "TenantDB":
+        return cls(tenant.database, tenant.db_user, password, require_ssl)
 
 
 def _check_name(what: str, value: object) -> str:
@@ -121,17 +130,20 @@ def statements(sql: str) -> list[str]:
     return found
 
 
-def for_config(config: StackConfig, password: Callable[[Tenant], str | FromEnvironment]) -> list[TenantDB]:
-    return [TenantDB.of(tenant, password(tenant)) for tenant in config.tenants]
+def for_config(config: StackConfig, password: Callable[[Tenant], str | FromEnvironment],
+               require_ssl: bool = False) -> list[TenantDB]:
+    return [TenantDB.of(tenant, password(tenant), require_ssl) for tenant in config.tenants]
 
 
 def with_secrets(config: StackConfig, secrets: Secrets) -> list[TenantDB]:
-    """The configuration's tenants with their passwords from the secrets file (native stack, pyinfra)."""
-    return for_config(config, lambda tenant: secrets.db_password(tenant.id))
+    """The configuration's tenants with their passwords from the secrets file (native stack, pyinfra); their
+    users REQUIRE SSL when backend_store.tls is on."""
+    return for_config(config, lambda tenant: secrets.db_password(tenant.id), certificates.mysql_tls(config))
 
 
 def from_environment(config: StackConfig) -> list[TenantDB]:
-    """The configuration's tenants with the passwords a container reads from FLOPS_TENANT_<ID>_DB_PASSWORD."""
+    """The configuration's tenants with the passwords a container reads from FLOPS_TENANT_<ID>_DB_PASSWORD
+    (compose and Oakestra: their MySQL has no TLS yet, so REQUIRE NONE)."""
     return for_config(config, lambda tenant: FromEnvironment(db_password_key(tenant.id)))
 
 
@@ -160,8 +172,9 @@ def initdb_script(config: StackConfig, label: str) -> str:
         f"# {label} (tenants: {', '.join(t.id for t in config.tenants)}) by",
         f"#     flops-mlops --config {label} render --target compose",
         "# Do not edit.",
-        "# The MySQL image's entrypoint sources it once, on an empty data directory: every tenant's database (utf8mb4,",
-        "# binary NO PAD collation) and user, the passwords from this container's environment, never from argv.",
+        "# The MySQL image's entrypoint sources it on an empty data directory, ours again on every later start",
+        "# (FLOPS_RERUN_ON_START): every tenant's database (utf8mb4, binary NO PAD collation) and user, the",
+        "# passwords from this container's environment, never from argv.",
         "if ! command -v docker_process_sql >/dev/null 2>&1; then",
         "    # Executed rather than sourced: talk to the first-start server over its socket as root.",
         "    docker_process_sql() { MYSQL_PWD=\"$MYSQL_ROOT_PASSWORD\" mysql --protocol=socket -uroot \"$@\"; }",

@@ -92,14 +92,12 @@ class ManagedVsftpd:
                TEMPLATES.get_template("vsftpd.pam.j2").render(passwd_file=passwd_file), 0o644)
 
     def _tls_settings(self) -> dict:
-        """With artifact_store.tls: the deployment's certificate and key (made by `secrets init`)."""
+        """With artifact_store.tls: the store's certificate, signed by the deployment's CA, and its key (made by
+        `secrets init`); a missing file is named with the command that makes it."""
         if not self.config.artifact_store.tls:
             return {"tls": False}
-        certificate, key = certificates.certificate_path(self.config), certificates.key_path(self.config)
-        certificates.ca_pem(self.config)  # names the missing file and the command that makes it
-        if not key.exists():
-            raise ConfigError(f"{key}: FTPS key not found (artifact_store.tls is true); make it with "
-                              f"`flops-mlops --config {self.config.source} secrets init`")
+        certificates.make_certificate(self.config)  # an older deployment's: made, or re-made signed by the CA
+        _, certificate, key = certificates.ftp_files(self.config)
         return {"tls": True, "tls_certificate": certificate, "tls_key": key}
 
     def stop(self) -> bool:

@@ -12,11 +12,16 @@ Environment (defaults in brackets):
   FLOPS_DB_PASSWORD                  the tenant's database password (required)
   FLOPS_FTP_HOST / FLOPS_FTP_PORT    artifact store [artifact-store / 21]
   FLOPS_FTP_PASSWORD                 the tenant's FTP password (required)
+  FLOPS_FTP_TLS [false]              true: explicit FTPS (artifact_store.tls), the store's certificate verified
+                                     (chain and host name) against the CA certificate in FLOPS_FTP_CA_FILE
+  FLOPS_FTP_CA_FILE [/etc/flops-tls/ca.crt]  the deployment's CA certificate (compose mounts it there)
   FLOPS_FTP_CONNECT_TIMEOUT [10]     seconds to connect to and log in to the FTP store (artifact_store.connect_timeout)
   FLOPS_FTP_DATA_TIMEOUT [60]        seconds any later FTP command or transfer may stall (artifact_store.data_timeout)
+  FLOPS_ARTIFACT_QUOTA [10GB]        most bytes the tenant's store folder may hold, 0: no limit (artifact_store.quota)
   FLOPS_ADMIN_PASSWORD               password of the server's admin user (MLflow basic auth; required)
   FLOPS_SECRET_KEY                   the server's Flask secret key (required)
-  FLOPS_AUTH_DB [/srv/mlflow/auth/auth.db]  SQLite auth database (users, grants); keep it on a volume
+  FLOPS_AUTH_DB [/srv/mlflow/auth/auth.db]  an earlier release's SQLite auth database, moved once into the backend
+                                     store's mlflow_<tenant>_auth, where the users and grants live (auth_store.py)
   FLOPS_FL_USERS []                  FL project users to ensure, "project:password,...": user fl-<project>
                                      gets EDIT on that project's experiment and registered model only
   FLOPS_SERVE_USERS []               model server users to ensure, "project:password,...": user serve-<project>
@@ -52,11 +57,12 @@ from ..configuration.secrets import (
 from ..configuration.stack import StackConfig, validate_tenant_id
 from ..configuration.stores import ArtifactStore, BackendStore
 from ..configuration.tracking import Tenant, Tracking
-from ..configuration.values import AllowedHost, Host, Port, ProjectName, problem
+from ..configuration.values import AllowedHost, Host, Port, ProjectName, Size, problem, read
 from .server import mask, server_argv, server_env
 
 SERVICE_NAME = "tracking-server"
 AUTH_DB = "/srv/mlflow/auth/auth.db"
+FTP_CA_FILE = "/etc/flops-tls/ca.crt"
 PASSWORDS = ("FLOPS_DB_PASSWORD", "FLOPS_FTP_PASSWORD", "FLOPS_ADMIN_PASSWORD", "FLOPS_SECRET_KEY")
 FL_USER = re.compile(r"^(?P<project>[^:,]+):(?P<password>[A-Za-z0-9_-]{12,})$")
 
@@ -89,6 +95,38 @@ def _seconds(env: dict[str, str], key: str, default: int) -> int:
     return int(value)
 
 
+def _flag(env: dict[str, str], key: str) -> bool:
+    value = _setting(env, key, "false").lower()
+    if value not in ("true", "false"):
+        raise ConfigError(f"environment: {key}: expected true or false, got {value!r}")
+    return value == "true"
+
+
+def ftp_ca_file(env: dict[str, str]) -> Path | None:
+    """With FLOPS_FTP_TLS: the CA certificate the FTP store's certificate must verify against (readable)."""
+    if not _flag(env, "FLOPS_FTP_TLS"):
+        return None
+    path = Path(_setting(env, "FLOPS_FTP_CA_FILE", FTP_CA_FILE))
+    try:
+        text = path.read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"environment: FLOPS_FTP_CA_FILE: cannot read the CA certificate {str(path)!r} "
+                          f"(FLOPS_FTP_TLS is true): {exc.strerror if isinstance(exc, OSError) else exc}; "
+                          "`flops-mlops secrets init` makes it beside the secrets file") from None
+    if "BEGIN CERTIFICATE" not in text:
+        raise ConfigError(f"environment: FLOPS_FTP_CA_FILE: {str(path)!r} holds no PEM certificate")
+    return path
+
+
+def _size(env: dict[str, str], key: str) -> int:
+    value = env.get(key, "").strip()
+    if not value:
+        return ArtifactStore.model_fields["quota"].default
+    if (why := problem(Size, value)) is not None:
+        raise ConfigError(f"environment: {key}: {why}")
+    return read(Size, value)
+
+
 def stack_from_env(env: dict[str, str]) -> tuple[StackConfig, Tenant, Secrets]:
     """The one-tenant stack a tracking-server container serves, from its environment."""
     tenant = Tenant(id=validate_tenant_id(_setting(env, "FLOPS_TENANT", "default"), "environment: FLOPS_TENANT"))
@@ -107,12 +145,14 @@ def stack_from_env(env: dict[str, str]) -> tuple[StackConfig, Tenant, Secrets]:
     config = StackConfig(
         name="compose", state_dir=Path("/nonexistent"), secrets_file=Path("<environment>"), tenants=[tenant],
         backend_store=BackendStore(kind="mysql", managed=False, host=_host(env, "FLOPS_DB_HOST", "backend-store"),
-                                   port=_port(env, "FLOPS_DB_PORT", 3306)),
+                                   port=_port(env, "FLOPS_DB_PORT", 3306), tls=False),  # compose: no MySQL TLS yet
         artifact_store=ArtifactStore(kind="vsftpd", managed=False,
                                      host=_host(env, "FLOPS_FTP_HOST", "artifact-store"),
                                      port=_port(env, "FLOPS_FTP_PORT", 21),
                                      connect_timeout=_seconds(env, "FLOPS_FTP_CONNECT_TIMEOUT", 10),
-                                     data_timeout=_seconds(env, "FLOPS_FTP_DATA_TIMEOUT", 60)),
+                                     data_timeout=_seconds(env, "FLOPS_FTP_DATA_TIMEOUT", 60),
+                                     quota=_size(env, "FLOPS_ARTIFACT_QUOTA"),
+                                     tls=_flag(env, "FLOPS_FTP_TLS")),
         tracking=Tracking(host="0.0.0.0", base_port=port, public_host=public_host, workers=int(workers),
                           job_execution=False, allowed_hosts=allowed),
     ).located(Path("<environment>"))
@@ -151,10 +191,12 @@ def run_tracking_server(extra_args: list[str]) -> int:
         config, tenant, secrets = stack_from_env(dict(os.environ))
         users, database = fl_users(dict(os.environ)), auth_db(dict(os.environ))
         readers = fl_users(dict(os.environ), "FLOPS_SERVE_USERS")
+        ftp_ca = ftp_ca_file(dict(os.environ))
     except ConfigError as exc:
         print(f"tracking-server: {exc}", file=sys.stderr)
         return 2
-    env = server_env(config, tenant, secrets, database)  # drops FLOPS_* (the passwords) from what MLflow sees
+    # Drops FLOPS_* (the passwords) from what MLflow sees; with FTPS adds the CA's PEM text (FLOPS_FTP_CA_PEM).
+    env = server_env(config, tenant, secrets, database, ftp_ca=ftp_ca)
     if users or readers:
         env.update({"FLOPS_FL_USERS": users, "FLOPS_SERVE_USERS": readers,
                     "FLOPS_LOCAL_URI": f"http://127.0.0.1:{config.tracking.base_port}"})

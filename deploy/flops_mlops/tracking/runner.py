@@ -7,13 +7,18 @@ opens the stores, builds the app (app.create_app: MLflow's basic-auth app inside
 with our guards) and serves it with uvicorn in its own process. uvicorn stops gracefully on SIGTERM.
 
     python -m flops_mlops.tracking.runner --host H --port P [--allowed-hosts a,b:5000,...] [--workers N]
+        [--ssl-certfile CRT --ssl-keyfile KEY]
+
+With --ssl-certfile and --ssl-keyfile (tracking.tls) uvicorn serves HTTPS only; the arguments are file paths,
+the key itself is never in them.
 
 Arguments hold no secret. The store URIs, which carry passwords, come from the environment, as for
 `mlflow server`: MLFLOW_BACKEND_STORE_URI (also the model registry) and MLFLOW_ARTIFACTS_DESTINATION
 (proxied artifacts; new experiments get mlflow-artifacts:/). The login settings are app.py's
 (MLFLOW_AUTH_ADMIN_PASSWORD, MLFLOW_FLASK_SERVER_SECRET_KEY, FLOPS_AUTH_DB, FLOPS_FL_USERS, FLOPS_LOCAL_URI).
 The schema must be up to date (`python -m flops_mlops.tracking.server upgrade-schema`); on an older one the
-runner exits before it listens. --allowed-hosts is MLflow's Host header check (/health is exempt). With
+runner exits before it listens. --allowed-hosts is MLflow's Host header check (/health is exempt). uvicorn
+parses HTTP with h11 and bounds headers and connections (limits.py). With
 --workers 1 (the default) everything runs in this one process; more workers are uvicorn's own worker processes.
 MLflow's job runner is not started (tracking.job_execution: true keeps `mlflow server`, see tracking_server).
 
@@ -30,6 +35,8 @@ import os
 import sys
 import uuid
 from pathlib import Path
+
+from .limits import uvicorn_settings
 
 # MLflow loads these only when installed (guarded imports) and the server's routes never use them: scipy
 # (sparse model inputs, a client-side matter), pyarrow (pandas' optional Arrow backend, HDFS artifacts).
@@ -116,7 +123,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--allowed-hosts", default="",
                         help="comma-separated Host header values to accept, besides MLflow's defaults")
     parser.add_argument("--workers", type=int, default=1, help="uvicorn workers; 1 serves from this process")
+    parser.add_argument("--ssl-certfile", type=Path, help="serve HTTPS with this certificate (PEM file)")
+    parser.add_argument("--ssl-keyfile", type=Path, help="the certificate's private key (PEM file)")
     args = parser.parse_args(argv)
+    if (args.ssl_certfile is None) != (args.ssl_keyfile is None):
+        parser.error("--ssl-certfile and --ssl-keyfile come together")
+    for flag, path in (("--ssl-certfile", args.ssl_certfile), ("--ssl-keyfile", args.ssl_keyfile)):
+        if path is not None and not path.is_file():
+            parser.error(f"{flag}: {path}: no such file")
     if not 0 < args.port < 65536:
         parser.error(f"--port: expected a TCP port 1-65535, got {args.port}")
     if args.workers < 1:
@@ -134,7 +148,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import uvicorn
 
-    options = {"host": args.host, "port": args.port, "log_config": log_config()}
+    options = {"host": args.host, "port": args.port, "log_config": log_config(), **uvicorn_settings()}
+    if args.ssl_certfile is not None:
+        options.update(ssl_certfile=str(args.ssl_certfile), ssl_keyfile=str(args.ssl_keyfile))
     if args.workers == 1:
         uvicorn.run(create_app(), **options)
     else:  # uvicorn's supervisor starts the workers; each builds the app with create_app

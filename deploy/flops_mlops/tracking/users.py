@@ -47,6 +47,12 @@ def serving_user(project: str) -> str:
     return f"serve-{project}"
 
 
+def image_user(project: str) -> str:
+    """The MLflow user ``build-model-image`` reads a project's model as (READ on it, nothing else): not
+    ``serve-<project>``, whose re-keying would lock out a model server that is running."""
+    return f"image-{project}"
+
+
 def validate_username(value: str, where: str = "--name") -> str:
     if not USERNAME_PATTERN.fullmatch(value or ""):
         raise ConfigError(f"{where}: {value!r} is not a valid user name ({USERNAME_RULE})")
@@ -69,6 +75,7 @@ class AuthAdmin:
     password: str
     username: str = ADMIN
     timeout: float = 30
+    verify: str | bool = True  # the CA an HTTPS server is checked against (server.client_verify)
 
     def __post_init__(self) -> None:
         self.session = requests.Session()
@@ -77,7 +84,8 @@ class AuthAdmin:
     def call(self, method: str, path: str, ok: tuple[int, ...] = (200,), **kwargs) -> tuple[int, dict]:
         url = f"{self.tracking_uri.rstrip('/')}{path}"
         try:
-            response = self.session.request(method, url, timeout=self.timeout, **kwargs)
+            # verify on each request: requests prefers REQUESTS_CA_BUNDLE to a session's own verify
+            response = self.session.request(method, url, timeout=self.timeout, verify=self.verify, **kwargs)
         except requests.RequestException as exc:
             raise UserError(f"{method} {url}: the tracking server does not answer ({type(exc).__name__})") from None
         try:
@@ -197,11 +205,13 @@ def ensure_project_user(admin: AuthAdmin, project: str, password: str) -> str:
     return name
 
 
-def ensure_serving_user(admin: AuthAdmin, project: str, password: str, create: bool = False) -> str:
-    """Create (or re-key) ``serve-<project>`` with READ on the project's registered model only: it may resolve the
-    model's aliases and download its versions' files, and sees no experiment, run or other model. ``create``: an
-    empty registered model is created if the project has none yet (containers, before the first round)."""
-    name = serving_user(validate_project(project))
+def ensure_serving_user(admin: AuthAdmin, project: str, password: str, create: bool = False,
+                        user=serving_user) -> str:
+    """Create (or re-key) ``serve-<project>`` (or ``user(project)``) with READ on the project's registered model
+    only: it may resolve the model's aliases and download its versions' files, and sees no experiment, run or other
+    model. ``create``: an empty registered model is created if the project has none yet (containers, before the
+    first round)."""
+    name = user(validate_project(project))
     status, _ = admin.call("GET", "/api/2.0/mlflow/registered-models/get", ok=(200, 404), params={"name": project})
     if status == 404 and create:
         admin.ensure_registered_model(project)
@@ -295,7 +305,8 @@ def user_command(config, args) -> int:
 
     tenant = config.tenant(args.tenant)
     secrets = secrets_module.Secrets.load(config)
-    admin = AuthAdmin(TrackingServer(config, tenant).local_uri, secrets.admin_password(tenant.id))
+    tracker = TrackingServer(config, tenant)
+    admin = AuthAdmin(tracker.local_uri, secrets.admin_password(tenant.id), verify=tracker.verify)
     if args.user_action == "list":
         for user in sorted(admin.users(), key=lambda u: u["username"]):
             role = "admin" if user.get("is_admin") else "user"

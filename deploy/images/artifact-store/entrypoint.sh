@@ -3,7 +3,9 @@
 # NAME=VARIABLE: the user name and the environment variable that holds its password (the names the secrets file
 # uses, e.g. flops_default=FLOPS_TENANT_DEFAULT_FTP_PASSWORD). Each user is chrooted to /srv/ftp/<user>, its
 # artifacts under /srv/ftp/<user>/artifacts. Passive ports FLOPS_PASV_MIN_PORT..FLOPS_PASV_MAX_PORT, announced
-# as FLOPS_PASV_ADDRESS (publish the same range on the host).
+# as FLOPS_PASV_ADDRESS (publish the same range on the host). FLOPS_FTP_TLS=true: explicit FTPS only (plain
+# logins refused), with the certificate and key in the files FLOPS_FTP_TLS_CERT and FLOPS_FTP_TLS_KEY and the CA
+# certificate FLOPS_FTP_CA_FILE (for the healthcheck), which compose mounts read-only under /etc/flops-tls.
 set -euf  # -f: no globbing of the words of FLOPS_FTP_USERS
 fail() { echo "artifact-store: $*" >&2; exit 2; }
 # One line matching an extended regex: grep alone would accept a value if any one of its lines matched.
@@ -33,6 +35,21 @@ done
 [ "$pasv_min" -le "$pasv_max" ] || fail "FLOPS_PASV_MIN_PORT $pasv_min is above FLOPS_PASV_MAX_PORT $pasv_max"
 valid "$pasv_address" '^([0-9]{1,3}\.){3}[0-9]{1,3}$' \
     || fail "FLOPS_PASV_ADDRESS: '$pasv_address' is not an IPv4 address"
+tls="${FLOPS_FTP_TLS:-false}"
+tls_args=""
+case "$tls" in
+    true)
+        for file in "${FLOPS_FTP_TLS_CERT:=/etc/flops-tls/ftp.crt}" "${FLOPS_FTP_TLS_KEY:=/etc/flops-tls/ftp.key}" \
+                    "${FLOPS_FTP_CA_FILE:=/etc/flops-tls/ca.crt}"; do
+            valid "$file" '^/[A-Za-z0-9._/-]+$' \
+                || fail "FTPS file '$file' is not an absolute path of letters, digits, ._/-"
+            [ -f "$file" ] && [ -r "$file" ] \
+                || fail "FLOPS_FTP_TLS is true, but '$file' is not a readable file (made by flops-mlops secrets init)"
+        done
+        tls_args="tls=true tls_certificate=$FLOPS_FTP_TLS_CERT tls_key=$FLOPS_FTP_TLS_KEY" ;;
+    false) ;;
+    *) fail "FLOPS_FTP_TLS: expected true or false, got '$tls'" ;;
+esac
 
 lib=/usr/local/lib/flops-artifact-store
 run=/run/flops-artifact-store
@@ -56,12 +73,14 @@ chown ftpcheck:ftpcheck "$check/netrc"
 umask 022
 
 python3 "$lib/render.py" vsftpd.pam.j2 /etc/pam.d/flops-artifact-store 644 "passwd_file=$run/passwd"
+# shellcheck disable=SC2086 # tls_args: validated paths
 python3 "$lib/render.py" vsftpd.conf.j2 "$run/vsftpd.conf" 600 \
     listen_address=0.0.0.0 listen_port=21 os_user=ftp ftp_root=/srv/ftp pam_service=flops-artifact-store \
     "pasv_min_port=$pasv_min" "pasv_max_port=$pasv_max" "pasv_address=$pasv_address" \
-    empty_dir=/run/vsftpd/empty log_file=/var/log/vsftpd/transfers.log
+    empty_dir=/run/vsftpd/empty log_file=/var/log/vsftpd/transfers.log $tls_args
 
 # shellcheck disable=SC2086 # variables: validated names
 unset $variables password first_password
-echo "artifact-store: vsftpd for$(printf ' %s' $users | sed 's/=[A-Z0-9_]*//g'), passive ports $pasv_min-$pasv_max announced as $pasv_address"
+echo "artifact-store: vsftpd for$(printf ' %s' $users | sed 's/=[A-Z0-9_]*//g'), passive ports" \
+    "$pasv_min-$pasv_max announced as $pasv_address, FTPS only: $tls"
 exec vsftpd "$run/vsftpd.conf"

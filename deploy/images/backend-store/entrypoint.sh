@@ -3,6 +3,9 @@
 # First start (empty datadir): initialise, set the root password, create MYSQL_DATABASE and MYSQL_USER
 # (ALL on that database only), run /docker-entrypoint-initdb.d/*.sh (sourced) and *.sql, all on a temporary
 # server without networking; then start the real server.
+# Every later start (ours, not the official image's): the initdb.d scripts named in FLOPS_RERUN_ON_START
+# (space-separated file names, each safe to run again) run again on such a temporary server, so tenants added
+# to the configuration, or databases a newer release needs, appear on an existing data volume too.
 set -euo pipefail
 SOCKET=/run/mysqld/mysqld.sock
 DATADIR=/var/lib/mysql
@@ -21,6 +24,33 @@ docker_process_sql() {
     mariadb --defaults-extra-file="$defaults" --protocol=socket -uroot --socket="$SOCKET" --comments "$@"
 }
 
+# A server on the socket only, for the first start's set-up and the later starts' reruns.
+start_temporary_server() {
+    mariadbd --user=mysql --datadir="$DATADIR" --skip-networking --socket="$SOCKET" &
+    TEMPORARY_PID=$!
+    for _ in $(seq 1 60); do
+        mariadb-admin --socket="$SOCKET" -uroot ping >/dev/null 2>&1 && return 0
+        kill -0 "$TEMPORARY_PID" 2>/dev/null || fail "the temporary server exited (see the lines above)"
+        sleep 1
+    done
+    fail "the temporary server did not answer on $SOCKET within 60 s"
+}
+
+# root's password for docker_process_sql, in a 0600 file (never in argv).
+write_root_defaults() {
+    umask 077
+    printf '[client]\npassword="%s"\n' "$(printf '%s' "$MYSQL_ROOT_PASSWORD" | sed 's/["\\]/\\&/g')" \
+        >/run/mysqld/root.cnf
+    umask 022
+}
+
+stop_temporary_server() {
+    mariadb-admin --defaults-extra-file=/run/mysqld/root.cnf --socket="$SOCKET" -uroot shutdown >/dev/null 2>&1 \
+        || kill "$TEMPORARY_PID"
+    wait "$TEMPORARY_PID" || true
+    rm -f /run/mysqld/root.cnf
+}
+
 initialise() {
     [ -n "${MYSQL_ROOT_PASSWORD:-}" ] || fail "MYSQL_ROOT_PASSWORD is required"
     if [ -n "${MYSQL_DATABASE:-}" ]; then
@@ -33,12 +63,7 @@ initialise() {
     log "initialising $DATADIR"
     mariadb-install-db --user=mysql --datadir="$DATADIR" --skip-test-db --auth-root-authentication-method=normal \
         >/tmp/install-db.log 2>&1 || { cat /tmp/install-db.log >&2; exit 1; }
-    mariadbd --user=mysql --datadir="$DATADIR" --skip-networking --socket="$SOCKET" &
-    local pid=$!
-    for _ in $(seq 1 60); do
-        mariadb-admin --socket="$SOCKET" -uroot ping >/dev/null 2>&1 && break
-        sleep 1
-    done
+    start_temporary_server
     local root_password
     root_password="$(sql_string "$MYSQL_ROOT_PASSWORD")"
     mariadb --protocol=socket --socket="$SOCKET" -uroot <<SQL
@@ -47,10 +72,7 @@ CREATE USER 'root'@'%' IDENTIFIED BY ${root_password};
 GRANT ALL PRIVILEGES ON *.* TO 'root'@'%' WITH GRANT OPTION;
 FLUSH PRIVILEGES;
 SQL
-    umask 077
-    printf '[client]\npassword="%s"\n' "$(printf '%s' "$MYSQL_ROOT_PASSWORD" | sed 's/["\\]/\\&/g')" \
-        >/run/mysqld/root.cnf
-    umask 022
+    write_root_defaults
     if [ -n "${MYSQL_DATABASE:-}" ]; then
         docker_process_sql --database=mysql <<<"CREATE DATABASE IF NOT EXISTS \`$MYSQL_DATABASE\`;"
     fi
@@ -68,11 +90,27 @@ SQL
             *)     [ -e "$f" ] && log "ignoring $f" ;;
         esac
     done
-    mariadb-admin --defaults-extra-file=/run/mysqld/root.cnf --socket="$SOCKET" -uroot shutdown >/dev/null 2>&1 \
-        || kill "$pid"
-    wait "$pid" || true
-    rm -f /run/mysqld/root.cnf
+    stop_temporary_server
     log "initialised"
+}
+
+rerun_on_start() {
+    local name f
+    [ -n "${FLOPS_RERUN_ON_START:-}" ] || return 0
+    [ -n "${MYSQL_ROOT_PASSWORD:-}" ] || fail "MYSQL_ROOT_PASSWORD is required to run FLOPS_RERUN_ON_START"
+    start_temporary_server
+    write_root_defaults
+    for name in $FLOPS_RERUN_ON_START; do
+        [[ "$name" =~ ^[A-Za-z0-9_.-]+$ ]] || fail "FLOPS_RERUN_ON_START: $name is not a file name"
+        f="/docker-entrypoint-initdb.d/$name"
+        [ -f "$f" ] || fail "FLOPS_RERUN_ON_START names $name, which /docker-entrypoint-initdb.d does not hold"
+        case "$f" in
+            *.sh)  log "sourcing $f again"; . "$f" ;;
+            *.sql) log "running $f again"; docker_process_sql <"$f" ;;
+            *)     fail "FLOPS_RERUN_ON_START: $name is neither .sh nor .sql" ;;
+        esac
+    done
+    stop_temporary_server
 }
 
 if [ "${1:-}" = mariadbd ] || [ "${1:-}" = mysqld ]; then
@@ -80,6 +118,8 @@ if [ "${1:-}" = mariadbd ] || [ "${1:-}" = mysqld ]; then
     chown -R mysql:mysql "$DATADIR" /run/mysqld
     if [ ! -d "$DATADIR/mysql" ]; then
         initialise
+    else
+        rerun_on_start
     fi
     exec mariadbd --user=mysql --datadir="$DATADIR" --socket="$SOCKET" --bind-address=0.0.0.0 --port=3306 \
         --skip-name-resolve "$@"

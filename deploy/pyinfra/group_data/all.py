@@ -23,8 +23,9 @@ flops_root = "/"
 # Install Debian packages (mariadb-server, vsftpd, libpam-pwdfile, python3-venv, Docker) with apt.
 flops_install_packages = True
 
-# Account the tracking servers run as: never root (refused). Created as a system account without a login
-# shell when missing; an existing account is used as it is.
+# Each tenant's tracking and model servers run as <flops_service_user>-<tenant> (flops-mlops-acme), so that no
+# tenant can read another's environment or files; never root (refused). Created as a system account without a
+# login shell when missing; an existing account is used as it is.
 flops_service_user = "flops-mlops"
 
 # Python venv of the tracking servers. With flops_manage_venv the deploy creates it and installs

@@ -4,12 +4,17 @@ The FTP users have no system account and no login shell: a dedicated PAM service
 against a password file of crypt(3) hashes. vsftpd's settings and the PAM service are rendered from the same
 templates `flops-mlops up` uses (deploy/flops_mlops/templates), and the password file and folders (owners,
 modes) come from the routine every target runs (flops_mlops.stores.ftp_users), so they are defined once.
+
+With artifact_store.tls vsftpd speaks only explicit FTPS (plain FTP logins refused) with the store's certificate,
+signed by the deployment's CA for the configuration's host, loopback and the address other hosts reach this host
+at (made or extended here first, certificates.make_certificate), put on the host with its key, root's, mode 0600.
 """
 
 from __future__ import annotations
 
 from io import StringIO
 
+from flops_mlops.configuration import certificates
 from flops_mlops.stores import ftp_users
 from pyinfra import host
 from pyinfra.api import deploy
@@ -33,6 +38,24 @@ def service(s: HostSettings) -> services.Service:
         ready=f"ss -Hltn sport = :{port} | grep -q LISTEN",
         timeout=30,
     )
+
+
+def tls_files(s: HostSettings) -> list:
+    """With artifact_store.tls: the store's certificate and key on the host (root's, 0600), as vsftpd reads them."""
+    if not s.config.artifact_store.tls:
+        return []
+    certificates.make_certificate(s.config, extra_hosts=settings.reachable_at())
+    _, certificate, key = certificates.ftp_files(s.config)
+    return [files.put(name=f"FTPS {what} (mode 0600)", src=str(source), dest=f"{s.etc}/vsftpd/{name}",
+                      user="root", group="root", mode="600")
+            for what, source, name in (("certificate", certificate, "ftp.crt"), ("key", key, "ftp.key"))]
+
+
+def tls_settings(s: HostSettings) -> dict:
+    """What vsftpd.conf.j2 gets for TLS."""
+    if not s.config.artifact_store.tls:
+        return {"tls": False}
+    return {"tls": True, "tls_certificate": f"{s.etc}/vsftpd/ftp.crt", "tls_key": f"{s.etc}/vsftpd/ftp.key"}
 
 
 @deploy("FLOps artifact store (vsftpd)")
@@ -75,8 +98,9 @@ def artifact_store() -> None:
         listen_address=store.host, listen_port=store.port, os_user=store.os_user, ftp_root=ftp_root,
         pam_service=pam_service(s), pasv_min_port=store.passive_ports[0], pasv_max_port=store.passive_ports[1],
         pasv_address=store.pasv_address, empty_dir=empty, log_file=f"{s.logs}/vsftpd-transfers.log",
+        **tls_settings(s),
     )
-    services.ensure_running(service(s), triggers=[conf])
+    services.ensure_running(service(s), triggers=[conf, *tls_files(s)])
 
 
 @deploy("Stop FLOps artifact store")

@@ -5,10 +5,16 @@ Tenants are provisioned by an SQL file (mode 0600, so passwords never appear in 
 it changed or a database is missing: it needs a running server, so nothing about the server is read while the
 deploy is planned. Its tenant statements are the ones every target runs (flops_mlops.stores.tenant_db, one
 template).
+
+With backend_store.tls (the default) the server speaks TLS with the deployment's certificate, signed by its CA
+(flops_mlops.configuration.certificates: made on this machine beside the secrets file, for the configured host,
+loopback and the address other hosts reach this one at), copied to the host for the mysql account only; the
+tenants' users REQUIRE SSL.
 """
 
 from __future__ import annotations
 
+from flops_mlops.configuration import certificates
 from flops_mlops.stores import tenant_db
 from pyinfra import host
 from pyinfra.api import deploy
@@ -27,10 +33,35 @@ def cnf_path(s: HostSettings) -> str:
     return f"/etc/mysql/mariadb.conf.d/90-flops-mlops-{s.config.name}.cnf"
 
 
+def tls_dir(s: HostSettings) -> str:
+    """The server's certificate, key and CA certificate (mode 0600, the mysql account's)."""
+    return f"/etc/mysql/flops-mlops-{s.config.name}-tls"
+
+
+TLS_FILES = ("ca.crt", "server.crt", "server.key")  # in the order of certificates.mysql_files
+
+
 def cnf_data(s: HostSettings) -> dict:
     """What my.cnf.j2 is rendered with."""
     b = s.config.backend_store
-    return {"stack": s.config.name, "port": b.port, "bind_address": b.host, "socket": SOCKET}
+    tls = None
+    if certificates.mysql_tls(s.config):
+        tls = dict(zip(("ca", "cert", "key"), (f"{tls_dir(s)}/{name}" for name in TLS_FILES)))
+    return {"stack": s.config.name, "port": b.port, "bind_address": b.host, "socket": SOCKET, "tls": tls}
+
+
+def tls_files(s: HostSettings) -> list:
+    """With backend_store.tls: the certificate (made or extended here first) and key on the host."""
+    if not certificates.mysql_tls(s.config):
+        return []
+    certificates.make_mysql_certificate(s.config, extra_hosts=[settings.peer_address("backend_store",
+                                                                                     s.config.backend_store.host)]
+                                        + settings.reachable_at())
+    files.directory(name="TLS folder (the mysql account's, 0700)", path=tls_dir(s), user="mysql", group="mysql",
+                    mode="700")
+    return [files.put(name=f"TLS file {name} (mode 0600)", src=str(source), dest=f"{tls_dir(s)}/{name}",
+                      user="mysql", group="mysql", mode="600")
+            for source, name in zip(certificates.mysql_files(s.config), TLS_FILES)]
 
 
 def tenants_data(s: HostSettings) -> dict:
@@ -56,9 +87,10 @@ def backend_store() -> None:
                     running=False, enabled=False)
     files.directory(name="Settings folder", path=s.etc, mode="755")
     client = f"mysql --defaults-file={cnf_path(s)}"
+    tls = tls_files(s)
     cnf = files.template(name="MariaDB settings", src=str(TEMPLATES / "my.cnf.j2"), dest=cnf_path(s), mode="644",
                          jinja_env_kwargs=dict(TRIM), **cnf_data(s))
-    services.ensure_running_packaged(PACKAGED_SERVICE, triggers=[cnf],
+    services.ensure_running_packaged(PACKAGED_SERVICE, triggers=[cnf, *tls],
                                      ready=f"mysqladmin --defaults-file={cnf_path(s)} ping >/dev/null 2>&1")
 
     sql = files.template(name="Tenants' databases and users (SQL, mode 0600)", src=str(TEMPLATES / "tenants.sql.j2"),

@@ -6,8 +6,10 @@ The compose project is the render of the stack configuration (flops_mlops.compos
 the first, ``compose.yaml``), relative to the repository, are copied beside it (from a checkout only; see
 FROM_CHECKOUT). Its ``.env`` (mode 0600) holds
 exactly the secrets the rendered compose.yaml reads, from the secrets file; ports and addresses are the
-configuration's, in compose.yaml. ``docker compose up -d --wait`` runs when something changed or a service is
-not running.
+configuration's, in compose.yaml. With artifact_store.tls the deployment's CA certificate and the store's
+certificate and key sit beside it (``.env.ca.crt``, ``.env.ftp-tls.crt``, ``.env.ftp-tls.key``; root's, the key
+and the store's certificate 0600), where compose.yaml's secrets find them (FLOPS_SECRETS_FILE). ``docker
+compose up -d --wait`` runs when something changed or a service is not running.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import shlex
 from pathlib import Path
 
 from flops_mlops.compose import render as compose_project
+from flops_mlops.configuration import certificates
 from flops_mlops.configuration.schema import ConfigError
 from flops_mlops.rendered import RenderedFile
 from pyinfra import host
@@ -65,8 +68,21 @@ def env_data(s: settings.HostSettings, rendered: list[RenderedFile]) -> dict:
     if missing:
         raise ConfigError(f"{s.secrets.path}: compose.yaml needs {', '.join(missing)} (run `flops-mlops secrets "
                           f"init` with this configuration)")
-    return {"stack": s.config.name, "secrets": {key: s.secrets.values[key] for key in keys},
-            "knobs": {"FLOPS_BIND_ADDRESS": "127.0.0.1"}}
+    knobs = {"FLOPS_BIND_ADDRESS": "127.0.0.1"}
+    if s.config.artifact_store.tls:  # the certificates beside this .env (tls_files)
+        knobs["FLOPS_SECRETS_FILE"] = f"{compose_dir(s)}/.env"
+    return {"stack": s.config.name, "secrets": {key: s.secrets.values[key] for key in keys}, "knobs": knobs}
+
+
+def tls_files(s: settings.HostSettings) -> list:
+    """With artifact_store.tls: the CA (0644) and the store's certificate and key (0600) beside the .env."""
+    if not s.config.artifact_store.tls:
+        return []
+    certificates.make_certificate(s.config, extra_hosts=settings.reachable_at())
+    return [files.put(name=f"FTPS file .env.{suffix} (mode {mode})", src=str(source),
+                      dest=f"{compose_dir(s)}/.env.{suffix}", user="root", group="root", mode=mode)
+            for source, suffix, mode in zip(certificates.ftp_files(s.config), ("ca.crt", "ftp-tls.crt", "ftp-tls.key"),
+                                            ("644", "600", "600"))]
 
 
 @deploy("FLOps docker host (Docker Engine + Compose)")
@@ -108,13 +124,15 @@ def docker_host() -> None:
         else:
             copied.append(files.put(name=f"Copy {relative}", src=str(source), dest=f"{target}/{relative}",
                                     mode="644"))
+    copied += tls_files(s)
     copied.append(files.template(
         name="Compose .env: the passwords compose.yaml reads (mode 0600)", src=str(TEMPLATES / "compose.env.j2"),
         dest=f"{target}/.env", user="root", group="root", mode="600", jinja_env_kwargs=dict(TRIM),
         **env_data(s, rendered)))
 
-    def not_all_running() -> bool:
-        wanted = host.get_fact(Command, compose(s, "config", "--services") + " | wc -l")
+    def not_all_running() -> bool:  # every service but the one-shot, which exits once it has done its work
+        wanted = host.get_fact(Command, compose(s, "config", "--services") + f" | grep -vx {compose_project.ONE_SHOT}"
+                                        " | wc -l")
         running = host.get_fact(Command, compose(s, "ps", "--status", "running", "--services") + " | wc -l")
         return str(wanted).strip() != str(running).strip()
 

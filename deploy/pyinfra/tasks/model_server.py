@@ -3,7 +3,7 @@
 Host data ``flops_served_models`` lists what a host serves, as "<tenant>/<project>" items; item i listens on
 ``flops_serve_host``:``flops_serve_base_port`` + i. Each runs ``python -m flops_mlops.serving.server`` from the
 stack's venv (flops-mlops with scikit-learn and skops, pinned by the lock: no conda or virtualenv at run time),
-as flops_service_user, and reads its model from the tenant's tracking server (the inventory's tracking_server host)
+as its tenant's account (<flops_service_user>-<tenant>), and reads its model from the tenant's tracking server (the inventory's tracking_server host)
 as serve-<project>, a user with READ on that registered model only. Its password (the secrets file's
 FLOPS_TENANT_<ID>_SERVE_PASSWORD) reaches it only through its environment file (mode 0600, read by root); the
 tracking server creates that user: the tracking_server role gives each server FLOPS_SERVE_USERS for the projects
@@ -25,7 +25,7 @@ from pyinfra.api import deploy
 from pyinfra.operations import files, pip
 
 from . import services, settings
-from .account import service_account
+from .account import tenant_account, tenant_user
 from .settings import TEMPLATES, TRIM, HostDataError, HostSettings
 from .venv import install_flops_mlops
 
@@ -75,7 +75,7 @@ def service(s: HostSettings, tenant: Tenant, project: str, listen: str, port: in
         argv=[python, "-m", "flops_mlops.serving.server"],
         ready=f"{probe} >/dev/null 2>&1", timeout=180,
         env_file=f"{s.etc}/serving/{tenant.id}-{project}.env",
-        workdir=folder(s, tenant, project), user=s.service_user)
+        workdir=folder(s, tenant, project), user=tenant_user(s, tenant))
 
 
 @deploy("FLOps model servers (MLflow scoring server)")
@@ -93,15 +93,15 @@ def model_server() -> None:
                      packages=list(host.data.get("flops_model_packages") or ()), virtualenv=s.venv)
         if alone:
             install_flops_mlops(s)
-    group = service_account(s)
     for path in (f"{s.etc}/serving",):
         files.directory(name=f"Folder {path}", path=path, user="root", group="root", mode="755")
-    files.directory(name="Model server folders (the service account's, 0700)", path=f"{s.data}/serving",
-                    user=s.service_user, group=group, mode="700")
+    files.directory(name="Model server folders (root's; each inside is its tenant's)", path=f"{s.data}/serving",
+                    user="root", group="root", mode="711")
     for index, (tenant, project) in enumerate(served_models(s.config)):
         svc = service(s, tenant, project, listen, base_port + index)
-        files.directory(name=f"Folder of {tenant.id}/{project}'s model server (0700)", path=svc.workdir,
-                        user=s.service_user, group=group, mode="700")
+        files.directory(name=f"Folder of {tenant.id}/{project}'s model server (0700, {svc.user}'s)",
+                        path=svc.workdir, user=svc.user, group=tenant_account(s, tenant), mode="700",
+                        recursive=True)
         env = files.template(
             name=f"Environment of {tenant.id}/{project}'s model server (mode 0600)",
             src=str(TEMPLATES / "model-server.env.j2"), dest=svc.env_file, user="root", group="root", mode="600",

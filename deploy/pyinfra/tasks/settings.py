@@ -130,6 +130,11 @@ def current() -> HostSettings:
     if service_user == "root":
         raise HostDataError(f"host {host.name}: flops_service_user: tracking servers never run as root; name an "
                             "unprivileged account (for example flops-mlops: the deploy creates it when missing)")
+    for tenant in config.tenants:
+        if len(f"{service_user}-{tenant.id}") > 32:
+            raise HostDataError(f"host {host.name}: flops_service_user: {service_user!r} is too long: tenant "
+                                f"{tenant.id}'s servers run as {service_user}-{tenant.id}, over the 32 characters "
+                                "of an account name")
     return HostSettings(
         config=config,
         secrets=secrets,
@@ -196,6 +201,14 @@ def check_inventory(hosts) -> None:
             raise HostDataError(f"inventory: role {role} is given to several hosts ({names}); give it to one")
         if holders and any(tracker.name != holders[0].name for tracker in trackers):
             address(holders[0])
+
+
+def reachable_at() -> list[str]:
+    """The address other hosts reach this host at, when the inventory names one (for its stores' certificates)."""
+    try:
+        return [address(host)]
+    except HostDataError:
+        return []
 
 
 def peer_address(role: str, fallback: str) -> str:

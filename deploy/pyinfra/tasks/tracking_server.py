@@ -7,15 +7,21 @@ server_argv: MLflow's basic-auth app with our guards, so every server asks for a
 Python, which must have flops-mlops installed (its `flops-basic-auth` app). Before each start the same Python
 brings the schema up to date: `python -m flops_mlops.tracking.server upgrade-schema`, as `flops-mlops up` does.
 
-Servers run as flops_service_user, never root. Each has a working folder (its HOME) and, inside it, an auth
-folder with its SQLite auth database (MLflow's auth migrations fail on MySQL/MariaDB), both the account's own,
-mode 0700.
+Servers run as their tenant's own account, <flops_service_user>-<tenant> (account.py), never root. Each has a
+working folder (its HOME) and, inside it, an auth folder, both that account's own, mode 0700. The users and grants
+live in the backend store (mlflow_<tenant>_auth, flops_mlops/tracking/auth_store.py); the auth folder only keeps
+an earlier release's SQLite auth database until the next start moves it in (auth.db.moved-to-mysql). With
+backend_store.tls the servers verify the MySQL server against the deployment's CA certificate, put on the host as
+<etc>/mysql-ca.crt (public, mode 0644); with artifact_store.tls the FTPS store (chain and the host name they dial)
+against the same CA, put on the host as <etc>/ftp-ca.crt (0644) and named in FLOPS_FTP_CA_FILE.
 """
 
 from __future__ import annotations
 
 import shlex
+from pathlib import Path
 
+from flops_mlops.configuration import certificates
 from flops_mlops.configuration.schema import ConfigError
 from flops_mlops.configuration.secrets import serve_password_key
 from flops_mlops.configuration.stack import StackConfig
@@ -26,12 +32,13 @@ from pyinfra.api import deploy
 from pyinfra.operations import apt, files, pip
 
 from . import artifact_store, backend_store, model_server, services, settings
-from .account import service_account
+from .account import tenant_account, tenant_user
 from .settings import TEMPLATES, TRIM, HostSettings
 from .venv import install_flops_mlops
 
 # What the environment file takes from flops_mlops.tracking.server.server_env (the rest is this machine's).
-ENV_KEYS = ("FLOPS_AUTH_DB", "DO_NOT_TRACK", "FLOPS_FTP_CONNECT_TIMEOUT", "FLOPS_FTP_DATA_TIMEOUT")
+ENV_KEYS = ("FLOPS_AUTH_DB", "FLOPS_TENANT", "DO_NOT_TRACK", "FLOPS_FTP_CONNECT_TIMEOUT", "FLOPS_FTP_DATA_TIMEOUT",
+            "FLOPS_ARTIFACT_QUOTA")  # FLOPS_FTP_CA_PEM is many lines: the servers read FLOPS_FTP_CA_FILE instead
 
 
 def workdir(s: HostSettings, tenant: Tenant) -> str:
@@ -40,8 +47,18 @@ def workdir(s: HostSettings, tenant: Tenant) -> str:
 
 
 def auth_dir(s: HostSettings, tenant: Tenant) -> str:
-    """The folder of the server's SQLite auth database (and the basic_auth.ini the server writes), 0700."""
+    """The folder of an earlier release's SQLite auth database (moved into MySQL by the next start), 0700."""
     return f"{workdir(s, tenant)}/auth"
+
+
+def mysql_ca(s: HostSettings) -> str:
+    """The deployment's CA certificate on the host (backend_store.tls)."""
+    return f"{s.etc}/mysql-ca.crt"
+
+
+def ftp_ca(s: HostSettings) -> str:
+    """The deployment's CA certificate on the host (artifact_store.tls)."""
+    return f"{s.etc}/ftp-ca.crt"
 
 
 def auth_db(s: HostSettings, tenant: Tenant) -> str:
@@ -52,12 +69,14 @@ def environment(s: HostSettings, seen: StackConfig, tenant: Tenant, readers: lis
     """The server's environment file: store URIs (with passwords), login settings (admin password, secret key,
     auth database) and MLflow switches, and HOME; nothing else from the machine running pyinfra. ``readers``:
     the tenant's projects that model servers read (served_projects); the server creates their users."""
-    if seen.artifact_store.tls:
-        raise ConfigError(f"{seen.source}: artifact_store.tls: FTPS is for `flops-mlops up` (native vsftpd); the "
-                          "pyinfra artifact store speaks plain FTP, so expected false, got true")
-    env = {key: value for key, value in mlflow_server.server_env(seen, tenant, s.secrets, auth_db(s, tenant)).items()
+    certificates.refuse_https(seen, "the pyinfra")
+    ca = Path(mysql_ca(s)) if certificates.mysql_tls(seen) else None
+    env = {key: value for key, value in mlflow_server.server_env(seen, tenant, s.secrets, auth_db(s, tenant),
+                                                                 ca).items()
            if key.startswith("MLFLOW_") or key in ENV_KEYS}
     env["HOME"] = workdir(s, tenant)
+    if seen.artifact_store.tls:
+        env["FLOPS_FTP_CA_FILE"] = ftp_ca(s)
     if readers:  # the server creates serve-<project> (READ on that model only) for each, as in compose
         password = s.secrets.values[serve_password_key(tenant.id)]
         env["FLOPS_SERVE_USERS"] = ",".join(f"{project}:{password}" for project in readers)
@@ -110,7 +129,7 @@ def service(s: HostSettings, tenant: Tenant, seen: StackConfig | None = None,
         timeout=config.tracking.startup_timeout,
         env_file=f"{s.etc}/tracking/{tenant.id}.env",
         workdir=workdir(s, tenant),
-        user=s.service_user,
+        user=tenant_user(s, tenant),
         before_start=[[python, "-m", "flops_mlops.tracking.server", "upgrade-schema"]],
         after=after,
     )
@@ -130,22 +149,31 @@ def tracking_server() -> None:
         package = [drivers, *install_flops_mlops(s)]
     else:
         package = []
-    group = service_account(s)
     # etc/tracking holds the environment files (root's, 0600); the other folders are shared with the store roles
-    # on one host.
+    # on one host. The tenants' accounts pass through data/tracking to their own folders (0711: enter, not list).
     for path in (s.etc, f"{s.etc}/tracking", s.data):
         files.directory(name=f"Folder {path}", path=path, user="root", group="root", mode="755")
-    files.directory(name="Working folders (the service account's, 0700)", path=f"{s.data}/tracking",
-                    user=s.service_user, group=group, mode="700")
+    files.directory(name="Working folders (root's; each tenant's inside is its own)", path=f"{s.data}/tracking",
+                    user="root", group="root", mode="711")
     # A schema upgrade script of earlier releases: the servers now run the package's module instead.
     files.file(name="Remove the old schema upgrade script", path=f"{s.etc}/tracking/upgrade_schema.py",
                present=False)
+    if certificates.mysql_tls(seen):
+        package = [*package, files.put(name="The deployment's CA certificate (MySQL TLS)",
+                                       src=str(certificates.mysql_ca(seen)), dest=mysql_ca(s),
+                                       user="root", group="root", mode="644")]
+    if seen.artifact_store.tls:  # the CA (made here when the store's host has not run yet)
+        certificates.make_certificate(s.config, extra_hosts=[seen.artifact_store.host])
+        package = [*package, files.put(name="The deployment's CA certificate (FTPS)",
+                                       src=str(certificates.ftp_files(seen)[0]), dest=ftp_ca(s),
+                                       user="root", group="root", mode="644")]
     after = local_store_units(s, settings.roles())
     for tenant in seen.tenants:
         svc = service(s, tenant, seen, after)
+        group = tenant_account(s, tenant)
         for path, what in ((svc.workdir, "Working folder"), (auth_dir(s, tenant), "Auth database folder")):
-            files.directory(name=f"{what} of {tenant.id} (0700)", path=path, user=s.service_user, group=group,
-                            mode="700")
+            files.directory(name=f"{what} of {tenant.id} (0700, {svc.user}'s)", path=path, user=svc.user,
+                            group=group, mode="700", recursive=True)
         env = files.template(
             name=f"Environment of {tenant.id}'s server (mode 0600)", src=str(TEMPLATES / "tracking-server.env.j2"),
             dest=svc.env_file, user="root", group="root", mode="600", jinja_env_kwargs=dict(TRIM),
