@@ -71,21 +71,33 @@ def _test_ports() -> range:
 
 
 TEST_PORTS = _test_ports()
+# Ports already handed out by this process: a port is free until its service binds it, so two picks for one
+# stack (a tenant's port and the FTP passive range, say) could otherwise land on the same number.
+_HANDED_OUT: set[int] = set()
+
+
+def _available(port: int) -> bool:
+    if len(_HANDED_OUT) > len(TEST_PORTS) // 2:  # a long session: the early stacks are long gone
+        _HANDED_OUT.clear()
+    return port not in _HANDED_OUT and _bindable(port)
 
 
 def free_port() -> int:
     for _ in range(500):
         port = random.choice(TEST_PORTS)
-        if _bindable(port):
+        if _available(port):
+            _HANDED_OUT.add(port)
             return port
     raise RuntimeError(f"no free port in {TEST_PORTS.start}-{TEST_PORTS.stop - 1}")
 
 
 def free_port_range(size: int) -> tuple[int, int]:
-    """A run of ``size`` consecutive free ports (for FTP passive ranges)."""
+    """A run of ``size`` consecutive free ports (for FTP passive ranges), none handed out before."""
     for _ in range(200):
         start = random.randrange(TEST_PORTS.start, TEST_PORTS.stop - size)
-        if all(_bindable(p) for p in range(start, start + size)):
+        ports = range(start, start + size)
+        if all(_available(p) for p in ports):
+            _HANDED_OUT.update(ports)
             return start, start + size - 1
     raise RuntimeError("no free port range found")
 
