@@ -12,16 +12,19 @@ Then, for each model, it times, after one warm-up each:
                the server holding logged-in FTP connections from the download before
   proxied cold the same right after `flops-mlops restart --tenant` (the server holds no FTP connection; the
                restart is not timed)
+  archive      the model server's fetch (serving/fetch.Registry.fetch, as a user with READ on the model only): one
+               request to the tracking server's archive route (tracking/model_archive.py), one tar of every file
   one metadata request   one logged-in API call without FTP (experiments/get): the fixed cost of each HTTP request
   raw ftplib   one login, NLST/CWD walk of the same folder, RETR of each file
   ours direct  our FTPRepository.download_artifacts in this process (no HTTP), for reference
   mlflow's     MLflow's own FTPArtifactRepository.download_artifacts in this process (what the server used before)
 and counts the FTP logins of each from the store's own log (pyftpdlib "logged in.", vsftpd "OK LOGIN").
 Each model's size (bytes, files) is that of the raw download. All models are downloaded by their logged model's URI
-(models:/m-<id>), so their request counts compare. Last, per model, a profile of the proxied download: the tenant
-server's app (runner.create_app, same environment and stores) built in a child process with its parts timed (our ASGI
-guards, MLflow's login check, password checks, user lookups, our Flask hooks, MLflow's artifact views, FTP, SQL
-statements), served by uvicorn in a thread and downloaded from by MLflow's client in that process.
+(models:/m-<id>), so their request counts compare; the archive way fetches the same model as a registered version (the
+scikit-learn model is registered for it as benchsklearn). Last, per model, a profile of the proxied download: the
+tenant server's app (runner.create_app, same environment and stores) built in a child process with its parts timed
+(our ASGI guards, MLflow's login check, password checks, user lookups, our Flask hooks, MLflow's artifact views, FTP,
+SQL statements), served by uvicorn in a thread and downloaded from by MLflow's client in that process.
 Writes bench/results/ftp_download.json.
 
     .venv/bin/python bench/ftp_download.py [--repeats 10] [--stores embedded vsftpd] [--models sklearn pytorch]
@@ -103,7 +106,7 @@ def raw_download(host: str, port: int, user: str, password: str, folder: str, ou
 
 def log_pytorch_champion(cli, uri: str, login: tuple[str, str]):
     """The PyTorch example's champion, trained and logged by a real FL round (the aggregator logs it with
-    mlflow.pytorch and registers it), as a Logged like log_example's."""
+    mlflow.pytorch and registers it), as a Logged like log_example's, and its registered (name, version)."""
     import mlflow
 
     cli("round", "--tenant", "bench", "--project", "torch", "--rounds", "1", "--learners", "2",
@@ -115,7 +118,16 @@ def log_pytorch_champion(cli, uri: str, login: tuple[str, str]):
         # mlflow-artifacts:/<experiment>/models/<model id>/artifacts
         experiment, _, model_id = client.get_model_version_download_uri("torch", version.version).split(
             ":", 1)[1].strip("/").split("/")[:3]
-    return Logged(experiment, version.run_id, model_id, f"models:/{model_id}")
+    return Logged(experiment, version.run_id, model_id, f"models:/{model_id}"), ("torch", version.version)
+
+
+def register(uri: str, login: tuple[str, str], logged, name: str) -> tuple[str, str]:
+    """``logged``'s model registered as a version of ``name``: (name, version)."""
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    with logged_in(login):
+        return name, str(mlflow.register_model(logged.model_uri, name).version)
 
 
 def measure(kind: str, folder: Path, repeats: int, models: list[str]) -> dict:
@@ -141,9 +153,12 @@ def measure(kind: str, folder: Path, repeats: int, models: list[str]) -> dict:
         uri = config.tracking_uri(config.tenant("bench"))
         results = {}
         for model in models:
-            logged = (log_example(uri, experiment="bench", login=login) if model == "sklearn"
-                      else log_pytorch_champion(cli, uri, login))
-            results[model] = time_ways(config, secrets, cli, logged, folder, repeats)
+            if model == "sklearn":
+                logged = log_example(uri, experiment="bench", login=login)
+                registered = register(uri, login, logged, "benchsklearn")
+            else:
+                logged, registered = log_pytorch_champion(cli, uri, login)
+            results[model] = time_ways(config, secrets, cli, logged, registered, folder, repeats)
             print(f"{kind:>8} {model}: {results[model]['files']} files, {results[model]['bytes']:,} bytes", flush=True)
         for result in results.values():  # last: the profile's server runs as root, beside the tenant's own
             result["profile"] = profile(config, secrets, result["model_uri"], repeats)
@@ -152,11 +167,14 @@ def measure(kind: str, folder: Path, repeats: int, models: list[str]) -> dict:
         subprocess.run([*CLI, "--config", str(path), "down", "--purge"], cwd=ROOT, capture_output=True)
 
 
-def time_ways(config, secrets, cli, logged, folder: Path, repeats: int) -> dict:
-    """Each way of downloading the logged model ``logged``, ``repeats`` times after a warm-up."""
+def time_ways(config, secrets, cli, logged, registered: tuple[str, str], folder: Path, repeats: int) -> dict:
+    """Each way of downloading the logged model ``logged`` (registered as ``registered``: name, version),
+    ``repeats`` times after a warm-up."""
     import mlflow
+    from flops_mlops.serving.fetch import Registry
     from flops_mlops.stores import ftp_client
     from flops_mlops.tracking.server import artifacts_destination
+    from flops_mlops.tracking.users import AuthAdmin, ensure_serving_user
     from mlflow.store.artifact.ftp_artifact_repo import FTPArtifactRepository
 
     kind, tenant = config.artifact_store.kind, config.tenant("bench")
@@ -178,15 +196,22 @@ def time_ways(config, secrets, cli, logged, folder: Path, repeats: int) -> dict:
         requests.get(f"{uri}/api/2.0/mlflow/experiments/get", params={"experiment_id": logged.experiment_id},
                      auth=login, timeout=60).raise_for_status()
 
+    reader = os.urandom(16).hex()  # a user with READ on the model only, as the model servers fetch
+    registry = Registry(uri, ensure_serving_user(AuthAdmin(uri, login[1]), registered[0], reader), reader)
+
+    def archive(out: Path) -> None:
+        registry.fetch(*registered, out / "model")
+
     access_log = config.state_dir / "logs" / "tracking-bench.log"
 
     def artifact_requests() -> int:
         text = access_log.read_text(errors="replace") if access_log.exists() else ""
-        return text.count("/api/2.0/mlflow-artifacts/artifacts")
+        return text.count("/api/2.0/mlflow-artifacts/artifacts") + text.count("/flops/model-versions/archive")
 
     ways = {
         "proxied": proxied,
         "proxied_cold": proxied,
+        "archive": archive,
         "one_metadata_request": one_metadata_request,
         "raw_ftplib": lambda out: raw_download(store.host, store.port, tenant.ftp_user, password, remote, out),
         "ours_direct": lambda out: ftp_client.repository(destination).download_artifacts(relative, str(out)),

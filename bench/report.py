@@ -131,6 +131,7 @@ def fl_tracking_overhead(datasets: list[tuple[str, dict]]) -> str:
 
 FTP_WAYS = {"proxied": "proxied through the tracking server (pooled FTP connections)",
             "proxied_cold": "proxied, cold: right after `restart --tenant`",
+            "archive": "one request: the archive route, as the model server fetches (READ on the model only)",
             "one_metadata_request": "one logged-in metadata call (experiments/get), no FTP",
             "raw_ftplib": "raw ftplib, one login",
             "ours_direct": "our FTPRepository.download_artifacts, in process",

@@ -142,6 +142,50 @@ def test_serves_and_follows_a_named_alias(stack, served):
     wait_for_version(url, champion, timeout=60)
 
 
+def test_a_model_version_comes_in_one_request_to_its_readers_only(stack, served, tmp_path):
+    """GET /flops/model-versions/archive: the version's files as one tar, the same files MLflow's client downloads,
+    for a user with READ on the model; refused to anonymous clients, users of another project and bad input."""
+    import io
+    import os
+    import tarfile
+    from pathlib import Path
+
+    import mlflow
+    from flops_mlops.tracking.users import AuthAdmin, ensure_project_user, ensure_serving_user
+
+    config = stack.load()
+    uri = config.tracking_uri(config.tenant("acme"))
+    admin = AuthAdmin(uri, stack.secrets().admin_password("acme"))
+    reader, outsider = os.urandom(12).hex(), os.urandom(12).hex()
+    ensure_serving_user(admin, "Shop", reader, user=lambda project: "archive-reader")
+    ensure_project_user(admin, "Elsewhere", outsider)
+    version = served[0]["model_version"]
+    archive = f"{uri}/flops/model-versions/archive"
+
+    answer = requests.get(archive, params={"name": "Shop", "version": version}, auth=("archive-reader", reader),
+                          timeout=60)
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["Content-Type"] == "application/x-tar"
+    with tarfile.open(fileobj=io.BytesIO(answer.content)) as tar:
+        archived = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
+    expected = Path(mlflow.artifacts.download_artifacts(f"models:/Shop/{version}", dst_path=str(tmp_path)))
+    # registered_model_meta is written by MLflow's client beside what it downloaded; it is in no store
+    assert archived == {p.relative_to(expected).as_posix(): p.read_bytes() for p in expected.rglob("*")
+                        if p.is_file() and p.name != "registered_model_meta"}
+    assert "MLmodel" in archived
+
+    refusals = [({"name": "Shop", "version": version}, None, 401),
+                ({"name": "Shop", "version": version}, ("fl-Elsewhere", outsider), 403),
+                ({"name": "Shop", "version": "1 OR 1=1"}, ("archive-reader", reader), 400),
+                ({"name": "Shop"}, ("archive-reader", reader), 400),
+                ({"name": "Shop", "version": "999"}, stack.admin("acme"), 404),
+                ({"name": "NoSuchModel", "version": "1"}, stack.admin("acme"), 404)]
+    for params, login, status in refusals:
+        answer = requests.get(archive, params=params, auth=login, timeout=30)
+        assert answer.status_code == status, (params, login and login[0], answer.status_code, answer.text[:300])
+        assert b"MLmodel" not in answer.content
+
+
 POST_FROM_INSIDE = """
 import json, sys, urllib.request
 body = open('/srv/model/baked/serving_input_example.json', 'rb').read()

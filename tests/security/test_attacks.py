@@ -57,6 +57,7 @@ ROUTES = [
     ("GET", "/ajax-api/2.0/mlflow-artifacts/artifacts/1/marker.txt"),
     ("GET", "/get-artifact?run_uuid=x&path=marker.txt"),
     ("GET", "/model-versions/get-artifact?name=secret&version=1&path=MLmodel"),
+    ("GET", "/flops/model-versions/archive?name=secret&version=1"),
 ]
 
 

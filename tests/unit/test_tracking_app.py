@@ -9,6 +9,7 @@ import sys
 
 import pytest
 from flops_mlops.tracking import app as tracking_app
+from flops_mlops.tracking import locations
 
 SECRETS = ["s3cr3t/pass+word", "admin-secret-123"]
 
@@ -28,7 +29,7 @@ SECRETS = ["s3cr3t/pass+word", "admin-secret-123"]
     ("MLFLOW-ARTIFACTS:/1", False),
 ])
 def test_only_the_proxied_root_is_an_artifact_location(location, allowed):
-    assert tracking_app.is_proxied_location(location) is allowed
+    assert locations.is_proxied_location(location) is allowed
 
 
 @pytest.mark.parametrize("source, allowed", [
@@ -41,7 +42,7 @@ def test_only_the_proxied_root_is_an_artifact_location(location, allowed):
     ("http://example.org/model", False),
 ])
 def test_model_version_sources_must_be_in_the_store(source, allowed):
-    assert tracking_app.is_allowed_model_source(source) is allowed
+    assert locations.is_allowed_model_source(source) is allowed
 
 
 def test_secrets_come_from_keys_and_from_inside_store_uris():

@@ -1,10 +1,12 @@
 """A registered model version, fetched from a tenant's tracking server by a user with READ on that model only.
 
 MLflow's proxied artifact routes (``/api/2.0/mlflow-artifacts/...``) are authorised by the experiment, which a
-serving user has no grant on. The registry's own file route, ``GET /model-versions/get-artifact?name=&version=
-&path=``, is authorised by the registered model; it serves one file at a time and lists nothing. So the files
-are named from the version's ``MLmodel``: the environment files, each flavour's model file, the input example.
-A flavour that keeps its model in a folder (keras, pytorch) has its files asked for by the names MLflow gives them.
+serving user has no grant on. The tracking server's own archive route (tracking/model_archive.py: ``GET
+/flops/model-versions/archive?name=&version=``) is authorised as MLflow's ``/model-versions/get-artifact`` is, by
+the registered model, and answers with every file of the version in one tar: one request per model instead of one
+per file. Its members are checked before a byte is written: plain files and folders inside the model only.
+
+A model that carries code (a flavour's ``code`` folder) is refused: the model server would run it.
 
 Also the check that the model's requirements are met by this environment (no conda or virtualenv is created at
 run time: the pinned environment either satisfies the model or the server does not start).
@@ -14,23 +16,18 @@ from __future__ import annotations
 
 import posixpath
 import shutil
+import tarfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import requests
+import urllib3
 import yaml
 
 from ..fl.environments import installed, unmet
 
-ENVIRONMENT_FILES = ("requirements.txt", "python_env.yaml", "conda.yaml")
-# Keys of a flavour's MLmodel section that name a file of the model (sklearn: pickled_model; pyfunc: model_path),
-# or a folder of it (keras: data; pytorch: model_data).
-FILE_KEYS = ("pickled_model", "model_path", "data", "model_data")
-# The files a flavour keeps in its model folder (mlflow 3.17: keras' model.keras and keras_module.txt; pytorch's
-# model.pt2 (torch.export), or model.pth and pickle_module_info.txt (pickle)): the registry's file route lists
-# nothing, so they are asked for by name; those a model does not have are skipped.
-FOLDER_FILES = {"keras": ("model.keras", "keras_module.txt"),
-                "pytorch": ("model.pt2", "model.pth", "pickle_module_info.txt")}
+ARCHIVE_ROUTE = "/flops/model-versions/archive"
 
 
 class FetchError(Exception):
@@ -53,11 +50,11 @@ class Registry:
     timeout: float = 30
     verify: str | bool = True  # the CA an HTTPS tracking server is checked against (MLFLOW_TRACKING_SERVER_CERT_PATH)
 
-    def _get(self, path: str, params: dict[str, str]) -> requests.Response:
+    def _get(self, path: str, params: dict[str, str], stream: bool = False) -> requests.Response:
         url = f"{self.tracking_uri.rstrip('/')}{path}"
         try:
             response = requests.get(url, params=params, auth=(self.username, self.password), timeout=self.timeout,
-                                    verify=self.verify)
+                                    verify=self.verify, stream=stream)
         except requests.RequestException as exc:
             raise FetchError(f"GET {url}: the tracking server does not answer ({type(exc).__name__})") from None
         if response.status_code != 200:
@@ -83,68 +80,65 @@ class Registry:
         return str(body["model_version"]["version"])
 
     def file(self, name: str, version: str, path: str) -> bytes:
+        """One file of a version (MLflow's own route), e.g. its requirements.txt before anything is fetched."""
         return self._get("/model-versions/get-artifact", {"name": name, "version": version, "path": path}).content
 
     def fetch(self, name: str, version: str, destination: Path) -> Path:
-        """Write the files of ``name`` version ``version`` to ``destination`` (replaced if present)."""
-        mlmodel = self.file(name, version, "MLmodel")
-        files = model_files(yaml.safe_load(mlmodel), f"{name} version {version}")
-        folders = model_folders(yaml.safe_load(mlmodel))
-        optional = {*ENVIRONMENT_FILES[1:], *(f"{folder}/{file}" for folder, names in folders.items()
-                                              for file in names)}
+        """Write the files of ``name`` version ``version`` to ``destination`` (replaced if present; left as it was
+        when the fetch fails)."""
+        what = f"{name} version {version}"
         partial = destination.with_name(destination.name + ".partial")
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
-        (partial / "MLmodel").write_bytes(mlmodel)
-        for path in sorted(files):
-            try:
-                content = self.file(name, version, path)
-            except FetchError:
-                if path in optional:
-                    continue  # requirements.txt is what the check reads; a flavour's folder holds some of its files
-                raise
-            target = partial / path
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(content)
-        for folder in folders:
-            if not [p for p in (partial / folder).glob("model.*")]:
-                raise FetchError(f"{name} version {version}: its model folder {folder}/ holds none of "
-                                 f"{', '.join(f for names in folders.values() for f in names if f.startswith('model.'))}")
+        try:
+            with self._get(ARCHIVE_ROUTE, {"name": name, "version": version}, stream=True) as response:
+                response.raw.decode_content = True
+                try:
+                    extract_model(response.raw, partial, what)
+                except (tarfile.TarError, OSError, urllib3.exceptions.HTTPError) as exc:
+                    raise FetchError(f"{what}: the archive from {self.tracking_uri} broke off or is not a tar "
+                                     f"({type(exc).__name__}: {exc})") from None
+            refuse_code(mlmodel_of(partial, what), what)
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
         shutil.rmtree(destination, ignore_errors=True)
         partial.rename(destination)
         return destination
 
 
-def model_folders(mlmodel: dict) -> dict[str, tuple[str, ...]]:
-    """The model folders a flavour declares (keras' data, pytorch's model_data), with the files they may hold."""
-    folders = {}
-    for name, flavor in (mlmodel.get("flavors") or {}).items():
-        if name in FOLDER_FILES:
-            for key in ("data", "model_data"):
-                if isinstance(flavor.get(key), str):
-                    folders[flavor[key]] = FOLDER_FILES[name]
-    return folders
+def extract_model(stream: IO[bytes], destination: Path, what: str) -> None:
+    """The model files of a tar stream, written under ``destination``: every member must be a plain file or folder
+    whose name stays inside it (no absolute names, no '..', no links or devices), or nothing more is written."""
+    with tarfile.open(fileobj=stream, mode="r|") as tar:
+        for member in tar:
+            normal = posixpath.normpath(member.name)
+            if (member.name.startswith("/") or normal in (".", "..") or normal.startswith("../")
+                    or not (member.isfile() or member.isdir())):
+                raise FetchError(f"{what}: the archive holds {member.name!r}, which is not a plain file or folder "
+                                 "inside the model")
+            target = destination / normal
+            if member.isdir():
+                target.mkdir(parents=True, exist_ok=True)
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with tar.extractfile(member) as source, target.open("wb") as out:
+                shutil.copyfileobj(source, out)
 
 
-def model_files(mlmodel: dict, what: str) -> set[str]:
-    """The files of a model besides MLmodel, as named by its MLmodel (relative paths, checked)."""
-    files = {*ENVIRONMENT_FILES}
-    folders = model_folders(mlmodel)
+def mlmodel_of(model_dir: Path, what: str) -> dict:
+    try:
+        return yaml.safe_load((model_dir / "MLmodel").read_bytes()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise FetchError(f"{what}: its MLmodel is missing or unreadable ({type(exc).__name__})") from None
+
+
+def refuse_code(mlmodel: dict, what: str) -> None:
+    """A model whose flavours carry code (a ``code`` folder of Python modules) is refused: serving it would run it."""
     for flavor in (mlmodel.get("flavors") or {}).values():
-        for key in FILE_KEYS:
-            value = flavor.get(key)
-            if isinstance(value, str):
-                files |= {f"{value}/{name}" for name in folders[value]} if value in folders else {value}
-        if flavor.get("code"):
-            raise FetchError(f"{what}: the model carries code ({flavor['code']!r}); only models whose files are "
-                             "named in MLmodel can be fetched with a read-only registry user")
-    example = mlmodel.get("saved_input_example_info") or {}
-    files |= {example[key] for key in ("artifact_path", "serving_input_path") if isinstance(example.get(key), str)}
-    for path in files:
-        normal = posixpath.normpath(path)
-        if path.startswith("/") or normal.startswith("..") or normal != path:
-            raise FetchError(f"{what}: MLmodel names the file {path!r}, which is not a plain path inside the model")
-    return files
+        if isinstance(flavor, dict) and flavor.get("code"):
+            raise FetchError(f"{what}: the model carries code ({flavor['code']!r}); the model server loads only "
+                             "models without code of their own")
 
 
 def unmet_requirements(model_dir: Path, packages: dict[str, str] | None = None) -> list[str]:

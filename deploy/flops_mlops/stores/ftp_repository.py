@@ -176,22 +176,23 @@ class FTPRepository(ArtifactRepository):
             return False
         return True
 
-    def _entries(self, ftp: ftplib.FTP, remote: str) -> list[tuple[str, bool, int | None]]:
-        """(name, is folder, size) of what the folder ``remote`` holds (NLST and CWD: vsftpd has no MLSD)."""
+    def _entries(self, ftp: ftplib.FTP, remote: str, sizes: bool = True) -> list[tuple[str, bool, int | None]]:
+        """(name, is folder, size) of what the folder ``remote`` holds (NLST and CWD: vsftpd has no MLSD); without
+        ``sizes`` a file's size is None (a SIZE command, one round trip per file, saved)."""
         names = [posixpath.basename(name.rstrip("/")) for name in ftp.nlst(remote)]
-        ftp.voidcmd("TYPE I")  # NLST switched to ASCII; SIZE needs binary
+        ftp.voidcmd("TYPE I")  # NLST switched to ASCII; SIZE and RETR need binary
         found = []
         for name in sorted(n for n in names if n not in ("", ".", "..")):
             full = posixpath.join(remote, name)
             if self._is_dir(ftp, full):
                 found.append((name, True, None))
             else:
-                found.append((name, False, ftp.size(full)))
+                found.append((name, False, ftp.size(full) if sizes else None))
         return found
 
     def _walk(self, ftp: ftplib.FTP, path: str) -> Iterator[tuple[str, bool]]:
         """(relative path, is an empty folder) of every file and empty folder under the folder ``path``."""
-        entries = self._entries(ftp, self._remote(path))
+        entries = self._entries(ftp, self._remote(path), sizes=False)
         if not entries:
             yield path, True
         for name, is_dir, _ in entries:

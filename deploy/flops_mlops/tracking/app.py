@@ -9,7 +9,7 @@ configured from the environment, and adds:
 - **No secret leaves the process.** Every store password and key this server holds is replaced by ``***`` in
   HTTP error answers (MLflow's FTP repository puts its whole URI, password included, into a 500) and in every
   line the process writes to its log. Any ``scheme://user:password@`` in those is cut to ``scheme://user:***@``.
-- **Artifacts stay in the tenant's store.** An experiment may only have the proxied artifact root
+- **Artifacts stay in the tenant's store** (locations.py). An experiment may only have the proxied artifact root
   (``mlflow-artifacts:/...``); a model version only a source inside it (``models:/``, ``runs:/``,
   ``mlflow-artifacts:/``). Artifact uploads and downloads of a run or model version elsewhere are refused.
   Both checks run after MLflow's login check, so an anonymous client still gets 401.
@@ -21,6 +21,8 @@ configured from the environment, and adds:
 - **A storage quota** (quota_check.py, stores/quota.py): an upload past the tenant's artifact_store.quota is a 507.
 - **Throttled, audited logins** (logins.py): repeated failed logins of a user name or from an address get a 429
   with a growing Retry-After; every password check writes one audit line (no secret) to the server's log.
+- **A model version in one request** (model_archive.py): ``/flops/model-versions/archive`` answers with a tar of
+  its files, for whoever may read them through MLflow's get-artifact route.
 - **The UI opens on model training** (ui.py): on a first visit, not on GenAI, without its assistant panel, and an
   FL project's runs with their loss and accuracy.
 
@@ -51,7 +53,8 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from ..configuration.secrets import redact
-from . import checks, logins
+from . import checks, logins, model_archive
+from .locations import refuse_foreign_artifact_locations
 from .quota_check import refuse_uploads_over_quota
 from .checks import endpoint_of, request_json
 from .limits import BodyLimit
@@ -63,10 +66,6 @@ SECRET_VARIABLES = ("MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KE
 URI_VARIABLES = ("MLFLOW_BACKEND_STORE_URI", "_MLFLOW_SERVER_FILE_STORE", "MLFLOW_ARTIFACTS_DESTINATION",
                  "_MLFLOW_SERVER_ARTIFACT_DESTINATION", "MLFLOW_REGISTRY_STORE_URI", "_MLFLOW_SERVER_REGISTRY_STORE")
 CREDENTIALS_IN_URI = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^\s/@:'\"]+):[^\s/@'\"]+@")
-# The proxied artifact root: mlflow-artifacts:/<path>, without a host (a host sends clients elsewhere) and
-# without '..' segments or escapes.
-PROXIED_ROOT = re.compile(r"^mlflow-artifacts:/(?!/)[A-Za-z0-9._/-]*$")
-MODEL_SOURCE = re.compile(r"^(models|runs):/(?!/)[A-Za-z0-9._/@-]*$")
 
 
 # --- secrets out of every answer and log line ------------------------------------------------------------
@@ -177,62 +176,6 @@ class RedactErrorAnswers:
             await send({"type": "http.response.body", "body": body})
 
         await self.app(scope, receive, cleaned_send)
-
-
-# --- artifacts only in the tenant's store ----------------------------------------------------------------
-
-
-def is_proxied_location(location: str) -> bool:
-    return bool(PROXIED_ROOT.fullmatch(location)) and ".." not in location.split("/")
-
-
-def is_allowed_model_source(source: str) -> bool:
-    if MODEL_SOURCE.fullmatch(source):
-        return ".." not in source.split("/")
-    return is_proxied_location(source)
-
-
-def refused(message: str):
-    from flask import Response
-
-    body = json.dumps({"error_code": "INVALID_PARAMETER_VALUE", "message": message})
-    return Response(body, status=400, mimetype="application/json")
-
-
-def refuse_foreign_artifact_locations():
-    """Flask before_request hook, registered after MLflow's login check."""
-    from flask import request
-    from mlflow.exceptions import MlflowException
-    from mlflow.server import handlers
-
-    endpoint = endpoint_of(request.path)
-    if request.method == "POST" and endpoint == "mlflow/experiments/create":
-        location = request_json().get("artifact_location") or ""
-        if location and not is_proxied_location(str(location)):
-            return refused(f"artifact_location {str(location)!r} is not allowed: experiments keep their artifacts "
-                           "in this server's proxied store (leave it empty, or use mlflow-artifacts:/<path>)")
-    elif request.method == "POST" and endpoint == "mlflow/model-versions/create":
-        source = str(request_json().get("source") or "")
-        if not is_allowed_model_source(source):
-            return refused(f"source {source!r} is not allowed: a model version's files must be in this server's "
-                           "proxied store (models:/, runs:/ or mlflow-artifacts:/)")
-    elif endpoint in ("mlflow/upload-artifact", "get-artifact"):
-        run_id = request.args.get("run_uuid") or request.args.get("run_id") or ""
-        try:
-            location = handlers._get_tracking_store().get_run(run_id).info.artifact_uri
-        except MlflowException:
-            return None  # MLflow's own handler answers for an unknown run
-        if not is_proxied_location(location):
-            return refused(f"run {run_id} keeps its artifacts outside this server's proxied store; refused")
-    elif endpoint == "model-versions/get-artifact":
-        try:
-            version = handlers._get_model_registry_store().get_model_version(
-                request.args.get("name", ""), request.args.get("version", ""))
-        except MlflowException:
-            return None
-        if not is_allowed_model_source(version.source or ""):
-            return refused("this model version's files are outside this server's proxied store; refused")
-    return None
 
 
 # --- FL project users the deployment declared ----------------------------------------------------------
@@ -388,6 +331,7 @@ def create_app():
     flask_app.before_request(refuse_admin_routes_to_others)
     flask_app.before_request(refuse_uploads_over_quota)  # artifact_store.quota, before the body is read
     flask_app.after_request(add_first_visit_defaults)  # the UI opens on model training, not GenAI (ui.py)
+    model_archive.install(flask_app)  # a model version's files in one answer, for READ (model servers fetch it)
     redact_process_output(clean)  # handlers MLflow's auth module added while loading
     logins.audit_to(sys.stderr)  # the server's log, cleaned
     if os.environ.get("FLOPS_FL_USERS") or os.environ.get("FLOPS_SERVE_USERS"):
