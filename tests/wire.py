@@ -1,0 +1,108 @@
+"""What crosses the loopback interface, as a wiretapper on the network would see it: a packet capture (AF_PACKET on
+lo, as root) of the TCP traffic to and from a set of ports, reassembled per connection and direction.
+
+    with Capture({3306, 2121, ...}) as capture:
+        ...                                    # traffic
+    capture.streams   -> {(src port, dst port, connection): bytes}
+    capture.dropped   -> packets the kernel dropped (a capture with drops proves nothing)
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+import time
+from collections import defaultdict
+
+ETH_P_ALL = 0x0003
+SOL_PACKET = 263
+PACKET_STATISTICS = 6  # struct tpacket_stats {unsigned int tp_packets, tp_drops}: reading it resets it
+ETHERNET_HEADER = 14
+
+
+def tcp_segment(frame: bytes) -> tuple[tuple[str, int, str, int], int, bytes] | None:
+    """((source address, source port, destination address, destination port), sequence number, payload) of an
+    IPv4 or IPv6 TCP frame as lo delivers it (with its all-zero Ethernet header); None for anything else."""
+    if len(frame) < ETHERNET_HEADER + 20:
+        return None
+    ethertype = struct.unpack("!H", frame[12:14])[0]
+    ip = frame[ETHERNET_HEADER:]
+    if ethertype == 0x0800 and ip[9] == 6:
+        header = (ip[0] & 0x0F) * 4
+        total = struct.unpack("!H", ip[2:4])[0]
+        source, destination = socket.inet_ntop(socket.AF_INET, ip[12:16]), socket.inet_ntop(socket.AF_INET, ip[16:20])
+        tcp = ip[header:total]
+    elif ethertype == 0x86DD and ip[6] == 6:  # no extension headers on loopback TCP
+        length = struct.unpack("!H", ip[4:6])[0]
+        source, destination = socket.inet_ntop(socket.AF_INET6, ip[8:24]), socket.inet_ntop(socket.AF_INET6, ip[24:40])
+        tcp = ip[40:40 + length]
+    else:
+        return None
+    if len(tcp) < 20:
+        return None
+    sport, dport, sequence = struct.unpack("!HHI", tcp[:8])
+    offset = (tcp[12] >> 4) * 4
+    return (source, sport, destination, dport), sequence, tcp[offset:]
+
+
+class Capture:
+    """Every TCP payload to or from ``ports`` on lo while the block runs, per connection and direction."""
+
+    def __init__(self, ports: set[int]):
+        self.ports = set(ports)
+        self._segments: dict[tuple, dict[int, bytes]] = defaultdict(dict)
+        self._socket = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024 * 1024)
+        self._socket.bind(("lo", 0))
+        self._socket.settimeout(0.2)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self.dropped = 0
+        self.packets = 0
+
+    def _read(self) -> None:
+        drain_until = None
+        while True:
+            if self._stop.is_set() and drain_until is None:
+                drain_until = time.monotonic() + 10  # what the kernel queued before the block ended is read too
+            try:
+                frame = self._socket.recv(262144)
+            except socket.timeout:
+                if drain_until is not None:
+                    return  # stopped, and nothing more queued
+                continue
+            if drain_until is not None and time.monotonic() > drain_until:
+                return
+            segment = tcp_segment(frame)
+            if segment is None:
+                continue
+            flow, sequence, payload = segment
+            if payload and (flow[1] in self.ports or flow[3] in self.ports):
+                # lo delivers each packet twice (out and in): the same sequence number keeps one copy
+                self._segments[flow][sequence] = payload
+
+    def __enter__(self) -> "Capture":
+        self._socket.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8)  # reset the counters
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.packets, self.dropped = struct.unpack("II", self._socket.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8))
+        self._socket.close()
+
+    @property
+    def streams(self) -> dict[tuple, bytes]:
+        """Each direction of each connection, its payload in sequence order (relative to its first segment seen)."""
+        streams = {}
+        for flow, segments in self._segments.items():
+            first = next(iter(segments))
+            ordered = sorted(segments.items(), key=lambda item: (item[0] - first) % 2**32)
+            streams[flow] = b"".join(payload for _, payload in ordered)
+        return streams
+
+    def find(self, needle: bytes) -> list[tuple]:
+        """The flows whose bytes hold ``needle``."""
+        return [flow for flow, data in self.streams.items() if needle in data]
