@@ -138,3 +138,15 @@ def test_provision_refuses_tracking_tls_before_any_host_is_contacted(tmp_path, c
     config = make_config(tmp_path)
     assert main(["--config", str(config.source), "provision", "--inventory", "single_host"]) == 2
     assert "tracking.tls: HTTPS on the tracking servers is for `flops-mlops up` so far" in capsys.readouterr().err
+
+
+def test_the_native_configuration_turns_every_hop_to_tls_on_and_status_warns_for_each_one_turned_off():
+    from pathlib import Path
+
+    native = loading.load(Path(__file__).resolve().parents[2] / "configs" / "native.yaml")
+    assert (native.tracking.tls, native.artifact_store.tls, native.backend_store.tls) == (True, True, True)
+    assert warnings(native) == []
+    for section in ("tracking", "artifact_store", "backend_store"):
+        part = getattr(native, section).model_copy(update={"tls": False})
+        off = native.model_copy(update={section: part})
+        assert [w.split(" ")[0] for w in warnings(off)] == [f"{section}.tls"], section

@@ -75,6 +75,9 @@ def warnings(c: StackConfig) -> list[str]:
     if not c.tracking.tls:
         found.append("tracking.tls is false: the tracking servers speak plain HTTP (logins, passwords and models "
                      "cross the network in clear text)")
+    if c.artifact_store.kind == "vsftpd" and not c.artifact_store.tls:
+        found.append("artifact_store.tls is false: the tracking servers log in to the FTP store in plain FTP "
+                     "(passwords and models cross the network in clear text)")
     if c.backend_store.kind == "mysql" and not c.backend_store.tls:
         found.append("backend_store.tls is false: the tracking servers talk to MySQL without TLS (passwords and "
                      "metadata cross the network in clear text)")
