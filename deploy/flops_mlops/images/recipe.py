@@ -76,6 +76,8 @@ def build(recipe: Recipe, platforms: list[Platform], out: Path, tag: str, labels
             progress("wheels for this machine (pure-Python ones serve every platform)", flush=True)
             wheels.host_wheels(recipe.requirement, constraints,
                                [own, bundled.CHECKOUT / "deploy" / "images" / "wheelhouse"], pure)
+        # what the server's start imports, found once in this machine's venv: the same names on every platform
+        compile_only = wheels.imported_files(recipe.compile_for) if recipe.compile_for else None
         images = []
         for arch in platforms:
             started = time.monotonic()
@@ -94,7 +96,7 @@ def build(recipe: Recipe, platforms: list[Platform], out: Path, tag: str, labels
                 wheels.platform_wheels(arch, recipe.requirement, constraints, [own, pure], found)
                 chosen = sorted(w for w in found.glob("*.whl") if project_name(w) not in recipe.leave_out)
                 progress(f"{arch.name}: {len(chosen)} wheels into /opt/venv", flush=True)
-                wheels.install_venv(here / "venv", arch, chosen, stamp, recipe.compile_for)
+                wheels.install_venv(here / "venv", arch, chosen, stamp, compile_only)
                 layers.append((here / "venv", f"/opt/venv: {len(chosen)} wheels for {arch.name} "
                                               f"({recipe.requirement} without {len(recipe.leave_out)})"))
             if recipe.files:

@@ -57,12 +57,13 @@ def platform_wheels(arch: Platform, requirement: str, constraints: Path, find_li
 
 
 def install_venv(root: Path, arch: Platform, wheels: list[Path], epoch: int,
-                 compile_for: tuple[str, ...] = ()) -> Path:
+                 compile_only: list[str] | None = None) -> Path:
     """A venv at /opt/venv under ``root`` on the image's /usr/bin/python3, with ``wheels`` in it (no
     dependencies resolved: the wheels are the whole set), without the packages' own test suites; returns its
     site-packages folder. Bytecode is compiled by this machine's CPython 3.11 with hash-based invalidation, the
-    same bytes every time: for every module, or with ``compile_for`` for the modules that importing those
-    modules loads (the rest, seldom imported, is compiled in memory when it is: the image's user cannot write)."""
+    same bytes every time: for every module, or only for ``compile_only`` (paths relative to site-packages, as
+    imported_files gives them; the rest, seldom imported, is compiled in memory when it is: the image's user
+    cannot write)."""
     venv = root / VENV
     site = venv / "lib" / f"python{PYTHON}" / "site-packages"
     (venv / "bin").mkdir(parents=True)
@@ -83,8 +84,8 @@ def install_venv(root: Path, arch: Platform, wheels: list[Path], epoch: int,
             shutil.rmtree(tests)
     if sys.version_info[:2] != tuple(map(int, PYTHON.split("."))):
         return site  # bytecode of another Python version would be ignored: the image compiles nothing at run time
-    files = sorted(str(site / name) for name in imported_files(compile_for) if (site / name).is_file()) \
-        if compile_for else [str(path) for path in sorted(site.rglob("*.py"))]
+    files = sorted(str(site / name) for name in compile_only if (site / name).is_file()) \
+        if compile_only is not None else [str(path) for path in sorted(site.rglob("*.py"))]
     compiled = subprocess.run([sys.executable, "-c", COMPILE, str(site), f"/{VENV}/lib/python{PYTHON}/site-packages"],
                               input="\n".join(files), capture_output=True, text=True)
     if compiled.returncode != 0:

@@ -120,10 +120,12 @@ def build_oci(model: Path, platforms, out: Path, tag: str, tenant: str, project:
 
 
 def served_environment(project: str, version: str) -> dict[str, str]:
-    """What a baked image's server reads (both builds)."""
-    return {"PYTHONUNBUFFERED": "1", "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true",
-            "FLOPS_SERVE_MODEL_DIR": BAKED_DIR, "FLOPS_SERVE_MODEL_NAME": project, "FLOPS_SERVE_VERSION": version,
-            "FLOPS_SERVE_HOST": "0.0.0.0", "FLOPS_SERVE_PORT": "8080", "FLOPS_SERVE_CACHE": "/srv/model/cache"}
+    """What a baked image's server reads (both builds): the model-server recipe's environment but PATH (a Docker
+    build may start FROM a project's actor image, which has the quiet-Python settings but not the server's), and
+    the baked model's name, version and folder."""
+    recipe = dict(line.split("=", 1) for line in oci_image.MODEL_SERVER.config["Env"] if not line.startswith("PATH="))
+    return {**recipe, "FLOPS_SERVE_MODEL_DIR": BAKED_DIR, "FLOPS_SERVE_MODEL_NAME": project,
+            "FLOPS_SERVE_VERSION": version}
 
 
 def labels(tenant: str, project: str, version: str) -> dict[str, str]:
