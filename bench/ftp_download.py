@@ -40,6 +40,7 @@ import posixpath
 import random
 import shutil
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -79,12 +80,17 @@ def logins(state_dir: Path, kind: str) -> int:
     return path.read_text(errors="replace").count(marker) if path.exists() else 0
 
 
-def raw_download(host: str, port: int, user: str, password: str, folder: str, out: Path) -> int:
-    """The same files with one ftplib login; returns how many files."""
+def raw_download(host: str, port: int, user: str, password: str, folder: str, out: Path,
+                 ca_pem: str | None = None) -> int:
+    """The same files with one ftplib login; returns how many files. With ``ca_pem`` over explicit FTPS (AUTH TLS,
+    then PROT P: data connections encrypted too), verifying the store against that CA, as our FTP repository does."""
     files = 0
-    with ftplib.FTP() as ftp:
+    context = ssl.create_default_context(cadata=ca_pem) if ca_pem else None
+    with (ftplib.FTP_TLS(context=context) if context else ftplib.FTP()) as ftp:
         ftp.connect(host, port, timeout=30)
-        ftp.login(user, password)
+        ftp.login(user, password)  # FTP_TLS: AUTH TLS first
+        if context:
+            ftp.prot_p()
 
         def walk(remote: str, local: Path) -> None:
             nonlocal files

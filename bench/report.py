@@ -364,11 +364,58 @@ def oci_images(datasets: list[tuple[str, dict]]) -> str:
     return "\n\n".join(parts)
 
 
+TLS_FL = {"round_cli": "`flops-mlops round --json`, whole command",
+          "tracked": "FL project in process, tracking on (run_project)",
+          "untracked": "FL project in process, tracking off"}
+TLS_DOWNLOADS = {"mlflow_client": "MLflow's client: `download_artifacts(models:/...)` through the tracking server",
+                 "archive": "one request: the archive route, as the model server fetches (READ on the model only)",
+                 "raw_ftp": "raw FTP (FTPS with PROT P when on), one login, straight from vsftpd"}
+
+
+def tls_cost(datasets: list[tuple[str, dict]]) -> str:
+    parts = ["# What TLS costs: FL tracking and the champion's download",
+             "`bench/tls_cost.py`: a private one-tenant native stack (vsftpd, managed MySQL) with `tracking.tls`, "
+             "`artifact_store.tls` and `backend_store.tls` all off, then all on (HTTPS, FTPS, MySQL TLS); in each, "
+             "the default scikit-learn example (2 learners) through `flops-mlops round` and in process with tracking "
+             "on and off, taking turns; then the last champion of `round` downloaded each way, medians after a "
+             "warm-up. on/off: the TLS-on median over the TLS-off one."]
+    for name, data in datasets:
+        parts.append(section(name, f"bench/tls_cost.py --repeats {data['repeats']} --rounds {data['rounds']} "
+                                   f"--downloads {data['downloads']}", data))
+        off, on, ratios = data["settings"]["off"], data["settings"]["on"], data["ratios_on_off"]
+        parts.append(f"{data['rounds']} rounds, {data['learners']} learners; runs of each way per setting: "
+                     f"{data['repeats']}; stack up in {num(off['up_s'])} s (TLS off) and {num(on['up_s'])} s (TLS on); "
+                     f"tracking URIs `{off['tracking_uri_scheme']}` and `{on['tracking_uri_scheme']}`.")
+
+        def fl_cell(setting: dict, way: str) -> str:
+            r = setting["fl"][way]
+            return f"{num(r['median_s'], 2)} s ({each(r['times_s'], 2)}); round {num(r['median_round_s'], 3)} s"
+
+        rows = [[label, fl_cell(off, way), fl_cell(on, way), f"**{num(ratios['fl'][way], 3)}**"]
+                for way, label in TLS_FL.items()]
+        rows.append(["overhead ratio: tracked / untracked", f"**{num(off['fl']['overhead_ratio'], 3)}**",
+                     f"**{num(on['fl']['overhead_ratio'], 3)}**", num(ratios["fl"]["overhead_ratio"], 3)])
+        parts.append("FL tracking overhead: median wall time (each run); median of the aggregator's per-round "
+                     "times.")
+        parts.append(table(["FL run", "TLS off", "TLS on", "on/off"], rows))
+        d_off, d_on = off["download"], on["download"]
+
+        def download_cell(r: dict) -> str:
+            return f"{num(r['median_s'] * 1000)} ms ({num(r['min_s'] * 1000)}-{num(r['max_s'] * 1000)})"
+
+        parts.append(f"Download of `{d_on['model_uri']}` ({d_on['files']} files, {d_on['bytes']:,} bytes): median "
+                     f"(min-max) over {data['downloads']} downloads after a warm-up.")
+        parts.append(table(["way", "TLS off", "TLS on", "on/off"],
+                           [[label, download_cell(d_off[way]), download_cell(d_on[way]),
+                             f"**{num(ratios['download'][way], 2)}**"] for way, label in TLS_DOWNLOADS.items()]))
+    return "\n\n".join(parts)
+
+
 RENDERERS: dict[str, Callable[[list[tuple[str, dict]]], str]] = {
     "stack_footprint": stack_footprint, "fl_tracking_overhead": fl_tracking_overhead,
     "ftp_download": ftp_download, "serving": serving, "tracking_healthcheck": tracking_healthcheck,
     "fl_hierarchical": fl_hierarchical, "fl_project": fl_project, "project_images": project_images,
-    "oci_images": oci_images}
+    "oci_images": oci_images, "tls_cost": tls_cost}
 
 
 # --- reports -----------------------------------------------------------------------------------------------------
