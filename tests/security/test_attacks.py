@@ -546,6 +546,31 @@ def test_each_tenant_runs_as_its_own_account_and_reads_nothing_of_the_others(tar
     ledger.verdict()
 
 
+def test_another_tenants_account_reads_nothing_of_a_projects_fl_outputs(target):
+    """A `round` of an acme project leaves its best model, the actors' logs and working files under
+    state_dir/fl/acme/<project>; as globex's account (a server given over to an attacker), read each file and list
+    each folder, from state_dir/fl down: every one is refused. Its own environment it reads: the attempt is real."""
+    target.stack.up()  # the stores an earlier test stopped come back
+    config = target.stack.load()
+    done = conftest.run_cli("round", "--tenant", "acme", "--project", "Outputs", "--rounds", "1", "--learners", "2",
+                            "--timeout", "240", config=target.stack.config_path, timeout=300,
+                            env={"FLWR_TELEMETRY_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    fl = config.state_dir / "fl"
+    work = fl / "acme" / "Outputs"
+    outputs = [fl, fl / "acme", work, *sorted(work.rglob("*"))]
+    assert (work / "model" / "best.npz").is_file() and any(p.parent.name == "logs" for p in outputs), outputs
+    ledger = Ledger(f"[{target.kind}] another tenant's account on a project's FL outputs")
+    reader = running_service(config, "tracking-globex")
+    account = pwd.getpwnam(reader.username())
+    own = f"/proc/{reader.pid}/environ"
+    read = _read_as(account, [own, *map(str, outputs)])
+    assert target.stack.secrets().admin_password("globex") in read.pop(own), "globex cannot read its own environment"
+    for path, result in read.items():
+        ledger.attempt(f"globex reads {path}", not result.startswith("refused: PermissionError"), result[:80])
+    ledger.verdict()
+
+
 def _read_as(account: pwd.struct_passwd, paths: list[str]) -> dict[str, str]:
     """What ``account`` gets from each path: a file's text, a folder's names, or 'refused: <error>'."""
     script = ("import json,os,sys\nout={}\n"
