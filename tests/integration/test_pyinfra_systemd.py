@@ -230,6 +230,21 @@ def test_servers_ask_for_a_login_run_as_their_account_and_keep_secrets_private(l
             f"700 flops-mlops-{tenant.id}", f"700 flops-mlops-{tenant.id}"]
         # Users and grants are in the backend store's mlflow_<tenant>_auth: no SQLite file beside the server.
         assert tracking.run(f"ls -A {work}/auth").split() == []
+    # As each tenant's account, another tenant's server environment (its passwords), working folder and env file
+    # are closed; its own server's environment is not (the reads work).
+    pids = {t.id: tracking.unit_property(unit, "MainPID") for t, unit in zip(config.tenants, units(three)["tracking"])}
+
+    def reads(account: str, command: str) -> bool:
+        return tracking.run(f"runuser -u {account} -- {command} >/dev/null 2>&1 && echo READ || echo REFUSED",
+                            check=False).strip() == "READ"
+
+    for reader in config.tenants:
+        assert reads(f"flops-mlops-{reader.id}", f"cat /proc/{pids[reader.id]}/environ"), reader.id
+        for owner in (t for t in config.tenants if t.id != reader.id):
+            for command in (f"cat /proc/{pids[owner.id]}/environ",
+                            f"ls /var/lib/flops-mlops/{config.name}/tracking/{owner.id}",
+                            f"cat /etc/flops-mlops/{config.name}/tracking/{owner.id}.env"):
+                assert not reads(f"flops-mlops-{reader.id}", command), (reader.id, command)
     private = {tracking: [f"/etc/flops-mlops/{config.name}/tracking/{t.id}.env" for t in config.tenants],
                three["backend"]: [f"/etc/flops-mlops/{config.name}/tenants.sql"],
                three["artifacts"]: [f"/etc/flops-mlops/{config.name}/vsftpd/passwd"]}

@@ -123,3 +123,26 @@ def test_a_missing_ftps_file_names_the_file_and_the_key(tmp_path):
                                           r"with `flops-mlops --config .*secrets init`, or set artifact_store\.tls: "
                                           "false"):
         certificates.ftp_files(config)
+
+
+def test_hosts_making_the_same_certificate_at_once_all_get_a_whole_matching_pair(tmp_path):
+    """pyinfra prepares each host's deploy in its own thread, and each asks for the FTPS certificate: makers take
+    turns, and no one sees a missing or half-made pair (as a CI run did: FileNotFoundError on the key)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    config = ftps_config(tmp_path)
+    crt, key = certificates.leaf_paths(config, certificates.FTP_LEAF)
+
+    def make(round_: int) -> tuple[bool, bool]:
+        made = certificates.make_certificate(config, force=round_ % 2 == 0, extra_hosts=["10.0.0.7"])
+        return made, crt.is_file() and key.is_file()
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(make, range(16)))
+    assert all(present for _, present in results)
+    public = [subprocess.run(argv, capture_output=True, check=True).stdout for argv in (
+        ["openssl", "x509", "-in", str(crt), "-noout", "-pubkey"], ["openssl", "pkey", "-in", str(key), "-pubout"])]
+    assert public[0] == public[1]  # the key is the certificate's
+    assert certificates.signed_by_ca(config, crt)
+    assert stat.S_IMODE(crt.stat().st_mode) == stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".flops-")] == []

@@ -11,17 +11,24 @@ mode 0600 (for .env: .env.ca.crt, .env.ca.key, ...).
 
 The CA's certificate is mode 0644: it is public (every client needs it), and compose hands it to containers that
 run as other uids by bind-mounting the file as it is. Every key, and the leaf certificates, are mode 0600.
+
+One maker at a time: making holds an exclusive lock on ``<secrets_file>.certificates.lock`` (pyinfra prepares each
+host's deploy in a thread of its own, and each may ask for the same certificate), and new files replace old ones
+whole (a reader sees the old pair or the new one, never a missing file).
 """
 
 from __future__ import annotations
 
+import fcntl
 import ipaddress
 import os
 import shutil
 import secrets
 import subprocess
 import tempfile
-from collections.abc import Iterable
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from .schema import ConfigError
@@ -61,6 +68,39 @@ def _openssl(config: StackConfig, argv: list[str], what: str) -> None:
         raise ConfigError(f"{config.source}: making {what} failed: {message[-1] if message else 'openssl failed'}")
 
 
+_held = threading.local()  # how deep this thread is inside _one_maker
+
+
+@contextmanager
+def _one_maker(config: StackConfig) -> Iterator[None]:
+    """Hold the deployment's certificate lock (across processes and threads; a nested use shares it)."""
+    if getattr(_held, "depth", 0):
+        _held.depth += 1
+        try:
+            yield
+        finally:
+            _held.depth -= 1
+        return
+    path = beside_secrets(config, "certificates.lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        _held.depth = 1
+        try:
+            yield
+        finally:
+            _held.depth = 0
+    finally:
+        os.close(fd)  # and with it the lock
+
+
+def _put(made: dict[Path, Path]) -> None:
+    """Move each new file (made in a folder beside its place) over the old one, whole."""
+    for new, place in made.items():
+        os.replace(new, place)
+
+
 def _private(*paths: Path) -> None:
     for path in paths:
         os.chmod(path, 0o600)
@@ -76,17 +116,23 @@ def _public(path: Path) -> None:
 
 def make_ca(config: StackConfig, force: bool = False) -> bool:
     """The deployment's CA (certificate and key) when missing, or ``force``; True when made."""
+    with _one_maker(config):
+        return _make_ca(config, force)
+
+
+def _make_ca(config: StackConfig, force: bool) -> bool:
     crt, key = ca_certificate_path(config), ca_key_path(config)
     if crt.exists() and key.exists() and not force:
         _public(crt)
         return False
-    for path in (crt, key):
-        path.unlink(missing_ok=True)
-    _openssl(config, ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-                      "-keyout", str(key), "-out", str(crt), "-days", str(DAYS), "-subj",
-                      f"/O=FLOps MLOps/CN=FLOps MLOps CA {config.name}",
-                      "-addext", "basicConstraints=critical,CA:TRUE,pathlen:0",
-                      "-addext", "keyUsage=critical,keyCertSign,cRLSign"], "the deployment's CA")
+    with tempfile.TemporaryDirectory(prefix=".flops-ca-", dir=crt.parent) as folder:
+        new_crt, new_key = Path(folder) / "ca.crt", Path(folder) / "ca.key"
+        _openssl(config, ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                          "-keyout", str(new_key), "-out", str(new_crt), "-days", str(DAYS), "-subj",
+                          f"/O=FLOps MLOps/CN=FLOps MLOps CA {config.name}",
+                          "-addext", "basicConstraints=critical,CA:TRUE,pathlen:0",
+                          "-addext", "keyUsage=critical,keyCertSign,cRLSign"], "the deployment's CA")
+        _put({new_key: key, new_crt: crt})
     _private(key)
     _public(crt)
     return True
@@ -136,29 +182,33 @@ def make_leaf(config: StackConfig, name: str, dns_names: Iterable[str], ips: Ite
     """A server certificate ``name`` for ``dns_names`` and ``ips``, signed by the deployment's CA (made first when
     missing), when missing, when it lacks one of these names, when the CA does not verify it, or ``force``; True
     when made. A CA made anew re-makes the leaf too."""
+    with _one_maker(config):
+        return _make_leaf(config, name, list(dns_names), list(ips), force)
+
+
+def _make_leaf(config: StackConfig, name: str, dns_names: list[str], ips: list[str], force: bool) -> bool:
     made_ca = make_ca(config)
     crt, key = leaf_paths(config, name)
-    dns_names, ips = list(dns_names), list(ips)
     wanted = set(_names(dns_names, ips).split(","))
     if (crt.exists() and key.exists() and not force and not made_ca and wanted <= certificate_names(crt)
             and signed_by_ca(config, crt)):
         return False
     common_name = (dns_names or ips)[0]
-    with tempfile.TemporaryDirectory(prefix="flops-cert-") as folder:
+    with tempfile.TemporaryDirectory(prefix=f".flops-{name}-", dir=crt.parent) as folder:
         request, extensions = Path(folder) / "leaf.csr", Path(folder) / "leaf.ext"
+        new_crt, new_key = Path(folder) / "leaf.crt", Path(folder) / "leaf.key"
         extensions.write_text(f"basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n"
                               f"extendedKeyUsage=serverAuth\nsubjectAltName={_names(dns_names, ips)}\n",
                               encoding="ascii")
-        for path in (crt, key):
-            path.unlink(missing_ok=True)
         _openssl(config, ["req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-                          "-keyout", str(key), "-out", str(request), "-subj", f"/O=FLOps MLOps/CN={common_name}"],
-                 f"the {name} key")
+                          "-keyout", str(new_key), "-out", str(request), "-subj",
+                          f"/O=FLOps MLOps/CN={common_name}"], f"the {name} key")
         _openssl(config, ["x509", "-req", "-in", str(request), "-CA", str(ca_certificate_path(config)),
                           "-CAkey", str(ca_key_path(config)), "-set_serial", str(secrets.randbits(120)),
-                          "-days", str(DAYS), "-sha256", "-extfile", str(extensions), "-out", str(crt)],
+                          "-days", str(DAYS), "-sha256", "-extfile", str(extensions), "-out", str(new_crt)],
                  f"the {name} certificate")
-    _private(crt, key)
+        _private(new_crt, new_key)
+        _put({new_key: key, new_crt: crt})
     return True
 
 
