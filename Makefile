@@ -30,10 +30,11 @@ account:
 
 ## make test: the whole test suite (tests needing a missing service skip, or fail with FLOPS_REQUIRE_SERVICES=1),
 ## on TEST_WORKERS pytest-xdist workers; each test file runs whole on one worker, so its shared fixtures stay shared;
-## the 40 slowest steps are listed at the end (where to make the suite faster)
+## the 40 slowest steps are listed at the end (where to make the suite faster); the slowest files start first
+## (tests/conftest.py: SLOW_FILES)
 TEST_WORKERS ?= 2
 test: venv account
-	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --durations=40
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=40
 
 ## make ui-screenshots: the browser test (tests/ui: a real round, then the MLflow UI in Debian's chromium), with its
 ## screenshots written to docs/images/ui/ (the README shows them) instead of test-artifacts/ui/

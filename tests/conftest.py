@@ -219,6 +219,29 @@ def need_tracking_account() -> None:
                         "exist here (make account creates it)")
 
 
+# The test files that take longest, longest first (from `make test`'s list of the slowest steps: keep it current).
+# `make test` runs each file whole on one of two workers (--dist loadfile) in collection order
+# (--no-loadscope-reorder): started first, a long file runs beside the many short ones instead of holding the run
+# open at its end while the other worker idles.
+SLOW_FILES = (
+    "tests/integration/test_model_oci.py",
+    "tests/security/test_attacks.py",
+    "tests/integration/test_pyinfra_systemd.py",
+    "tests/integration/test_backup.py",
+    "tests/integration/test_hierarchical.py",
+    "tests/integration/test_stack_images_oci.py",
+    "tests/integration/test_ml_repos.py",
+    "tests/integration/test_fl_round.py",
+    "tests/compose/test_compose_guide.py",
+    "tests/integration/test_stack.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: position for position, name in enumerate(SLOW_FILES)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(SLOW_FILES)))  # stable: the rest as is
+
+
 def stack_data(kind: str, tmp_path: Path, tenants: list[str]) -> dict:
     """A configuration like configs/<kind>.yaml, with free ports and paths under ``tmp_path``."""
     if kind == "native":
