@@ -204,6 +204,26 @@ def signal_group(pid: int, sig: int) -> None:
         pass
 
 
+def run_whole(argv: list[str], env: dict[str, str], grace: float = 30.0) -> subprocess.CompletedProcess:
+    """Run ``argv`` to its end (output captured, text) in a session of its own. When this process is interrupted
+    (Ctrl-C, or SIGTERM, which the CLI turns into one), the whole group is stopped, not only its leader:
+    SIGTERM (a builder such as mmdebstrap then cleans up its mounts), SIGKILL after ``grace`` seconds."""
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                               start_new_session=True)
+    try:
+        stdout, stderr = process.communicate()
+    except BaseException:
+        signal_group(process.pid, signal.SIGTERM)
+        try:
+            process.wait(grace)
+        except subprocess.TimeoutExpired:
+            pass
+        signal_group(process.pid, signal.SIGKILL)  # what is left of the group, leader gone or not
+        process.wait()
+        raise
+    return subprocess.CompletedProcess(argv, process.returncode, stdout, stderr)
+
+
 def port_is_free(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -5,6 +5,7 @@ logged through it lands in the stores (its artifact on FTP, read back through th
 
 from __future__ import annotations
 
+import os
 import time
 
 import conftest
@@ -86,3 +87,38 @@ def test_the_arm64_tracking_server_serves_a_tenant_under_qemu(stores, built, tmp
     seen = requests.get(f"{native}/api/2.0/mlflow/runs/get", params={"run_id": run["run_id"]}, auth=login,
                         timeout=60)
     assert seen.status_code == 200 and seen.json()["run"]["info"]["experiment_id"] == run["experiment_id"]
+
+
+def test_a_build_stopped_midway_leaves_no_process_and_no_mount_behind(tmp_path):
+    """SIGTERM to `build-image` while mmdebstrap works (as `timeout` or a CI job's cancel sends it): the command
+    stops, and with it mmdebstrap and what it started (apt, dpkg), and nothing stays mounted from its work folder."""
+    import signal
+    import subprocess
+
+    import psutil
+
+    need_builder()
+    cli = subprocess.Popen([*conftest.CLI, "build-image", "artifact-store", "--platform", "linux/amd64", "--out",
+                            str(tmp_path / "image")], cwd=conftest.ROOT, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline, builders = time.monotonic() + 300, []
+        while time.monotonic() < deadline and cli.poll() is None:
+            builders = [p for p in psutil.Process(cli.pid).children(recursive=True) if p.name() == "mmdebstrap"]
+            if builders:
+                break
+            time.sleep(0.2)
+        assert builders, "mmdebstrap never started"
+        time.sleep(5)  # well into its work: apt and dpkg running under it
+        started = psutil.Process(cli.pid).children(recursive=True)
+        assert len(started) > 1, [p.name() for p in started]
+        cli.send_signal(signal.SIGTERM)
+        _, stderr = cli.communicate(timeout=120)
+        assert cli.returncode != 0, stderr
+        _, alive = psutil.wait_procs(started, timeout=60)
+        assert alive == [], [(p.pid, p.name()) for p in alive]
+        with open("/proc/mounts", encoding="utf-8") as mounts:
+            assert [line for line in mounts if "flops-artifact-store-oci-" in line] == []
+    finally:
+        if cli.poll() is None:
+            os.killpg(cli.pid, signal.SIGKILL)

@@ -39,3 +39,33 @@ def test_a_pid_that_started_at_another_time_is_not_ours(tmp_path):
         assert psutil.pid_exists(pid)
     finally:
         psutil.Process(pid).kill()
+
+
+def test_an_interrupted_run_whole_stops_the_whole_group_not_only_its_leader():
+    """Ctrl-C (or SIGTERM, which the CLI turns into one) during a builder's run: the builder's own children stop too
+    (subprocess.run would kill the leader alone and leave them running, as mmdebstrap's apt and dpkg were)."""
+    import os
+    import signal
+
+    import pytest
+    from flops_mlops.processes import run_whole
+
+    pid_file = f"/tmp/flops-run-whole-{os.getpid()}"
+    script = f"sleep 300 & echo $! > {pid_file}; trap '' TERM; sleep 300 & wait"  # a child, a leader that lingers
+
+    def interrupt(*_):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    signal.alarm(2)
+    started = time.monotonic()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_whole(["sh", "-c", script], env=dict(os.environ), grace=3)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    child = int(open(pid_file).read())
+    os.unlink(pid_file)
+    assert not psutil.pid_exists(child) or psutil.Process(child).status() == psutil.STATUS_ZOMBIE
+    assert time.monotonic() - started < 30  # the leader ignored SIGTERM: SIGKILL after the grace

@@ -15,7 +15,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from ..processes import StackError
+from ..processes import StackError, run_whole
 from .platforms import Platform
 
 SUITE = "bookworm"
@@ -41,12 +41,12 @@ def root_filesystem(target: Path, arch: Platform, packages: list[str], epoch: in
         ensure_emulation(arch)
     target.parent.mkdir(parents=True, exist_ok=True)
     options = [f"--dpkgopt=path-exclude={pattern}" for pattern in EXCLUDED]
-    done = subprocess.run(
+    done = run_whole(
         ["mmdebstrap", "--quiet", "--mode=root", "--variant=minbase", f"--arch={arch.debian}",
          f"--include={','.join(packages)}", "--hook-dir=/usr/share/mmdebstrap/hooks/merged-usr",
          "--dpkgopt=path-include=/usr/share/doc/*/copyright", *options, "--format=directory",
          SUITE, str(target), MIRROR],
-        capture_output=True, text=True, env={**os.environ, "SOURCE_DATE_EPOCH": str(epoch)})
+        env={**os.environ, "SOURCE_DATE_EPOCH": str(epoch)})  # interrupted: mmdebstrap, apt and dpkg all stop
     if done.returncode != 0:
         tail = "\n".join("    " + line for line in done.stderr.strip().splitlines()[-15:])
         raise StackError(f"mmdebstrap for {arch.name} failed (exit {done.returncode}):\n{tail}")
