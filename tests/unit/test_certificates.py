@@ -146,3 +146,27 @@ def test_hosts_making_the_same_certificate_at_once_all_get_a_whole_matching_pair
     assert certificates.signed_by_ca(config, crt)
     assert stat.S_IMODE(crt.stat().st_mode) == stat.S_IMODE(key.stat().st_mode) == 0o600
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".flops-")] == []
+
+
+GREENLETS = """
+from gevent import monkey
+monkey.patch_all()
+import sys
+import gevent
+from flops_mlops.configuration import certificates, loading
+config = loading.load(sys.argv[1])
+jobs = [gevent.spawn(certificates.make_certificate, config, force=True, extra_hosts=["10.0.0.7"]) for _ in range(4)]
+gevent.joinall(jobs, raise_error=True)
+print("made", sum(job.value for job in jobs))
+"""
+
+
+def test_greenlets_making_the_same_certificate_take_turns_without_a_deadlock(tmp_path):
+    """pyinfra runs its hosts as gevent greenlets in one thread (pyinfra_cli patches everything): a greenlet waiting
+    for the certificate lock must let the one holding it finish (a blocking flock hung a real three-host apply)."""
+    import sys
+
+    ftps_config(tmp_path)
+    done = subprocess.run([sys.executable, "-c", GREENLETS, str(tmp_path / "stack.yaml")], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "made 4", done.stderr[-2000:]

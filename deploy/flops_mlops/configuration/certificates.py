@@ -27,6 +27,7 @@ import secrets
 import subprocess
 import tempfile
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -85,7 +86,14 @@ def _one_maker(config: StackConfig) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        # Not a blocking flock: pyinfra's hosts are gevent greenlets in one thread, and a greenlet blocked in
+        # flock would block the one holding the lock too. time.sleep lets the others run (gevent patches it).
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                time.sleep(0.05)
         _held.depth = 1
         try:
             yield
