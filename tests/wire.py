@@ -1,5 +1,6 @@
 """What crosses the loopback interface, as a wiretapper on the network would see it: a packet capture (AF_PACKET on
-lo, as root) of the TCP traffic to and from a set of ports, reassembled per connection and direction.
+lo, as root, with a kernel filter that keeps only IPv4 TCP to and from a set of ports, so that other tests' traffic
+cannot fill its buffer) of that traffic, reassembled per connection and direction.
 
     with Capture({3306, 2121, ...}) as capture:
         ...                                    # traffic
@@ -9,6 +10,7 @@ lo, as root) of the TCP traffic to and from a set of ports, reassembled per conn
 
 from __future__ import annotations
 
+import ctypes
 import socket
 import struct
 import threading
@@ -18,7 +20,58 @@ from collections import defaultdict
 ETH_P_ALL = 0x0003
 SOL_PACKET = 263
 PACKET_STATISTICS = 6  # struct tpacket_stats {unsigned int tp_packets, tp_drops}: reading it resets it
+SO_ATTACH_FILTER = 26
+SO_RCVBUFFORCE = 33  # as root: past net.core.rmem_max
 ETHERNET_HEADER = 14
+# Classic BPF opcodes (linux/filter.h)
+LD_H_ABS, LD_B_ABS, LD_H_IND, LDX_B_MSH = 0x28, 0x30, 0x48, 0xB1
+JEQ, JGE, JGT, JSET, RET = 0x15, 0x35, 0x25, 0x45, 0x06
+
+
+def port_ranges(ports: set[int]) -> list[tuple[int, int]]:
+    """``ports`` as sorted runs of consecutive ports: (first, last)."""
+    ranges: list[tuple[int, int]] = []
+    for port in sorted(ports):
+        if ranges and port == ranges[-1][1] + 1:
+            ranges[-1] = (ranges[-1][0], port)
+        else:
+            ranges.append((port, port))
+    return ranges
+
+
+def tcp_port_filter(ports: set[int]) -> list[tuple[int, int, int, int]]:
+    """A classic BPF program (code, jt, jf, k) that keeps the IPv4 TCP frames (not fragments) whose source or
+    destination port is one of ``ports``, so that the kernel queues nothing else for us (what tcpdump's "tcp port
+    A or portrange B-C" compiles to). Jumps are written with labels, then resolved to the relative offsets BPF
+    wants (jt/jf: None is the next instruction, a number that many skipped)."""
+    program: list[tuple[int, object, object, int]] = [
+        (LD_H_ABS, None, None, 12), (JEQ, None, "reject", 0x0800),      # IPv4
+        (LD_B_ABS, None, None, 23), (JEQ, None, "reject", 6),           # TCP
+        (LD_H_ABS, None, None, 20), (JSET, "reject", None, 0x1FFF),     # no fragment offset
+        (LDX_B_MSH, None, None, 14)]                                   # X = IP header length
+    for offset in (14, 16):                                            # source port, then destination port
+        program.append((LD_H_IND, None, None, offset))
+        for first, last in port_ranges(ports):
+            program.append((JGE, None, 1, first))                      # below: on to the next range
+            program.append((JGT, None, "accept", last))                # within: keep
+    program += [("reject", None, None, 0), ("accept", None, None, 0)]
+    labels = {entry[0]: index for index, entry in enumerate(program) if isinstance(entry[0], str)}
+    resolved = []
+    for index, (code, jt, jf, k) in enumerate(program):
+        if isinstance(code, str):
+            resolved.append((RET, 0, 0, 0 if code == "reject" else 262144))
+            continue
+
+        def offset(target: object) -> int:  # None: the next instruction; a number: that many skipped; a label
+            return 0 if target is None else target if isinstance(target, int) else labels[target] - index - 1
+        resolved.append((code, offset(jt), offset(jf), k))
+    return resolved
+
+
+def attach_filter(sock: socket.socket, program: list[tuple[int, int, int, int]]) -> None:
+    code = b"".join(struct.pack("HBBI", *instruction) for instruction in program)
+    buffer = ctypes.create_string_buffer(code)
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, struct.pack("HL", len(program), ctypes.addressof(buffer)))
 
 
 def tcp_segment(frame: bytes) -> tuple[tuple[str, int, str, int], int, bytes] | None:
@@ -53,7 +106,8 @@ class Capture:
         self.ports = set(ports)
         self._segments: dict[tuple, dict[int, bytes]] = defaultdict(dict)
         self._socket = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
-        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024 * 1024)
+        attach_filter(self._socket, tcp_port_filter(self.ports))  # before bind: nothing else is ever queued
+        self._socket.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 64 * 1024 * 1024)
         self._socket.bind(("lo", 0))
         self._socket.settimeout(0.2)
         self._stop = threading.Event()
