@@ -26,9 +26,7 @@ import urllib3
 import yaml
 
 from ..fl.environments import installed, unmet
-
-ARCHIVE_ROUTE = "/flops/model-versions/archive"
-
+from ..tracking.model_archive import ROUTE as ARCHIVE_ROUTE
 
 class FetchError(Exception):
     """The model could not be resolved or fetched; the message says which call and why. ``status``: the tracking

@@ -8,10 +8,9 @@ anonymous client still gets 401; model_archive.py applies the same rule to its r
 
 from __future__ import annotations
 
-import json
 import re
 
-from .checks import endpoint_of, request_json
+from .checks import endpoint_of, json_error, request_json
 
 # The proxied artifact root: mlflow-artifacts:/<path>, without a host (a host sends clients elsewhere) and
 # without '..' segments or escapes.
@@ -30,10 +29,11 @@ def is_allowed_model_source(source: str) -> bool:
 
 
 def refused(message: str):
+    """A 400 in MLflow's error shape, naming what is wrong."""
     from flask import Response
 
-    body = json.dumps({"error_code": "INVALID_PARAMETER_VALUE", "message": message})
-    return Response(body, status=400, mimetype="application/json")
+    status, body = json_error(400, "INVALID_PARAMETER_VALUE", message)
+    return Response(body, status=status, mimetype="application/json")
 
 
 def refuse_foreign_artifact_locations():

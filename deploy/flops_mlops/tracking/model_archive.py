@@ -16,7 +16,6 @@ or version is missing or malformed; 403 without READ; 404 when the model or vers
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import tarfile
@@ -24,18 +23,11 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from .locations import is_allowed_model_source, is_proxied_location
+from .locations import is_allowed_model_source, is_proxied_location, refused
 
 ROUTE = "/flops/model-versions/archive"
 VERSION = re.compile(r"[1-9][0-9]{0,9}")
 CHUNK = 1024 * 1024
-
-
-def _error(status: int, code: str, message: str):
-    from flask import Response
-
-    return Response(json.dumps({"error_code": code, "message": message}), status=status,
-                    mimetype="application/json")
 
 
 def _streamed(folder: Path, archive: Path) -> Iterator[bytes]:
@@ -58,23 +50,19 @@ def write_archive(source: Path, archive: Path) -> None:
 def archive_of_model_version():
     """The route's Flask view (after MLflow's login and permission check)."""
     from flask import Response, request
-    from mlflow.exceptions import MlflowException
     from mlflow.server import handlers
 
     name, version = request.args.get("name", ""), request.args.get("version", "")
     if not name:
-        return _error(400, "INVALID_PARAMETER_VALUE", "name is required: the registered model's name")
+        return refused("name is required: the registered model's name")
     if not VERSION.fullmatch(version):
-        return _error(400, "INVALID_PARAMETER_VALUE", f"version {version[:20]!r} is not a version number (1, 2, ...)")
+        return refused(f"version {version[:20]!r} is not a version number (1, 2, ...)")
     registry = handlers._get_model_registry_store()
-    try:
-        source = registry.get_model_version(name, version).source or ""
-        uri = registry.get_model_version_download_uri(name, version)
-    except MlflowException as exc:
-        return _error(exc.get_http_status_code(), exc.error_code, exc.message)
+    # an unknown model or version raises MLflow's RESOURCE_DOES_NOT_EXIST: catch_mlflow_exception makes it a 404
+    source = registry.get_model_version(name, version).source or ""
+    uri = registry.get_model_version_download_uri(name, version)
     if not (is_allowed_model_source(source) and is_proxied_location(uri)):
-        return _error(400, "INVALID_PARAMETER_VALUE",
-                      "this model version's files are outside this server's proxied store; refused")
+        return refused("this model version's files are outside this server's proxied store; refused")
     repository = handlers._get_artifact_repo_mlflow_artifacts()
     path = handlers._get_workspace_scoped_repo_path_if_enabled(
         handlers._get_proxied_run_artifact_destination_path(proxied_artifact_root=uri))
