@@ -10,8 +10,6 @@ whose files it holds. `gc` removes a deleted run's and a deleted model version's
 
 from __future__ import annotations
 
-import ftplib
-import hashlib
 import io
 import json
 import re
@@ -24,9 +22,10 @@ from pathlib import Path
 
 import conftest
 import pytest
+from backup_checks import ftp_hashes, tenant_snapshot
 from conftest import free_port
 from serving_checks import assert_serves, served_version
-from tracking_checks import ftp_listing, log_example, logged_in
+from tracking_checks import log_example, logged_in
 
 pytestmark = pytest.mark.timeout(1500)
 
@@ -48,49 +47,13 @@ def tracking_uri(stack: conftest.TestStack) -> str:
 def ftp_files(stack: conftest.TestStack) -> dict[str, str]:
     """sha256 of every file in the tenant's FTP folder, by its path there."""
     config = stack.load()
-    store, user, password = config.artifact_store, config.tenant("acme").ftp_user, stack.secrets().ftp_password("acme")
-    hashes = {}
-    paths = ftp_listing(store.host, store.port, user, password, "/")
-    with ftplib.FTP() as ftp:
-        ftp.connect(store.host, store.port, timeout=10)
-        ftp.login(user, password)
-        for path in paths:
-            digest = hashlib.sha256()
-            ftp.retrbinary(f"RETR {path}", digest.update)
-            hashes[path] = digest.hexdigest()
-    return hashes
+    store = config.artifact_store
+    return ftp_hashes(store.host, store.port, config.tenant("acme").ftp_user, stack.secrets().ftp_password("acme"))
 
 
 def snapshot(stack: conftest.TestStack) -> dict:
     """Everything a tenant holds, as the admin reads it through its tracking server, and its FTP files."""
-    import mlflow
-    from flops_mlops.tracking.users import AuthAdmin
-    from mlflow.entities import ViewType
-
-    uri = tracking_uri(stack)
-    client = mlflow.MlflowClient(uri)
-    experiments = client.search_experiments(view_type=ViewType.ALL)
-    ids = [e.experiment_id for e in experiments]
-    runs = client.search_runs(ids, run_view_type=ViewType.ALL, max_results=1000)
-    models = client.search_registered_models()
-    admin = AuthAdmin(uri, stack.admin()[1])
-    return {
-        "experiments": sorted((e.experiment_id, e.name, e.lifecycle_stage, sorted(e.tags.items()))
-                              for e in experiments),
-        "runs": {r.info.run_id: (r.info.run_name, r.info.status, r.info.start_time, r.info.end_time,
-                                 r.info.artifact_uri, r.data.params, r.data.metrics, r.data.tags) for r in runs},
-        "history": {(r.info.run_id, key): [(m.step, m.value, m.timestamp)
-                                           for m in client.get_metric_history(r.info.run_id, key)]
-                    for r in runs for key in r.data.metrics},
-        "registered_models": {m.name: (sorted(m.aliases.items()), sorted(m.tags.items())) for m in models},
-        "versions": sorted((v.name, v.version, v.source, v.run_id, v.status, sorted(v.tags.items()))
-                           for m in models for v in client.search_model_versions(f"name='{m.name}'")),
-        "logged_models": sorted((m.model_id, m.name, m.status, m.artifact_location, sorted(m.params.items()))
-                                for m in client.search_logged_models(experiment_ids=ids)),
-        "users": sorted((u["username"], u["is_admin"], json.dumps(admin.permissions(u["username"]), sort_keys=True))
-                        for u in admin.users()),
-        "files": ftp_files(stack),
-    }
+    return tenant_snapshot(tracking_uri(stack), stack.admin()[1], ftp_files(stack))
 
 
 def assert_champion_serves(stack: conftest.TestStack, project: str, version: str) -> None:
@@ -134,7 +97,8 @@ def test_restore_drill_brings_back_everything_and_the_project_goes_on(make_stack
         assert names.index(auth) < min(i for i, n in enumerate(names) if n.startswith("artifacts/"))
         assert manifest["tenant"] == "acme" and manifest["mlflow_version"] == __import__("mlflow").__version__
         assert re.fullmatch(r"[0-9a-f]{12}", manifest["schema_revision"])
-        assert {f"artifacts{p.removeprefix('/artifacts')}" for p in before["files"]} <= {f["path"] for f in manifest["files"]}
+        archived = {f["path"] for f in manifest["files"]}
+        assert {f"artifacts{p.removeprefix('/artifacts')}" for p in before["files"]} <= archived
 
         stack.down("--purge")
         stack.up()
@@ -164,6 +128,44 @@ def test_restore_drill_brings_back_everything_and_the_project_goes_on(make_stack
         second = run_round(stack, "Demo", rounds=1)
         assert second["experiment_id"] == first["experiment_id"]
         assert int(second["model_version"]) == int(first["model_version"]) + 1
+
+
+def archived_files(archive: Path) -> tuple[dict, set[str]]:
+    """An archive's manifest and the paths of the artifacts it holds (as paths in the tenant's FTP folder)."""
+    with tarfile.open(archive) as tar:
+        manifest = json.loads(tar.extractfile("manifest.json").read())
+        files = {"/" + n for n in tar.getnames() if n.startswith("artifacts/") and tar.getmember(n).isfile()}
+    return manifest, files
+
+
+def test_backup_all_writes_one_archive_per_tenant_with_its_own_data_only(make_stack, tmp_path):
+    stack = make_stack("local", tenants=["acme", "beta"])
+    stack.up()
+    config = stack.load()
+    logged = {t: log_example(config.tracking_uri(config.tenant(t)), experiment=f"{t}-only", login=stack.admin(t))
+              for t in ("acme", "beta")}
+
+    done = stack.cli("backup", "--all", "--out", str(tmp_path / "backups"))
+    assert done.returncode == 0, done.stderr
+    archives = [Path(line) for line in done.stdout.split()]
+    assert len(archives) == 2 and len(set(archives)) == 2
+    assert "tenant acme:" in done.stderr and "tenant beta:" in done.stderr  # progress, per tenant
+    by_tenant = {}
+    for archive in archives:
+        assert stat.S_IMODE(archive.stat().st_mode) == 0o600
+        manifest, files = archived_files(archive)
+        by_tenant[manifest["tenant"]] = (archive, files)
+    assert set(by_tenant) == {"acme", "beta"}
+    for tenant, other in (("acme", "beta"), ("beta", "acme")):
+        archive, files = by_tenant[tenant]
+        own, foreign = logged[tenant].model_id, logged[other].model_id
+        assert any(own in path for path in files), f"{tenant}: its model's files are missing"
+        assert not any(foreign in path for path in files), f"{tenant}'s archive holds {other}'s model"
+
+    # One tenant's archive is not another's: restoring beta's as acme is refused, and nothing changes.
+    wrong = stack.cli("restore", "--tenant", "acme", "--force", str(by_tenant["beta"][0]))
+    assert wrong.returncode == 2 and "beta" in wrong.stderr and "nothing was changed" in wrong.stderr, wrong.stderr
+    assert any(logged["acme"].model_id in path for path in ftp_files(stack))
 
 
 def test_restore_refuses_bad_input_and_changes_nothing(make_stack, tmp_path):

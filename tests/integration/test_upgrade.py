@@ -1,6 +1,8 @@
 """An MLflow upgrade with data (docs/backup.md): a native stack (MariaDB + vsftpd) created and used with an older
 MLflow, then brought up with the pinned one. `up` backs the tenant up before the schema upgrade, everything reads
-back the same, and the champion serves. A schema that a newer MLflow wrote is refused.
+back the same, and the champion serves. A schema that a newer MLflow wrote is refused; the older MLflow restores
+the archive `up` took (the roll-back). An archive the older MLflow takes restores into a purged stack of the
+pinned one (a restore into a newer MLflow).
 
 The older MLflow is a real release from the package index (OLD: its three wheels, on PYTHONPATH in front of the
 venv's, every other package shared): the stack's own code runs on it, as a deployment of that time would.
@@ -110,3 +112,20 @@ def test_up_backs_up_then_upgrades_and_everything_reads_back(make_stack, old_mlf
         assert rolled.returncode == 0, rolled.stderr
         rolled_back = status(stack, old_mlflow)
         assert rolled_back["healthy"] and rolled_back["schema_revision"] == before_status["schema_revision"]
+
+        # Restore into a newer MLflow: an archive the older MLflow takes goes into a purged stack of the pinned one,
+        # whose server brings the schema up to date; everything reads back, and the champion serves.
+        taken = stack.cli("backup", "--tenant", "acme", "--out", str(tmp_path / "old-backups"), env=old_mlflow)
+        assert taken.returncode == 0, taken.stderr
+        old_archive = Path(taken.stdout.strip().splitlines()[-1])
+        with tarfile.open(old_archive) as tar:
+            assert json.loads(tar.extractfile("manifest.json").read())["mlflow_version"] == OLD
+        stack.down("--purge")
+        stack.up()
+        restored = stack.cli("restore", "--tenant", "acme", str(old_archive))
+        assert restored.returncode == 0, restored.stderr
+        assert status(stack)["schema_revision"] == schema.heads()["tracking"]
+        newer = snapshot(stack)
+        for key in before:
+            assert newer[key] == before[key], key
+        assert_champion_serves(stack, "Demo", first["model_version"])
