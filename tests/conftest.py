@@ -225,6 +225,7 @@ def need_tracking_account() -> None:
 # open at its end while the other worker idles.
 SLOW_FILES = (
     "tests/integration/test_model_oci.py",
+    "tests/integration/test_fl_image_oci.py",
     "tests/security/test_attacks.py",
     "tests/integration/test_pyinfra_systemd.py",
     "tests/integration/test_backup.py",

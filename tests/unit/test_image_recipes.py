@@ -61,3 +61,32 @@ def test_the_artifact_store_has_the_dockerfiles_packages_and_entry_point():
 def test_bad_arguments_exit_2_naming_the_value(argv, named):
     done = run_cli(*argv)
     assert done.returncode == 2 and named in done.stderr, done.stderr
+
+
+def test_an_fl_projects_recipe_holds_what_its_dockerfile_holds(tmp_path):
+    from flops_mlops.fl.project_image import REPO_IN_IMAGE, project_recipe
+
+    dockerfile = (ROOT / "deploy" / "images" / "fl-project" / "Dockerfile").read_text(encoding="utf-8")
+    final = re.split(r"^FROM ", dockerfile, flags=re.MULTILINE)[-1].replace("\\\n", " ")
+    recipe = project_recipe("Digits", "abc123", tmp_path / "r.txt", tmp_path / "c.txt", tmp_path)
+    for account in recipe.accounts:
+        assert re.search(rf"useradd --system --uid {account.uid} .*--home-dir {account.home} .*{account.name}\b",
+                         final), account
+    assert f"USER {recipe.config['User']}" in final and f"WORKDIR {recipe.config['WorkingDir']}" in final
+    assert json.loads(re.search(r"^CMD (.+)$", final, flags=re.MULTILINE).group(1)) == recipe.config["Cmd"]
+    assert f"COPY repo/ {REPO_IN_IMAGE}/" in final
+    env = dict(line.split("=", 1) for line in recipe.config["Env"])
+    for key in ("PATH", "PYTHONUNBUFFERED", "MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK", "FLOPS_ML_REPO"):
+        assert re.search(rf"\b{key}={re.escape(env[key])}\s", final), key
+    assert env["FLOPS_ML_REPO_TAG"] == "abc123" and recipe.config["Labels"]["io.flops.ml-repo-tag"] == "abc123"
+    assert recipe.pip_requirements == ("-r", str(tmp_path / "r.txt")) and recipe.constraints == tmp_path / "c.txt"
+
+
+@pytest.mark.parametrize("argv, named", [
+    (["build-fl-image", "--project", "p", "--out", "/nonexistent-folder/p.tar"], "'/nonexistent-folder/p.tar'"),
+    (["build-fl-image", "--project", "p", "--out", "p.tar", "--platform", "linux/riscv64"], "'linux/riscv64'"),
+    (["build-fl-image", "--project", "p", "--out", "p.tar", "--compose-env", ".env"], "--compose-env"),
+], ids=["missing folder", "unknown platform", "compose env without docker"])
+def test_build_fl_image_without_docker_refuses_bad_arguments_with_exit_2(argv, named):
+    done = run_cli(*argv)
+    assert done.returncode == 2 and named in done.stderr, done.stderr

@@ -12,6 +12,12 @@ module prepares its build context and runs ``docker build``:
   native virtualenvs).
 The image is ``flops-mlops/fl-<project>:<tag>``, the tag being the repository's commit (a clone) or a hash of its
 content (a folder): the name compose's fl profile and the project's Oakestra SLA use (``image_name``).
+
+With ``--out`` no Docker daemon is used (``build_oci``): the same image as an OCI image index with a manifest per
+``--platform``, built from a recipe (images.recipe) that says what the Dockerfile holds: Debian's python3, the
+accounts fl and model, the venv of the same requirements and pins (each platform's wheels from the index, without
+emulation), the repository in /srv/fl/repo. The contract is checked first, on this machine, in the project's
+environment (fl/environments.py), as the Dockerfile's last step checks it.
 """
 
 from __future__ import annotations
@@ -27,8 +33,12 @@ from pathlib import Path
 from .. import bundled
 from ..configuration.schema import ConfigError
 from ..processes import StackError
+from ..images import recipe as image_recipe
+from ..images.oci import IMAGE_TAG
+from ..images.platforms import Platform, add_platform_argument, parse_platforms
+from ..images.recipe import PATH, QUIET_PYTHON, Account, Recipe
 from ..images.wheels import own_wheel
-from .environments import default_cache, held_versions, key_of, runtime_requirements
+from .environments import default_cache, for_repository, held_versions, key_of, runtime_requirements
 from .ml_repo import IGNORED_PARTS, MLRepo, RepoError, repository_folder, resolve
 from .settings import PROJECT_RULE, SettingsError, validate_project
 
@@ -48,7 +58,9 @@ def add_build_fl_image_parser(commands):
                     "it (compose's fl profile, the project's Oakestra SLA). The tag is the repository's commit (a "
                     "git URL) or a hash of its files (a folder). Every package comes from a wheelhouse prepared "
                     "here (pip, with this machine's configuration), so the build itself needs no index; the "
-                    "recipe is deploy/images/fl-project/Dockerfile. Needs a Docker engine and a checkout.")
+                    "recipe is deploy/images/fl-project/Dockerfile. Needs a Docker engine and a checkout; with "
+                    "--out no Docker at all: an OCI image index with a manifest per --platform (root, mmdebstrap; "
+                    "docs/images.md).")
     parser.add_argument("--project", required=True, help=f"FL project ({PROJECT_RULE})")
     parser.add_argument("--ml-repo", default=None, metavar="FOLDER|GIT-URL",
                         help="the ML repository (default: the scikit-learn example)")
@@ -58,6 +70,10 @@ def add_build_fl_image_parser(commands):
     parser.add_argument("--compose-env", type=Path, default=None, metavar="FILE",
                         help="also set the compose variables that run this project on the image in FILE (compose's "
                              ".env): " + ", ".join(COMPOSE_VARIABLES) + " (earlier values of them are replaced)")
+    parser.add_argument("--out", default=None, metavar="PATH",
+                        help="build without Docker, and write the image as an OCI layout folder, or an OCI archive "
+                             "if PATH ends in .tar")
+    add_platform_argument(parser)
     return parser
 
 
@@ -67,8 +83,20 @@ def build_fl_image_command(config, args) -> int:
         repo = resolve(args.ml_repo or str(repository_folder("")), args.revision, config.state_dir / "fl" / "repos")
     except (SettingsError, RepoError) as exc:
         raise ConfigError(str(exc)) from None
+    if args.out is not None:
+        if args.compose_env is not None:
+            raise ConfigError("--compose-env: compose runs images of the Docker engine, and --out builds without "
+                              "it; load the image first (skopeo copy oci:PATH docker-daemon:NAME), or drop --out")
+        out = Path(args.out).absolute()
+        if not out.parent.is_dir():
+            raise ConfigError(f"--out: {args.out!r}: its folder {str(out.parent)!r} does not exist")
+        platforms = parse_platforms(args.platform)
+        image = image_name(args.project, repo.tag)
+        digest = build_oci(repo, args.project, platforms, out, progress=print)
+        print(f"built {image} ({digest}) for {', '.join(p.name for p in platforms)} in {out}")
+        return 0
     if shutil.which("docker") is None:
-        raise ConfigError("build-fl-image: no docker command on this machine")
+        raise ConfigError("build-fl-image: no docker command on this machine (--out builds without Docker)")
     if args.compose_env is not None and not args.compose_env.is_file():
         raise ConfigError(f"--compose-env: {args.compose_env} is not a file (compose's .env: flops-mlops secrets "
                           "init writes it)")
@@ -124,6 +152,71 @@ def build(repo: MLRepo, project: str, base_image: str, progress=print) -> str:
         raise StackError(f"docker build of {image} failed (exit {built.returncode}):\n{tail}")
     progress(f"{image} built in {time.monotonic() - started:.0f} s", flush=True)
     return image
+
+
+FL_ACCOUNT, MODEL_ACCOUNT = Account("fl", 10002, "/srv/fl"), Account("model", 10003, "/srv/model")
+REPO_IN_IMAGE = "/srv/fl/repo"
+
+
+def project_recipe(project: str, tag: str, requirements: Path, constraints: Path, wheels: Path) -> Recipe:
+    """What deploy/images/fl-project/Dockerfile holds, as a recipe: the venv of ``requirements`` (the repository's
+    and flops-mlops[fl]) pinned by ``constraints``, pip looking in ``wheels`` too; the repository comes as a layer
+    of its own (``repository_layer``)."""
+    return Recipe(
+        name=f"fl-{project.lower()}", packages=(), accounts=(FL_ACCOUNT, MODEL_ACCOUNT),
+        requirement="the repository's requirements and flops-mlops[fl]",
+        pip_requirements=("-r", str(requirements)), constraints=constraints, find_links=(wheels,),
+        config={"Env": [PATH, *QUIET_PYTHON, f"FLOPS_ML_REPO={REPO_IN_IMAGE}", f"FLOPS_ML_REPO_TAG={tag}"],
+                "User": FL_ACCOUNT.name, "WorkingDir": FL_ACCOUNT.home,
+                "Labels": {"io.flops.ml-repo-tag": tag, "io.flops.project": project},
+                "Cmd": ["python", "-c", "print('choose a role: python -m flops_mlops.fl.aggregator or "
+                        "flops_mlops.fl.learner')"]})
+
+
+def build_oci(repo: MLRepo, project: str, platforms: list[Platform], out: Path, progress=print) -> str:
+    """The project's actor image as an OCI image index for ``platforms``, without Docker; returns its digest."""
+    image = image_name(project, repo.tag)
+    if not IMAGE_TAG.fullmatch(image):
+        raise ConfigError(f"--project: {project!r} gives the image name {image!r}, which is not a valid name:tag")
+    dependencies = repo.dependencies()
+    check_contract(repo, progress)
+    with tempfile.TemporaryDirectory(prefix="flops-fl-oci-") as folder:
+        work = Path(folder)
+        requirements, constraints = work / "requirements.txt", work / "constraints.txt"
+        requirements.write_text("\n".join([*dependencies.requirements, "flops-mlops[fl]"]) + "\n", encoding="utf-8")
+        constraints.write_text("\n".join(held_versions(dependencies)) + "\n", encoding="utf-8")
+        cache = default_cache().parent / "fl-wheels" / key_of(dependencies)
+        recipe = project_recipe(project, repo.tag, requirements, constraints, cache if cache.is_dir() else work)
+
+        def repository_layer(arch: Platform, here: Path) -> list[tuple[Path, str]]:
+            place_repository(repo.folder, here / "repo")
+            return [(here / "repo", f"the ML repository {repo.source} at {repo.tag}, in {REPO_IN_IMAGE}")]
+
+        progress(f"building {image} for {', '.join(p.name for p in platforms)} without Docker", flush=True)
+        return image_recipe.build(recipe, platforms, out, image, more_layers=repository_layer, progress=progress)
+
+
+def check_contract(repo: MLRepo, progress) -> None:
+    """The repository's contract, checked in the project's environment on this machine (no data): a broken
+    repository is no image."""
+    environment = for_repository(repo.dependencies(), progress=progress)
+    with tempfile.TemporaryDirectory(prefix="flops-fl-runtime-") as runtime:
+        done = subprocess.run([str(environment.python), "-m", "flops_mlops.fl.contract", "--ml-repo",
+                               str(repo.folder), "--no-learner"], capture_output=True, text=True,
+                              env={**os.environ, **environment.variables(Path(runtime))})
+    if done.returncode != 0:
+        raise ConfigError(f"{repo.source}: the repository breaks FLOps' contract, so no image is built:\n"
+                          + (done.stderr or done.stdout).strip()[-3000:])
+    progress(f"{repo.source}: the contract holds ({environment.description})", flush=True)
+
+
+def place_repository(source: Path, layer: Path) -> None:
+    """The repository's files (no .git, no bytecode) at /srv/fl/repo in the layer, root's, readable by all."""
+    target = layer / REPO_IN_IMAGE.lstrip("/")
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns(*IGNORED_PARTS, "*.pyc"))
+    for path in [layer, *layer.rglob("*")]:
+        if not path.is_symlink():
+            path.chmod(0o755 if path.is_dir() else 0o644)
 
 
 def fetch_wheels(context: Path, cache: Path, file_name: str) -> None:

@@ -45,6 +45,9 @@ class Recipe:
     accounts: tuple[Account, ...]
     config: dict  # the OCI config's "config": Env, User, Entrypoint, ...
     requirement: str | None = None  # installed into /opt/venv, pinned by the lock; None: no venv
+    pip_requirements: tuple[str, ...] = ()  # pip's arguments for it when not its name (-r FILE)
+    constraints: Path | None = None  # the pins (default: the lock, deploy/images/constraints.txt)
+    find_links: tuple[Path, ...] = ()  # wheel folders pip looks in besides ours and the images' wheelhouse
     leave_out: frozenset[str] = frozenset()  # distributions the image's process never imports
     compile_for: tuple[str, ...] = ()  # bytecode for what importing these loads (none named: for every module)
     files: tuple[tuple[str, str, int], ...] = ()  # (path in the checkout, path in the image, mode)
@@ -67,15 +70,16 @@ def build(recipe: Recipe, platforms: list[Platform], out: Path, tag: str, labels
     """Write the image index of ``recipe`` for ``platforms`` to ``out``; returns its digest. ``more_layers``
     gives, per platform and work folder, further (folder, history line) layers on top."""
     stamp = epoch()
-    constraints = bundled.CHECKOUT / "deploy" / "images" / "constraints.txt"
+    constraints = recipe.constraints or bundled.CHECKOUT / "deploy" / "images" / "constraints.txt"
+    requirements = list(recipe.pip_requirements) or [recipe.requirement or ""]
     with tempfile.TemporaryDirectory(prefix=f"flops-{recipe.name}-oci-") as folder:
         work = Path(folder)
         own, pure = work / "own", work / "host-wheels"
         if recipe.requirement:
             wheels.own_wheel(own)
             progress("wheels for this machine (pure-Python ones serve every platform)", flush=True)
-            wheels.host_wheels(recipe.requirement, constraints,
-                               [own, bundled.CHECKOUT / "deploy" / "images" / "wheelhouse"], pure)
+            wheels.host_wheels(requirements, constraints,
+                               [own, bundled.CHECKOUT / "deploy" / "images" / "wheelhouse", *recipe.find_links], pure)
         # what the server's start imports, found once in this machine's venv: the same names on every platform
         compile_only = wheels.imported_files(recipe.compile_for) if recipe.compile_for else None
         images = []
@@ -93,7 +97,7 @@ def build(recipe: Recipe, platforms: list[Platform], out: Path, tag: str, labels
                              f"{', '.join(f'{a.name} ({a.uid})' for a in recipe.accounts)}")]
             if recipe.requirement:
                 found = here / "wheels"
-                wheels.platform_wheels(arch, recipe.requirement, constraints, [own, pure], found)
+                wheels.platform_wheels(arch, requirements, constraints, [own, pure], found)
                 chosen = sorted(w for w in found.glob("*.whl") if project_name(w) not in recipe.leave_out)
                 progress(f"{arch.name}: {len(chosen)} wheels into /opt/venv", flush=True)
                 wheels.install_venv(here / "venv", arch, chosen, stamp, compile_only)

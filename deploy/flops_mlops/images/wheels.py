@@ -42,18 +42,20 @@ def platform_options(arch: Platform) -> list[str]:
             *(option for abi in (f"cp{PYTHON.replace('.', '')}", "abi3", "none") for option in ("--abi", abi))]
 
 
-def host_wheels(requirement: str, constraints: Path, find_links: list[Path], dest: Path) -> None:
-    """Wheels of ``requirement`` and its dependencies for this machine (pure-Python ones serve every platform)."""
+def host_wheels(requirements: list[str], constraints: Path, find_links: list[Path], dest: Path) -> None:
+    """Wheels of ``requirements`` (pip arguments: names, or -r FILE) and their dependencies for this machine
+    (pure-Python ones serve every platform)."""
     links = [option for folder in find_links for option in ("--find-links", str(folder))]
-    pip("wheel", "--quiet", "--wheel-dir", str(dest), *links, "--constraint", str(constraints), requirement,
-        what=f"pip wheel {requirement}")
+    pip("wheel", "--quiet", "--wheel-dir", str(dest), *links, "--constraint", str(constraints), *requirements,
+        what=f"pip wheel {' '.join(requirements)}")
 
 
-def platform_wheels(arch: Platform, requirement: str, constraints: Path, find_links: list[Path], dest: Path) -> None:
-    """Wheels of ``requirement`` and its dependencies for ``arch``, into ``dest``."""
+def platform_wheels(arch: Platform, requirements: list[str], constraints: Path, find_links: list[Path],
+                    dest: Path) -> None:
+    """Wheels of ``requirements`` and their dependencies for ``arch``, into ``dest``."""
     links = [option for folder in find_links for option in ("--find-links", str(folder))]
     pip("download", "--quiet", *platform_options(arch), "--dest", str(dest), *links, "--constraint",
-        str(constraints), requirement, what=f"pip download {requirement} for {arch.name}")
+        str(constraints), *requirements, what=f"pip download {' '.join(requirements)} for {arch.name}")
 
 
 def install_venv(root: Path, arch: Platform, wheels: list[Path], epoch: int,
