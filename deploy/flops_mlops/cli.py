@@ -23,6 +23,7 @@ from .configuration.stack import StackConfig
 from .fl.command import add_round_parser, round_command  # FL projects (fl/)
 from .fl.project_image import add_build_fl_image_parser, build_fl_image_command
 from .images import command as images  # build-image: our images without Docker (images/)
+from .images import push as image_push  # push-image: an OCI layout to a registry (images/)
 from .native import commands as native  # up, restart, status, down (native/)
 from .oakestra import sla
 from .oakestra.commands import add_parsers as add_oakestra_parsers  # push, undeploy (oakestra/)
@@ -105,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_parser(commands).set_defaults(handler=with_config(serve_command))
     add_build_image_parser(commands).set_defaults(handler=with_config(build_image_command))
     images.add_parser(commands).set_defaults(handler=with_config(images.build_image))
+    image_push.add_parser(commands).set_defaults(handler=with_config(image_push.push_command))
     add_provision_parser(commands).set_defaults(handler=with_config(provision_command))
     return parser
 

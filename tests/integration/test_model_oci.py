@@ -1,7 +1,8 @@
 """`build-model-image --out`: no Docker daemon, one OCI image index for linux/amd64 and linux/arm64. The test trains
 and registers a scikit-learn champion (an FL round), builds the index, unpacks the arm64 image with umoci and runs
 its server under qemu-user-static (binfmt_misc): /invocations answers what pyfunc predicts. A second build of the
-same model gives the same index digest."""
+same model gives the same index digest. The index, pushed to a real registry (push-image), reads back with the
+layout's digests for both platforms."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from oci_checks import (
     running,
     unpack,
 )
+from registry_checks import add_login, assert_pushed, running_registry
 from serving_checks import assert_serves, serving_stack
 
 pytestmark = pytest.mark.timeout(1800)
@@ -105,12 +107,27 @@ def test_same_model_gives_the_same_digest(stack, built, tmp_path, without_docker
     assert image_index(second, TAG)["digest"] in done.stdout
 
 
+def test_pushed_to_a_registry_with_both_platforms(stack, built, tmp_path):
+    """push-image sends the built index to a registry (HTTPS, htpasswd login from the secrets file): the tag
+    resolves to the layout's index digest, each platform's manifest, config and layers have the layout's digests."""
+    with running_registry(tmp_path / "registry") as registry:
+        add_login(stack.load().secrets_file, registry.password)
+        done = stack.cli("push-image", str(built), f"{registry.host}/flops-mlops/shop:1", "--registry-ca",
+                         str(registry.ca), timeout=600)
+        assert done.returncode == 0, done.stderr + done.stdout
+        assert sorted(assert_pushed(registry, built, "flops-mlops/shop", "1")) == ["amd64", "arm64"]
+        assert image_index(built, TAG)["digest"] in done.stdout
+
+
 @pytest.mark.parametrize("extra, named", [
     (["--platform", "linux/s390x"], "'linux/s390x'"),
     (["--platform", "linux/arm64,linux/arm64"], "'linux/arm64,linux/arm64'"),
     (["--out", "/nonexistent-folder/shop.tar"], "'/nonexistent-folder/shop.tar'"),
     (["--out", "shop.tar", "--base", "debian:bookworm"], "'debian:bookworm'"),
-], ids=["unknown platform", "platform twice", "missing folder", "base with out"])
+    (["--out", "shop.tar", "--push", "flops-mlops/shop:1"], "'flops-mlops/shop:1'"),
+    (["--push", "registry.example/shop:1"], "only with --out"),
+], ids=["unknown platform", "platform twice", "missing folder", "base with out", "push without registry",
+        "push without out"])
 def test_bad_arguments_exit_2_naming_the_value(stack, extra, named):
     done = stack.cli("build-model-image", "--tenant", "acme", "--project", "Shop", *extra)
     assert done.returncode == 2 and named in done.stderr, done.stderr

@@ -31,7 +31,7 @@ COMMANDS = dict(commands(build_parser()))
 def test_every_verb_of_the_readme_is_a_command():
     assert {path[0] for path in COMMANDS} == {"secrets", "up", "restart", "status", "down", "config", "round",
                                               "render", "push", "undeploy", "user", "serve", "build-model-image",
-                                              "build-image", "build-fl-image", "provision", "backup", "restore", "gc"}
+                                              "build-image", "push-image", "build-fl-image", "provision", "backup", "restore", "gc"}
 
 
 @pytest.mark.parametrize("path", sorted(COMMANDS), ids=" ".join)

@@ -7,12 +7,14 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import re
 import tarfile
 
 import pytest
 from flops_mlops.configuration.schema import ConfigError
 from flops_mlops.images import oci
 from flops_mlops.images.platforms import PLATFORMS, parse_platforms
+from flops_mlops.images.registry import parse_reference
 
 EPOCH = 1700000000
 
@@ -84,3 +86,22 @@ def test_bad_platforms_are_refused_naming_them(text, named):
 
 def test_platforms_in_the_order_given():
     assert [p.debian for p in parse_platforms("linux/arm64,linux/amd64")] == ["arm64", "amd64"]
+
+
+@pytest.mark.parametrize("text, parts", [
+    ("registry.example:5000/flops-mlops/model-server:0.1.0", ("registry.example:5000", "flops-mlops/model-server",
+                                                              "0.1.0")),
+    ("127.0.0.1:5000/shop:1", ("127.0.0.1:5000", "shop", "1")),
+    ("localhost/a/b:v2", ("localhost", "a/b", "v2")),
+    ("registry:443/shop:1", ("registry:443", "shop", "1")),
+])
+def test_push_references_name_registry_repository_and_tag(text, parts):
+    reference = parse_reference(text)
+    assert (reference.host, reference.repository, reference.tag) == parts and str(reference) == text
+
+
+@pytest.mark.parametrize("text", ["flops-mlops/model-server:0.1.0", "registry.example/shop", "Registry.example/a:1",
+                                  "registry.example/shop@sha256:abc", "https://registry.example/shop:1"])
+def test_push_references_without_a_registry_or_tag_are_refused_naming_them(text):
+    with pytest.raises(ConfigError, match=re.escape(repr(text))):
+        parse_reference(text)

@@ -126,3 +126,21 @@ def test_a_secrets_file_that_is_not_utf8_exits_2_naming_it_and_stays_as_it_was(t
     assert result.returncode == 2, result.stderr
     assert f"{env_file}: not UTF-8 text (byte 34)" in result.stderr and "Traceback" not in result.stderr
     assert env_file.read_bytes() == bad
+
+
+def test_the_registry_login_is_both_keys_or_none(tmp_path):
+    """push-image's login (FLOPS_REGISTRY_USER and FLOPS_REGISTRY_PASSWORD, set by hand): none without them, both
+    when set, refused naming the missing key when one is set alone, or when others may read the file."""
+    cfg = make_config(tmp_path, tenants=("acme",))
+    assert secrets.registry_login(cfg) is None  # no secrets file yet
+    secrets.init(cfg)
+    assert secrets.registry_login(cfg) is None
+    text = cfg.secrets_file.read_text()
+    cfg.secrets_file.write_text(text + "FLOPS_REGISTRY_USER=pusher\n")
+    with pytest.raises(ConfigError, match="FLOPS_REGISTRY_USER is set but FLOPS_REGISTRY_PASSWORD is not"):
+        secrets.registry_login(cfg)
+    cfg.secrets_file.write_text(text + "FLOPS_REGISTRY_USER=pusher\nFLOPS_REGISTRY_PASSWORD=s3cret-value\n")
+    assert secrets.registry_login(cfg) == ("pusher", "s3cret-value")
+    cfg.secrets_file.chmod(0o644)
+    with pytest.raises(ConfigError, match="readable by others"):
+        secrets.registry_login(cfg)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..configuration.schema import ConfigError
 from ..configuration.stack import StackConfig
-from . import recipe
+from . import push, recipe
 from .oci import IMAGE_TAG
 from .catalog import RECIPES
 from .platforms import add_platform_argument, parse_platforms
@@ -21,7 +21,7 @@ def add_parser(commands):
                     "(mmdebstrap; a foreign platform's package scripts under qemu-user-static), that platform's "
                     "wheels installed without emulation, our files, written as one OCI image index to --out. "
                     "Needs root. The same inputs and SOURCE_DATE_EPOCH give the same digest, which it prints. "
-                    "docs/images.md says why and how to copy the result to a registry.")
+                    "With --push, then pushes it to a registry. docs/images.md says why and how.")
     parser.add_argument("name", choices=sorted(RECIPES), metavar="NAME",
                         help=f"the image: {', '.join(sorted(RECIPES))}")
     add_platform_argument(parser)
@@ -30,6 +30,7 @@ def add_parser(commands):
     parser.add_argument("--tag", default=None,
                         help="the index's reference name (default: the configuration's images.<name>, e.g. "
                              "flops-mlops/tracking-server:0.1.0)")
+    push.add_push_arguments(parser, required=False)
     return parser
 
 
@@ -42,8 +43,8 @@ def build_image(config: StackConfig, args) -> int:
     if not IMAGE_TAG.fullmatch(tag):
         raise ConfigError(f"--tag: {tag!r} is not an image name:tag (lowercase name, explicit tag; no latest is "
                           "implied)")
+    target = push.checked(config, args.push, args.registry_ca)
     print(f"building {tag} for {', '.join(p.name for p in platforms)}", flush=True)
     digest = recipe.build(RECIPES[args.name], platforms, out, tag)
-    print(f"built {tag} ({digest}) in {out}; copy it to a registry with: skopeo copy --all "
-          f"{'oci-archive' if out.suffix == '.tar' else 'oci'}:{out}:{tag} docker://REGISTRY/{tag}")
-    return 0
+    print(f"built {tag} ({digest}) in {out}")
+    return push.after_build(out, tag, target)

@@ -23,6 +23,7 @@ from ..configuration.stack import StackConfig
 from ..fl.project_image import image_name
 from ..processes import StackError
 from ..tracking.users import image_user
+from ..images import push
 from ..images.oci import IMAGE_TAG
 from ..images.platforms import DEFAULT as DEFAULT_PLATFORMS
 from ..images.platforms import add_platform_argument, parse_platforms
@@ -58,6 +59,7 @@ def add_build_image_parser(commands):
                         help="build without Docker: write the OCI image index (one manifest per --platform) to PATH, "
                              "an OCI layout folder, or an OCI archive if PATH ends in .tar (needs root, mmdebstrap, "
                              "and qemu-user-static for a foreign platform)")
+    push.add_push_arguments(parser, required=False)
     parser.set_defaults(port=DEFAULT_PORT, poll=0.0)  # what check_arguments checks; the image listens on 8080
     return parser
 
@@ -69,6 +71,9 @@ def build_image_command(config: StackConfig, args) -> int:
                           "is implied)")
     platforms = parse_platforms(args.platform)
     out = Path(args.out).absolute() if args.out else None
+    target = push.checked(config, args.push, args.registry_ca)
+    if target is not None and out is None:
+        raise ConfigError(f"--push {args.push!r}: only with --out (a Docker build is pushed with docker push)")
     if out is not None:
         if args.base is not None:
             raise ConfigError(f"--base {args.base!r}: only for a Docker build (without --out); an OCI image is built "
@@ -88,7 +93,8 @@ def build_image_command(config: StackConfig, args) -> int:
             model = registry.fetch(args.project, version, Path(context) / "model")
             tag = args.tag or f"flops-mlops/model-{tenant.id}-{args.project}:{version}".lower()
             if out is not None:
-                return build_oci(model, platforms, out, tag, tenant.id, args.project, version)
+                build_oci(model, platforms, out, tag, tenant.id, args.project, version)
+                return push.after_build(out, tag, target)
             base = args.base or base_image(config, model, args.project, version)
             (Path(context) / "Dockerfile").write_text(baked_dockerfile(base, tenant.id, args.project, version),
                                                       encoding="utf-8")
@@ -103,7 +109,7 @@ def build_image_command(config: StackConfig, args) -> int:
     return 0
 
 
-def build_oci(model: Path, platforms, out: Path, tag: str, tenant: str, project: str, version: str) -> int:
+def build_oci(model: Path, platforms, out: Path, tag: str, tenant: str, project: str, version: str) -> None:
     """The OCI image index, no Docker daemon: the model-server image's root filesystem per platform, built here."""
     problems = unmet_requirements(model)
     if problems:
@@ -114,9 +120,7 @@ def build_oci(model: Path, platforms, out: Path, tag: str, tenant: str, project:
           f"{tenant}", flush=True)
     digest = oci_image.build(model, platforms, out, tag, served_environment(project, version),
                              labels(tenant, project, version))
-    print(f"built {tag} ({digest}) in {out}; copy it to a registry with: skopeo copy --all "
-          f"{'oci-archive' if out.suffix == '.tar' else 'oci'}:{out}:{tag} docker://REGISTRY/{tag}")
-    return 0
+    print(f"built {tag} ({digest}) in {out}")
 
 
 def served_environment(project: str, version: str) -> dict[str, str]:
