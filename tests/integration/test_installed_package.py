@@ -118,9 +118,13 @@ def test_push_help_and_provision_dry_with_a_shipped_inventory(installed, tmp_pat
     command, folder, _ = installed
     shown = run([command, "push", "--help"], folder)
     assert shown.returncode == 0 and "--orchestrator URL" in shown.stdout and "--templates DIR" in shown.stdout
-    assert run([command, "--config", "stack.yaml", "secrets", "init"], folder).returncode == 0
+    # pyinfra serves plain HTTP still: the shipped Oakestra file with tracking.tls off (on there by default).
+    data = yaml.safe_load((folder / "stack.yaml").read_text())
+    data["tracking"]["tls"] = False
+    (folder / "provision.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    assert run([command, "--config", "provision.yaml", "secrets", "init"], folder).returncode == 0
     root = tmp_path / "sandbox"
-    plan = run([command, "--config", "stack.yaml", "provision", "--inventory", "sandbox", "--dry"], folder,
+    plan = run([command, "--config", "provision.yaml", "provision", "--inventory", "sandbox", "--dry"], folder,
                env={"FLOPS_SANDBOX_ROOT": str(root)})
     assert plan.returncode == 0, plan.stdout[-3000:] + plan.stderr[-3000:]
     output = plan.stdout + plan.stderr
@@ -128,5 +132,5 @@ def test_push_help_and_provision_dry_with_a_shipped_inventory(installed, tmp_pat
     assert "FLOps docker host (Docker Engine + Compose) | Rendered compose.yaml" in output, output[-3000:]
     assert "| Copy " not in output
     assert not root.exists()  # a plan changes nothing
-    unknown = run([command, "--config", "stack.yaml", "provision", "--inventory", "nowhere", "--dry"], folder)
+    unknown = run([command, "--config", "provision.yaml", "provision", "--inventory", "nowhere", "--dry"], folder)
     assert unknown.returncode == 2 and "--inventory: nowhere: no such file, nor an inventory shipped" in unknown.stderr

@@ -61,21 +61,3 @@ def test_the_servers_environment_carries_the_configured_timeouts_quota_and_tls()
     assert artifacts_destination(config, config.tenant("acme"), secrets).startswith("ftp://")
     tls = config.model_copy(update={"artifact_store": config.artifact_store.model_copy(update={"tls": True})})
     assert artifacts_destination(tls, tls.tenant("acme"), secrets).startswith("ftps://flops_acme:pw@")
-
-
-@pytest.mark.parametrize("name, check", [("oakestra.yaml", "flops_mlops.oakestra.sla:check")])
-def test_targets_without_ftps_refuse_tls(name, check):
-    """Oakestra runs a plain-FTP store still, and says so instead of ignoring artifact_store.tls."""
-    import importlib
-    from pathlib import Path
-
-    from flops_mlops.configuration import loading as config_module
-    from flops_mlops.configuration.schema import ConfigError
-
-    config = config_module.load(Path(__file__).resolve().parents[2] / "configs" / name)
-    store = config.artifact_store.model_copy(update={"kind": "vsftpd", "tls": True})
-    tls = config.model_copy(update={"artifact_store": store}).located(config.source)
-    module, function = check.split(":")
-    getattr(importlib.import_module(module), function)(config)  # as shipped: accepted
-    with pytest.raises(ConfigError, match="artifact_store.tls: FTPS runs natively, on compose and with pyinfra; the Oakestra .*got true"):
-        getattr(importlib.import_module(module), function)(tls)

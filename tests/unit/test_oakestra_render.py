@@ -190,8 +190,9 @@ def test_the_aggregator_logs_in_as_its_project_user_with_a_placeholder_push_fill
     assert aggregator["microservice_name"] == "aggregator"
     assert env(aggregator)["MLFLOW_TRACKING_USERNAME"] == f"fl-{project}"
     assert env(aggregator)["MLFLOW_TRACKING_PASSWORD"] == "${" + key + "}"
-    assert env(aggregator)["FLOPS_TRACKING_URI"] == f"http://{tenant_ip}:5000"
-    resolved = sla.resolve_secrets(item.document, {key: "project-Pass_123"})
+    assert env(aggregator)["FLOPS_TRACKING_URI"] == f"https://{tenant_ip}:5000"
+    assert env(aggregator)["FLOPS_TRACKING_CA_B64"] == "${file:ca.crt}"
+    resolved = sla.resolve_secrets(item.document, {key: "project-Pass_123"}, files={"ca.crt": "Q0E"})
     assert "MLFLOW_TRACKING_PASSWORD=project-Pass_123" in resolved["applications"][0]["microservices"][0]["environment"]
 
 
@@ -200,16 +201,17 @@ def test_placeholders_resolve_from_the_secrets_file_only_in_environment(tmp_path
     item = next(r for r in sla.render_all(config) if r.application_name == "tracking")
     values = {key: "x" for key in secrets_module.required_keys(config)}
     values.update({"FLOPS_TENANT_ACME_DB_PASSWORD": "db-Pass_1", "FLOPS_TENANT_ACME_FTP_PASSWORD": "ftpPass2"})
-    resolved = sla.resolve_secrets(item.document, values)
+    files = {name: "pem" for name in sla.pem_files(config)}
+    resolved = sla.resolve_secrets(item.document, values, files=files)
     acme = resolved["applications"][0]["microservices"][0]
     assert "FLOPS_DB_PASSWORD=db-Pass_1" in acme["environment"]
     assert "FLOPS_FTP_PASSWORD=ftpPass2" in acme["environment"]
     assert "FLOPS_DB_HOST=10.30.100.1" in acme["environment"] and "FLOPS_FTP_HOST=10.30.102.1" in acme["environment"]
     assert "${" in json.dumps(item.document)  # the rendered document itself is untouched
     with pytest.raises(ConfigError, match="FLOPS_TENANT_ACME_DB_PASSWORD holds characters"):
-        sla.resolve_secrets(item.document, {**values, "FLOPS_TENANT_ACME_DB_PASSWORD": "a'b"})
+        sla.resolve_secrets(item.document, {**values, "FLOPS_TENANT_ACME_DB_PASSWORD": "a'b"}, files=files)
     with pytest.raises(ConfigError, match="FLOPS_TENANT_GLOBEX_FTP_PASSWORD is missing"):
-        sla.resolve_secrets(item.document, {k: v for k, v in values.items() if "GLOBEX_FTP" not in k})
+        sla.resolve_secrets(item.document, {k: v for k, v in values.items() if "GLOBEX_FTP" not in k}, files=files)
 
 
 def test_fl_users_list_the_tenants_projects_and_push_fills_every_placeholder_in_the_value(tmp_path):
@@ -221,7 +223,7 @@ def test_fl_users_list_the_tenants_projects_and_push_fills_every_placeholder_in_
     assert env(acme)["FLOPS_FL_USERS"] == "mnist:${FLOPS_PROJECT_MNIST_PASSWORD},cifar:${FLOPS_PROJECT_CIFAR_PASSWORD}"
     assert "FLOPS_FL_USERS" not in env(globex)  # no project logs in to globex's server
     values = {key: f"v{i}-{key.lower()}" for i, key in enumerate(secrets_module.required_keys(config))}
-    resolved = sla.resolve_secrets(item.document, values)
+    resolved = sla.resolve_secrets(item.document, values, files={name: "pem" for name in sla.pem_files(config)})
     users = env(resolved["applications"][0]["microservices"][0])["FLOPS_FL_USERS"]
     assert users == (f"mnist:{values['FLOPS_PROJECT_MNIST_PASSWORD']},"
                      f"cifar:{values['FLOPS_PROJECT_CIFAR_PASSWORD']}")
@@ -307,7 +309,7 @@ def test_the_plan_follows_the_slots(tmp_path):
         "mnist/aggregator": "10.30.110.1", "mnist/learner0": "10.30.110.2", "mnist/learner1": "10.30.110.3",
     }
     mnist = rendered[2].document["applications"][0]["microservices"]
-    assert "FLOPS_TRACKING_URI=http://10.30.101.1:5000" in mnist[0]["environment"]
+    assert "FLOPS_TRACKING_URI=https://10.30.101.1:5000" in mnist[0]["environment"]
     assert "FLOPS_AGGREGATOR_ADDRESS=10.30.110.1:8080" in mnist[1]["environment"]
 
 

@@ -33,7 +33,8 @@ def test_one_model_server_per_served_project_logged_in_as_its_reader(tmp_path):
     assert service["code"].endswith("/flops-mlops/model-server:0.1.0")
     assert service["cmd"] == ["python", "-m", "flops_mlops.serving.server"]
     environment = dict(item.split("=", 1) for item in service["environment"])
-    assert environment["MLFLOW_TRACKING_URI"] == f"http://{rendered['tracking/acme']['addresses']['rr_ip']}:5000"
+    assert environment["MLFLOW_TRACKING_URI"] == f"https://{rendered['tracking/acme']['addresses']['rr_ip']}:5000"
+    assert environment["FLOPS_TRACKING_CA_B64"] == "${file:ca.crt}"  # the model server verifies it against the CA
     assert environment["MLFLOW_TRACKING_USERNAME"] == "serve-mnist"
     assert environment["MLFLOW_TRACKING_PASSWORD"] == "${FLOPS_TENANT_ACME_SERVE_PASSWORD}"
     assert environment["FLOPS_SERVE_MODEL_NAME"] == "mnist" and environment["FLOPS_SERVE_ALIAS"] == "champion"

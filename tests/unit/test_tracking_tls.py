@@ -118,10 +118,10 @@ def test_a_missing_file_names_the_key_or_the_file_and_the_fix(tmp_path):
         certificates.tracking_files(ours, "acme")
 
 
-@pytest.mark.parametrize("name, check", [("compose.yaml", "flops_mlops.compose.render:check"),
-                                         ("oakestra.yaml", "flops_mlops.oakestra.sla:check")])
+@pytest.mark.parametrize("name, check", [("compose.yaml", "flops_mlops.compose.render:check")])
 def test_targets_without_https_refuse_tracking_tls(name, check):
-    """HTTPS is for `flops-mlops up` so far: compose and Oakestra say so instead of serving plain HTTP silently."""
+    """HTTPS is not on compose yet: it says so instead of serving plain HTTP silently (Oakestra serves HTTPS:
+    test_oakestra_tls.py)."""
     import importlib
     from pathlib import Path
 

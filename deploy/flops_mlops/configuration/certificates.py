@@ -269,6 +269,8 @@ def ftp_hosts(config: StackConfig, extra: Iterable[str] = ()) -> list[str]:
     """The names the artifact store's certificate holds: artifact_store.host, compose's service name, loopback and
     ``extra`` (the address other hosts reach it at, pyinfra)."""
     hosts = [config.artifact_store.host, COMPOSE_FTP_HOST, "localhost", "127.0.0.1", *extra]
+    if "oakestra" in config.model_fields_set and config.oakestra.run_stores:  # each tenant's FTP service IP
+        hosts += [ips[1] for tenant in config.tenants if (ips := config.oakestra.tenant_ips(tenant.id))]
     return list(dict.fromkeys(host for host in hosts if host not in ("0.0.0.0", "::")))  # a listening wildcard
 
 
@@ -312,11 +314,14 @@ def tracking_leaf(tenant_id: str) -> str:
     return f"tracking-{tenant_id}"
 
 
-def tracking_hosts(config: StackConfig) -> list[str]:
+def tracking_hosts(config: StackConfig, tenant_id: str | None = None) -> list[str]:
     """The names a tracking server's certificate holds: public_host, host (unless a wildcard address),
-    allowed_hosts (without their port), localhost and 127.0.0.1."""
+    allowed_hosts (without their port), localhost and 127.0.0.1; with an oakestra section, the service IP
+    (rr_ip) of tenant ``tenant_id``'s server too."""
     t = config.tracking
     hosts = [t.public_host, *([] if t.host in ("0.0.0.0", "::") else [t.host])]
+    if tenant_id is not None and "oakestra" in config.model_fields_set:
+        hosts += [ips[0] for ips in [config.oakestra.tenant_ips(tenant_id)] if ips]
     for allowed in t.allowed_hosts:  # HOST, HOST:PORT or HOST:* (values.AllowedHost); '*.domain' left out
         host = allowed.partition(":")[0]
         if "*" not in host:
@@ -332,9 +337,10 @@ def make_tracking_certificates(config: StackConfig, force: bool = False,
     t = config.tracking
     if not t.tls or t.tls_certificate is not None:
         return []
-    dns, ips = split_hosts(tracking_hosts(config))
     ids = [tenant.id for tenant in config.tenants] if tenant_ids is None else list(tenant_ids)
-    return [tenant_id for tenant_id in ids if make_leaf(config, tracking_leaf(tenant_id), dns, ips, force=force)]
+    return [tenant_id for tenant_id in ids
+            if make_leaf(config, tracking_leaf(tenant_id), *split_hosts(tracking_hosts(config, tenant_id)),
+                         force=force)]
 
 
 def tracking_files(config: StackConfig, tenant_id: str) -> tuple[Path, Path]:

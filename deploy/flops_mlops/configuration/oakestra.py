@@ -3,6 +3,7 @@ that span several sections are in stack.py (``oakestra_rules``)."""
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Annotated
 
@@ -19,6 +20,14 @@ def _unprivileged_min_max(value: list[int]) -> list[int]:
         raise rule(f"expected [min, max] within 1024-65535, got {value}")
     return value
 
+
+
+SERVICE_NETWORK = ipaddress.IPv4Network("10.30.0.0/16")
+
+
+def service_ip(block: int, host: int) -> str:
+    """The service IP 10.30.<block>.<host> (addresses.rr_ip)."""
+    return str(SERVICE_NETWORK.network_address + block * 256 + host)
 
 
 OakestraPortRange = Annotated[list[StrictInt], AfterValidator(_unprivileged_min_max)]
@@ -158,3 +167,11 @@ class Oakestra(Model):
     aggregator: OakestraResources = doc("resources of an FL aggregator", _resources(1024))
     learner: OakestraResources = doc("resources of an FL learner", _resources(1024))
     model_server: OakestraResources = doc("resources of a model server (serving application)", _resources(768))
+
+    def tenant_ips(self, tenant_id: str) -> tuple[str, str] | None:
+        """(tracking server, FTP server) service IPs of the tenant's slot; None for a tenant without one."""
+        slots = {entry.id: entry.slot for entry in self.tenants}
+        if tenant_id not in slots:
+            return None
+        return (service_ip(self.ip_plan.tracking_block, slots[tenant_id]),
+                service_ip(self.ip_plan.ftp_block, slots[tenant_id]))

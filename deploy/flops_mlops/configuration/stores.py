@@ -73,10 +73,11 @@ class ArtifactStore(Model):
         "the usage); `status` shows each tenant's usage", 10 * 10**9)
     tls: bool = doc(
         "vsftpd only: explicit FTPS (AUTH TLS, then PROT P) between the tracking servers and the store, and plain "
-        "FTP logins refused (native, compose and pyinfra); `secrets init` makes the deployment's CA "
+        "FTP logins refused (native, compose, pyinfra and Oakestra); `secrets init` makes the deployment's CA "
         "(<secrets_file>.ca.crt) and the store's certificate and key signed by it (<secrets_file>.ftp-tls.crt "
-        "and .key, mode 0600, for artifact_store.host, compose's artifact-store and loopback); the servers verify "
-        "chain and host name against the CA. configs/compose.yaml turns it on", False)
+        "and .key, mode 0600, for artifact_store.host, compose's artifact-store, loopback and, with "
+        "oakestra.run_stores, each tenant's FTP service IP); the servers verify chain and host name against the CA. "
+        "configs/compose.yaml and configs/oakestra.yaml turn it on", False)
 
     @model_validator(mode="after")
     def _tls_needs_vsftpd(self) -> ArtifactStore:

@@ -14,7 +14,9 @@ model so far is still registered, then the aggregator exits 1. Progress goes to 
 round, notices, then a summary with links (as `flops-mlops round` prints it); with FLOPS_EVENTS=json as
 ``FLOPS_EVENT {json}`` lines instead, for the runner (``events``). Exit codes: 0 done, 1 a failed round, learner
 or tracking server, or the timeout, 2 bad settings or a repository that breaks the contract. On a failure inside
-the Flower server the process exits at once (the legacy server would otherwise hang).
+the Flower server the process exits at once (the legacy server would otherwise hang). An https tracking server is
+verified against MLFLOW_TRACKING_SERVER_CERT_PATH, or (Oakestra, which passes no files) against the CA certificate
+in FLOPS_TRACKING_CA_B64, written to a private file first (configuration/pem_env.py).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from ..configuration import pem_env
 from . import faults, flavors
 from .best_model import BestModel, RoundResult
 from .contract import ManagedModel, check_repository
@@ -253,8 +256,9 @@ class Ending:
 
 def main(argv: list[str] | None = None) -> int:
     try:
+        pem_env.export_tracking_ca()  # Oakestra with tracking.tls: FLOPS_TRACKING_CA_B64 as MLflow's CA file
         settings = from_environment(argv, "aggregator", "FL aggregator (the only process that logs to MLflow)")
-    except SettingsError as exc:
+    except (SettingsError, pem_env.PemError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     quiet_network_defaults()

@@ -123,13 +123,15 @@ def cmd_push(args: argparse.Namespace) -> int:
         raise ConfigError("--timeout and --poll-interval must be positive")
     config = load(Path(args.config))
     secrets = Secrets.load(config)
-    everything, rendered, deployer = _session(args, config, credentials, list(secrets.values.values()))
+    files = sla.read_pem_files(config)  # certificates and keys, base64url; the keys are masked like the secrets
+    keys = [text for name, text in files.items() if name.endswith(".key")]
+    everything, rendered, deployer = _session(args, config, credentials, [*secrets.values.values(), *keys])
     if args.reviewed:
         stale = differences([item.file for item in rendered], args.reviewed)
         if stale:
             raise ConfigError(f"--reviewed: {', '.join(stale)} differ(s) from what {config.source} renders now; "
                               f"render again and review the change before pushing")
-    documents = [sla.resolve_secrets(item.document, secrets.values, str(secrets.path)) for item in rendered]
+    documents = [sla.resolve_secrets(item.document, secrets.values, str(secrets.path), files) for item in rendered]
     deployer.say(ENVIRONMENT_WARNING)
     with _reporting(deployer, everything):
         for item, document in zip(rendered, documents):

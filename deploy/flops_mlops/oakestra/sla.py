@@ -13,7 +13,11 @@ adding a tenant or project never moves the address of an existing one.
 
 Secrets never reach a rendered file. Templates write ``${FLOPS_...}`` placeholders (``secret(key)``), which
 are allowed only in ``environment`` values (also inside a longer value, such as FLOPS_FL_USERS) and are
-replaced from the secrets file at push time (``resolve_secrets``).
+replaced from the secrets file at push time (``resolve_secrets``). Certificates and keys (tracking.tls: HTTPS on
+the tracking servers; artifact_store.tls: FTPS) travel the same way: ``${file:<name>}`` (``pem_file(name)``) stands
+for the file ``<secrets_file>.<name>`` that `secrets init` made, filled in at push time with its base64url text
+(configuration/pem_env.py), which the containers' entrypoints turn back into private files. Only the files this
+configuration needs (``pem_files``) may be named, only in ``environment``.
 
 Logins: every tracking server runs MLflow's basic auth with its users and grants in the backend store, in the
 tenant's database <database>_auth (tracking/auth_store.py). A tracking server keeps no state of its own: no
@@ -25,7 +29,6 @@ host-path volumes of the store's target_node (``_store_placement``), so they out
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import re
 from dataclasses import dataclass, replace
@@ -37,9 +40,9 @@ import jinja2
 import jsonschema
 
 from .. import bundled
-from ..configuration import certificates
+from ..configuration import certificates, pem_env
 from ..configuration import secrets as secrets_module
-from ..configuration.oakestra import HOSTPATH_DRIVER, OakestraStore, OakestraTarget
+from ..configuration.oakestra import HOSTPATH_DRIVER, OakestraStore, OakestraTarget, service_ip
 from ..configuration.schema import Broken, ConfigError
 from ..configuration.stack import StackConfig, image, oakestra_rules
 from ..fl.ml_repo import RepoError, is_git_url, tag_of
@@ -51,8 +54,8 @@ from ..tracking.users import project_user, serving_user
 
 TEMPLATES_DIR = bundled.folder("sla_templates")
 SCHEMA_FILE = Path(__file__).with_name("sla-v2.0.schema.json")
-SERVICE_NETWORK = ipaddress.IPv4Network("10.30.0.0/16")
 PLACEHOLDER = re.compile(r"\$\{([A-Z][A-Z0-9_]*)\}")
+FILE_PLACEHOLDER = re.compile(r"\$\{file:([a-z0-9][a-z0-9.-]*)\}")
 MYSQL_PORT = 3306
 # The backend-store image (as the official MySQL image) runs this once, on an empty data directory (written by the
 # stores' mysql cmd).
@@ -137,8 +140,7 @@ def project_image(config: StackConfig, project, index: int) -> tuple[str, str]:
     return f"{config.oakestra.registry}/{image_name(project.name, tag)}", tag
 
 
-def _address(block: int, host: int) -> str:
-    return str(SERVICE_NETWORK.network_address + block * 256 + host)
+_address = service_ip
 
 
 def check(config: StackConfig) -> None:
@@ -147,16 +149,42 @@ def check(config: StackConfig) -> None:
         oakestra_rules(config)
     except Broken as exc:
         raise ConfigError(f"{config.source}: {exc}") from None
-    if config.artifact_store.tls:
-        raise ConfigError(f"{config.source}: artifact_store.tls: FTPS runs natively, on compose and with pyinfra; "
-                          "the Oakestra artifact stores speak plain FTP still, so expected false, got true")
-    certificates.refuse_https(config, "the Oakestra")
+    if config.tracking.tls and config.tracking.tls_certificate is not None:
+        raise ConfigError(f"{config.source}: tracking.tls_certificate: on Oakestra the tracking servers present the "
+                          "certificates `secrets init` makes from the deployment's CA, so expected none, got "
+                          f"{str(config.tracking.tls_certificate)!r}")
+
+
+def pem_files(config: StackConfig) -> dict[str, str]:
+    """The files beside the secrets file that the rendered SLAs may name (``${file:<name>}``): {name: what it is}.
+    tracking.tls: the CA and each tenant server's certificate and key; artifact_store.tls: the CA (the tracking
+    servers verify the store against it) and, with run_stores, the stores' certificate and key."""
+    files = {}
+    if config.tracking.tls or config.artifact_store.tls:
+        files["ca.crt"] = "the deployment's CA certificate"
+    if config.tracking.tls:
+        for tenant in config.tenants:
+            leaf = certificates.tracking_leaf(tenant.id)
+            files[f"{leaf}.crt"] = f"tenant {tenant.id}'s tracking server certificate"
+            files[f"{leaf}.key"] = f"tenant {tenant.id}'s tracking server key"
+    if config.artifact_store.tls and config.oakestra.run_stores:
+        files[f"{certificates.FTP_LEAF}.crt"] = "the FTP artifact stores' certificate"
+        files[f"{certificates.FTP_LEAF}.key"] = "the FTP artifact stores' key"
+    return files
+
+
+def pem_file(name: str) -> str:
+    """The placeholder for the file ``<secrets_file>.<name>`` (a certificate or key), filled in only at push time."""
+    if not FILE_PLACEHOLDER.fullmatch("${file:" + name + "}"):
+        raise ValueError(f"pem_file(): {name!r} is not a file name of lowercase letters, digits, '.' and '-'")
+    return "${file:" + name + "}"
 
 
 def context(config: StackConfig) -> dict[str, Any]:
     """Everything the templates may use: names, service IPs, images, resources and secret keys."""
     check(config)
     o = config.oakestra
+    scheme = config.tracking_scheme
     slot_of = {entry.id: entry.slot for entry in o.tenants}
     if o.run_stores:
         stores = {"mysql_host": _address(o.ip_plan.stores_block, 1), "mysql_port": MYSQL_PORT, "ftp_port": FTP_PORT}
@@ -177,6 +205,7 @@ def context(config: StackConfig) -> dict[str, Any]:
             "ftp_password_key": secrets_module.ftp_password_key(tenant.id),
             "admin_password_key": secrets_module.admin_password_key(tenant.id),
             "secret_key_key": secrets_module.secret_key_key(tenant.id),
+            "tls_leaf": certificates.tracking_leaf(tenant.id),  # ${file:<leaf>.crt} / .key with tracking.tls
             "ftp_placement": _store_placement(config, "artifact_store", tenant.id),
             "projects": [],  # filled below: the FL projects whose aggregators log in to this server
             "served": [],  # filled below: the projects whose model servers read their models from this server
@@ -189,7 +218,7 @@ def context(config: StackConfig) -> dict[str, Any]:
         aggregator_ip = _address(block, 1)
         code, tag = project_image(config, project, index)
         hierarchical = project.mode == "hierarchical"
-        settings = FLSettings(project=project.name, tracking_uri=f"http://{tracking['rr_ip']}:{o.tracking_port}",
+        settings = FLSettings(project=project.name, tracking_uri=f"{scheme}://{tracking['rr_ip']}:{o.tracking_port}",
                               rounds=project.rounds, learners=project.learners, min_learners=project.min_learners,
                               flavor=project.flavor or "", ml_repo_tag=tag,
                               aggregator_address=f"0.0.0.0:{o.aggregator_port}", mode=project.mode,
@@ -242,7 +271,7 @@ def context(config: StackConfig) -> dict[str, Any]:
         tracking["projects"].append(entry)
     serving = [{  # the serving application: one model server per project with serve: true
         "name": p.name, "tenant": p.tenant, "rr_ip": _address(o.ip_plan.serving_block, p.slot),
-        "tracking_uri": f"http://{by_id[p.tenant]['rr_ip']}:{o.tracking_port}", "user": serving_user(p.name),
+        "tracking_uri": f"{scheme}://{by_id[p.tenant]['rr_ip']}:{o.tracking_port}", "user": serving_user(p.name),
         "password_key": secrets_module.serve_password_key(p.tenant)} for p in o.projects if p.serve]
     for served in serving:
         by_id[served["tenant"]]["served"].append(served)
@@ -266,6 +295,9 @@ def context(config: StackConfig) -> dict[str, Any]:
         "artifact_quota": config.artifact_store.quota,
         "tracking_public_host": config.tracking.public_host,
         "tracking_allowed_hosts": config.tracking.allowed_hosts,
+        "tracking_tls": config.tracking.tls,
+        "ftp_tls": config.artifact_store.tls,
+        "ftp_leaf": certificates.FTP_LEAF,
         "aggregator_port": o.aggregator_port,
         "tenants": tenants,
         "projects": projects,
@@ -322,8 +354,15 @@ def _service_label(document: dict, path) -> str:
     return ""
 
 
-def validate(document: Any, template: str, name_limit: int = 30, allowed_secrets: set[str] | None = None) -> None:
-    """Check one document against the schema and the secret rules; SlaError names template, field, value."""
+def _placeholders(item: str) -> list[str]:
+    """Every ``${...}`` in an environment item, secret and file placeholders and anything else alike."""
+    return re.findall(r"\$\{[^}]*\}?", item)
+
+
+def validate(document: Any, template: str, name_limit: int = 30, allowed_secrets: set[str] | None = None,
+             allowed_files: set[str] | None = None) -> None:
+    """Check one document against the schema and the secret rules; SlaError names template, field, value.
+    ``allowed_files``: the file names a ``${file:<name>}`` placeholder may take (pem_files)."""
     validator = jsonschema.Draft202012Validator(schema(name_limit))
     errors = sorted(validator.iter_errors(document),
                     key=lambda e: ([(isinstance(p, str), p) for p in e.absolute_path], e.message))
@@ -341,12 +380,19 @@ def validate(document: Any, template: str, name_limit: int = 30, allowed_secrets
             for key, value in service.items():
                 if key == "environment":
                     for e, item in enumerate(value):
-                        for found in PLACEHOLDER.findall(item):
-                            if allowed_secrets is not None and found not in allowed_secrets:
-                                raise SlaError(f"{template}: applications[{a}].microservices[{m}].environment[{e}]: "
-                                               f"{json.dumps(item)}: ${{{found}}} is not a secret of this "
+                        where = f"{template}: applications[{a}].microservices[{m}].environment[{e}]: {json.dumps(item)}"
+                        for found in _placeholders(item):
+                            secret_key, file_name = PLACEHOLDER.fullmatch(found), FILE_PLACEHOLDER.fullmatch(found)
+                            if not secret_key and not file_name:
+                                raise SlaError(f"{where}: {found} is neither a secret placeholder ${{FLOPS_...}} nor "
+                                               "a file placeholder ${file:<name>}")
+                            if secret_key and allowed_secrets is not None and secret_key[1] not in allowed_secrets:
+                                raise SlaError(f"{where}: {found} is not a secret of this "
                                                f"configuration ({', '.join(sorted(allowed_secrets))})")
-                elif PLACEHOLDER.search(json.dumps(value)):
+                            if file_name and allowed_files is not None and file_name[1] not in allowed_files:
+                                raise SlaError(f"{where}: {found} is not a file this configuration needs "
+                                               f"({', '.join(sorted(allowed_files)) or 'none'})")
+                elif PLACEHOLDER.search(json.dumps(value)) or FILE_PLACEHOLDER.search(json.dumps(value)):
                     raise SlaError(f"{template}: applications[{a}].microservices[{m}].{key}: "
                                    f"{json.dumps(value)}: secret placeholders are allowed only in environment")
 
@@ -355,6 +401,7 @@ def _environment(templates_dir: Path) -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(templates_dir)), undefined=jinja2.StrictUndefined,
                              autoescape=False, keep_trailing_newline=True)
     env.globals["secret"] = secret
+    env.globals["pem_file"] = pem_file
     env.filters["tojson"] = _tojson
     return env
 
@@ -401,7 +448,7 @@ def render_all(config: StackConfig, templates_dir: Path | None = None) -> list[R
         except json.JSONDecodeError as exc:
             raise SlaError(f"{template}: rendered text is not JSON (line {exc.lineno}, column {exc.colno}: "
                            f"{exc.msg})") from None
-        validate(document, template, limit, allowed)
+        validate(document, template, limit, allowed, set(pem_files(config)))
         for a, app in enumerate(document["applications"]):
             for m, service in enumerate(app["microservices"]):
                 ip = service.get("addresses", {}).get("rr_ip")
@@ -433,12 +480,37 @@ def strays(rendered: list[Rendered], out_dir: Path) -> list[str]:
 SAFE_SECRET = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
-def resolve_secrets(document: dict, values: dict[str, str], source: str = "secrets file") -> dict:
-    """A copy of ``document`` whose environment placeholders hold the secrets' values.
+def read_pem_files(config: StackConfig) -> dict[str, str]:
+    """{name: base64url text} of every file the SLAs may name (pem_files), read from beside the secrets file;
+    ConfigError naming a missing or unreadable file and the setting that needs it."""
+    check(config)  # a certificate of the user's own is refused before any file is looked for
+    found = {}
+    for name, what in pem_files(config).items():
+        path = certificates.beside_secrets(config, name)
+        try:
+            found[name] = pem_env.encode(path.read_bytes())
+        except OSError as exc:
+            setting = "tracking.tls" if name.startswith("tracking-") else \
+                "artifact_store.tls" if name.startswith(certificates.FTP_LEAF) else "tracking.tls/artifact_store.tls"
+            raise ConfigError(f"{path}: {what}: {exc.strerror.lower() if exc.strerror else exc} ({setting} is true); "
+                              f"make it with `flops-mlops --config {config.source} secrets init`") from None
+    return found
+
+
+def resolve_secrets(document: dict, values: dict[str, str], source: str = "secrets file",
+                    files: dict[str, str] | None = None) -> dict:
+    """A copy of ``document`` whose environment placeholders hold the secrets' values, and its file placeholders
+    the files' base64url text (``files``: read_pem_files).
 
     Values must be URL-safe (letters, digits, '-' and '_', as `secrets init` generates them): they are
     put into store URIs, a SQL string literal and a shell variable without any escaping.
     """
+    def replace_file(match: re.Match) -> str:
+        if files is None or match.group(1) not in files:
+            raise ConfigError(f"{source}: the file {match.group(1)!r} beside it is not among the files read for "
+                              "this push; render again")
+        return files[match.group(1)]
+
     def replace(match: re.Match) -> str:
         key = match.group(1)
         value = values.get(key)
@@ -453,5 +525,6 @@ def resolve_secrets(document: dict, values: dict[str, str], source: str = "secre
     for app in copy["applications"]:
         for service in app["microservices"]:
             if "environment" in service:
-                service["environment"] = [PLACEHOLDER.sub(replace, item) for item in service["environment"]]
+                service["environment"] = [FILE_PLACEHOLDER.sub(replace_file, PLACEHOLDER.sub(replace, item))
+                                          for item in service["environment"]]
     return copy

@@ -13,6 +13,8 @@ Where the model comes from (environment):
                             the tenant's tracking server and a user with READ on the registered model only
   MLFLOW_TRACKING_SERVER_CERT_PATH  with an https:// tracking server: the CA certificate it is verified against
                             (default: the system's store)
+  FLOPS_TRACKING_CA_B64     instead (Oakestra, which passes no files): that CA certificate as base64url; written to
+                            a private file that MLFLOW_TRACKING_SERVER_CERT_PATH then names (configuration/pem_env.py)
   FLOPS_SERVE_MODEL_NAME    registered model (= FL project)
   FLOPS_SERVE_ALIAS         alias to serve (default champion), or FLOPS_SERVE_VERSION: a fixed version
   FLOPS_SERVE_POLL_SECONDS  with an alias: how often to ask where the alias points (default 15; 0: never). When it
@@ -42,6 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..configuration import pem_env
 from .fetch import FetchError, Registry, unmet_requirements
 
 DEFAULT_MAX_BODY = 4 * 2**20
@@ -285,6 +288,7 @@ def follow_alias(settings: Settings, guard: ScoringGuard, stop: threading.Event)
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
+        pem_env.export_tracking_ca()  # Oakestra with tracking.tls: FLOPS_TRACKING_CA_B64 as the CA file to verify
         settings = Settings.from_environment(dict(os.environ))
         # The port is taken before the model is fetched and loaded: no one else takes it meanwhile.
         listener = socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET, socket.SOCK_STREAM)
@@ -295,7 +299,7 @@ def main() -> int:
             raise ServeError(f"FLOPS_SERVE_HOST/FLOPS_SERVE_PORT: cannot listen on {settings.host}:{settings.port} "
                              f"({exc.strerror})") from None
         served = first_model(settings)
-    except (ServeError, FetchError) as exc:
+    except (ServeError, FetchError, pem_env.PemError) as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 2
     import uvicorn

@@ -15,6 +15,13 @@ Environment (defaults in brackets):
   FLOPS_FTP_TLS [false]              true: explicit FTPS (artifact_store.tls), the store's certificate verified
                                      (chain and host name) against the CA certificate in FLOPS_FTP_CA_FILE
   FLOPS_FTP_CA_FILE [/etc/flops-tls/ca.crt]  the deployment's CA certificate (compose mounts it there)
+  FLOPS_TLS [false]                  true: serve HTTPS only (tracking.tls), with the certificate and key files
+                                     FLOPS_TLS_CERTIFICATE_FILE / FLOPS_TLS_KEY_FILE; the server's own calls to
+                                     itself verify it against FLOPS_TLS_CA_FILE
+  FLOPS_TLS_CERTIFICATE_B64, FLOPS_TLS_KEY_B64, FLOPS_TLS_CA_B64, FLOPS_FTP_CA_B64
+                                     Oakestra, which passes no files: those PEM files as base64url (push fills
+                                     them in from beside the secrets file); each is written to a private file
+                                     (0600, in a 0700 folder) whose path the matching *_FILE setting then names
   FLOPS_FTP_CONNECT_TIMEOUT [10]     seconds to connect to and log in to the FTP store (artifact_store.connect_timeout)
   FLOPS_FTP_DATA_TIMEOUT [60]        seconds any later FTP command or transfer may stall (artifact_store.data_timeout)
   FLOPS_ARTIFACT_QUOTA [10GB]        most bytes the tenant's store folder may hold, 0: no limit (artifact_store.quota)
@@ -45,6 +52,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ..configuration import pem_env
 from ..configuration.schema import ConfigError
 from ..configuration.secrets import (
     Secrets,
@@ -118,6 +126,37 @@ def ftp_ca_file(env: dict[str, str]) -> Path | None:
     return path
 
 
+# Oakestra: PEM files as base64url variables -> the file settings that name them once written (pem_files_from_b64).
+PEM_VARIABLES = {"FLOPS_TLS_CERTIFICATE_B64": ("FLOPS_TLS_CERTIFICATE_FILE", "https.crt"),
+                 "FLOPS_TLS_KEY_B64": ("FLOPS_TLS_KEY_FILE", "https.key"),
+                 "FLOPS_TLS_CA_B64": ("FLOPS_TLS_CA_FILE", "ca.crt"),
+                 "FLOPS_FTP_CA_B64": ("FLOPS_FTP_CA_FILE", "ftp-ca.crt")}
+
+
+def pem_files_from_b64(env: dict[str, str]) -> dict[str, str]:
+    """Each *_B64 variable of PEM_VARIABLES set in ``env`` written to a private file (pem_env.write_files); the
+    *_FILE settings that name them, to put over ``env``."""
+    try:
+        paths = pem_env.write_files(env, {key: name for key, (_, name) in PEM_VARIABLES.items()})
+    except pem_env.PemError as exc:
+        raise ConfigError(str(exc)) from None
+    return {PEM_VARIABLES[key][0]: str(path) for key, path in paths.items()}
+
+
+def https_files(env: dict[str, str]) -> tuple[Path, Path] | None:
+    """With FLOPS_TLS: the (certificate, key) files the server serves HTTPS with, both readable."""
+    if not _flag(env, "FLOPS_TLS"):
+        return None
+    files = []
+    for key in ("FLOPS_TLS_CERTIFICATE_FILE", "FLOPS_TLS_KEY_FILE"):
+        value = env.get(key, "").strip()
+        if not value or not Path(value).is_file() or not os.access(value, os.R_OK):
+            raise ConfigError(f"environment: {key}: FLOPS_TLS is true, but {value!r} is not a readable file "
+                              f"(set it, or {key.removesuffix('_FILE')}_B64)")
+        files.append(Path(value))
+    return files[0], files[1]
+
+
 def _size(env: dict[str, str], key: str) -> int:
     value = env.get(key, "").strip()
     if not value:
@@ -188,27 +227,33 @@ def auth_db(env: dict[str, str]) -> Path:
 
 def run_tracking_server(extra_args: list[str]) -> int:
     try:
-        config, tenant, secrets = stack_from_env(dict(os.environ))
-        users, database = fl_users(dict(os.environ)), auth_db(dict(os.environ))
-        readers = fl_users(dict(os.environ), "FLOPS_SERVE_USERS")
-        ftp_ca = ftp_ca_file(dict(os.environ))
+        settings = dict(os.environ)
+        settings.update(pem_files_from_b64(settings))
+        config, tenant, secrets = stack_from_env(settings)
+        users, database = fl_users(settings), auth_db(settings)
+        readers = fl_users(settings, "FLOPS_SERVE_USERS")
+        ftp_ca = ftp_ca_file(settings)
+        tls = https_files(settings)
     except ConfigError as exc:
         print(f"tracking-server: {exc}", file=sys.stderr)
         return 2
     # Drops FLOPS_* (the passwords) from what MLflow sees; with FTPS adds the CA's PEM text (FLOPS_FTP_CA_PEM).
     env = server_env(config, tenant, secrets, database, ftp_ca=ftp_ca)
+    scheme = "https" if tls else "http"
     if users or readers:
         env.update({"FLOPS_FL_USERS": users, "FLOPS_SERVE_USERS": readers,
-                    "FLOPS_LOCAL_URI": f"http://127.0.0.1:{config.tracking.base_port}"})
+                    "FLOPS_LOCAL_URI": f"{scheme}://127.0.0.1:{config.tracking.base_port}"})
+        if tls and settings.get("FLOPS_TLS_CA_FILE", "").strip():
+            env["FLOPS_LOCAL_CA"] = settings["FLOPS_TLS_CA_FILE"].strip()
     print(f"tracking-server: tenant {tenant.id}; backend {mask(env['MLFLOW_BACKEND_STORE_URI'])}; "
           f"artifacts {mask(env['MLFLOW_ARTIFACTS_DESTINATION'])}", flush=True)
     upgrade = subprocess.run([sys.executable, "-m", "flops_mlops.tracking.server", "upgrade-schema"], env=env)
     if upgrade.returncode != 0:
         print("tracking-server: schema upgrade (mlflow db upgrade) failed", file=sys.stderr)
         return 1
-    argv = server_argv(config, tenant) + extra_args
+    argv = server_argv(config, tenant, tls) + extra_args
     public_port = os.environ.get("FLOPS_PUBLIC_PORT", "").strip() or "5000"
-    print(f"tracking-server: {' '.join(argv[1:])}; UI at http://{config.tracking.public_host}:{public_port}",
+    print(f"tracking-server: {' '.join(argv[1:])}; UI at {scheme}://{config.tracking.public_host}:{public_port}",
           flush=True)
     os.execve(argv[0], argv, env)
     return 1  # not reached

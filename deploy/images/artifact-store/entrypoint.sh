@@ -6,6 +6,8 @@
 # as FLOPS_PASV_ADDRESS (publish the same range on the host). FLOPS_FTP_TLS=true: explicit FTPS only (plain
 # logins refused), with the certificate and key in the files FLOPS_FTP_TLS_CERT and FLOPS_FTP_TLS_KEY and the CA
 # certificate FLOPS_FTP_CA_FILE (for the healthcheck), which compose mounts read-only under /etc/flops-tls.
+# Oakestra passes no files: there FLOPS_FTP_TLS_CERT_B64, FLOPS_FTP_TLS_KEY_B64 and FLOPS_FTP_CA_B64 hold them as
+# base64url (filled in by push), written to private files (0600, in a 0700 folder) that the three settings then name.
 set -euf  # -f: no globbing of the words of FLOPS_FTP_USERS
 fail() { echo "artifact-store: $*" >&2; exit 2; }
 # One line matching an extended regex: grep alone would accept a value if any one of its lines matched.
@@ -39,6 +41,15 @@ tls="${FLOPS_FTP_TLS:-false}"
 tls_args=""
 case "$tls" in
     true)
+        if [ -n "${FLOPS_FTP_TLS_CERT_B64:-}${FLOPS_FTP_TLS_KEY_B64:-}${FLOPS_FTP_CA_B64:-}" ]; then
+            pem=$(mktemp -d /run/flops-pem.XXXXXX)  # 0700
+            python3 /usr/local/lib/flops-artifact-store/pem_env.py "$pem" FLOPS_FTP_TLS_CERT_B64=ftp.crt \
+                FLOPS_FTP_TLS_KEY_B64=ftp.key FLOPS_FTP_CA_B64=ca.crt || fail "FTPS files: see the line above"
+            [ -z "${FLOPS_FTP_TLS_CERT_B64:-}" ] || FLOPS_FTP_TLS_CERT="$pem/ftp.crt"
+            [ -z "${FLOPS_FTP_TLS_KEY_B64:-}" ] || FLOPS_FTP_TLS_KEY="$pem/ftp.key"
+            [ -z "${FLOPS_FTP_CA_B64:-}" ] || FLOPS_FTP_CA_FILE="$pem/ca.crt"
+            unset FLOPS_FTP_TLS_KEY_B64
+        fi
         for file in "${FLOPS_FTP_TLS_CERT:=/etc/flops-tls/ftp.crt}" "${FLOPS_FTP_TLS_KEY:=/etc/flops-tls/ftp.key}" \
                     "${FLOPS_FTP_CA_FILE:=/etc/flops-tls/ca.crt}"; do
             valid "$file" '^/[A-Za-z0-9._/-]+$' \
