@@ -36,7 +36,8 @@ Environment (besides MLflow's own: MLFLOW_AUTH_ADMIN_PASSWORD, MLFLOW_FLASK_SERV
                    an earlier release's file, which `upgrade-schema` moves in once
   FLOPS_FL_USERS   optional "project:password,...": FL project users to ensure
   FLOPS_SERVE_USERS optional "project:password,...": model server users (serve-<project>, READ on the model)
-  FLOPS_LOCAL_URI  with FLOPS_FL_USERS: how this process reaches its own server (http://127.0.0.1:<port>)
+  FLOPS_LOCAL_URI  with FLOPS_FL_USERS: how this process reaches its own server (http://127.0.0.1:<port>, or
+                   https:// verified against the CA in MLFLOW_TRACKING_SERVER_CERT_PATH)
   FLOPS_TENANT     the tenant's id, for the login audit lines
 """
 
@@ -191,11 +192,14 @@ def ensure_fl_users_when_up(spec: str, local_uri: str, admin_password: str, time
     from ..configuration.schema import ConfigError
     from .users import AuthAdmin, UserError, ensure_project_user, ensure_serving_user, wait_until_healthy
 
+    # An https local_uri (tracking.tls, pyinfra) is verified against MLFLOW_TRACKING_SERVER_CERT_PATH's CA.
+    verify = os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH") or True
+
     def work() -> None:
-        if not wait_until_healthy(local_uri, timeout):
+        if not wait_until_healthy(local_uri, timeout, verify):
             logging.getLogger("flops_mlops").error("FL project users: %s did not answer; none ensured", local_uri)
             return
-        admin = AuthAdmin(local_uri, admin_password)
+        admin = AuthAdmin(local_uri, admin_password, verify=verify)
         for items, ensure, grant in ((spec, ensure_project_user, "EDIT on project"),
                                      (serve_spec, lambda a, p, w: ensure_serving_user(a, p, w, create=True),
                                       "READ on the registered model")):
