@@ -12,6 +12,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
+import pytest
 import yaml
 from conftest import free_port, free_port_range, run_cli
 
@@ -91,7 +92,8 @@ def check_ftps_only(host: str, port: int, user: str, password: str) -> None:
 
 def check_tenant_end_to_end(config_path: Path, tracking_host: str, backend_host: str, ftp_host: str,
                             tenant_id: str | None = None, mysql_tls: bool | None = None) -> None:
-    """Log a model through the tenant's tracking server (default: the first tenant's); find its files on FTP
+    """Log a model through the tenant's tracking server (default: the first tenant's; over HTTPS verified against
+    the deployment's CA with tracking.tls); find its files on FTP
     and its rows in MySQL, where its database user sees its own database only, over verified TLS when
     ``mysql_tls`` (None: backend_store.tls of the configuration)."""
     import pymysql
@@ -99,15 +101,22 @@ def check_tenant_end_to_end(config_path: Path, tracking_host: str, backend_host:
     from flops_mlops.configuration.secrets import Secrets
     from tracking_checks import assert_the_tested_mariadb, backend_store_facts, log_example, mysql_counts
 
+    from flops_mlops.configuration import certificates
+
     config = config_module.load(config_path)
     secrets = Secrets.load(config)
     tenant = config.tenant(tenant_id) if tenant_id else config.tenants[0]
-    logged = log_example(f"http://{tracking_host}:{config.tracking_port(tenant)}",
-                         login=("admin", secrets.admin_password(tenant.id)))
+    # With tracking.tls over HTTPS, MLflow's client verifying the server against the deployment's CA.
+    tracking_ca = certificates.tracking_ca(config)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("MLFLOW_TRACKING_INSECURE_TLS", raising=False)
+        if tracking_ca is not None:
+            patch.setenv("MLFLOW_TRACKING_SERVER_CERT_PATH", str(tracking_ca))
+        logged = log_example(f"{config.tracking_scheme}://{tracking_host}:{config.tracking_port(tenant)}",
+                             login=("admin", secrets.admin_password(tenant.id)))
 
     # On the FTP store, as the tenant; with artifact_store.tls over FTPS only, the store's certificate verified
     # against the deployment's CA for the address dialled (the tracking server verified it too: it put them there).
-    from flops_mlops.configuration import certificates
 
     folder = f"{tenant.artifact_path}/{logged.experiment_id}/models/{logged.model_id}/artifacts"
     ca = certificates.ca_certificate_path(config) if config.artifact_store.tls else None

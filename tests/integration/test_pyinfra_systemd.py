@@ -7,18 +7,24 @@ python3-venv from apt), with two ways to get the tracking servers' venv: `mlops`
 installs from a wheelhouse mounted into it (flops_pip_args; the containers cannot verify the package index's
 certificate here) into a Docker volume kept between runs (see venv_volume); `mlflow` uses an existing venv
 (flops_manage_venv false): this checkout's, mounted read-only at its own path. The two inventories are
-applied at the same time.
+applied at the same time. The stacks have tracking.tls on, as configs/native.yaml: every tracking server speaks
+HTTPS only, and every client here (the deploy's probe, the servers' own user setup, MLflow's client) verifies it
+against the deployment's CA.
 
-Checked: first apply, second apply with 0 changes, a model logged through each tenant's tracking server and
-found on FTP and in MySQL as that tenant, tracking units ordered after the stores on their host, a changed
-tenant setting restarting exactly that tenant's server, `systemctl restart` of a host's units and a reboot of
-hosts, after which the stack serves again.
+Checked: first apply, second apply with 0 changes, a model logged through each tenant's tracking server (over
+HTTPS) and found on FTP and in MySQL as that tenant, HTTPS with a certificate for the host verified against the
+CA and plain HTTP refused, the key private to the tenant's account, a served model's reader made by its server
+through HTTPS, tracking units ordered after the stores on their host, a changed tenant setting restarting
+exactly that tenant's server, `systemctl restart` of a host's units and a reboot of hosts, after which the stack
+serves again.
 """
 
 from __future__ import annotations
 
 import hashlib
 import shutil
+import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -66,6 +72,9 @@ def wheelhouse(folder: Path) -> Path:
 # How each tracking host gets its venv (see the module's docstring), and what it mounts for that.
 VENVS = {"mlops": {"flops_pip_args": PIP_ARGS},
          "mlflow": {"flops_manage_venv": False, "flops_venv": sys.prefix}}
+# A model the three-host inventory says is served (by a model server not deployed here): acme's tracking server
+# creates its reader, serve-mnist, through its own HTTPS address (FLOPS_LOCAL_URI, verified against the CA).
+SERVED = {"mlflow": {"flops_served_models": ["acme/mnist"]}}
 
 
 def venv_volume() -> str:
@@ -89,19 +98,22 @@ def mounts(wheels: Path) -> dict[str, list[str]]:
 def write_inventory(path: Path, hosts: dict, ssh: dict, names: list[str]) -> None:
     lines = [f'"""Written by {Path(__file__).name}: systemd hosts in containers, group_data defaults."""\n']
     for name in names:
-        data = {**ssh, "ssh_hostname": hosts[name].address, "flops_roles": ROLES[name], **VENVS.get(name, {})}
+        data = {**ssh, "ssh_hostname": hosts[name].address, "flops_roles": ROLES[name], **VENVS.get(name, {}),
+                **SERVED.get(name, {})}
         lines.append(f"{name} = [({name!r}, {data!r})]\n")
     path.write_text("".join(lines), encoding="utf-8")
 
 
 def write_topology_stack(folder: Path, ftp_address: str, tracking_address: str) -> Path:
-    """Stores and servers listen on every address of their host; FTP's passive answers name the FTP host."""
+    """Stores and servers listen on every address of their host; FTP's passive answers name the FTP host. HTTPS on
+    the tracking servers, as configs/native.yaml (their certificates are made by the deploy, for the host too)."""
     folder.mkdir()
     config = write_stack(folder, TENANTS)
     data = yaml.safe_load(config.read_text())
     data["backend_store"]["host"] = data["artifact_store"]["host"] = data["tracking"]["host"] = "0.0.0.0"
     data["artifact_store"]["pasv_address"] = ftp_address
     data["tracking"]["public_host"] = tracking_address
+    data["tracking"]["tls"] = True
     config.write_text(yaml.safe_dump(data))
     return config
 
@@ -145,14 +157,26 @@ def units(topology: dict) -> dict[str, list[str]]:
             "tracking": [f"flops-mlops-{name}-tracking-{tenant}.service" for tenant in TENANTS]}
 
 
+def tracking_uri(topology: dict, tenant) -> str:
+    config = stack(topology["config"])
+    return f"{config.tracking_scheme}://{topology['tracking'].address}:{config.tracking_port(tenant)}"
+
+
+def ca_file(topology: dict) -> str:
+    """The deployment's CA certificate, beside the secrets file on this machine."""
+    from flops_mlops.configuration import certificates
+
+    return str(certificates.tracking_ca(stack(topology["config"])))
+
+
 def wait_serving(topology: dict, timeout: float = 240) -> None:
     config = stack(topology["config"])
     deadline = time.monotonic() + timeout
     for tenant in config.tenants:
-        url = f"http://{topology['tracking'].address}:{config.tracking_port(tenant)}/health"
+        url = f"{tracking_uri(topology, tenant)}/health"
         while True:
             try:
-                if requests.get(url, timeout=3).status_code == 200:
+                if requests.get(url, timeout=3, verify=ca_file(topology)).status_code == 200:
                     break
             except requests.RequestException:
                 pass
@@ -217,8 +241,9 @@ def test_servers_ask_for_a_login_run_as_their_account_and_keep_secrets_private(l
     assert "0" not in accounts.values() and len(set(accounts.values())) == len(accounts), accounts
     for tenant, unit in zip(config.tenants, units(three)["tracking"]):
         account = accounts[tenant.id]
-        uri = f"http://{tracking.address}:{config.tracking_port(tenant)}"
-        anonymous = requests.get(f"{uri}/api/2.0/mlflow/experiments/search", params={"max_results": 1}, timeout=10)
+        uri = tracking_uri(three, tenant)
+        anonymous = requests.get(f"{uri}/api/2.0/mlflow/experiments/search", params={"max_results": 1}, timeout=10,
+                                 verify=ca_file(three))
         assert anonymous.status_code == 401, (anonymous.status_code, anonymous.text[:300])
         pid = tracking.unit_property(unit, "MainPID")
         uids = tracking.run(f"grep '^Uid:' /proc/{pid}/status").split()[1:]
@@ -253,6 +278,77 @@ def test_servers_ask_for_a_login_run_as_their_account_and_keep_secrets_private(l
             assert host.run(f"stat -c '%a %U' {path}").strip() == "600 root", (host.name, path)
     for run in ("first", "second"):
         assert leaked(lab[run]["three_hosts"]["output"]) == [], run
+
+
+def presented(address: str, port: int, ca: str) -> bytes:
+    """The DER certificate the server at ``address``:``port`` presents, verified against ``ca`` for that address."""
+    context = ssl.create_default_context(cafile=ca)
+    with socket.create_connection((address, port), timeout=10) as raw:
+        with context.wrap_socket(raw, server_hostname=address) as tls:
+            return tls.getpeercert(binary_form=True)
+
+
+@pytest.mark.parametrize("topology", list(TOPOLOGIES))
+def test_tracking_servers_speak_https_only_with_their_certificate_and_a_key_only_their_account_reads(lab, topology):
+    """tracking.tls: each server presents its tenant's certificate, for the address the host is reached at (the
+    inventory's), verified against the deployment's CA; plain HTTP gets no answer, nor does a client trusting only
+    the system's store; on the host the certificate is public (0644) and the key its tenant account's (0600)."""
+    from flops_mlops.configuration import certificates
+    from flops_mlops.configuration.secrets import Secrets
+
+    where = lab[topology]
+    config, tracking, ca = stack(where["config"]), where["tracking"], ca_file(where)
+    secrets = Secrets.load(config)
+    etc = f"/etc/flops-mlops/{config.name}"
+    assert tracking.run(f"stat -c '%a %U' {etc}/tracking-ca.crt").strip() == "644 root"
+    for tenant in config.tenants:
+        port, uri = config.tracking_port(tenant), tracking_uri(where, tenant)
+        crt, key = certificates.tracking_files(config, tenant.id)
+        assert presented(tracking.address, port, ca) == ssl.PEM_cert_to_DER_cert(crt.read_text())
+        assert {f"IP:{tracking.address}", f"DNS:{tracking.name}"} <= certificates.certificate_names(crt)
+        admin = ("admin", secrets.admin_password(tenant.id))
+        found = requests.get(f"{uri}/api/2.0/mlflow/experiments/search", params={"max_results": 1}, auth=admin,
+                             timeout=10, verify=ca)
+        assert found.status_code == 200, found.text[:300]
+        plain = f"http://{tracking.address}:{port}"
+        for path in ("/health", "/api/2.0/mlflow/experiments/search"):  # no answer, nor a login over plain HTTP
+            with pytest.raises(requests.ConnectionError):
+                requests.get(f"{plain}{path}", auth=admin, timeout=10)
+        with pytest.raises(requests.exceptions.SSLError, match="CERTIFICATE_VERIFY_FAILED"):
+            requests.get(f"{uri}/health", timeout=10, verify=True)  # the system's store only
+        account = f"flops-mlops-{tenant.id}"
+        on_host = f"{etc}/tracking/{tenant.id}.https"
+        assert tracking.run(f"stat -c '%a %U' {on_host}.crt {on_host}.key").split("\n")[:2] == [
+            "644 root", f"600 {account}"]
+        assert tracking.run(f"sha256sum < {on_host}.key").split()[0] == hashlib.sha256(key.read_bytes()).hexdigest()
+        for other in (t for t in config.tenants if t.id != tenant.id):
+            refused = tracking.run(f"runuser -u flops-mlops-{other.id} -- cat {on_host}.key >/dev/null 2>&1 "
+                                   "&& echo READ || echo REFUSED", check=False).strip()
+            assert refused == "REFUSED", (other.id, tenant.id)
+        # The key's path is in the server's arguments, never the key.
+        pid = tracking.unit_property(f"flops-mlops-{config.name}-tracking-{tenant.id}.service", "MainPID")
+        argv = tracking.run(f"tr '\\0' ' ' < /proc/{pid}/cmdline")
+        assert f"--ssl-keyfile {on_host}.key" in argv and "PRIVATE KEY" not in argv
+
+
+def test_the_tracking_server_creates_a_served_models_reader_through_its_own_https_address(lab):
+    """acme's server on the three hosts makes serve-mnist (READ on model mnist) through https://127.0.0.1,
+    verified against the CA on its host: the reader then reads that model over HTTPS."""
+    from flops_mlops.configuration.secrets import Secrets, serve_password_key
+
+    three = lab["three_hosts"]
+    config = stack(three["config"])
+    acme = config.tenant("acme")
+    uri, ca = tracking_uri(three, acme), ca_file(three)
+    reader = ("serve-mnist", Secrets.load(config).values[serve_password_key("acme")])
+    deadline = time.monotonic() + 120
+    while True:
+        model = requests.get(f"{uri}/api/2.0/mlflow/registered-models/get", params={"name": "mnist"}, auth=reader,
+                             timeout=10, verify=ca)
+        if model.status_code == 200 or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert model.status_code == 200, model.text[:300]
 
 
 def test_tracking_units_start_after_the_stores_on_their_host(lab):

@@ -33,7 +33,10 @@ def test_environment_file_reads_the_champion_as_its_reader(tmp_path):
     s = settings(tmp_path)
     acme = s.config.tenant("acme")
     env = model_server.environment(s, acme, "mnist", "10.0.0.13", "0.0.0.0", 8081)
-    assert env["MLFLOW_TRACKING_URI"] == f"http://10.0.0.13:{s.config.tracking_port(acme)}"
+    # tracking.tls: HTTPS verified against the deployment's CA, put on the model server's host (never "insecure")
+    assert env["MLFLOW_TRACKING_URI"] == f"https://10.0.0.13:{s.config.tracking_port(acme)}"
+    assert env["MLFLOW_TRACKING_SERVER_CERT_PATH"] == "/etc/flops-mlops/golden/tracking-ca.crt"
+    assert "MLFLOW_TRACKING_INSECURE_TLS" not in env
     assert (env["MLFLOW_TRACKING_USERNAME"], env["MLFLOW_TRACKING_PASSWORD"]) == ("serve-mnist", SERVE_PASSWORD)
     assert (env["FLOPS_SERVE_MODEL_NAME"], env["FLOPS_SERVE_ALIAS"], env["FLOPS_SERVE_PORT"]) == ("mnist", "champion",
                                                                                                  "8081")
@@ -61,5 +64,7 @@ def test_tracking_server_creates_the_readers_of_the_models_served_anywhere_in_th
     assert readers == ["mnist", "cifar"]
     env = tracking_server.environment(s, s.config, acme, readers)
     assert env["FLOPS_SERVE_USERS"] == f"mnist:{SERVE_PASSWORD},cifar:{SERVE_PASSWORD}"
-    assert env["FLOPS_LOCAL_URI"] == f"http://127.0.0.1:{s.config.tracking_port(acme)}"
+    # The server creates them through its own HTTPS address, verifying it against the CA on its host.
+    assert env["FLOPS_LOCAL_URI"] == f"https://127.0.0.1:{s.config.tracking_port(acme)}"
+    assert env["MLFLOW_TRACKING_SERVER_CERT_PATH"] == "/etc/flops-mlops/golden/tracking-ca.crt"
     assert "FLOPS_SERVE_USERS" not in tracking_server.environment(s, s.config, acme)

@@ -8,6 +8,7 @@ rewrites them (and fails); review the diff.
 
 from __future__ import annotations
 
+import shlex
 import sys
 from pathlib import Path
 
@@ -49,7 +50,7 @@ def host_settings(tmp_path: Path) -> HostSettings:
         "backend_store": {"kind": "mysql", "managed": False, "host": "10.0.0.11", "port": 3306},
         "artifact_store": {"kind": "vsftpd", "managed": False, "host": "10.0.0.12", "port": 2121,
                            "passive_ports": [30000, 30009], "pasv_address": "10.0.0.12"},
-        "tracking": {"host": "0.0.0.0", "base_port": 5000, "public_host": "mlflow.example.org"},
+        "tracking": {"host": "0.0.0.0", "base_port": 5000, "public_host": "mlflow.example.org", "tls": True},
         "tenants": [{"id": "acme"}, {"id": "globex"}],
     }
     path = tmp_path / "stack.yaml"
@@ -181,3 +182,22 @@ def test_ftps_hosts_get_the_store_certificate_and_the_servers_the_ca_file(tmp_pa
                  "rsa_cert_file=/etc/flops-mlops/golden/vsftpd/ftp.crt",
                  "rsa_private_key_file=/etc/flops-mlops/golden/vsftpd/ftp.key"):
         assert line in conf.splitlines(), line
+
+
+def test_tracking_server_serves_https_with_its_files_and_the_deploy_waits_for_it_verified(tmp_path):
+    """tracking.tls: the unit passes the paths of the certificate and key put on the host (never a key), and the
+    deploy's readiness probe verifies the server against the CA on the host; no client of ours goes "insecure"."""
+    s = host_settings(tmp_path)
+    acme = s.config.tenant("acme")
+    svc = tracking_server.service(s, acme)
+    argv = svc.argv
+    assert argv[argv.index("--ssl-certfile") + 1] == "/etc/flops-mlops/golden/tracking/acme.https.crt"
+    assert argv[argv.index("--ssl-keyfile") + 1] == "/etc/flops-mlops/golden/tracking/acme.https.key"
+    python, flag, code = shlex.split(svc.ready)[:3]
+    assert (python, flag) == ("/opt/flops-mlops/venv/bin/python", "-c")
+    assert "urlopen('https://127.0.0.1:5000/health'" in code
+    assert "create_default_context(cafile='/etc/flops-mlops/golden/tracking-ca.crt')" in code
+    assert "INSECURE" not in code and "CERT_NONE" not in code and "check_hostname" not in code
+    plain = s.config.model_copy(update={"tracking": s.config.tracking.model_copy(update={"tls": False})})
+    off = tracking_server.service(s, acme, plain)
+    assert "--ssl-certfile" not in off.argv and "urlopen('http://127.0.0.1:5000/health'" in shlex.split(off.ready)[2]

@@ -134,10 +134,21 @@ def test_targets_without_https_refuse_tracking_tls(name, check):
         getattr(importlib.import_module(module), function)(on.located(config.source))
 
 
-def test_provision_refuses_tracking_tls_before_any_host_is_contacted(tmp_path, capsys):
-    config = make_config(tmp_path)
-    assert main(["--config", str(config.source), "provision", "--inventory", "single_host"]) == 2
-    assert "tracking.tls: HTTPS on the tracking servers is for `flops-mlops up` so far" in capsys.readouterr().err
+def test_provisioned_servers_certificates_also_hold_the_names_their_host_is_reached_at(tmp_path):
+    """`provision` (pyinfra) extends each tenant's certificate with the tracking host's inventory name and address;
+    a second run with the same names keeps it, and a certificate of the user's own is left alone."""
+    config = make_config(tmp_path, host="0.0.0.0")
+    secrets.init(config)
+    assert certificates.make_tracking_certificates_for(config, ["mlflow-1", "10.0.0.9", "0.0.0.0"]) == ["acme",
+                                                                                                       "globex"]
+    crt, key = certificates.tracking_files(config, "acme")
+    assert certificates.certificate_names(crt) == {"DNS:mlflow.example", "DNS:mlflow-1", "IP:10.0.0.9",
+                                                   "DNS:localhost", "IP:127.0.0.1"}
+    assert certificates.signed_by_ca(config, crt) and stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert certificates.make_tracking_certificates_for(config, ["10.0.0.9"]) == []
+    own = make_config(tmp_path, tls_certificate=str(crt), tls_key=str(key))
+    assert certificates.make_tracking_certificates_for(own, ["mlflow-2"]) == []
+    assert "DNS:mlflow-2" not in certificates.certificate_names(crt)
 
 
 def test_the_native_configuration_turns_every_hop_to_tls_on_and_status_warns_for_each_one_turned_off():

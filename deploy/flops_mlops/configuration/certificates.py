@@ -343,6 +343,17 @@ def make_tracking_certificates(config: StackConfig, force: bool = False,
                          force=force)]
 
 
+def make_tracking_certificates_for(config: StackConfig, extra_hosts: Iterable[str]) -> list[str]:
+    """make_tracking_certificates for servers also reached at ``extra_hosts`` (a pyinfra host's inventory name
+    and address): each tenant's certificate holds tracking_hosts and those; the ids of the tenants whose
+    certificate was made (none with a certificate of the user's own)."""
+    if not config.tracking.tls or config.tracking.tls_certificate is not None:
+        return []
+    extra = [host for host in extra_hosts if host not in ("", "0.0.0.0", "::")]
+    dns, ips = split_hosts(dict.fromkeys([*tracking_hosts(config), *extra]))
+    return [tenant.id for tenant in config.tenants if make_leaf(config, tracking_leaf(tenant.id), dns, ips)]
+
+
 def tracking_files(config: StackConfig, tenant_id: str) -> tuple[Path, Path]:
     """(certificate, key) the tenant's tracking server presents: the user's own (tracking.tls_certificate and
     tls_key) or ours; ConfigError naming the missing file."""

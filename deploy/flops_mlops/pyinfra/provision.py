@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 from .. import bundled
-from ..configuration import certificates
 from ..configuration.schema import ConfigError
 from ..configuration.secrets import Secrets
 from ..configuration.stack import StackConfig
@@ -62,8 +61,6 @@ def check_host_data(config: StackConfig, inventory: Path) -> None:
 
 
 def provision_command(config: StackConfig, args: argparse.Namespace) -> int:
-    if not args.stop:
-        certificates.refuse_https(config, "the pyinfra")  # before any host is contacted
     Secrets.load(config)  # every password the deploys need is there, and the file is private
     if not (PYINFRA_DIR / "deploy.py").is_file():
         raise ConfigError(f"{PYINFRA_DIR}: the pyinfra deploys are missing (reinstall flops-mlops)")

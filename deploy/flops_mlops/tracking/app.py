@@ -36,8 +36,8 @@ Environment (besides MLflow's own: MLFLOW_AUTH_ADMIN_PASSWORD, MLFLOW_FLASK_SERV
                    an earlier release's file, which `upgrade-schema` moves in once
   FLOPS_FL_USERS   optional "project:password,...": FL project users to ensure
   FLOPS_SERVE_USERS optional "project:password,...": model server users (serve-<project>, READ on the model)
-  FLOPS_LOCAL_URI  with FLOPS_FL_USERS: how this process reaches its own server (http://127.0.0.1:<port>)
-  FLOPS_LOCAL_CA   with an https FLOPS_LOCAL_URI: the CA certificate file its certificate is verified against
+  FLOPS_LOCAL_URI  with FLOPS_FL_USERS: how this process reaches its own server (http://127.0.0.1:<port>, or
+                   https:// verified against the CA in MLFLOW_TRACKING_SERVER_CERT_PATH)
   FLOPS_TENANT     the tenant's id, for the login audit lines
 """
 
@@ -186,7 +186,7 @@ def ensure_fl_users_when_up(spec: str, local_uri: str, admin_password: str, time
                             serve_spec: str = "", verify: str | bool = True) -> None:
     """In a background thread: once the server answers, create or re-key each declared project user (``spec``:
     fl-<project>, EDIT on the project) and model server user (``serve_spec``: serve-<project>, READ on its
-    registered model)."""
+    registered model). ``verify``: the CA file an https ``local_uri`` is checked against, or True."""
     import threading
 
     from ..configuration.schema import ConfigError
@@ -339,6 +339,6 @@ def create_app():
         ensure_fl_users_when_up(os.environ.get("FLOPS_FL_USERS", ""), os.environ.get("FLOPS_LOCAL_URI", ""),
                                 os.environ.get("MLFLOW_AUTH_ADMIN_PASSWORD", ""),
                                 serve_spec=os.environ.get("FLOPS_SERVE_USERS", ""),
-                                verify=os.environ.get("FLOPS_LOCAL_CA") or True)
+                                verify=os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH") or True)
     throttled = logins.LoginThrottle(BodyLimit(app), os.environ.get("FLOPS_TENANT", ""), auth.is_unprotected_route)
     return RedactErrorAnswers(throttled, clean, checks.without_internals)

@@ -244,7 +244,7 @@ def run_tracking_server(extra_args: list[str]) -> int:
         env.update({"FLOPS_FL_USERS": users, "FLOPS_SERVE_USERS": readers,
                     "FLOPS_LOCAL_URI": f"{scheme}://127.0.0.1:{config.tracking.base_port}"})
         if tls and settings.get("FLOPS_TLS_CA_FILE", "").strip():
-            env["FLOPS_LOCAL_CA"] = settings["FLOPS_TLS_CA_FILE"].strip()
+            env["MLFLOW_TRACKING_SERVER_CERT_PATH"] = settings["FLOPS_TLS_CA_FILE"].strip()
     print(f"tracking-server: tenant {tenant.id}; backend {mask(env['MLFLOW_BACKEND_STORE_URI'])}; "
           f"artifacts {mask(env['MLFLOW_ARTIFACTS_DESTINATION'])}", flush=True)
     upgrade = subprocess.run([sys.executable, "-m", "flops_mlops.tracking.server", "upgrade-schema"], env=env)

@@ -224,6 +224,7 @@ def ensure_serving_user(admin: AuthAdmin, project: str, password: str, create: b
 
 
 def wait_until_healthy(tracking_uri: str, timeout: float, verify: str | bool = True) -> bool:
+    """Whether ``tracking_uri``/health answers 200 within ``timeout`` s (``verify``: as AuthAdmin.verify)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:

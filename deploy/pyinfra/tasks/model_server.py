@@ -8,7 +8,9 @@ as serve-<project>, a user with READ on that registered model only. Its password
 FLOPS_TENANT_<ID>_SERVE_PASSWORD) reaches it only through its environment file (mode 0600, read by root); the
 tracking server creates that user: the tracking_server role gives each server FLOPS_SERVE_USERS for the projects
 of its tenant that any host of the inventory serves (tracking_server.environment).
-The server follows the champion alias, so a new champion is served without a redeploy.
+The server follows the champion alias, so a new champion is served without a redeploy. With tracking.tls it
+reaches the tracking server over HTTPS, verified against the deployment's CA, put on its host as
+<etc>/tracking-ca.crt (0644, tracking_tls.py) and named in MLFLOW_TRACKING_SERVER_CERT_PATH.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.operations import files, pip
 
-from . import services, settings
+from . import services, settings, tracking_tls
 from .account import tenant_account, tenant_user
 from .settings import TEMPLATES, TRIM, HostDataError, HostSettings
 from .venv import install_flops_mlops
@@ -55,7 +57,8 @@ def folder(s: HostSettings, tenant: Tenant, project: str) -> str:
 def environment(s: HostSettings, tenant: Tenant, project: str, tracking_address: str, listen: str,
                 port: int) -> dict[str, str]:
     return {
-        "MLFLOW_TRACKING_URI": f"http://{tracking_address}:{s.config.tracking_port(tenant)}",
+        "MLFLOW_TRACKING_URI": f"{s.config.tracking_scheme}://{tracking_address}:{s.config.tracking_port(tenant)}",
+        **tracking_tls.client_env(s, s.config),
         "MLFLOW_TRACKING_USERNAME": serving_user(project),
         "MLFLOW_TRACKING_PASSWORD": s.secrets.values[serve_password_key(tenant.id)],
         "MLFLOW_DISABLE_TELEMETRY": "true",
@@ -97,6 +100,7 @@ def model_server() -> None:
         files.directory(name=f"Folder {path}", path=path, user="root", group="root", mode="755")
     files.directory(name="Model server folders (root's; each inside is its tenant's)", path=f"{s.data}/serving",
                     user="root", group="root", mode="711")
+    ca = tracking_tls.put_ca(s)  # with tracking.tls: what the servers verify the tracking server against
     for index, (tenant, project) in enumerate(served_models(s.config)):
         svc = service(s, tenant, project, listen, base_port + index)
         files.directory(name=f"Folder of {tenant.id}/{project}'s model server (0700, {svc.user}'s)",
@@ -107,4 +111,4 @@ def model_server() -> None:
             src=str(TEMPLATES / "model-server.env.j2"), dest=svc.env_file, user="root", group="root", mode="600",
             jinja_env_kwargs=dict(TRIM), stack=s.config.name, tenant=tenant.id, project=project,
             env=environment(s, tenant, project, tracking, listen, base_port + index))
-        services.ensure_running(svc, triggers=[env])
+        services.ensure_running(svc, triggers=[env, *ca])

@@ -13,7 +13,9 @@ live in the backend store (mlflow_<tenant>_auth, flops_mlops/tracking/auth_store
 an earlier release's SQLite auth database until the next start moves it in (auth.db.moved-to-mysql). With
 backend_store.tls the servers verify the MySQL server against the deployment's CA certificate, put on the host as
 <etc>/mysql-ca.crt (public, mode 0644); with artifact_store.tls the FTPS store (chain and the host name they dial)
-against the same CA, put on the host as <etc>/ftp-ca.crt (0644) and named in FLOPS_FTP_CA_FILE.
+against the same CA, put on the host as <etc>/ftp-ca.crt (0644) and named in FLOPS_FTP_CA_FILE. With
+tracking.tls (on in configs/native.yaml) each server speaks HTTPS only, with its certificate and key put on the
+host by tracking_tls.py; the readiness probe and the server's own client verify it against the deployment's CA.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from pyinfra import inventory
 from pyinfra.api import deploy
 from pyinfra.operations import apt, files, pip
 
-from . import artifact_store, backend_store, model_server, services, settings
+from . import artifact_store, backend_store, model_server, services, settings, tracking_tls
 from .account import tenant_account, tenant_user
 from .settings import TEMPLATES, TRIM, HostSettings
 from .venv import install_flops_mlops
@@ -69,7 +71,6 @@ def environment(s: HostSettings, seen: StackConfig, tenant: Tenant, readers: lis
     """The server's environment file: store URIs (with passwords), login settings (admin password, secret key,
     auth database) and MLflow switches, and HOME; nothing else from the machine running pyinfra. ``readers``:
     the tenant's projects that model servers read (served_projects); the server creates their users."""
-    certificates.refuse_https(seen, "the pyinfra")
     ca = Path(mysql_ca(s)) if certificates.mysql_tls(seen) else None
     env = {key: value for key, value in mlflow_server.server_env(seen, tenant, s.secrets, auth_db(s, tenant),
                                                                  ca).items()
@@ -81,6 +82,7 @@ def environment(s: HostSettings, seen: StackConfig, tenant: Tenant, readers: lis
         password = s.secrets.values[serve_password_key(tenant.id)]
         env["FLOPS_SERVE_USERS"] = ",".join(f"{project}:{password}" for project in readers)
         env["FLOPS_LOCAL_URI"] = local_uri(seen, tenant)
+        env.update(tracking_tls.client_env(s, seen))  # what that client verifies an HTTPS server against
     for key, value in env.items():
         if "'" in value or "\n" in value:
             raise ConfigError(f"{s.secrets.path}: a value for tenant {tenant.id} ends up in {key} and contains "
@@ -89,9 +91,9 @@ def environment(s: HostSettings, seen: StackConfig, tenant: Tenant, readers: lis
 
 
 def local_uri(config: StackConfig, tenant: Tenant) -> str:
-    """How the server's own host reaches it."""
+    """How the server's own host reaches it (https with tracking.tls: its certificate holds 127.0.0.1)."""
     listen = "127.0.0.1" if config.tracking.host in ("0.0.0.0", "::") else config.tracking.host
-    return f"http://{listen}:{config.tracking_port(tenant)}"
+    return f"{config.tracking_scheme}://{listen}:{config.tracking_port(tenant)}"
 
 
 def served_projects(config: StackConfig, tenant: Tenant) -> list[str]:
@@ -119,13 +121,12 @@ def service(s: HostSettings, tenant: Tenant, seen: StackConfig | None = None,
             after: tuple[str, ...] = ()) -> services.Service:
     config = seen or s.config
     python = f"{s.venv}/bin/python"
-    health = f"{local_uri(config, tenant)}/health"
-    probe = shlex.join([python, "-c", f"import urllib.request; urllib.request.urlopen({health!r}, timeout=2)"])
+    tls = tracking_tls.server_files(s, tenant) if config.tracking.tls else None
     return services.Service(
         name=f"{s.service_prefix}-tracking-{tenant.id}",
         description=f"MLflow tracking server of tenant {tenant.id} (FLOps MLOps stack {config.name})",
-        argv=[python, *mlflow_server.server_argv(config, tenant)[1:]],
-        ready=f"{probe} >/dev/null 2>&1",
+        argv=[python, *mlflow_server.server_argv(config, tenant, tls)[1:]],
+        ready=tracking_tls.probe(python, f"{local_uri(config, tenant)}/health", tracking_tls.ca_file(s, config)),
         timeout=config.tracking.startup_timeout,
         env_file=f"{s.etc}/tracking/{tenant.id}.env",
         workdir=workdir(s, tenant),
@@ -167,10 +168,14 @@ def tracking_server() -> None:
         package = [*package, files.put(name="The deployment's CA certificate (FTPS)",
                                        src=str(certificates.ftp_files(seen)[0]), dest=ftp_ca(s),
                                        user="root", group="root", mode="644")]
+    if seen.tracking.tls:  # HTTPS: the CA for our clients here, each server's certificate and key below
+        tracking_tls.make_certificates(s)
+        package = [*package, *tracking_tls.put_ca(s)]
     after = local_store_units(s, settings.roles())
     for tenant in seen.tenants:
         svc = service(s, tenant, seen, after)
         group = tenant_account(s, tenant)
+        https = tracking_tls.put_server_files(s, tenant, svc.user, group) if seen.tracking.tls else []
         for path, what in ((svc.workdir, "Working folder"), (auth_dir(s, tenant), "Auth database folder")):
             files.directory(name=f"{what} of {tenant.id} (0700, {svc.user}'s)", path=path, user=svc.user,
                             group=group, mode="700", recursive=True)
@@ -180,7 +185,7 @@ def tracking_server() -> None:
             stack=seen.name, tenant=tenant.id,
             env=environment(s, seen, tenant, served_projects(seen, tenant)),
         )
-        services.ensure_running(svc, triggers=[env, *package])
+        services.ensure_running(svc, triggers=[env, *https, *package])
 
 
 @deploy("Stop FLOps tracking servers")
