@@ -35,9 +35,11 @@ def test_secrets_init_makes_one_private_certificate_per_tenant_server_for_its_na
         for path in (crt, key, certificates.ca_key_path(config)):
             assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
         assert stat.S_IMODE(ca.stat().st_mode) == 0o644  # the CA certificate is public; every client reads it
-        # public_host, allowed_hosts without their port, loopback; not the wildcard address it listens on
+        # public_host, allowed_hosts without their port, its compose service name (the first tenant's is
+        # tracking-server), loopback; not the wildcard address it listens on
+        service = "tracking-server" if tenant == "acme" else f"tracking-server-{tenant}"
         assert certificates.certificate_names(crt) == {"DNS:mlflow.example", "DNS:ui.example", "IP:10.0.0.7",
-                                                       "DNS:localhost", "IP:127.0.0.1"}
+                                                       f"DNS:{service}", "DNS:localhost", "IP:127.0.0.1"}
         context = ssl.create_default_context(cafile=str(ca))
         context.load_cert_chain(str(crt), str(key))  # the key is the certificate's
     assert config.tracking_uri(config.tenant("acme")).startswith("https://mlflow.example:")
@@ -118,10 +120,9 @@ def test_a_missing_file_names_the_key_or_the_file_and_the_fix(tmp_path):
         certificates.tracking_files(ours, "acme")
 
 
-@pytest.mark.parametrize("name, check", [("compose.yaml", "flops_mlops.compose.render:check"),
-                                         ("oakestra.yaml", "flops_mlops.oakestra.sla:check")])
+@pytest.mark.parametrize("name, check", [("oakestra.yaml", "flops_mlops.oakestra.sla:check")])
 def test_targets_without_https_refuse_tracking_tls(name, check):
-    """HTTPS is for `flops-mlops up` so far: compose and Oakestra say so instead of serving plain HTTP silently."""
+    """HTTPS is for `flops-mlops up` and compose so far: Oakestra says so instead of serving plain HTTP silently."""
     import importlib
     from pathlib import Path
 

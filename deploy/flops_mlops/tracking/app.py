@@ -37,6 +37,7 @@ Environment (besides MLflow's own: MLFLOW_AUTH_ADMIN_PASSWORD, MLFLOW_FLASK_SERV
   FLOPS_FL_USERS   optional "project:password,...": FL project users to ensure
   FLOPS_SERVE_USERS optional "project:password,...": model server users (serve-<project>, READ on the model)
   FLOPS_LOCAL_URI  with FLOPS_FL_USERS: how this process reaches its own server (http://127.0.0.1:<port>)
+  FLOPS_LOCAL_CA   with an https FLOPS_LOCAL_URI: the CA certificate it verifies its own server against
   FLOPS_TENANT     the tenant's id, for the login audit lines
 """
 
@@ -182,20 +183,20 @@ class RedactErrorAnswers:
 
 
 def ensure_fl_users_when_up(spec: str, local_uri: str, admin_password: str, timeout: float = 600,
-                            serve_spec: str = "") -> None:
+                            serve_spec: str = "", verify: str | bool = True) -> None:
     """In a background thread: once the server answers, create or re-key each declared project user (``spec``:
     fl-<project>, EDIT on the project) and model server user (``serve_spec``: serve-<project>, READ on its
-    registered model)."""
+    registered model). ``verify``: the CA an https ``local_uri`` is checked against."""
     import threading
 
     from ..configuration.schema import ConfigError
     from .users import AuthAdmin, UserError, ensure_project_user, ensure_serving_user, wait_until_healthy
 
     def work() -> None:
-        if not wait_until_healthy(local_uri, timeout):
+        if not wait_until_healthy(local_uri, timeout, verify):
             logging.getLogger("flops_mlops").error("FL project users: %s did not answer; none ensured", local_uri)
             return
-        admin = AuthAdmin(local_uri, admin_password)
+        admin = AuthAdmin(local_uri, admin_password, verify=verify)
         for items, ensure, grant in ((spec, ensure_project_user, "EDIT on project"),
                                      (serve_spec, lambda a, p, w: ensure_serving_user(a, p, w, create=True),
                                       "READ on the registered model")):
@@ -337,6 +338,7 @@ def create_app():
     if os.environ.get("FLOPS_FL_USERS") or os.environ.get("FLOPS_SERVE_USERS"):
         ensure_fl_users_when_up(os.environ.get("FLOPS_FL_USERS", ""), os.environ.get("FLOPS_LOCAL_URI", ""),
                                 os.environ.get("MLFLOW_AUTH_ADMIN_PASSWORD", ""),
-                                serve_spec=os.environ.get("FLOPS_SERVE_USERS", ""))
+                                serve_spec=os.environ.get("FLOPS_SERVE_USERS", ""),
+                                verify=os.environ.get("FLOPS_LOCAL_CA") or True)
     throttled = logins.LoginThrottle(BodyLimit(app), os.environ.get("FLOPS_TENANT", ""), auth.is_unprotected_route)
     return RedactErrorAnswers(throttled, clean, checks.without_internals)

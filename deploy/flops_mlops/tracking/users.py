@@ -223,11 +223,11 @@ def ensure_serving_user(admin: AuthAdmin, project: str, password: str, create: b
     return name
 
 
-def wait_until_healthy(tracking_uri: str, timeout: float) -> bool:
+def wait_until_healthy(tracking_uri: str, timeout: float, verify: str | bool = True) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            if requests.get(f"{tracking_uri.rstrip('/')}/health", timeout=2).status_code == 200:
+            if requests.get(f"{tracking_uri.rstrip('/')}/health", timeout=2, verify=verify).status_code == 200:
                 return True
         except requests.RequestException:
             pass
