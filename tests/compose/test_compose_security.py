@@ -38,6 +38,7 @@ import pymysql
 import pytest
 import requests
 from compose_stack import DEFAULT_FL_PROJECT, SERVICES, TENANT, ComposeStack, ftp_password, start_stack
+from flops_mlops.stores.mysql import verified_ssl
 from tracking_checks import ftp_client
 
 pytestmark = [pytest.mark.docker, pytest.mark.services, pytest.mark.timeout(1800)]
@@ -151,7 +152,8 @@ def test_one_tenant_reaches_nothing_of_the_other(stack, private):
             pass
     # MySQL: acme's user sees its own database only and cannot use default's.
     with pymysql.connect(host="127.0.0.1", port=stack.ports["FLOPS_MYSQL_PORT"], user=f"mlflow_{OTHER}",
-                         password=stack.secrets[f"FLOPS_TENANT_{OTHER.upper()}_DB_PASSWORD"]) as conn, \
+                         password=stack.secrets[f"FLOPS_TENANT_{OTHER.upper()}_DB_PASSWORD"],
+                         ssl=verified_ssl(stack.ca)) as conn, \
             conn.cursor() as cursor:
         cursor.execute("SHOW DATABASES")
         attempts += 1

@@ -25,9 +25,10 @@ class Tracking(Model):
         "tenant's tracking and model servers run as <os_user>-<tenant>, created when missing, and the embedded "
         "FTP store as os_user itself; ignored otherwise, when everything runs as the invoking user", None)
     tls: bool = doc(
-        "HTTPS on every tracking server (native `up` only so far): `secrets init` makes the deployment's CA and "
-        "one certificate per tenant server (<secrets_file>.ca.crt, .tracking-<tenant>.crt and .key, mode 0600) "
-        "for public_host, host, allowed_hosts, localhost and 127.0.0.1; our clients (round, the aggregator, serve, "
+        "HTTPS on every tracking server (native `up` and compose so far; on in configs/compose.yaml): `secrets "
+        "init` makes the deployment's CA and one certificate per tenant server (<secrets_file>.ca.crt, "
+        ".tracking-<tenant>.crt and .key, mode 0600) for public_host, host, allowed_hosts, its compose service "
+        "name, localhost and 127.0.0.1; our clients (round, the aggregator, serve, "
         "the model server, status, user) verify it against that CA. `secrets renew-certificates` replaces them. "
         "false serves plain HTTP, and `status` warns while it is off", False)
     tls_certificate: FilePath | None = doc(
