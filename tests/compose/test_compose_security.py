@@ -516,6 +516,10 @@ def test_the_artifact_store_speaks_only_ftps_verified_against_the_deployments_ca
     assert stack.exec("artifact-store", "stat", "-c", "%a", "/etc/flops-tls/ftp.key").stdout.strip() == "600"
     for service in ("tracking-server", f"tracking-server-{OTHER}"):
         assert stack.exec(service, "ls", "/etc/flops-tls").stdout.split() == ["ca.crt"]  # no key there
+    # tracking.tls: each server's own HTTPS key, copied by tracking-volumes into its volume, is its uid's alone.
+    for service, uid in (("tracking-server", 20001), (f"tracking-server-{OTHER}", 20002)):
+        mode = stack.exec(service, "stat", "-c", "%a %u", "/srv/mlflow/auth/tls/tracking.key").stdout.strip()
+        assert mode == f"600 {uid}", (service, mode)
     answers = stack.exec("tracking-server", "python", "-c", HANDSHAKES).stdout.splitlines()
     assert answers[0] == "artifact-store verified", answers
     assert answers[1].endswith("refused IP address mismatch, certificate is not valid for "

@@ -141,10 +141,11 @@ def test_provision_refuses_tracking_tls_before_any_host_is_contacted(tmp_path, c
     assert "tracking.tls: HTTPS on the tracking servers is for `flops-mlops up` so far" in capsys.readouterr().err
 
 
-def test_the_native_configuration_turns_every_hop_to_tls_on_and_status_warns_for_each_one_turned_off():
+@pytest.mark.parametrize("name", ["native.yaml", "compose.yaml"])
+def test_the_native_and_compose_configurations_turn_every_hop_to_tls_on_and_status_warns_for_each_one_off(name):
     from pathlib import Path
 
-    native = loading.load(Path(__file__).resolve().parents[2] / "configs" / "native.yaml")
+    native = loading.load(Path(__file__).resolve().parents[2] / "configs" / name)
     assert (native.tracking.tls, native.artifact_store.tls, native.backend_store.tls) == (True, True, True)
     assert warnings(native) == []
     for section in ("tracking", "artifact_store", "backend_store"):
