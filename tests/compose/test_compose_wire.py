@@ -133,3 +133,31 @@ def test_plain_logins_are_refused_on_every_hop(tapped):
             "sys.exit('mysql accepted a login without TLS')\n")
     result = stack.compose("exec", "-T", "tracking-server", "python", "-c", code, check=False, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_cli_verifies_the_compose_tracking_server_against_the_ca(tapped, tmp_path, monkeypatch):
+    """`flops-mlops user list` with a configuration of this stack (configs/compose.yaml on its ports) reaches the
+    tracking server over HTTPS and verifies it with the CA beside the secrets file, with no help from the
+    environment; with another CA it stops at the handshake."""
+    import yaml
+    from conftest import ROOT, run_cli
+
+    stack = tapped[0]
+    for key in ("REQUESTS_CA_BUNDLE", "MLFLOW_TRACKING_SERVER_CERT_PATH"):
+        monkeypatch.delenv(key, raising=False)
+    data = yaml.safe_load((ROOT / "configs" / "compose.yaml").read_text(encoding="utf-8"))
+    data.update(state_dir=str(tmp_path / "state"), secrets_file=str(stack.env_file))
+    data["tracking"]["base_port"] = stack.ports["FLOPS_TRACKING_PORT"]
+    config = tmp_path / "stack.yaml"
+    config.write_text(yaml.safe_dump(data), encoding="utf-8")
+    listed = run_cli("user", "list", "--tenant", TENANT, config=config, timeout=120)
+    assert listed.returncode == 0 and "admin" in listed.stdout, listed.stdout + listed.stderr
+    assert f"fl-{PROJECT}" in listed.stdout
+    other = tmp_path / "other.env"  # the same passwords beside another CA: the handshake fails, nothing is sent
+    other.write_bytes(stack.env_file.read_bytes())
+    other.chmod(0o600)
+    data["secrets_file"] = str(other)
+    config.write_text(yaml.safe_dump(data), encoding="utf-8")
+    assert run_cli("secrets", "init", config=config, timeout=120).returncode == 0  # a new CA and certificates
+    refused = run_cli("user", "list", "--tenant", TENANT, config=config, timeout=120)
+    assert refused.returncode != 0 and "admin" not in refused.stdout, refused.stdout

@@ -192,6 +192,10 @@ def test_nothing_rendered_holds_a_secret_value(tmp_path):
     ({"backend_store.kind": "sqlite"}, "backend_store.kind: compose runs MySQL, so expected mysql, got 'sqlite'"),
     ({"artifact_store.kind": "embedded", "artifact_store.tls": False},
      "artifact_store.kind: compose runs vsftpd, so expected vsftpd, got 'embedded'"),
+    # Certificates of the user's own are for `up`: compose hands each server the one `secrets init` made for it.
+    ({"tracking.tls_certificate": str(ROOT / "README.md"), "tracking.tls_key": str(ROOT / "README.md")},
+     "tracking.tls_certificate: compose serves the certificates `secrets init` makes from the deployment's CA, "
+     "so expected none, got"),
 ])
 def test_a_configuration_compose_cannot_run_is_refused_and_nothing_is_written(tmp_path, changes, message):
     config = write_config(tmp_path, [{"id": "default"}], **changes)
