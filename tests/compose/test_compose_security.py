@@ -446,7 +446,10 @@ def test_login_database_is_in_the_backend_store_and_nothing_stays_beside_the_ser
     assert modes == {"/srv/mlflow/auth": ("20001", "700")}
     # Users and grants are in backend-store's mlflow_default_auth: no SQLite file, and no basic_auth.ini (with
     # MySQL it holds the database password for a moment, in a private temporary folder, then it is removed).
-    assert stack.exec("tracking-server", "ls", "-A", "/srv/mlflow/auth").stdout.split() == []
+    # Only tls/: the server's HTTPS certificate and key (tracking.tls), which tracking-volumes copies in.
+    assert stack.exec("tracking-server", "ls", "-A", "/srv/mlflow/auth").stdout.split() == ["tls"]
+    assert sorted(stack.exec("tracking-server", "ls", "-A", "/srv/mlflow/auth/tls").stdout.split()) == [
+        "tracking.crt", "tracking.key"]
     # The healthcheck is the server's own: as admin, database readable, FL user present.
     check = stack.exec("tracking-server", "flops-tracking-healthcheck")
     assert f"fl-{DEFAULT_FL_PROJECT}" in check.stdout
