@@ -1,6 +1,7 @@
 """What crosses the loopback interface, as a wiretapper on the network would see it: a packet capture (AF_PACKET on
 lo, as root, with a kernel filter that keeps only IPv4 TCP to and from a set of ports, so that other tests' traffic
-cannot fill its buffer) of that traffic, reassembled per connection and direction.
+cannot fill its buffer) of that traffic, reassembled per connection and direction. ``interface=None`` captures on
+every interface instead: the veth pairs of containers too, so traffic between containers on a Docker bridge.
 
     with Capture({3306, 2121, ...}) as capture:
         ...                                    # traffic
@@ -16,6 +17,7 @@ import struct
 import threading
 import time
 from collections import defaultdict
+from pathlib import Path
 
 ETH_P_ALL = 0x0003
 SOL_PACKET = 263
@@ -100,15 +102,17 @@ def tcp_segment(frame: bytes) -> tuple[tuple[str, int, str, int], int, bytes] | 
 
 
 class Capture:
-    """Every TCP payload to or from ``ports`` on lo while the block runs, per connection and direction."""
+    """Every TCP payload to or from ``ports`` on ``interface`` (None: every interface) while the block runs, per
+    connection and direction."""
 
-    def __init__(self, ports: set[int]):
+    def __init__(self, ports: set[int], interface: str | None = "lo"):
         self.ports = set(ports)
         self._segments: dict[tuple, dict[int, bytes]] = defaultdict(dict)
         self._socket = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
         attach_filter(self._socket, tcp_port_filter(self.ports))  # before bind: nothing else is ever queued
         self._socket.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 64 * 1024 * 1024)
-        self._socket.bind(("lo", 0))
+        if interface is not None:
+            self._socket.bind((interface, 0))  # unbound, a packet socket sees every interface
         self._socket.settimeout(0.2)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._read, daemon=True)
@@ -133,7 +137,7 @@ class Capture:
                 continue
             flow, sequence, payload = segment
             if payload and (flow[1] in self.ports or flow[3] in self.ports):
-                # lo delivers each packet twice (out and in): the same sequence number keeps one copy
+                # lo delivers each packet twice (out and in), a bridge's ports each once: one copy per sequence number
                 self._segments[flow][sequence] = payload
 
     def __enter__(self) -> "Capture":
@@ -160,3 +164,22 @@ class Capture:
     def find(self, needle: bytes) -> list[tuple]:
         """The flows whose bytes hold ``needle``."""
         return [flow for flow, data in self.streams.items() if needle in data]
+
+
+def model_pieces(folder: Path) -> list[bytes]:
+    """Three 32-byte pieces from the middle of the model's largest file (its weights)."""
+    largest = max((p for p in folder.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    data = largest.read_bytes()
+    assert len(data) >= 256, largest
+    return [data[i:i + 32] for i in (len(data) // 4, len(data) // 2, 3 * len(data) // 4)]
+
+
+def assert_nothing_in_clear(streams: dict[tuple, bytes], secrets: list[str], models: list[Path]) -> None:
+    """No secret, no HTTP Authorization header and no piece of any model's weights in ``streams``."""
+    for secret in secrets:
+        assert not [f for f, data in streams.items() if secret.encode() in data], "a secret crossed in clear"
+    assert not [f for f, data in streams.items() if b"authorization:" in data.lower()], \
+        "an Authorization header crossed in clear"
+    for model in models:
+        for piece in model_pieces(model):
+            assert not [f for f, data in streams.items() if piece in data], f"model bytes of {model} in clear"

@@ -130,7 +130,7 @@ class ComposeStack:
 
     def tenant_uri(self, tenant: str) -> str:
         variable = "FLOPS_TRACKING_PORT" if tenant == TENANT else f"FLOPS_TENANT_{tenant.upper()}_TRACKING_PORT"
-        return f"http://127.0.0.1:{self.ports[variable]}"
+        return f"https://127.0.0.1:{self.ports[variable]}"  # tracking.tls, on in configs/compose.yaml
 
     @property
     def admin(self) -> tuple[str, str]:
@@ -207,8 +207,13 @@ def start_stack(tmp_path_factory, more_tenants: tuple[str, ...] = (), fl: dict |
     project = f"flopstest-{uuid.uuid4().hex[:8]}"
     stack = ComposeStack(project, folder / ".env", env, ports, read_env(folder / ".env"), files)
     try:
-        stack.up()
-        yield stack
+        # tracking.tls: the tests' clients verify the servers against the deployment's CA, as a user's would
+        # (MLflow's client setting; requests' own for the tests' direct requests), never without verification.
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("MLFLOW_TRACKING_SERVER_CERT_PATH", str(stack.ca))
+            patch.setenv("REQUESTS_CA_BUNDLE", str(stack.ca))
+            stack.up()
+            yield stack
     finally:
         stack.compose("--profile", "*", "down", "--volumes", "--remove-orphans", "--timeout", "20",
                       check=False, timeout=300)

@@ -63,7 +63,8 @@ def test_compose_config_accepts_env_example():
     # The backend store is ours (deploy/images/backend-store), built like the others: what the tests run.
     assert config["services"]["backend-store"]["image"] == "flops-mlops/backend-store:0.1.0"
     assert config["services"]["backend-store"]["build"]["dockerfile"] == "deploy/images/backend-store/Dockerfile"
-    assert config["services"]["backend-store"]["user"] == "mysql"  # not root (the image supports it)
+    # backend_store.tls: the entrypoint starts as root to give mariadbd its copy of the key, which runs as mysql
+    assert "user" not in config["services"]["backend-store"]
     assert {v["name"] for v in config["volumes"].values()} == {"flops-mlops_backend-store", "flops-mlops_artifact-store",
                                                                "flops-mlops_tracking-auth"}
     # The login database survives the container: on the named volume, where the server expects it.
@@ -90,9 +91,11 @@ def test_only_the_aggregator_is_told_where_the_tracking_server_is():
     need_compose()
     services = compose_config(ROOT / ".env.example", "--profile", "fl",
                               files=["-f", str(ROOT / "compose.yaml")])["services"]
-    assert services["fl-aggregator"]["environment"]["FLOPS_TRACKING_URI"] == "http://tracking-server:5000"
+    assert services["fl-aggregator"]["environment"]["FLOPS_TRACKING_URI"] == "https://tracking-server:5000"
+    # ... verifies it against the deployment's CA (tracking.tls) ...
+    assert services["fl-aggregator"]["environment"]["MLFLOW_TRACKING_SERVER_CERT_PATH"] == "/etc/flops-tls/ca.crt"
     # ... and prints links for a browser on the host: the published port.
-    assert services["fl-aggregator"]["environment"]["FLOPS_UI_URL"] == "http://127.0.0.1:5000"
+    assert services["fl-aggregator"]["environment"]["FLOPS_UI_URL"] == "https://127.0.0.1:5000"
     # ... and logs in as its project's user, with the FL password the tracking server created that user with.
     aggregator = services["fl-aggregator"]["environment"]
     tracking = services["tracking-server"]["environment"]

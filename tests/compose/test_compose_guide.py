@@ -105,7 +105,7 @@ def test_the_guide_runs_as_written(clean_checkout):
                 project_name = next(projects)
                 assert f"summary of {project_name}" in result.stdout and "FLOPS_EVENT" not in output, output[-3000:]
                 links = re.findall(r"https?://[^\s\"',]+/#/experiments/\d+[^\s]*", result.stdout)
-                assert len(links) == 2 and all(link.startswith(f"http://127.0.0.1:{tracking_port}/") for link in links)
+                assert len(links) == 2 and all(link.startswith(f"https://127.0.0.1:{tracking_port}/") for link in links)
                 admin = dict(line.split("=", 1) for line in (folder / ".env").read_text().splitlines()
                              if "=" in line and not line.startswith("#"))["FLOPS_TENANT_DEFAULT_ADMIN_PASSWORD"]
                 assert requests.get(links[-1].split("#")[0], auth=("admin", admin), timeout=30).status_code == 200

@@ -38,6 +38,7 @@ import pymysql
 import pytest
 import requests
 from compose_stack import DEFAULT_FL_PROJECT, SERVICES, TENANT, ComposeStack, ftp_password, start_stack
+from flops_mlops.stores.mysql import verified_ssl
 from tracking_checks import ftp_client
 
 pytestmark = [pytest.mark.docker, pytest.mark.services, pytest.mark.timeout(1800)]
@@ -151,7 +152,8 @@ def test_one_tenant_reaches_nothing_of_the_other(stack, private):
             pass
     # MySQL: acme's user sees its own database only and cannot use default's.
     with pymysql.connect(host="127.0.0.1", port=stack.ports["FLOPS_MYSQL_PORT"], user=f"mlflow_{OTHER}",
-                         password=stack.secrets[f"FLOPS_TENANT_{OTHER.upper()}_DB_PASSWORD"]) as conn, \
+                         password=stack.secrets[f"FLOPS_TENANT_{OTHER.upper()}_DB_PASSWORD"],
+                         ssl=verified_ssl(stack.ca)) as conn, \
             conn.cursor() as cursor:
         cursor.execute("SHOW DATABASES")
         attempts += 1
@@ -444,7 +446,10 @@ def test_login_database_is_in_the_backend_store_and_nothing_stays_beside_the_ser
     assert modes == {"/srv/mlflow/auth": ("20001", "700")}
     # Users and grants are in backend-store's mlflow_default_auth: no SQLite file, and no basic_auth.ini (with
     # MySQL it holds the database password for a moment, in a private temporary folder, then it is removed).
-    assert stack.exec("tracking-server", "ls", "-A", "/srv/mlflow/auth").stdout.split() == []
+    # Only tls/: the server's HTTPS certificate and key (tracking.tls), which tracking-volumes copies in.
+    assert stack.exec("tracking-server", "ls", "-A", "/srv/mlflow/auth").stdout.split() == ["tls"]
+    assert sorted(stack.exec("tracking-server", "ls", "-A", "/srv/mlflow/auth/tls").stdout.split()) == [
+        "tracking.crt", "tracking.key"]
     # The healthcheck is the server's own: as admin, database readable, FL user present.
     check = stack.exec("tracking-server", "flops-tracking-healthcheck")
     assert f"fl-{DEFAULT_FL_PROJECT}" in check.stdout
@@ -514,6 +519,10 @@ def test_the_artifact_store_speaks_only_ftps_verified_against_the_deployments_ca
     assert stack.exec("artifact-store", "stat", "-c", "%a", "/etc/flops-tls/ftp.key").stdout.strip() == "600"
     for service in ("tracking-server", f"tracking-server-{OTHER}"):
         assert stack.exec(service, "ls", "/etc/flops-tls").stdout.split() == ["ca.crt"]  # no key there
+    # tracking.tls: each server's own HTTPS key, copied by tracking-volumes into its volume, is its uid's alone.
+    for service, uid in (("tracking-server", 20001), (f"tracking-server-{OTHER}", 20002)):
+        mode = stack.exec(service, "stat", "-c", "%a %u", "/srv/mlflow/auth/tls/tracking.key").stdout.strip()
+        assert mode == f"600 {uid}", (service, mode)
     answers = stack.exec("tracking-server", "python", "-c", HANDSHAKES).stdout.splitlines()
     assert answers[0] == "artifact-store verified", answers
     assert answers[1].endswith("refused IP address mismatch, certificate is not valid for "

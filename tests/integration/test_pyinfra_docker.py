@@ -98,8 +98,8 @@ def test_apply_starts_the_compose_stack_and_second_apply_changes_nothing(docker_
 
 @pytest.mark.parametrize("tenant", ["default", "acme"])
 def test_each_tenant_end_to_end_through_published_ports(docker_sandbox, tenant):
-    check_tenant_end_to_end(docker_sandbox["config"], "127.0.0.1", "127.0.0.1", "127.0.0.1", tenant,
-                            mysql_tls=False)  # docker mode runs compose: its MySQL has no TLS yet
+    # backend_store.tls (the default): compose's MySQL too; the tenant's user is refused without TLS.
+    check_tenant_end_to_end(docker_sandbox["config"], "127.0.0.1", "127.0.0.1", "127.0.0.1", tenant)
 
 
 def test_compose_file_is_the_render_of_the_configuration_with_its_ports(docker_sandbox):
@@ -133,8 +133,9 @@ def test_env_file_is_private_and_carries_exactly_the_secrets_compose_reads(docke
     assert written == expected | {"FLOPS_BIND_ADDRESS", "FLOPS_SECRETS_FILE"}
     for key in expected:
         assert f"\n{key}={secrets.values[key]}\n" in text, key
-    # artifact_store.tls: compose.yaml's secrets find the certificates beside this .env; only the CA is public.
+    # artifact_store.tls and backend_store.tls: compose.yaml's secrets find the certificates beside this .env;
+    # only the CA is public.
     assert f"\nFLOPS_SECRETS_FILE={env_file}\n" in text
-    modes = {suffix: oct(env_file.with_name(f".env.{suffix}").stat().st_mode & 0o777)
-             for suffix in ("ca.crt", "ftp-tls.crt", "ftp-tls.key")}
-    assert modes == {"ca.crt": "0o644", "ftp-tls.crt": "0o600", "ftp-tls.key": "0o600"}
+    suffixes = ("ca.crt", "ftp-tls.crt", "ftp-tls.key", "mysql-tls.crt", "mysql-tls.key")
+    modes = {suffix: oct(env_file.with_name(f".env.{suffix}").stat().st_mode & 0o777) for suffix in suffixes}
+    assert modes == {suffix: "0o644" if suffix == "ca.crt" else "0o600" for suffix in suffixes}

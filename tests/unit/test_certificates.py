@@ -33,7 +33,8 @@ def test_secrets_init_makes_a_ca_and_the_mysql_certificate_privately_and_keeps_t
     # The CA's certificate is public: containers of other uids read it where compose bind-mounts it.
     assert stat.S_IMODE(files[0].stat().st_mode) == 0o644
     ca, crt, _ = files
-    assert certificates.certificate_names(crt) == {"DNS:localhost", "IP:127.0.0.1"}
+    # compose's service name too: the tracking servers dial backend-store there, and one certificate serves all
+    assert certificates.certificate_names(crt) == {"DNS:backend-store", "DNS:localhost", "IP:127.0.0.1"}
     context = ssl.create_default_context(cafile=str(ca))  # the chain verifies: a CA, and a leaf it signed
     context.load_verify_locations(cafile=str(ca))
     before = crt.read_bytes()
@@ -45,7 +46,8 @@ def test_a_leaf_is_made_again_when_it_lacks_a_name(tmp_path):
     config = make_config(tmp_path, host="db.example")
     assert certificates.make_mysql_certificate(config)
     crt = certificates.leaf_paths(config, certificates.MYSQL_LEAF)[0]
-    assert certificates.certificate_names(crt) == {"DNS:db.example", "DNS:localhost", "IP:127.0.0.1"}
+    assert certificates.certificate_names(crt) == {"DNS:db.example", "DNS:backend-store", "DNS:localhost",
+                                                   "IP:127.0.0.1"}
     assert certificates.make_mysql_certificate(config, extra_hosts=["10.1.2.3"])
     assert "IP:10.1.2.3" in certificates.certificate_names(crt)
     assert not certificates.make_mysql_certificate(config)  # covers every name still

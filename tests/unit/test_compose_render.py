@@ -96,8 +96,8 @@ def test_the_fl_profile_prints_links_a_browser_on_this_machine_opens(tmp_path):
     document = render(tmp_path, [{"id": "acme"}], **{"tracking.public_host": "mlflow.example.org",
                                                      "tracking.base_port": 5500})
     aggregator = document["services"]["fl-aggregator"]["environment"]
-    assert aggregator["FLOPS_TRACKING_URI"] == "http://tracking-server:5000"  # inside the compose network
-    assert aggregator["FLOPS_UI_URL"] == "http://${FLOPS_PUBLIC_HOST:-mlflow.example.org}:${FLOPS_TRACKING_PORT:-5500}"
+    assert aggregator["FLOPS_TRACKING_URI"] == "https://tracking-server:5000"  # inside the compose network
+    assert aggregator["FLOPS_UI_URL"] == "https://${FLOPS_PUBLIC_HOST:-mlflow.example.org}:${FLOPS_TRACKING_PORT:-5500}"
 
 
 def test_the_fl_profile_runs_the_project_of_compose_fl(tmp_path):
@@ -192,6 +192,10 @@ def test_nothing_rendered_holds_a_secret_value(tmp_path):
     ({"backend_store.kind": "sqlite"}, "backend_store.kind: compose runs MySQL, so expected mysql, got 'sqlite'"),
     ({"artifact_store.kind": "embedded", "artifact_store.tls": False},
      "artifact_store.kind: compose runs vsftpd, so expected vsftpd, got 'embedded'"),
+    # Certificates of the user's own are for `up`: compose hands each server the one `secrets init` made for it.
+    ({"tracking.tls_certificate": str(ROOT / "README.md"), "tracking.tls_key": str(ROOT / "README.md")},
+     "tracking.tls_certificate: compose serves the certificates `secrets init` makes from the deployment's CA, "
+     "so expected none, got"),
 ])
 def test_a_configuration_compose_cannot_run_is_refused_and_nothing_is_written(tmp_path, changes, message):
     config = write_config(tmp_path, [{"id": "default"}], **changes)
@@ -210,7 +214,8 @@ def test_sla_templates_are_an_oakestra_option(tmp_path):
 def test_ftps_gives_the_store_its_key_as_a_file_and_the_tracking_servers_only_the_ca(tmp_path):
     """artifact_store.tls (on in configs/compose.yaml): certificate and key reach the artifact store as files
     mounted from beside the secrets file, the tracking servers get the CA alone and verify the store with it."""
-    document = render(tmp_path, [{"id": "default"}, {"id": "acme"}])
+    document = render(tmp_path, [{"id": "default"}, {"id": "acme"}],
+                      **{"tracking.tls": False, "backend_store.tls": False})
     services = document["services"]
     mounted = {s["source"]: s["target"] for s in services["artifact-store"]["secrets"]}
     assert mounted == {"ftp-tls-certificate": "/etc/flops-tls/ftp.crt", "ftp-tls-key": "/etc/flops-tls/ftp.key",
@@ -229,8 +234,51 @@ def test_ftps_gives_the_store_its_key_as_a_file_and_the_tracking_servers_only_th
                                                                    "tracking-server-acme"))
 
 
+def test_every_hop_on_gives_keys_only_to_root_and_clients_only_the_ca(tmp_path):
+    """configs/compose.yaml as shipped (every hop TLS): the keys reach only root-run parts (vsftpd's listener,
+    backend-store's entrypoint, tracking-volumes, which copies each tenant's pair into its own volume for its
+    uid); the tracking servers serve HTTPS and verify MySQL and FTPS; every client gets the CA alone."""
+    document = render(tmp_path, [{"id": "default"}, {"id": "acme"}])
+    services = document["services"]
+    beside = "${FLOPS_SECRETS_FILE:-../secrets.env}"
+    assert document["secrets"] == {
+        "deployment-ca": {"file": f"{beside}.ca.crt"},
+        "ftp-tls-certificate": {"file": f"{beside}.ftp-tls.crt"}, "ftp-tls-key": {"file": f"{beside}.ftp-tls.key"},
+        "mysql-tls-certificate": {"file": f"{beside}.mysql-tls.crt"},
+        "mysql-tls-key": {"file": f"{beside}.mysql-tls.key"},
+        **{f"tracking-tls-{t}-{kind}": {"file": f"{beside}.tracking-{t}.{ext}"}
+           for t in ("default", "acme") for kind, ext in (("certificate", "crt"), ("key", "key"))}}
+    mounted = {name: {m["source"]: m["target"] for m in s.get("secrets", [])} for name, s in services.items()}
+    assert mounted["backend-store"] == {"mysql-tls-certificate": "/etc/flops-tls/mysql.crt",
+                                        "mysql-tls-key": "/etc/flops-tls/mysql.key",
+                                        "deployment-ca": "/etc/flops-tls/ca.crt"}
+    assert "user" not in services["backend-store"]  # root, to give mariadbd its copy of the key (entrypoint.sh)
+    assert services["backend-store"]["environment"]["FLOPS_MYSQL_TLS"] == "true"
+    assert "--ssl-verify-server-cert" in services["backend-store"]["healthcheck"]["test"][1]
+    assert mounted["tracking-volumes"] == {f"tracking-tls-{t}-{kind}": f"/etc/flops-tls/tracking-{t}.{ext}"
+                                           for t in ("default", "acme")
+                                           for kind, ext in (("certificate", "crt"), ("key", "key"))}
+    assert services["tracking-volumes"]["user"] == "0:0" and services["tracking-volumes"]["network_mode"] == "none"
+    for name in ("tracking-server", "tracking-server-acme", "fl-aggregator", "model-server"):
+        assert mounted[name] == {"deployment-ca": "/etc/flops-tls/ca.crt"}, name
+    for name in ("tracking-server", "tracking-server-acme"):
+        environment = services[name]["environment"]
+        assert {key: environment[key] for key in environment if key.startswith(("FLOPS_TLS", "FLOPS_DB_"))} == {
+            "FLOPS_TLS": "true", "FLOPS_TLS_CERTIFICATE_FILE": "/srv/mlflow/auth/tls/tracking.crt",
+            "FLOPS_TLS_KEY_FILE": "/srv/mlflow/auth/tls/tracking.key", "FLOPS_TLS_CA_FILE": "/etc/flops-tls/ca.crt",
+            "FLOPS_DB_HOST": "backend-store", "FLOPS_DB_PASSWORD": environment["FLOPS_DB_PASSWORD"],
+            "FLOPS_DB_TLS": "true", "FLOPS_DB_CA_FILE": "/etc/flops-tls/ca.crt"}
+    for name, key in (("fl-aggregator", "FLOPS_TRACKING_URI"), ("model-server", "MLFLOW_TRACKING_URI")):
+        environment = services[name]["environment"]
+        assert environment[key] == "https://tracking-server:5000"
+        assert environment["MLFLOW_TRACKING_SERVER_CERT_PATH"] == "/etc/flops-tls/ca.crt"
+    assert not any("INSECURE" in key for s in services.values() for key in s.get("environment", {}))
+    assert not any("secrets" in services[f"fl-learner-{i}"] for i in range(2))  # learners talk to no server
+
+
 def test_plain_ftp_is_one_key_and_mounts_nothing(tmp_path):
-    document = render(tmp_path, [{"id": "default"}], **{"artifact_store.tls": False})
+    document = render(tmp_path, [{"id": "default"}], **{"artifact_store.tls": False, "tracking.tls": False,
+                                                       "backend_store.tls": False})
     assert "secrets" not in document
     assert not any("secrets" in s or "FLOPS_FTP_TLS" in s.get("environment", {})
                    for s in document["services"].values() if isinstance(s.get("environment", {}), dict))

@@ -85,15 +85,19 @@ def test_entrypoint_exits_2_on_bad_settings(monkeypatch, capsys):
     assert "FLOPS_DB_PASSWORD: required" in capsys.readouterr().err
 
 
-def test_ftps_verifies_the_store_against_the_mounted_ca(tmp_path):
+def test_ftps_and_mysql_tls_verify_their_servers_against_the_mounted_ca(tmp_path):
     ca = tmp_path / "ca.crt"
     ca.write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n", encoding="ascii")
-    env = {**BASE, "FLOPS_FTP_TLS": "true", "FLOPS_FTP_CA_FILE": str(ca)}
+    env = {**BASE, "FLOPS_FTP_TLS": "true", "FLOPS_FTP_CA_FILE": str(ca), "FLOPS_DB_TLS": "true",
+           "FLOPS_DB_CA_FILE": str(ca)}
     config, tenant, secrets = container.stack_from_env(env)
-    server = server_env(config, tenant, secrets, container.auth_db(env), ftp_ca=container.ftp_ca_file(env))
+    server = server_env(config, tenant, secrets, container.auth_db(env), mysql_ca=container.db_ca_file(env),
+                        ftp_ca=container.ftp_ca_file(env))
     assert server["MLFLOW_ARTIFACTS_DESTINATION"].startswith("ftps://flops_default:ftp%2Fsecret@artifact-store:21/")
     assert server["FLOPS_FTP_CA_PEM"] == ca.read_text()
-    assert container.ftp_ca_file(BASE) is None  # plain FTP unless FLOPS_FTP_TLS is true
+    assert server["MLFLOW_BACKEND_STORE_URI"].endswith(f"?charset=utf8mb4&ssl_ca={ca}&ssl_check_hostname=true")
+    # plain FTP and MySQL unless FLOPS_FTP_TLS and FLOPS_DB_TLS are true
+    assert container.ftp_ca_file(BASE) is None and container.db_ca_file(BASE) is None
 
 
 @pytest.mark.parametrize("override, message", [
@@ -105,3 +109,33 @@ def test_bad_ftps_settings_are_refused_with_the_variable_named(override, message
     with pytest.raises(ConfigError, match=message):
         container.stack_from_env({**BASE, **override})
         container.ftp_ca_file({**BASE, **override})
+
+
+def test_https_serves_the_mounted_certificate_and_key_by_path(tmp_path):
+    crt, key, ca = tmp_path / "tracking.crt", tmp_path / "tracking.key", tmp_path / "ca.crt"
+    for path, kind in ((crt, "CERTIFICATE"), (key, "PRIVATE KEY"), (ca, "CERTIFICATE")):
+        path.write_text(f"-----BEGIN {kind}-----\nMIIB\n-----END {kind}-----\n", encoding="ascii")
+    env = {**BASE, "FLOPS_TLS": "true", "FLOPS_TLS_CERTIFICATE_FILE": str(crt), "FLOPS_TLS_KEY_FILE": str(key),
+           "FLOPS_TLS_CA_FILE": str(ca)}
+    config, tenant, _ = container.stack_from_env(env)
+    argv = server_argv(config, tenant, container.tls_files(env))
+    assert argv[argv.index("--ssl-certfile") + 1] == str(crt) and argv[argv.index("--ssl-keyfile") + 1] == str(key)
+    assert "MIIB" not in " ".join(argv)  # paths only, never the key
+    assert container.tls_ca_file(env) == ca
+    assert container.tls_files(BASE) is None and container.tls_ca_file(BASE) is None  # plain HTTP by default
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"FLOPS_TLS": "on"}, "environment: FLOPS_TLS: expected true or false, got 'on'"),
+    ({"FLOPS_TLS": "true", "FLOPS_TLS_CERTIFICATE_FILE": "/nonexistent/tracking.crt"},
+     "environment: FLOPS_TLS_CERTIFICATE_FILE: cannot read the certificate '/nonexistent/tracking.crt' "
+     r"\(FLOPS_TLS is true\)"),
+    ({"FLOPS_DB_TLS": "true", "FLOPS_DB_CA_FILE": "/nonexistent/ca.crt"},
+     "environment: FLOPS_DB_CA_FILE: cannot read the CA certificate '/nonexistent/ca.crt'"),
+])
+def test_bad_tls_settings_are_refused_with_the_variable_named(override, message):
+    env = {**BASE, **override}
+    with pytest.raises(ConfigError, match=message):
+        container.stack_from_env(env)
+        container.db_ca_file(env)
+        container.tls_files(env)

@@ -136,7 +136,7 @@ def test_push_fills_the_files_and_the_containers_decode_them_into_a_working_tls_
     assert acme["FLOPS_TLS_KEY_B64"] not in result.stdout + result.stderr
     # The tracking server's entrypoint: private files, their paths on the server's command line, never the key.
     settings = {**acme, **container.pem_files_from_b64(acme)}
-    crt, key = container.https_files(settings)
+    crt, key = container.tls_files(settings)
     assert key.read_bytes() == key_file.read_bytes()
     assert stat.S_IMODE(key.stat().st_mode) == 0o600 and stat.S_IMODE(key.parent.stat().st_mode) == 0o700
     assert Path(settings["FLOPS_FTP_CA_FILE"]).read_bytes() == certificates.ca_certificate_path(config).read_bytes()
@@ -187,9 +187,10 @@ def test_bad_pem_values_are_refused_with_the_variable_named(value, message):
 
 
 def test_https_needs_both_files(tmp_path):
-    with pytest.raises(ConfigError, match=r"FLOPS_TLS_KEY_FILE: FLOPS_TLS is true, but '' is not a readable file "
-                                          r"\(set it, or FLOPS_TLS_KEY_B64\)"):
-        crt = tmp_path / "a.crt"
-        crt.write_text("x")
-        container.https_files({"FLOPS_TLS": "true", "FLOPS_TLS_CERTIFICATE_FILE": str(crt)})
-    assert container.https_files({}) is None
+    crt = tmp_path / "a.crt"
+    crt.write_text("-----BEGIN CERTIFICATE-----\n")
+    with pytest.raises(ConfigError, match=r"FLOPS_TLS_KEY_FILE: cannot read the private key '.*nowhere.key' "
+                                          r"\(FLOPS_TLS is true\)"):
+        container.tls_files({"FLOPS_TLS": "true", "FLOPS_TLS_CERTIFICATE_FILE": str(crt),
+                             "FLOPS_TLS_KEY_FILE": str(tmp_path / "nowhere.key")})
+    assert container.tls_files({}) is None

@@ -35,9 +35,11 @@ def test_secrets_init_makes_one_private_certificate_per_tenant_server_for_its_na
         for path in (crt, key, certificates.ca_key_path(config)):
             assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
         assert stat.S_IMODE(ca.stat().st_mode) == 0o644  # the CA certificate is public; every client reads it
-        # public_host, allowed_hosts without their port, loopback; not the wildcard address it listens on
+        # public_host, allowed_hosts without their port, its compose service name (the first tenant's is
+        # tracking-server), loopback; not the wildcard address it listens on
+        service = "tracking-server" if tenant == "acme" else f"tracking-server-{tenant}"
         assert certificates.certificate_names(crt) == {"DNS:mlflow.example", "DNS:ui.example", "IP:10.0.0.7",
-                                                       "DNS:localhost", "IP:127.0.0.1"}
+                                                       f"DNS:{service}", "DNS:localhost", "IP:127.0.0.1"}
         context = ssl.create_default_context(cafile=str(ca))
         context.load_cert_chain(str(crt), str(key))  # the key is the certificate's
     assert config.tracking_uri(config.tenant("acme")).startswith("https://mlflow.example:")
@@ -118,22 +120,6 @@ def test_a_missing_file_names_the_key_or_the_file_and_the_fix(tmp_path):
         certificates.tracking_files(ours, "acme")
 
 
-@pytest.mark.parametrize("name, check", [("compose.yaml", "flops_mlops.compose.render:check")])
-def test_targets_without_https_refuse_tracking_tls(name, check):
-    """HTTPS is not on compose yet: it says so instead of serving plain HTTP silently (Oakestra serves HTTPS:
-    test_oakestra_tls.py)."""
-    import importlib
-    from pathlib import Path
-
-    config = loading.load(Path(__file__).resolve().parents[2] / "configs" / name)
-    on = config.model_copy(update={"tracking": config.tracking.model_copy(update={"tls": True})})
-    module, function = check.split(":")
-    getattr(importlib.import_module(module), function)(config)  # as shipped: accepted
-    with pytest.raises(ConfigError, match=rf"{name}: tracking\.tls: HTTPS on the tracking servers is for "
-                                          r"`flops-mlops up` so far; .* so expected false, got true"):
-        getattr(importlib.import_module(module), function)(on.located(config.source))
-
-
 def test_provisioned_servers_certificates_also_hold_the_names_their_host_is_reached_at(tmp_path):
     """`provision` (pyinfra) extends each tenant's certificate with the tracking host's inventory name and address;
     a second run with the same names keeps it, and a certificate of the user's own is left alone."""
@@ -151,10 +137,11 @@ def test_provisioned_servers_certificates_also_hold_the_names_their_host_is_reac
     assert "DNS:mlflow-2" not in certificates.certificate_names(crt)
 
 
-def test_the_native_configuration_turns_every_hop_to_tls_on_and_status_warns_for_each_one_turned_off():
+@pytest.mark.parametrize("name", ["native.yaml", "compose.yaml"])
+def test_the_native_and_compose_configurations_turn_every_hop_to_tls_on_and_status_warns_for_each_one_off(name):
     from pathlib import Path
 
-    native = loading.load(Path(__file__).resolve().parents[2] / "configs" / "native.yaml")
+    native = loading.load(Path(__file__).resolve().parents[2] / "configs" / name)
     assert (native.tracking.tls, native.artifact_store.tls, native.backend_store.tls) == (True, True, True)
     assert warnings(native) == []
     for section in ("tracking", "artifact_store", "backend_store"):

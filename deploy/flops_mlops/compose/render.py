@@ -4,7 +4,9 @@
 render of configs/compose.yaml (CI checks it for drift), and pyinfra's docker hosts get the render of their
 configuration. Every tenant's facts come from the configuration:
 
-- backend-store: one MariaDB (our image; the MySQL protocol); its init script (stores/tenant_db.py) creates every tenant's database and user;
+- backend-store: one MariaDB (our image; the MySQL protocol); its init script (stores/tenant_db.py) creates every
+  tenant's database and user; with backend_store.tls it speaks TLS with the certificate `secrets init` made (for
+  the service name backend-store), the tenants' users REQUIRE SSL and the tracking servers verify it;
 - artifact-store: one vsftpd with every tenant's FTP user (FLOPS_FTP_USERS); with artifact_store.tls it speaks
   only explicit FTPS, with the certificate `secrets init` made (signed by the deployment's CA, for the service
   name artifact-store and loopback), and the tracking servers verify it against that CA. Certificate, key and CA
@@ -13,7 +15,10 @@ configuration. Every tenant's facts come from the configuration:
 - one tracking server per tenant: the first tenant's is ``tracking-server`` (its port variable
   FLOPS_TRACKING_PORT, the volume ``tracking-auth`` for an earlier release's login database), tenant t's after it is
   ``tracking-server-t`` (FLOPS_TENANT_T_TRACKING_PORT, volume ``tracking-auth-t``), so adding a tenant adds
-  services and changes nothing of the others;
+  services and changes nothing of the others; with tracking.tls each serves HTTPS only with its tenant's
+  certificate (for its service name, the public host and loopback), which tracking-volumes copies into its
+  volume for its uid, and every client in the project (healthcheck, aggregator, model server) verifies it
+  against the deployment's CA;
 - profile ``fl``: the FL project of ``compose.fl`` against the first tenant, run only by ``docker compose run``:
   an aggregator and its learners, or in hierarchical mode a root aggregator over one cluster aggregator per
   cluster with its learners; profile ``serve``: the model server of that project's champion.
@@ -43,7 +48,8 @@ TEMPLATES = Path(__file__).resolve().parent  # compose.yaml.j2 sits beside this 
 COMPOSE_FILE = "compose.yaml"
 INITDB_DIR = "deploy/compose/backend-store/initdb.d"
 INITDB_FILE = f"{INITDB_DIR}/10-flops-tenants.sh"
-FIRST_SERVICE, FIRST_PORT_VARIABLE, FIRST_AUTH_VOLUME = "tracking-server", "FLOPS_TRACKING_PORT", "tracking-auth"
+FIRST_SERVICE = certificates.COMPOSE_TRACKING_SERVICE
+FIRST_PORT_VARIABLE, FIRST_AUTH_VOLUME = "FLOPS_TRACKING_PORT", "tracking-auth"
 # Each tenant's tracking server runs as a uid of its own: FIRST_TENANT_UID + the tenant's position (the images'
 # own accounts are 10001-10003).
 FIRST_TENANT_UID = 20001
@@ -58,7 +64,7 @@ def tenant_service(config: StackConfig, tenant: Tenant) -> dict[str, str | int]:
     suffix = tenant.id.upper()
     return {
         "id": tenant.id, "database": tenant.database, "db_user": tenant.db_user, "ftp_user": tenant.ftp_user,
-        "service": FIRST_SERVICE if first else f"{FIRST_SERVICE}-{tenant.id}",
+        "service": certificates.compose_tracking_service(config, tenant.id),
         "port_variable": FIRST_PORT_VARIABLE if first else f"FLOPS_TENANT_{suffix}_TRACKING_PORT",
         "auth_volume": FIRST_AUTH_VOLUME if first else f"{FIRST_AUTH_VOLUME}-{tenant.id}",
         "port": config.tracking_port(tenant),
@@ -81,7 +87,10 @@ def check(config: StackConfig) -> None:
     if config.artifact_store.kind != "vsftpd":
         raise ConfigError(f"{config.source}: artifact_store.kind: compose runs vsftpd, so expected vsftpd, got "
                           f"{config.artifact_store.kind!r} (see configs/compose.yaml)")
-    certificates.refuse_https(config, "compose's")
+    if config.tracking.tls_certificate is not None:
+        raise ConfigError(f"{config.source}: tracking.tls_certificate: compose serves the certificates `secrets "
+                          f"init` makes from the deployment's CA, so expected none, got "
+                          f"{str(config.tracking.tls_certificate)!r}")
 
 
 def fl_services(project: FLProject) -> dict:
@@ -142,7 +151,9 @@ def render(config: StackConfig, out: Path, checkout: Path = CHECKOUT) -> list[Re
                 "pasv_address": store.pasv_address, "connect_timeout": store.connect_timeout,
                 "data_timeout": store.data_timeout, "quota": store.quota, "tls": store.tls},
         "tracking": {"bind_address": tracking.host, "public_host": tracking.public_host,
-                     "allowed_hosts": ",".join(tracking.allowed_hosts), "workers": tracking.workers},
+                     "allowed_hosts": ",".join(tracking.allowed_hosts), "workers": tracking.workers,
+                     "tls": tracking.tls, "scheme": config.tracking_scheme},
+        "db_tls": certificates.mysql_tls(config),
     }
     environment = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), undefined=jinja2.StrictUndefined,
                                      keep_trailing_newline=True, autoescape=False)

@@ -41,6 +41,9 @@ DAYS = 825
 # --- the deployment's CA and the leaf certificates it signs -------------------------------------------------
 
 MYSQL_LEAF = "mysql-tls"  # the backend store's certificate (backend_store.tls)
+# The backend store's service name in compose projects (compose/render.py): the host the tracking servers dial
+# there. Every MySQL certificate holds it, so `secrets init` makes one certificate for any target.
+COMPOSE_MYSQL_HOST = "backend-store"
 
 
 def beside_secrets(config: StackConfig, suffix: str) -> Path:
@@ -226,9 +229,9 @@ def mysql_tls(config: StackConfig) -> bool:
 
 
 def mysql_hosts(config: StackConfig, extra: Iterable[str] = ()) -> list[str]:
-    """The names the backend store's certificate holds: backend_store.host, loopback and ``extra`` (the address
-    other hosts reach it at, pyinfra)."""
-    return list(dict.fromkeys([config.backend_store.host, "localhost", "127.0.0.1", *extra]))
+    """The names the backend store's certificate holds: backend_store.host, compose's service name, loopback and
+    ``extra`` (the address other hosts reach it at, pyinfra)."""
+    return list(dict.fromkeys([config.backend_store.host, COMPOSE_MYSQL_HOST, "localhost", "127.0.0.1", *extra]))
 
 
 def make_mysql_certificate(config: StackConfig, force: bool = False, extra_hosts: Iterable[str] = ()) -> bool:
@@ -314,14 +317,27 @@ def tracking_leaf(tenant_id: str) -> str:
     return f"tracking-{tenant_id}"
 
 
+# A tenant's tracking server in compose projects (compose/render.py): the first tenant's service is this name,
+# tenant t's after it ``tracking-server-t``; the aggregator and the model server dial it by that name.
+COMPOSE_TRACKING_SERVICE = "tracking-server"
+
+
+def compose_tracking_service(config: StackConfig, tenant_id: str) -> str:
+    """The compose service name of tenant ``tenant_id``'s tracking server."""
+    first = config.tenants[0].id == tenant_id
+    return COMPOSE_TRACKING_SERVICE if first else f"{COMPOSE_TRACKING_SERVICE}-{tenant_id}"
+
+
 def tracking_hosts(config: StackConfig, tenant_id: str | None = None) -> list[str]:
     """The names a tracking server's certificate holds: public_host, host (unless a wildcard address),
-    allowed_hosts (without their port), localhost and 127.0.0.1; with an oakestra section, the service IP
-    (rr_ip) of tenant ``tenant_id``'s server too."""
+    allowed_hosts (without their port), with ``tenant_id`` its compose service name (so one certificate serves
+    any target) and, with an oakestra section, its service IP (rr_ip), localhost and 127.0.0.1."""
     t = config.tracking
     hosts = [t.public_host, *([] if t.host in ("0.0.0.0", "::") else [t.host])]
-    if tenant_id is not None and "oakestra" in config.model_fields_set:
-        hosts += [ips[0] for ips in [config.oakestra.tenant_ips(tenant_id)] if ips]
+    if tenant_id is not None:
+        hosts.append(compose_tracking_service(config, tenant_id))
+        if "oakestra" in config.model_fields_set:
+            hosts += [ips[0] for ips in [config.oakestra.tenant_ips(tenant_id)] if ips]
     for allowed in t.allowed_hosts:  # HOST, HOST:PORT or HOST:* (values.AllowedHost); '*.domain' left out
         host = allowed.partition(":")[0]
         if "*" not in host:
@@ -387,14 +403,6 @@ def tracking_ca(config: StackConfig) -> Path | None:
         raise ConfigError(f"{ca}: not found (tracking.tls is true); make it with "
                           f"`flops-mlops --config {config.source} secrets init`, or set tracking.tls: false")
     return ca
-
-
-def refuse_https(config: StackConfig, servers: str) -> None:
-    """tracking.tls is for `flops-mlops up` so far: a target whose ``servers`` (``compose's``, ...) speak plain
-    HTTP says so (ConfigError) instead of ignoring it."""
-    if config.tracking.tls:
-        raise ConfigError(f"{config.source}: tracking.tls: HTTPS on the tracking servers is for `flops-mlops up` "
-                          f"so far; {servers} servers speak plain HTTP, so expected false, got true")
 
 
 def expiry(crt: Path) -> str | None:

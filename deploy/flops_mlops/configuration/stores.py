@@ -40,7 +40,7 @@ class BackendStore(Model):
         "mysql only: TLS between the tracking servers (and our other MySQL clients) and the server, which they "
         "verify against the deployment's CA; the tenants' DB users REQUIRE SSL. `secrets init` (or `up`) makes "
         "the CA and the server's certificate next to the secrets file (<secrets_file>.ca.crt, .mysql-tls.crt "
-        "and their .key files, mode 0600). Native `up` and pyinfra only (compose and Oakestra run MySQL without "
+        "and their .key files, mode 0600). Native `up`, compose and pyinfra (Oakestra runs MySQL without "
         "TLS still); false turns it off, and `status` warns while it is off", True)
 
 

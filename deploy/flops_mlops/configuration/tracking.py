@@ -25,13 +25,14 @@ class Tracking(Model):
         "tenant's tracking and model servers run as <os_user>-<tenant>, created when missing, and the embedded "
         "FTP store as os_user itself; ignored otherwise, when everything runs as the invoking user", None)
     tls: bool = doc(
-        "HTTPS on every tracking server (native `up`, `provision`'s systemd hosts and Oakestra so far): `secrets "
-        "init` makes the deployment's CA and one certificate per tenant server (<secrets_file>.ca.crt, "
-        ".tracking-<tenant>.crt and .key, mode 0600) for public_host, host, allowed_hosts, localhost, 127.0.0.1 "
-        "and, with an oakestra section, the tenant's service IP (`provision` adds the tracking host's inventory "
-        "name and address); our clients (round, the aggregator, serve, the model server, status, user) verify it "
-        "against that CA. `secrets renew-certificates` replaces them. false serves plain HTTP, and `status` warns "
-        "while it is off", False)
+        "HTTPS on every tracking server (native `up`, compose, `provision`'s systemd hosts and Oakestra; on in "
+        "configs/native.yaml, compose.yaml and oakestra.yaml): `secrets init` makes the deployment's CA and one "
+        "certificate per tenant server (<secrets_file>.ca.crt, .tracking-<tenant>.crt and .key, mode 0600) for "
+        "public_host, host, allowed_hosts, its compose service name, localhost, 127.0.0.1 and, with an oakestra "
+        "section, the tenant's service IP (`provision` adds the tracking host's inventory name and address); our "
+        "clients (round, the aggregator, serve, the model server, status, user) verify it against that CA. "
+        "`secrets renew-certificates` replaces them. false serves plain HTTP, and `status` warns while it is off",
+        False)
     tls_certificate: FilePath | None = doc(
         "with tls: your own server certificate (PEM, for every tenant's server) instead of ours; needs tls_key",
         None)

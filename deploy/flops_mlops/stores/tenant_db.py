@@ -141,10 +141,10 @@ def with_secrets(config: StackConfig, secrets: Secrets) -> list[TenantDB]:
     return for_config(config, lambda tenant: secrets.db_password(tenant.id), certificates.mysql_tls(config))
 
 
-def from_environment(config: StackConfig) -> list[TenantDB]:
-    """The configuration's tenants with the passwords a container reads from FLOPS_TENANT_<ID>_DB_PASSWORD
-    (compose and Oakestra: their MySQL has no TLS yet, so REQUIRE NONE)."""
-    return for_config(config, lambda tenant: FromEnvironment(db_password_key(tenant.id)))
+def from_environment(config: StackConfig, require_ssl: bool = False) -> list[TenantDB]:
+    """The configuration's tenants with the passwords a container reads from FLOPS_TENANT_<ID>_DB_PASSWORD;
+    ``require_ssl``: their users log in over TLS only (compose with backend_store.tls)."""
+    return for_config(config, lambda tenant: FromEnvironment(db_password_key(tenant.id)), require_ssl)
 
 
 def shell_commands(tenants: Sequence[TenantDB]) -> tuple[list[str], str]:
@@ -166,7 +166,7 @@ def shell_commands(tenants: Sequence[TenantDB]) -> tuple[list[str], str]:
 def initdb_script(config: StackConfig, label: str) -> str:
     """A script for the MySQL image's /docker-entrypoint-initdb.d/ (compose's backend-store), sourced by its
     entrypoint on the first start: every tenant's statements, passwords from FLOPS_TENANT_<ID>_DB_PASSWORD."""
-    checks, printf = shell_commands(from_environment(config))
+    checks, printf = shell_commands(from_environment(config, certificates.mysql_tls(config)))
     lines = [
         "# Generated from deploy/flops_mlops/stores/templates/tenants.sql.j2 for",
         f"# {label} (tenants: {', '.join(t.id for t in config.tenants)}) by",

@@ -10,14 +10,14 @@ Environment (defaults in brackets):
   FLOPS_TENANT [default]             tenant id; names the database, database user and FTP user
   FLOPS_DB_HOST / FLOPS_DB_PORT      backend store [backend-store / 3306]
   FLOPS_DB_PASSWORD                  the tenant's database password (required)
+  FLOPS_DB_TLS [false]               true: MySQL over TLS (backend_store.tls), the server's certificate verified
+                                     (chain and host name) against the CA certificate in FLOPS_DB_CA_FILE
+  FLOPS_DB_CA_FILE [/etc/flops-tls/ca.crt]  the deployment's CA certificate (compose mounts it there)
   FLOPS_FTP_HOST / FLOPS_FTP_PORT    artifact store [artifact-store / 21]
   FLOPS_FTP_PASSWORD                 the tenant's FTP password (required)
   FLOPS_FTP_TLS [false]              true: explicit FTPS (artifact_store.tls), the store's certificate verified
                                      (chain and host name) against the CA certificate in FLOPS_FTP_CA_FILE
   FLOPS_FTP_CA_FILE [/etc/flops-tls/ca.crt]  the deployment's CA certificate (compose mounts it there)
-  FLOPS_TLS [false]                  true: serve HTTPS only (tracking.tls), with the certificate and key files
-                                     FLOPS_TLS_CERTIFICATE_FILE / FLOPS_TLS_KEY_FILE; the server's own calls to
-                                     itself verify it against FLOPS_TLS_CA_FILE
   FLOPS_TLS_CERTIFICATE_B64, FLOPS_TLS_KEY_B64, FLOPS_TLS_CA_B64, FLOPS_FTP_CA_B64
                                      Oakestra, which passes no files: those PEM files as base64url (push fills
                                      them in from beside the secrets file); each is written to a private file
@@ -38,6 +38,12 @@ Environment (defaults in brackets):
   FLOPS_PUBLIC_PORT [5000]           port published on the host (accepted in the Host header)
   FLOPS_ALLOWED_HOSTS []             extra Host header values, comma-separated (--allowed-hosts)
   FLOPS_WORKERS [1]                  uvicorn workers (1: the server is one process)
+  FLOPS_TLS [false]                  true: HTTPS only (tracking.tls), with the certificate and key files below
+  FLOPS_TLS_CERTIFICATE_FILE [/etc/flops-tls/tracking.crt]  the server's certificate (PEM; compose: the copy
+                                     tracking-volumes makes for the tenant's uid, /srv/mlflow/auth/tls/)
+  FLOPS_TLS_KEY_FILE [/etc/flops-tls/tracking.key]  its private key (PEM, readable by the server's uid only)
+  FLOPS_TLS_CA_FILE [/etc/flops-tls/ca.crt]  the CA the server's own clients verify it against (the healthcheck,
+                                     the thread that creates the FL and serve users)
 Arguments after `tracking-server` are appended to the runner's (`python -m flops_mlops.tracking.runner --help`).
 
 The image's healthcheck is a shell script with curl (deploy/images/python/tracking-healthcheck.sh): no Python
@@ -71,6 +77,8 @@ from .server import mask, server_argv, server_env
 SERVICE_NAME = "tracking-server"
 AUTH_DB = "/srv/mlflow/auth/auth.db"
 FTP_CA_FILE = "/etc/flops-tls/ca.crt"
+DB_CA_FILE = TLS_CA_FILE = FTP_CA_FILE  # one CA signs every certificate of a deployment
+TLS_CERTIFICATE_FILE, TLS_KEY_FILE = "/etc/flops-tls/tracking.crt", "/etc/flops-tls/tracking.key"
 PASSWORDS = ("FLOPS_DB_PASSWORD", "FLOPS_FTP_PASSWORD", "FLOPS_ADMIN_PASSWORD", "FLOPS_SECRET_KEY")
 FL_USER = re.compile(r"^(?P<project>[^:,]+):(?P<password>[A-Za-z0-9_-]{12,})$")
 
@@ -110,20 +118,48 @@ def _flag(env: dict[str, str], key: str) -> bool:
     return value == "true"
 
 
+def _pem_file(env: dict[str, str], key: str, default: str, flag: str, what: str, marker: str = "CERTIFICATE") -> Path:
+    """The file named by ``key`` (default ``default``), readable and holding a PEM block ``marker`` (``flag`` is
+    the switch that asks for it)."""
+    path = Path(_setting(env, key, default))
+    try:
+        text = path.read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"environment: {key}: cannot read {what} {str(path)!r} ({flag} is true): "
+                          f"{exc.strerror if isinstance(exc, OSError) else exc}; "
+                          "`flops-mlops secrets init` makes it beside the secrets file") from None
+    if f"BEGIN {marker}" not in text and not (marker == "PRIVATE KEY" and "PRIVATE KEY-----" in text):
+        raise ConfigError(f"environment: {key}: {str(path)!r} holds no PEM {marker.lower()}")
+    return path
+
+
 def ftp_ca_file(env: dict[str, str]) -> Path | None:
     """With FLOPS_FTP_TLS: the CA certificate the FTP store's certificate must verify against (readable)."""
     if not _flag(env, "FLOPS_FTP_TLS"):
         return None
-    path = Path(_setting(env, "FLOPS_FTP_CA_FILE", FTP_CA_FILE))
-    try:
-        text = path.read_text(encoding="ascii")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"environment: FLOPS_FTP_CA_FILE: cannot read the CA certificate {str(path)!r} "
-                          f"(FLOPS_FTP_TLS is true): {exc.strerror if isinstance(exc, OSError) else exc}; "
-                          "`flops-mlops secrets init` makes it beside the secrets file") from None
-    if "BEGIN CERTIFICATE" not in text:
-        raise ConfigError(f"environment: FLOPS_FTP_CA_FILE: {str(path)!r} holds no PEM certificate")
-    return path
+    return _pem_file(env, "FLOPS_FTP_CA_FILE", FTP_CA_FILE, "FLOPS_FTP_TLS", "the CA certificate")
+
+
+def db_ca_file(env: dict[str, str]) -> Path | None:
+    """With FLOPS_DB_TLS: the CA certificate the MySQL server's certificate must verify against (readable)."""
+    if not _flag(env, "FLOPS_DB_TLS"):
+        return None
+    return _pem_file(env, "FLOPS_DB_CA_FILE", DB_CA_FILE, "FLOPS_DB_TLS", "the CA certificate")
+
+
+def tls_files(env: dict[str, str]) -> tuple[Path, Path] | None:
+    """With FLOPS_TLS: (certificate, key) files the server serves HTTPS with, both readable PEM."""
+    if not _flag(env, "FLOPS_TLS"):
+        return None
+    return (_pem_file(env, "FLOPS_TLS_CERTIFICATE_FILE", TLS_CERTIFICATE_FILE, "FLOPS_TLS", "the certificate"),
+            _pem_file(env, "FLOPS_TLS_KEY_FILE", TLS_KEY_FILE, "FLOPS_TLS", "the private key", "PRIVATE KEY"))
+
+
+def tls_ca_file(env: dict[str, str]) -> Path | None:
+    """With FLOPS_TLS: the CA certificate the server's own clients verify it against."""
+    if not _flag(env, "FLOPS_TLS"):
+        return None
+    return _pem_file(env, "FLOPS_TLS_CA_FILE", TLS_CA_FILE, "FLOPS_TLS", "the CA certificate")
 
 
 # Oakestra: PEM files as base64url variables -> the file settings that name them once written (pem_files_from_b64).
@@ -141,20 +177,6 @@ def pem_files_from_b64(env: dict[str, str]) -> dict[str, str]:
     except pem_env.PemError as exc:
         raise ConfigError(str(exc)) from None
     return {PEM_VARIABLES[key][0]: str(path) for key, path in paths.items()}
-
-
-def https_files(env: dict[str, str]) -> tuple[Path, Path] | None:
-    """With FLOPS_TLS: the (certificate, key) files the server serves HTTPS with, both readable."""
-    if not _flag(env, "FLOPS_TLS"):
-        return None
-    files = []
-    for key in ("FLOPS_TLS_CERTIFICATE_FILE", "FLOPS_TLS_KEY_FILE"):
-        value = env.get(key, "").strip()
-        if not value or not Path(value).is_file() or not os.access(value, os.R_OK):
-            raise ConfigError(f"environment: {key}: FLOPS_TLS is true, but {value!r} is not a readable file "
-                              f"(set it, or {key.removesuffix('_FILE')}_B64)")
-        files.append(Path(value))
-    return files[0], files[1]
 
 
 def _size(env: dict[str, str], key: str) -> int:
@@ -184,7 +206,7 @@ def stack_from_env(env: dict[str, str]) -> tuple[StackConfig, Tenant, Secrets]:
     config = StackConfig(
         name="compose", state_dir=Path("/nonexistent"), secrets_file=Path("<environment>"), tenants=[tenant],
         backend_store=BackendStore(kind="mysql", managed=False, host=_host(env, "FLOPS_DB_HOST", "backend-store"),
-                                   port=_port(env, "FLOPS_DB_PORT", 3306), tls=False),  # compose: no MySQL TLS yet
+                                   port=_port(env, "FLOPS_DB_PORT", 3306), tls=_flag(env, "FLOPS_DB_TLS")),
         artifact_store=ArtifactStore(kind="vsftpd", managed=False,
                                      host=_host(env, "FLOPS_FTP_HOST", "artifact-store"),
                                      port=_port(env, "FLOPS_FTP_PORT", 21),
@@ -228,23 +250,24 @@ def auth_db(env: dict[str, str]) -> Path:
 def run_tracking_server(extra_args: list[str]) -> int:
     try:
         settings = dict(os.environ)
-        settings.update(pem_files_from_b64(settings))
+        settings.update(pem_files_from_b64(settings))  # Oakestra: the PEM files come as base64url variables
         config, tenant, secrets = stack_from_env(settings)
         users, database = fl_users(settings), auth_db(settings)
         readers = fl_users(settings, "FLOPS_SERVE_USERS")
-        ftp_ca = ftp_ca_file(settings)
-        tls = https_files(settings)
+        ftp_ca, db_ca = ftp_ca_file(settings), db_ca_file(settings)
+        tls, tls_ca = tls_files(settings), tls_ca_file(settings)
     except ConfigError as exc:
         print(f"tracking-server: {exc}", file=sys.stderr)
         return 2
-    # Drops FLOPS_* (the passwords) from what MLflow sees; with FTPS adds the CA's PEM text (FLOPS_FTP_CA_PEM).
-    env = server_env(config, tenant, secrets, database, ftp_ca=ftp_ca)
+    # Drops FLOPS_* (the passwords) from what MLflow sees; with FTPS adds the CA's PEM text (FLOPS_FTP_CA_PEM);
+    # with MySQL TLS the backend store URI names the CA file (ssl_ca) and checks the host name.
+    env = server_env(config, tenant, secrets, database, mysql_ca=db_ca, ftp_ca=ftp_ca)
     scheme = "https" if tls else "http"
     if users or readers:
         env.update({"FLOPS_FL_USERS": users, "FLOPS_SERVE_USERS": readers,
                     "FLOPS_LOCAL_URI": f"{scheme}://127.0.0.1:{config.tracking.base_port}"})
-        if tls and settings.get("FLOPS_TLS_CA_FILE", "").strip():
-            env["MLFLOW_TRACKING_SERVER_CERT_PATH"] = settings["FLOPS_TLS_CA_FILE"].strip()
+        if tls_ca is not None:
+            env["MLFLOW_TRACKING_SERVER_CERT_PATH"] = str(tls_ca)
     print(f"tracking-server: tenant {tenant.id}; backend {mask(env['MLFLOW_BACKEND_STORE_URI'])}; "
           f"artifacts {mask(env['MLFLOW_ARTIFACTS_DESTINATION'])}", flush=True)
     upgrade = subprocess.run([sys.executable, "-m", "flops_mlops.tracking.server", "upgrade-schema"], env=env)

@@ -6,6 +6,9 @@
 # Every later start (ours, not the official image's): the initdb.d scripts named in FLOPS_RERUN_ON_START
 # (space-separated file names, each safe to run again) run again on such a temporary server, so tenants added
 # to the configuration, or databases a newer release needs, appear on an existing data volume too.
+# FLOPS_MYSQL_TLS=true (ours; backend_store.tls): the server speaks TLS with /etc/flops-tls/mysql.crt and .key
+# (compose secrets: root's files, mode 0600), so the entrypoint must start as root; it gives mariadbd its own
+# copies, mysql's and mode 0600, in /run/mysqld/tls (the container's memory-backed /run, not the data volume).
 set -euo pipefail
 SOCKET=/run/mysqld/mysqld.sock
 DATADIR=/var/lib/mysql
@@ -113,15 +116,35 @@ rerun_on_start() {
     stop_temporary_server
 }
 
+# With FLOPS_MYSQL_TLS: mariadbd's copies of the certificate, key and CA; prints the server options naming them.
+tls_options() {
+    local dir=/run/mysqld/tls name
+    case "${FLOPS_MYSQL_TLS:-false}" in
+        false) return 0 ;;
+        true) ;;
+        *) fail "FLOPS_MYSQL_TLS: expected true or false, got '$FLOPS_MYSQL_TLS'" ;;
+    esac
+    [ "$(id -u)" = 0 ] || fail "FLOPS_MYSQL_TLS is true, so start as root (the key is root's; mariadbd gets a copy)"
+    install -d -o mysql -g mysql -m 700 "$dir"
+    for name in mysql.crt mysql.key ca.crt; do
+        [ -r "/etc/flops-tls/$name" ] || fail "FLOPS_MYSQL_TLS is true, but /etc/flops-tls/$name is missing " \
+            "(flops-mlops secrets init makes it beside the secrets file)"
+        install -o mysql -g mysql -m 600 "/etc/flops-tls/$name" "$dir/$name"
+    done
+    echo "--ssl-ca=$dir/ca.crt --ssl-cert=$dir/mysql.crt --ssl-key=$dir/mysql.key"
+}
+
 if [ "${1:-}" = mariadbd ] || [ "${1:-}" = mysqld ]; then
     shift
     chown -R mysql:mysql "$DATADIR" /run/mysqld
+    TLS_OPTIONS="$(tls_options)"
     if [ ! -d "$DATADIR/mysql" ]; then
         initialise
     else
         rerun_on_start
     fi
+    # shellcheck disable=SC2086 # TLS_OPTIONS: options without spaces, split on purpose
     exec mariadbd --user=mysql --datadir="$DATADIR" --socket="$SOCKET" --bind-address=0.0.0.0 --port=3306 \
-        --skip-name-resolve "$@"
+        --skip-name-resolve $TLS_OPTIONS "$@"
 fi
 exec "$@"

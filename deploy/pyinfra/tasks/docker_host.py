@@ -6,9 +6,11 @@ The compose project is the render of the stack configuration (flops_mlops.compos
 the first, ``compose.yaml``), relative to the repository, are copied beside it (from a checkout only; see
 FROM_CHECKOUT). Its ``.env`` (mode 0600) holds
 exactly the secrets the rendered compose.yaml reads, from the secrets file; ports and addresses are the
-configuration's, in compose.yaml. With artifact_store.tls the deployment's CA certificate and the store's
-certificate and key sit beside it (``.env.ca.crt``, ``.env.ftp-tls.crt``, ``.env.ftp-tls.key``; root's, the key
-and the store's certificate 0600), where compose.yaml's secrets find them (FLOPS_SECRETS_FILE). ``docker
+configuration's, in compose.yaml. With TLS on a hop the deployment's CA certificate (``.env.ca.crt``, 0644) and the
+servers' certificates and keys sit beside it, root's and 0600: the FTPS store's with artifact_store.tls
+(``.env.ftp-tls.crt``/``.key``), the MySQL server's with backend_store.tls (``.env.mysql-tls.*``), each tenant's
+tracking server's with tracking.tls (``.env.tracking-<tenant>.*``), where compose.yaml's secrets find them
+(FLOPS_SECRETS_FILE). ``docker
 compose up -d --wait`` runs when something changed or a service is not running.
 """
 
@@ -69,20 +71,38 @@ def env_data(s: settings.HostSettings, rendered: list[RenderedFile]) -> dict:
         raise ConfigError(f"{s.secrets.path}: compose.yaml needs {', '.join(missing)} (run `flops-mlops secrets "
                           f"init` with this configuration)")
     knobs = {"FLOPS_BIND_ADDRESS": "127.0.0.1"}
-    if s.config.artifact_store.tls:  # the certificates beside this .env (tls_files)
+    c = s.config
+    if c.artifact_store.tls or certificates.mysql_tls(c) or c.tracking.tls:  # certificates beside .env (tls_files)
         knobs["FLOPS_SECRETS_FILE"] = f"{compose_dir(s)}/.env"
     return {"stack": s.config.name, "secrets": {key: s.secrets.values[key] for key in keys}, "knobs": knobs}
 
 
+def tls_sources(s: settings.HostSettings) -> dict[str, Path]:
+    """The files compose.yaml's secrets name, by suffix after ``.env.`` (made first when missing): the CA, and the
+    certificate and key of each server with TLS on (artifact_store.tls, backend_store.tls, tracking.tls)."""
+    c, found = s.config, {}
+    if c.artifact_store.tls:
+        certificates.make_certificate(c, extra_hosts=settings.reachable_at())
+        found.update(zip(("ca.crt", "ftp-tls.crt", "ftp-tls.key"), certificates.ftp_files(c)))
+    if certificates.mysql_tls(c):
+        certificates.make_mysql_certificate(c, extra_hosts=settings.reachable_at())
+        found.update(zip(("ca.crt", "mysql-tls.crt", "mysql-tls.key"), certificates.mysql_files(c)))
+    if c.tracking.tls:
+        certificates.make_tracking_certificates(c)
+        for tenant in c.tenants:
+            leaf = certificates.tracking_leaf(tenant.id)
+            found.update(zip((f"{leaf}.crt", f"{leaf}.key"), certificates.tracking_files(c, tenant.id)))
+    return found
+
+
 def tls_files(s: settings.HostSettings) -> list:
-    """With artifact_store.tls: the CA (0644) and the store's certificate and key (0600) beside the .env."""
-    if not s.config.artifact_store.tls:
-        return []
-    certificates.make_certificate(s.config, extra_hosts=settings.reachable_at())
-    return [files.put(name=f"FTPS file .env.{suffix} (mode {mode})", src=str(source),
-                      dest=f"{compose_dir(s)}/.env.{suffix}", user="root", group="root", mode=mode)
-            for source, suffix, mode in zip(certificates.ftp_files(s.config), ("ca.crt", "ftp-tls.crt", "ftp-tls.key"),
-                                            ("644", "600", "600"))]
+    """The CA (0644) and the servers' certificates and keys (0600) beside the .env (tls_sources)."""
+    copied = []
+    for suffix, source in tls_sources(s).items():
+        mode = "644" if suffix == "ca.crt" else "600"
+        copied.append(files.put(name=f"TLS file .env.{suffix} (mode {mode})", src=str(source),
+                                dest=f"{compose_dir(s)}/.env.{suffix}", user="root", group="root", mode=mode))
+    return copied
 
 
 @deploy("FLOps docker host (Docker Engine + Compose)")

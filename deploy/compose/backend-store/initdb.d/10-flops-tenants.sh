@@ -16,8 +16,8 @@ printf -- '-- Tenants'"'"' databases and users: two databases (utf8mb4, binary N
 
 CREATE DATABASE IF NOT EXISTS `mlflow_default` CHARACTER SET utf8mb4 COLLATE /*M! utf8mb4_nopad_bin */ /*!80000 utf8mb4_0900_bin */;
 ALTER DATABASE `mlflow_default` CHARACTER SET utf8mb4 COLLATE /*M! utf8mb4_nopad_bin */ /*!80000 utf8mb4_0900_bin */;
-CREATE USER IF NOT EXISTS '"'"'mlflow_default'"'"'@'"'"'%%'"'"' IDENTIFIED BY '"'"'%s'"'"' REQUIRE NONE;
-ALTER USER '"'"'mlflow_default'"'"'@'"'"'%%'"'"' IDENTIFIED BY '"'"'%s'"'"' REQUIRE NONE;
+CREATE USER IF NOT EXISTS '"'"'mlflow_default'"'"'@'"'"'%%'"'"' IDENTIFIED BY '"'"'%s'"'"' REQUIRE SSL;
+ALTER USER '"'"'mlflow_default'"'"'@'"'"'%%'"'"' IDENTIFIED BY '"'"'%s'"'"' REQUIRE SSL;
 GRANT ALL PRIVILEGES ON `mlflow_default`.* TO '"'"'mlflow_default'"'"'@'"'"'%%'"'"';
 CREATE DATABASE IF NOT EXISTS `mlflow_default_auth` CHARACTER SET utf8mb4 COLLATE /*M! utf8mb4_nopad_bin */ /*!80000 utf8mb4_0900_bin */;
 ALTER DATABASE `mlflow_default_auth` CHARACTER SET utf8mb4 COLLATE /*M! utf8mb4_nopad_bin */ /*!80000 utf8mb4_0900_bin */;
