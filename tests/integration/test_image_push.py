@@ -74,6 +74,10 @@ def test_pushed_index_reads_back_with_the_layouts_digests(registry, layout, tmp_
     done, seen = push(stack, str(layout), f"{registry.host}/flops/m:1", "--registry-ca", str(registry.ca))
     assert done.returncode == 0, done.stderr + done.stdout
     assert sorted(assert_pushed(registry, layout, "flops/m", "1")) == ["amd64", "arm64"]
+    # The reference to pin in images.<name>: the index by digest, which the registry serves as the tag does.
+    pinned = done.stdout.strip().splitlines()[-1].removeprefix("by digest: ")
+    assert pinned.startswith(f"{registry.host}/flops/m@sha256:")
+    assert_pushed(registry, layout, "flops/m", pinned.partition("@")[2])
     assert "MB (100%)" in done.stdout  # the 12 MB layer's progress
     assert not [line for line in seen if registry.password in line]
     assert registry.password not in done.stdout + done.stderr

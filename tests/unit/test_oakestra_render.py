@@ -87,6 +87,12 @@ def test_ci_refuses_to_run_in_update_mode():
     ("docker.io/library/mysql:8.4.6", "docker.io/library/mysql:8.4.6"),  # names its registry: as is
     ("localhost/mysql:8.4.6", "localhost/mysql:8.4.6"),
     ("mysql:8.4.6", "registry.example:5000/flops/mysql:8.4.6"),
+    # pinned by digest (`push-image` prints it): the multi-platform index itself, which each node resolves to its
+    # own platform's manifest
+    (f"flops-mlops/backend-store@sha256:{'ab' * 32}",
+     f"registry.example:5000/flops/flops-mlops/backend-store@sha256:{'ab' * 32}"),
+    (f"registry.example:5000/flops-mlops/backend-store@sha256:{'cd' * 32}",
+     f"registry.example:5000/flops-mlops/backend-store@sha256:{'cd' * 32}"),
 ])
 def test_oakestra_prefixes_the_registry_to_images_that_name_none(tmp_path, reference, pulled):
     def edit(data):

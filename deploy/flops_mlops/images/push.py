@@ -116,6 +116,8 @@ def push(layout_path: Path, target, report=print) -> str:
     finally:
         layout.close()
     report(f"pushed {reference} ({top['digest']})")
+    # The configuration's images.<name> (so the Oakestra SLAs and compose) can name exactly this index.
+    report(f"by digest: {reference.host}/{reference.repository}@{top['digest']}")
     return top["digest"]
 
 
