@@ -234,6 +234,8 @@ SLOW_FILES = (
     "tests/integration/test_ml_repos.py",
     "tests/integration/test_fl_round.py",
     "tests/compose/test_compose_guide.py",
+    "tests/compose/test_compose_backup.py",
+    "tests/compose/test_compose_wire.py",
     "tests/integration/test_stack.py",
 )
 

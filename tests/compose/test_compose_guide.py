@@ -108,7 +108,9 @@ def test_the_guide_runs_as_written(clean_checkout):
                 assert len(links) == 2 and all(link.startswith(f"https://127.0.0.1:{tracking_port}/") for link in links)
                 admin = dict(line.split("=", 1) for line in (folder / ".env").read_text().splitlines()
                              if "=" in line and not line.startswith("#"))["FLOPS_TENANT_DEFAULT_ADMIN_PASSWORD"]
-                assert requests.get(links[-1].split("#")[0], auth=("admin", admin), timeout=30).status_code == 200
+                # HTTPS verified against the deployment's CA, as the guide tells a browser to trust it
+                assert requests.get(links[-1].split("#")[0], auth=("admin", admin), timeout=30,
+                                    verify=str(folder / ".env.ca.crt")).status_code == 200
             if plain.startswith("curl") and "/invocations" in plain:
                 assert len(json.loads(result.stdout)["predictions"]) == 2, output
             if plain.startswith(".venv/bin/flops-mlops") and "build-fl-image" in plain:

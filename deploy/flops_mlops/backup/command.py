@@ -33,12 +33,33 @@ from ..stores import mysql
 from ..tracking.server import TrackingServer, auth_db_path, backend_store_uri, sqlite_path
 from . import archive, artifacts, databases
 
-# What makes a tenant "have data" (a fresh `up` has only the Default experiment, id 0, and the admin).
-TRACKING_DATA = {"runs": ("runs", "SELECT COUNT(*) FROM runs"),
-                 "experiments": ("experiments", "SELECT COUNT(*) FROM experiments WHERE experiment_id <> 0"),
-                 "registered models": ("registered_models", "SELECT COUNT(*) FROM registered_models"),
-                 "logged models": ("logged_models", "SELECT COUNT(*) FROM logged_models")}
-AUTH_DATA = {"users besides admin": ("users", "SELECT COUNT(*) FROM users WHERE username <> 'admin'")}
+# What makes a tenant "have data": everything but what a fresh deployment makes by itself, which is the Default
+# experiment (id 0), the admin and, for each FL project the deployment declares (compose, Oakestra), the users
+# fl-<project> and serve-<project> with the project's experiment and registered model while they are empty
+# (tracking/users.py re-creates and re-keys those at every start). Each query gives (name, how much it holds).
+TRACKING_DATA = {
+    "runs": ("runs", "SELECT run_uuid, 1 FROM runs"),
+    "experiments": ("experiments", "SELECT e.name, COUNT(r.run_uuid) FROM experiments e LEFT JOIN runs r "
+                                   "ON r.experiment_id = e.experiment_id WHERE e.experiment_id <> 0 GROUP BY e.name"),
+    "registered models": ("registered_models", "SELECT m.name, COUNT(v.version) FROM registered_models m LEFT JOIN "
+                                               "model_versions v ON v.name = m.name GROUP BY m.name"),
+    "logged models": ("logged_models", "SELECT model_id, 1 FROM logged_models"),
+}
+AUTH_DATA = {"users besides admin": ("users", "SELECT username, 1 FROM users WHERE username <> 'admin'")}
+DEPLOYMENT_USER_PREFIXES = ("fl-", "serve-")  # tracking/users.py: project_user, serving_user
+
+
+def data_counts(found: dict[str, list[tuple]]) -> dict[str, int]:
+    """The rows ``TRACKING_DATA`` and ``AUTH_DATA`` found -> how many of each hold data (see above)."""
+    users = [name for name, _ in found.get("users besides admin", [])]
+    projects = {name.removeprefix(prefix) for name in users for prefix in DEPLOYMENT_USER_PREFIXES
+                if name.startswith(prefix)}
+    made = {f"{prefix}{project}" for project in projects for prefix in DEPLOYMENT_USER_PREFIXES}
+    counts = {"users besides admin": len([name for name in users if name not in made])}
+    for name, held in found.items():
+        if name != "users besides admin":
+            counts[name] = len([row for row in held if row[0] not in projects or row[1]])
+    return counts
 
 
 def _progress(message: str) -> None:
@@ -178,14 +199,15 @@ def check_fits(config: StackConfig, tenant: Tenant, checked: archive.Checked, fi
 
 
 def tenant_data(config: StackConfig, tenant: Tenant, secrets: Secrets) -> dict[str, int]:
-    """What the tenant holds now (counts that are not 0)."""
-    found: dict[str, int] = {}
+    """What the tenant holds now (counts that are not 0; TRACKING_DATA says what counts)."""
+    rows: dict[str, list[tuple]] = {}
     if config.backend_store.kind == "mysql" or sqlite_path(config, tenant).exists():
-        found.update(databases.counts(backend_store_uri(config, tenant, secrets), TRACKING_DATA))
+        rows.update(databases.rows(backend_store_uri(config, tenant, secrets), TRACKING_DATA))
     if config.backend_store.kind == "mysql":
-        found.update(databases.counts(auth_uri(config, tenant, secrets), AUTH_DATA))
+        rows.update(databases.rows(auth_uri(config, tenant, secrets), AUTH_DATA))
     elif auth_db_path(config, tenant).exists():
-        found.update(databases.counts(f"sqlite:///{auth_db_path(config, tenant)}", AUTH_DATA))
+        rows.update(databases.rows(f"sqlite:///{auth_db_path(config, tenant)}", AUTH_DATA))
+    found = data_counts(rows)
     found["artifact files"] = len(artifacts.files(artifacts.repository(config, tenant, secrets)))
     return {name: count for name, count in found.items() if count}
 
@@ -202,8 +224,11 @@ def restore_tenant(config: StackConfig, tenant: Tenant, secrets: Secrets, checke
                    progress) -> None:
     say = lambda text: progress(f"tenant {tenant.id}: {text}")  # noqa: E731
     tracker = TrackingServer(config, tenant)
-    account = tenant_account(config, tenant)  # the tenant's own (configuration/accounts.py)
     was_running = tracker.process.is_running()
+    # The tenant's own account (configuration/accounts.py), for a server to start or SQLite files to write; a
+    # restore into MySQL and the FTP store alone (compose, pyinfra's stores, from any host) needs none.
+    local_files = config.backend_store.kind != "mysql" or checked.file(archive.AUTH_SQL) is None
+    account = tenant_account(config, tenant) if was_running or local_files else None
     if was_running and tracker.stop():
         say("tracking server stopped")
     try:
@@ -216,8 +241,9 @@ def restore_tenant(config: StackConfig, tenant: Tenant, secrets: Secrets, checke
         tracker.start(secrets, account)
         tracker.wait_healthy(progress)
     else:
-        say(f"its tracking server was not running: `flops-mlops --config {config.source} up` starts it "
-            "(and upgrades the schema first)")
+        say(f"no tracking server of tenant {tenant.id} runs here: start it again, which upgrades the schema first "
+            f"(`flops-mlops --config {config.source} up` for a native stack; on compose `docker compose start "
+            "tracking-server`)")
 
 
 def _replace_data(config: StackConfig, tenant: Tenant, secrets: Secrets, checked: archive.Checked, account,

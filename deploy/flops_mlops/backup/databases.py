@@ -122,8 +122,9 @@ def copy_sqlite(source: Path, target: Path) -> None:
         raise StackError(f"copying the SQLite database {source} to {target} failed: {exc}") from None
 
 
-def counts(uri: str, queries: dict[str, tuple[str, str]]) -> dict[str, int]:
-    """``queries`` (name -> (table, SELECT COUNT(*) ...)) on the database at ``uri``; a missing table counts 0."""
+def rows(uri: str, queries: dict[str, tuple[str, str]]) -> dict[str, list[tuple]]:
+    """``queries`` (name -> (table, SELECT ...)) on the database at ``uri``: each one's rows; a missing table
+    gives none."""
     import sqlalchemy
 
     engine = sqlalchemy.create_engine(uri, poolclass=sqlalchemy.pool.NullPool)
@@ -132,7 +133,7 @@ def counts(uri: str, queries: dict[str, tuple[str, str]]) -> dict[str, int]:
         with engine.connect() as conn:
             tables = set(sqlalchemy.inspect(conn).get_table_names())
             for name, (table, query) in queries.items():
-                found[name] = conn.execute(sqlalchemy.text(query)).scalar() if table in tables else 0
+                found[name] = [tuple(row) for row in conn.execute(sqlalchemy.text(query))] if table in tables else []
     finally:
         engine.dispose()
     return found
