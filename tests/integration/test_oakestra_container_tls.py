@@ -50,7 +50,7 @@ def test_the_entrypoint_serves_https_and_stores_over_ftps_from_base64_settings(t
         crt, key = certificates.tracking_files(config, "acme")
         ca = certificates.ca_certificate_path(config)
         port = free_port()
-        env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "FLOPS_TENANT": "acme",
+        env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "TMPDIR": str(tmp_path), "FLOPS_TENANT": "acme",
                "FLOPS_DB_HOST": "127.0.0.1", "FLOPS_DB_PORT": str(config.backend_store.port),
                "FLOPS_DB_PASSWORD": secrets.db_password("acme"),
                "FLOPS_FTP_HOST": "127.0.0.1", "FLOPS_FTP_PORT": str(config.artifact_store.port),

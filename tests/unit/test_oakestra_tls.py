@@ -29,6 +29,14 @@ from flops_mlops.tracking import container
 from flops_mlops.tracking.server import server_argv
 
 
+@pytest.fixture(autouse=True)
+def private_temporary_folder(tmp_path, monkeypatch):
+    """The entrypoints write decoded PEM files (test keys) under the system's temporary folder: pytest's here."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+
+
 def shipped(tmp_path: Path, edit=None) -> Path:
     data = yaml.safe_load((ROOT / "configs" / "oakestra.yaml").read_text())
     data["state_dir"], data["secrets_file"] = str(tmp_path / "state"), str(tmp_path / "secrets.env")
