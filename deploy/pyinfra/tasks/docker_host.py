@@ -30,7 +30,7 @@ from pyinfra.facts.server import Command
 from pyinfra.operations import apt, files, server, systemd
 
 from . import settings
-from .settings import PYINFRA_DIR, TEMPLATES, TRIM, HostDataError
+from .settings import PYINFRA_DIR, SOURCE_EXCLUDE_DIRS, TEMPLATES, TRIM, HostDataError
 
 REPOSITORY = PYINFRA_DIR.parent.parent
 # Run from a checkout, the host builds our images from copies of their build contexts (flops_compose_paths). Run
@@ -140,7 +140,7 @@ def docker_host() -> None:
         if source.is_dir():
             copied.append(files.sync(name=f"Copy {relative}", src=str(source), dest=f"{target}/{relative}",
                                      delete=True, exclude=["*.pyc", "*.whl"],
-                                     exclude_dir=["__pycache__", "*.egg-info"]))
+                                     exclude_dir=SOURCE_EXCLUDE_DIRS))
         else:
             copied.append(files.put(name=f"Copy {relative}", src=str(source), dest=f"{target}/{relative}",
                                     mode="644"))

@@ -26,6 +26,10 @@ TEMPLATES = PYINFRA_DIR / "templates"
 # vsftpd's config and PAM service are the ones `flops-mlops up` renders: one definition of those settings.
 STACK_TEMPLATES = Path(config_module.__file__).resolve().parents[1] / "stores" / "templates"
 TRIM = {"trim_blocks": True, "lstrip_blocks": True}  # Jinja2 options for our templates' {% %} lines
+# What files.sync leaves out of a copy of the checkout's source folders: its exclude_dir patterns match a folder's
+# path relative to the copied one, so a nested __pycache__ needs "*/" (Python makes those folders whenever another
+# process first imports a module, so copying them would make a second apply change something).
+SOURCE_EXCLUDE_DIRS = ["__pycache__", "*/__pycache__", "*.egg-info", "*/*.egg-info"]
 
 ROLES = ("backend_store", "artifact_store", "tracking_server", "model_server", "docker_host")
 MODES = ("native", "docker")

@@ -9,7 +9,7 @@ from pyinfra.api.operation import OperationMeta
 from pyinfra.facts.server import Command
 from pyinfra.operations import files, server
 
-from .settings import PYINFRA_DIR, HostDataError, HostSettings
+from .settings import PYINFRA_DIR, SOURCE_EXCLUDE_DIRS, HostDataError, HostSettings
 
 REPOSITORY = PYINFRA_DIR.parent.parent
 # What building flops-mlops needs (pyproject.toml names README.md), and the lock it is installed with.
@@ -34,7 +34,7 @@ def install_flops_mlops(s: HostSettings) -> list[OperationMeta]:
                         user="root", group="root", mode="644") for relative in PACKAGE_FILES]
     copied.append(files.sync(name="Copy deploy/flops_mlops", src=str(REPOSITORY / "deploy" / "flops_mlops"),
                              dest=f"{src}/deploy/flops_mlops", delete=True, exclude=["*.pyc"],
-                             exclude_dir=["__pycache__"]))
+                             exclude_dir=SOURCE_EXCLUDE_DIRS))
     pip_cmd = shlex.join([f"{s.venv}/bin/pip", "install", "--quiet", *s.pip_args, "--constraint",
                           f"{src}/deploy/images/constraints.txt"])
     check = shlex.join([f"{s.venv}/bin/python", "-c", "import importlib.metadata as m; m.version('flops-mlops')"])
