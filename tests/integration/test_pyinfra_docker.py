@@ -14,6 +14,7 @@ import subprocess
 import uuid
 
 import pytest
+import yaml
 from conftest import ROOT, missing_service
 from pyinfra_hosts import (
     PYINFRA_DIR,
@@ -68,6 +69,9 @@ def new_bytecode_folder():
 def docker_sandbox(tmp_path_factory):
     folder = tmp_path_factory.mktemp("pyinfra-docker")
     config = write_stack(folder, ["default", "acme"])  # the compose project is rendered for both
+    data = yaml.safe_load(config.read_text())
+    data["tracking"]["tls"] = True  # HTTPS, as configs/native.yaml and compose.yaml: the deploy copies the certificates
+    config.write_text(yaml.safe_dump(data))
     need_engine_and_images(folder / "secrets.env")
     with sandbox_root() as root_parent:
         root = root_parent / "root"
