@@ -31,6 +31,7 @@ from ..processes import StackError, private_dir
 from ..tracking import schema
 from ..stores import mysql
 from ..tracking.server import TrackingServer, auth_db_path, backend_store_uri, sqlite_path
+from ..tracking.users import project_user, serving_user
 from . import archive, artifacts, databases
 
 # What makes a tenant "have data": everything but what a fresh deployment makes by itself, which is the Default
@@ -46,7 +47,7 @@ TRACKING_DATA = {
     "logged models": ("logged_models", "SELECT model_id, 1 FROM logged_models"),
 }
 AUTH_DATA = {"users besides admin": ("users", "SELECT username, 1 FROM users WHERE username <> 'admin'")}
-DEPLOYMENT_USER_PREFIXES = ("fl-", "serve-")  # tracking/users.py: project_user, serving_user
+DEPLOYMENT_USER_PREFIXES = (project_user(""), serving_user(""))  # the names tracking/users.py gives them
 
 
 def data_counts(found: dict[str, list[tuple]]) -> dict[str, int]:
